@@ -1,0 +1,33 @@
+"""edgepress: compress trained models, export TFLite and ONNX artifacts, and measure them.
+
+    report = edgepress.run(edgepress.Recipe.from_yaml("recipes/mnist_cnn.yaml"))
+    report.check()   # raises GateFailed naming each gate that failed
+
+The building blocks are `edgepress.compress`, `edgepress.deploy` and `edgepress.models`.
+TensorFlow is imported only when a function needs it.
+"""
+
+from edgepress import compat as _compat  # noqa: F401  (sets TF_USE_LEGACY_KERAS before any TF import)
+from edgepress.artifact import Artifact
+from edgepress.errors import EdgepressError, GateFailed
+
+__version__ = "0.1.0"
+
+__all__ = ["Artifact", "EdgepressError", "GateFailed", "Recipe", "Report", "run", "__version__"]
+
+
+def __getattr__(name: str):
+    # Recipe, Report and run pull in pydantic and the API; load them on first use.
+    if name == "Recipe":
+        from edgepress.recipe import Recipe
+
+        return Recipe
+    if name == "Report":
+        from edgepress.report import Report
+
+        return Report
+    if name == "run":
+        from edgepress.api import run
+
+        return run
+    raise AttributeError(f"module 'edgepress' has no attribute {name!r}")

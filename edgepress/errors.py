@@ -1,0 +1,14 @@
+"""The errors edgepress raises on purpose.
+
+`EdgepressError` is bad input or an unmet requirement the user can fix: the CLI prints its message
+(one paragraph naming the thing at fault and what to do) and exits with code 2, no traceback.
+`GateFailed` means the run worked but its artifacts miss the recipe's gates: exit code 1.
+"""
+
+
+class EdgepressError(Exception):
+    """Bad input the user can fix; the message names the thing at fault and what to do."""
+
+
+class GateFailed(Exception):
+    """The measured artifacts do not meet the recipe's gates; the message names each failing gate."""
