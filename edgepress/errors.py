@@ -12,3 +12,9 @@ class EdgepressError(Exception):
 
 class GateFailed(Exception):
     """The measured artifacts do not meet the recipe's gates; the message names each failing gate."""
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception from deep inside a library: enough to name the cause."""
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__

@@ -1,0 +1,122 @@
+"""The `edgepress` command: builds a Recipe or a call, then calls the API.
+
+TensorFlow is imported only inside commands that need it, so `edgepress --help` is instant.
+Exit codes: 0 ok, 1 a gate failed, 2 bad input (the message says what to fix).
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from edgepress import compat  # noqa: F401  (sets TF_USE_LEGACY_KERAS before any TF import)
+from edgepress.errors import EdgepressError, GateFailed
+
+app = typer.Typer(
+    help="Compress trained models, export TFLite and ONNX artifacts, and measure them on edge targets.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console()
+errors = Console(stderr=True)
+
+RunDir = Annotated[Path | None, typer.Option("--output", "-o", help="Run directory (default: runs/<name>-<time>).")]
+
+
+@app.command()
+def demo(output: RunDir = None) -> None:
+    """Train the seed CNN on scikit-learn's digits, compress, export and measure it (no download)."""
+    recipe_file = resources.files("edgepress") / "demo.yaml"
+    with resources.as_file(recipe_file) as path:
+        _run(path, output, None, None)
+
+
+@app.command()
+def run(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file (see `edgepress schema`).")],
+    output: RunDir = None,
+    data: Annotated[str | None, typer.Option(help="Override the recipe's data path.")] = None,
+    model: Annotated[str | None, typer.Option(help="Override the recipe's model with this file.")] = None,
+) -> None:
+    """Run a recipe: load or train the model, compress, export, measure, and apply the gates."""
+    _run(recipe, output, data, model)
+
+
+@app.command()
+def schema() -> None:
+    """Print the recipe's JSON Schema."""
+    from edgepress.recipe import schema as recipe_schema
+
+    print(json.dumps(recipe_schema(), indent=2))
+
+
+@app.command()
+def models() -> None:
+    """List the model zoo."""
+    from edgepress.models.zoo import ZOO
+
+    table = Table("name", "input", "description")
+    for name, entry in ZOO.items():
+        table.add_row(name, "x".join(map(str, entry.input_shape)), entry.description)
+    console.print(table)
+
+
+def _run(recipe_path: Path, output: Path | None, data: str | None, model: str | None) -> None:
+    from edgepress.recipe import Recipe
+
+    def work():
+        from edgepress.api import run as run_recipe
+
+        recipe = Recipe.from_yaml(recipe_path).with_overrides(data=data, model=model)
+        with console.status("starting (importing TensorFlow)") as status:
+            report = run_recipe(recipe, output, _LiveProgress(status))
+        _print_report(report)
+        report.check()
+
+    _guard(work)
+
+
+class _LiveProgress:
+    """Shows the current stage on a spinner line and logs each finished stage."""
+
+    def __init__(self, status) -> None:
+        self.status = status
+
+    def update(self, message: str) -> None:
+        self.status.update(message)
+
+    def done(self, message: str) -> None:
+        console.log(message)
+
+
+def _print_report(report) -> None:
+    table = Table(title=report.summary(), title_justify="left")
+    for column in report.COLUMNS:
+        table.add_column(column, justify="left" if column in ("artifact", "format", "precision") else "right")
+    for row in report.table():
+        table.add_row(*(row[c] for c in report.COLUMNS), style="bold green" if "★" in row["artifact"] else None)
+    console.print(table)
+    console.print(report.verdict())
+    console.print(f"Run directory: {report.run_dir} (results.json, report.md, report.html)")
+
+
+def _guard(work) -> None:
+    """Run `work`, turning edgepress's errors into a message and an exit code instead of a traceback."""
+    try:
+        work()
+    except EdgepressError as e:
+        errors.print(f"[bold red]error:[/] {e}", highlight=False)
+        raise typer.Exit(2) from None
+    except GateFailed as e:
+        errors.print(f"[bold red]gates failed:[/] {e}", highlight=False)
+        raise typer.Exit(1) from None
+
+
+def main() -> None:
+    app()

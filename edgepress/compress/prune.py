@@ -1,0 +1,118 @@
+"""Magnitude pruning with tfmot: zero the smallest weights, fine-tune, strip the wrappers.
+
+    pruned = prune(model, x_train, y_train, PruneConfig(target_sparsity=0.8))
+
+The inverse of tfmot's wrappers is applied before returning (`strip_pruning`), so the result is a
+plain Keras model whose kernels are `target_sparsity` zeros. Unstructured sparsity shrinks the
+gzip-compressed file, not the latency (../shared/DESIGN.md measured this).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from edgepress.errors import EdgepressError
+from edgepress.models import training
+
+
+class PruneConfig(BaseModel):
+    """Magnitude pruning of Conv and Dense kernels to a target sparsity, then fine-tuning."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["prune"] = "prune"
+    target_sparsity: float = Field(0.5, gt=0, lt=1, description="Fraction of each kernel's weights set to zero.")
+    schedule: Literal["constant", "polynomial_decay"] = Field(
+        "polynomial_decay",
+        description="constant: prune to the target at once; polynomial_decay: ramp up from initial_sparsity.",
+    )
+    initial_sparsity: float = Field(0.0, ge=0, lt=1, description="Start of the polynomial_decay ramp.")
+    fine_tune_epochs: int = Field(2, ge=1, description="Epochs of training while and after pruning.")
+    batch_size: int = Field(128, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    layers: list[str] | None = Field(
+        None, description="Names of the layers to prune; default: every layer with weights tfmot can prune."
+    )
+
+
+def prune(model, x: np.ndarray, y: np.ndarray, config: PruneConfig | None = None, on_epoch=None, **options):
+    """Prune `model` by weight magnitude while fine-tuning on (x, y); return the stripped Keras model.
+
+    `options` are PruneConfig fields, for calls without a config object: prune(m, x, y, target_sparsity=0.8).
+    """
+    import tensorflow_model_optimization as tfmot
+
+    from edgepress.compat import keras
+
+    config = config or PruneConfig(**options)
+    selected = _layers_to_prune(model, config.layers)
+    steps_per_epoch = math.ceil(len(x) / config.batch_size)
+    total_steps = steps_per_epoch * config.fine_tune_epochs
+    # tfmot's default frequency (100 steps) never fires on a short fine-tune: prune a few times per epoch.
+    frequency = max(1, steps_per_epoch // 4)
+    if config.schedule == "constant":
+        schedule = tfmot.sparsity.keras.ConstantSparsity(config.target_sparsity, begin_step=0, frequency=frequency)
+    else:
+        # Reach the target after two thirds of the steps, then fine-tune at full sparsity to recover.
+        end_step = max(1, (2 * total_steps) // 3)
+        schedule = tfmot.sparsity.keras.PolynomialDecay(
+            config.initial_sparsity, config.target_sparsity, begin_step=0, end_step=end_step, frequency=frequency
+        )
+
+    def wrap(layer):
+        if layer.name in selected:
+            return tfmot.sparsity.keras.prune_low_magnitude(layer, pruning_schedule=schedule)
+        return layer
+
+    # Wrapping reuses the layers it is given: wrap a copy so the caller's model is left as it was.
+    wrapped = keras().models.clone_model(training.copy_model(model), clone_function=wrap)
+    training.fit(
+        wrapped,
+        x,
+        y,
+        config.fine_tune_epochs,
+        config.batch_size,
+        config.learning_rate,
+        callbacks=[tfmot.sparsity.keras.UpdatePruningStep()],
+        on_epoch=on_epoch,
+    )
+    return tfmot.sparsity.keras.strip_pruning(wrapped)
+
+
+def sparsity(model) -> float:
+    """Fraction of zeros over the kernels (weight matrices, not biases) of `model`."""
+    kernels = [w.numpy() for layer in model.layers for w in layer.weights if "kernel" in w.name]
+    total = sum(k.size for k in kernels)
+    return float(sum(int((k == 0).sum()) for k in kernels) / total) if total else 0.0
+
+
+def _layers_to_prune(model, names: list[str] | None) -> set[str]:
+    from tensorflow_model_optimization.python.core.sparsity.keras import prunable_layer, prune_registry
+
+    def prunable(layer) -> bool:
+        return prune_registry.PruneRegistry.supports(layer) or isinstance(layer, prunable_layer.PrunableLayer)
+
+    by_name = {layer.name: layer for layer in model.layers}
+    if names is not None:
+        unknown = [n for n in names if n not in by_name]
+        if unknown:
+            raise EdgepressError(
+                f"prune: no layer named {', '.join(unknown)} in the model. Its layers: {', '.join(by_name)}."
+            )
+        layers = [by_name[n] for n in names]
+    else:
+        layers = [layer for layer in model.layers if layer.trainable_weights]
+    unsupported = [layer for layer in layers if not prunable(layer)]
+    if unsupported:
+        described = ", ".join(f"'{layer.name}' ({type(layer).__name__})" for layer in unsupported)
+        supported = [layer.name for layer in model.layers if layer.trainable_weights and prunable(layer)]
+        raise EdgepressError(
+            f"prune: tfmot cannot prune layer {described}. Prune only the layers it supports with "
+            f"`layers: [{', '.join(supported)}]` in the prune step, or drop the step; the exports "
+            "(TFLite and ONNX, with post-training quantization) still apply to this model."
+        )
+    return {layer.name for layer in layers}

@@ -1,0 +1,38 @@
+"""The check every export gets: does the file compute what the Keras model it came from computes?"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgepress.deploy import runner
+from edgepress.errors import EdgepressError
+from edgepress.models import training
+
+
+def compare(model, path: Path, x: np.ndarray) -> dict:
+    """Top-1 agreement and max abs output difference between `model` and the exported file on `x`."""
+    expected = training.predict(model, x)
+    got = runner.open_model(str(path)).predict(x)
+    return {
+        "samples": len(x),
+        "top1_agreement": float(np.mean(np.argmax(got, -1) == np.argmax(expected, -1))),
+        "max_abs_diff": float(np.max(np.abs(got - expected))),
+    }
+
+
+def calibration_inputs(model, calibration: np.ndarray | None, export: str) -> np.ndarray:
+    """Validated calibration inputs for a quantizing export named `export` (e.g. "TFLite int8")."""
+    if calibration is None or len(calibration) == 0:
+        raise EdgepressError(
+            f"{export} export needs calibration data to measure activation ranges, and none was given: "
+            "pass calibration=<inputs from your data> (recipes take them from data.calibration_samples)."
+        )
+    expected = tuple(model.input_shape[1:])
+    if tuple(calibration.shape[1:]) != expected:
+        raise EdgepressError(
+            f"Calibration samples have shape {tuple(calibration.shape[1:])} but the model '{model.name}' takes "
+            f"{expected}. Give calibration inputs preprocessed like the model's input."
+        )
+    return calibration.astype(np.float32)

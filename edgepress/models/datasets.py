@@ -1,0 +1,224 @@
+"""Datasets: where the training, test and calibration samples come from.
+
+Three sources, all local: `digits` (scikit-learn's 8x8 digits, shipped with the package),
+`mnist` (a directory of idx files, `.gz` or not, or a keras `mnist.npz`), and `npz` (a user's
+file with `x` and `y` arrays). Every image is scaled to [0, 1] and fitted to the model's input
+shape by `fit_to_input`, so the same data serves a CNN (28x28x1) and an MLP (784).
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgepress.errors import EdgepressError
+
+
+@dataclass
+class Dataset:
+    """Train and test splits, as float32 inputs and integer labels."""
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+    @property
+    def num_classes(self) -> int:
+        return int(max(self.y_train.max(initial=0), self.y_test.max(initial=0))) + 1
+
+    def calibration(self, n: int) -> np.ndarray:
+        """The first `n` training inputs: what post-training quantization calibrates on."""
+        if n < 1 or len(self.x_train) == 0:
+            raise EdgepressError(
+                f"The calibration set is empty (asked for {n} samples from {len(self.x_train)} training "
+                f"samples of '{self.name}'). Full-integer quantization needs real samples to measure "
+                "activation ranges: set data.calibration_samples to 1 or more and give data with a train split."
+            )
+        return self.x_train[:n]
+
+    def fit_to(self, input_shape: tuple[int | None, ...]) -> Dataset:
+        """This dataset with inputs reshaped or resized to a model's input shape (batch dim excluded)."""
+        return Dataset(
+            self.name,
+            fit_to_input(self.x_train, input_shape, self.name),
+            self.y_train,
+            fit_to_input(self.x_test, input_shape, self.name),
+            self.y_test,
+        )
+
+
+def load_dataset(
+    name: str,
+    path: str | Path | None = None,
+    train_size: int | None = None,
+    test_size: int | None = None,
+    seed: int = 0,
+) -> Dataset:
+    """Load `digits`, `mnist` or `npz` data and split it into train and test.
+
+    Splits are taken in file order (train first, test last) so results are reproducible: for MNIST's
+    10,000-image test set, train_size=8000 and test_size=2000 give the first 8,000 and the last 2,000.
+    `digits` is shuffled once with `seed` because scikit-learn orders it by writer.
+    """
+    if name == "digits":
+        x, y = _load_digits(seed)
+    elif name == "mnist":
+        if path is None:
+            raise EdgepressError(
+                "The 'mnist' dataset needs a path: a directory with the idx files "
+                "(t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz, or the train-* pair) or a keras "
+                "mnist.npz file. Set data.path in the recipe or pass --data PATH."
+            )
+        x, y = _load_mnist(Path(path))
+    elif name == "npz":
+        if path is None:
+            raise EdgepressError("The 'npz' dataset needs a path to a .npz file with 'x' and 'y' arrays.")
+        x, y = _load_npz(Path(path))
+    else:
+        raise EdgepressError(f"Unknown dataset '{name}'. Use one of: digits, mnist, npz.")
+    return _split(name, x, y, train_size, test_size)
+
+
+def fit_to_input(x: np.ndarray, input_shape: tuple[int | None, ...], dataset: str = "data") -> np.ndarray:
+    """Reshape or resize images `x` (N, H, W[, C]) or vectors (N, D) to `input_shape` (no batch dim)."""
+    target = tuple(input_shape)
+    if None in target:
+        raise EdgepressError(
+            f"The model's input shape {_shape(target)} has unknown dimensions; edgepress needs a fixed "
+            "input shape to fit the data to it. Build the model with a fixed Input shape."
+        )
+    sample = x.shape[1:]
+    if sample == target:
+        return x.astype(np.float32, copy=False)
+    if int(np.prod(sample)) == int(np.prod(target)):
+        # (28, 28) -> (28, 28, 1) or (784,): same pixels, other layout.
+        return x.reshape((len(x), *target)).astype(np.float32, copy=False)
+    if len(sample) in (2, 3) and len(target) in (2, 3) and _channels(sample) == _channels(target):
+        # Images of another size (digits are 8x8): resize to the model's height and width.
+        return _resize(x, target)
+    side = int(round(target[0] ** 0.5)) if len(target) == 1 else 0
+    if len(sample) in (2, 3) and _channels(sample) == 1 and side * side == target[0]:
+        # Images for a model on flattened square images (an MLP on 784 values): resize, then flatten.
+        return _resize(x, (side, side, 1)).reshape((len(x), *target))
+    raise EdgepressError(
+        f"The samples of '{dataset}' have shape {_shape(sample)}, which does not fit the model's input "
+        f"{_shape(target)}. Give data with {_shape(target)} samples (or the same number of values), "
+        "or images that can be resized to it."
+    )
+
+
+def _channels(shape: tuple) -> int:
+    return shape[2] if len(shape) == 3 else 1
+
+
+def _shape(shape: tuple) -> str:
+    return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
+
+
+def _resize(x: np.ndarray, target: tuple[int, ...]) -> np.ndarray:
+    from edgepress.compat import tensorflow
+
+    tf = tensorflow()
+    images = x.reshape((len(x), x.shape[1], x.shape[2], _channels(x.shape[1:]))).astype(np.float32)
+    resized = tf.image.resize(images, target[:2], method="bilinear").numpy()
+    return resized.reshape((len(x), *target)).astype(np.float32)
+
+
+def _split(name, x, y, train_size, test_size) -> Dataset:
+    n = len(x)
+    if test_size is None:
+        test_size = n // 5 if train_size is None else n - train_size
+    if train_size is None:
+        train_size = n - test_size
+    if train_size < 0 or test_size < 1 or train_size + test_size > n:
+        raise EdgepressError(
+            f"Dataset '{name}' has {n} samples; it cannot give train_size={train_size} and "
+            f"test_size={test_size}. Their sum must be at most {n} and test_size at least 1."
+        )
+    return Dataset(name, x[:train_size], y[:train_size], x[n - test_size :], y[n - test_size :])
+
+
+def _load_digits(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    order = np.random.default_rng(seed).permutation(len(digits.images))
+    x = (digits.images[order] / 16.0).astype(np.float32)
+    return x, digits.target[order].astype(np.int64)
+
+
+def _load_mnist(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    if path.is_file() and path.suffix == ".npz":
+        with np.load(path) as f:
+            if "x_test" not in f:
+                raise EdgepressError(f"{path} is not a keras mnist.npz file (no 'x_test' array).")
+            # The keras file holds both splits; edgepress splits the concatenation itself.
+            x = np.concatenate([f["x_train"], f["x_test"]])
+            y = np.concatenate([f["y_train"], f["y_test"]])
+        return (x / 255.0).astype(np.float32), y.astype(np.int64)
+    if not path.is_dir():
+        raise EdgepressError(
+            f"MNIST data not found at {path}: give a directory with idx files or a keras mnist.npz file."
+        )
+    images, labels = [], []
+    for prefix in ("train", "t10k"):
+        img = _find(path, f"{prefix}-images-idx3-ubyte")
+        lab = _find(path, f"{prefix}-labels-idx1-ubyte")
+        if img and lab:
+            images.append(_read_idx(img))
+            labels.append(_read_idx(lab))
+    if not images:
+        raise EdgepressError(
+            f"No MNIST idx files in {path}: expected t10k-images-idx3-ubyte[.gz] and "
+            "t10k-labels-idx1-ubyte[.gz] (and/or the train-* pair)."
+        )
+    x, y = np.concatenate(images), np.concatenate(labels)
+    return (x / 255.0).astype(np.float32), y.astype(np.int64)
+
+
+def _find(directory: Path, stem: str) -> Path | None:
+    for name in (stem + ".gz", stem):
+        if (directory / name).is_file():
+            return directory / name
+    return None
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """Read an idx file (the MNIST format: magic, dims as big-endian int32, then uint8 data)."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+        zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+        if zero != 0 or dtype_code != 0x08:
+            raise ValueError("not an unsigned-byte idx file")
+        dims = struct.unpack(">" + "I" * ndim, data[4 : 4 + 4 * ndim])
+        return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+    except (OSError, ValueError, struct.error) as e:
+        raise EdgepressError(f"{path} is not a readable MNIST idx file ({e}). Re-download it.") from None
+
+
+def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    if not path.is_file():
+        raise EdgepressError(f"Data file {path} not found: give a .npz file with 'x' and 'y' arrays.")
+    try:
+        with np.load(path) as f:
+            missing = [k for k in ("x", "y") if k not in f]
+            if missing:
+                raise EdgepressError(
+                    f"{path} has arrays {sorted(f.files)} but needs 'x' (inputs) and 'y' (integer labels); "
+                    f"missing: {', '.join(missing)}."
+                )
+            x, y = f["x"], f["y"]
+    except (OSError, ValueError) as e:
+        raise EdgepressError(f"{path} is not a readable .npz file ({e}).") from None
+    if len(x) != len(y):
+        raise EdgepressError(f"{path}: 'x' has {len(x)} samples but 'y' has {len(y)}; they must match.")
+    # A user's arrays are used as given: they are already preprocessed the way their model expects.
+    return x.astype(np.float32), y.astype(np.int64)

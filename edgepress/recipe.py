@@ -1,0 +1,231 @@
+"""`Recipe`: the whole job as one validated document (model, data, steps, exports, measure, gates).
+
+    recipe = Recipe.from_yaml("recipes/mnist_cnn.yaml")
+
+Every section forbids unknown keys, so a typo is an error that names the key and the valid ones.
+Relative paths in a recipe file are relative to that file. `edgepress schema` prints the JSON Schema.
+"""
+
+from __future__ import annotations
+
+import typing
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from edgepress.compress.prune import PruneConfig
+from edgepress.compress.qat import QatConfig
+from edgepress.errors import EdgepressError
+
+# The export precisions by format (kept here, not imported from deploy, so the CLI stays light).
+PRECISIONS = {
+    "tflite": ("fp32", "fp16", "dynamic", "int8", "int16x8"),
+    "onnx": ("fp32", "fp16", "int8_dynamic", "int8_static"),
+}
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSpec(Section):
+    """The model to compress: a zoo name (trained here on the recipe's data) or a saved model file."""
+
+    zoo: str | None = Field(None, description="Zoo model to train here, e.g. seed_cnn (see `edgepress models`).")
+    path: str | None = Field(None, description=".keras or .h5 file, or SavedModel directory.")
+    train_epochs: int = Field(5, ge=1, description="Training epochs for a zoo model.")
+    batch_size: int = Field(128, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSpec:
+        if (self.zoo is None) == (self.path is None):
+            raise ValueError("give exactly one of model.zoo (a zoo name) or model.path (a saved model)")
+        return self
+
+
+class DataSpec(Section):
+    """Where train, test and calibration samples come from."""
+
+    dataset: Literal["digits", "mnist", "npz"] = "digits"
+    path: str | None = Field(None, description="mnist: idx directory or mnist.npz; npz: file with x and y.")
+    train_size: int | None = Field(None, ge=0, description="Samples for training (from the start of the data).")
+    test_size: int | None = Field(None, ge=1, description="Samples for testing (from the end of the data).")
+    calibration_samples: int = Field(200, ge=1, description="Training samples that calibrate quantization.")
+    check_samples: int = Field(200, ge=1, description="Test samples each export is checked on against its model.")
+    seed: int = 0
+
+
+Step = Annotated[PruneConfig | QatConfig, Field(discriminator="type")]
+
+
+class ExportSpec(Section):
+    """One artifact: a format and a precision."""
+
+    format: Literal["tflite", "onnx"]
+    precision: str = "fp32"
+
+    @model_validator(mode="after")
+    def _known_precision(self) -> ExportSpec:
+        if self.precision not in PRECISIONS[self.format]:
+            raise ValueError(
+                f"{self.format} has no precision '{self.precision}'; use one of: {', '.join(PRECISIONS[self.format])}"
+            )
+        return self
+
+
+class MeasureSpec(Section):
+    """How each artifact is timed on this host (batch 1)."""
+
+    runs: int = Field(100, ge=1, description="Timed runs after warm-up.")
+    warmup: int = Field(10, ge=0)
+    threads: int = Field(1, ge=1)
+    timeout_s: float = Field(600, gt=0, description="Limit for measuring one artifact.")
+
+
+class Gates(Section):
+    """Limits an artifact must meet. Unset gates are not checked."""
+
+    max_accuracy_drop: float | None = Field(
+        None, description="Accuracy drop from the source model, as a fraction (0.01) or a percentage ('1%')."
+    )
+    max_p50_ms: float | None = Field(None, gt=0, description="Median latency at batch 1, in milliseconds.")
+    max_bytes: int | None = Field(None, gt=0, description="Artifact file size in bytes.")
+    require: Literal["any", "all"] = Field(
+        "any", description="any: the run passes if at least one artifact meets every gate; all: every artifact must."
+    )
+
+    @field_validator("max_accuracy_drop", mode="before")
+    @classmethod
+    def _percent(cls, value):
+        if isinstance(value, str) and value.strip().endswith("%"):
+            value = float(value.strip()[:-1]) / 100
+        if value is not None and not 0 <= float(value) <= 1:
+            raise ValueError("must be between 0 and 1 (or 0% and 100%)")
+        return value
+
+
+def default_exports() -> list[ExportSpec]:
+    return [ExportSpec(format="tflite", precision=p) for p in PRECISIONS["tflite"]] + [
+        ExportSpec(format="onnx", precision=p) for p in ("fp32", "int8_dynamic", "int8_static")
+    ]
+
+
+class Recipe(Section):
+    """A compression and deployment job: model -> steps -> exports -> measurements -> gates."""
+
+    name: str = "edgepress"
+    model: ModelSpec
+    data: DataSpec = Field(default_factory=DataSpec)
+    steps: list[Step] = Field(default_factory=list, description="Compression steps, applied in order.")
+    exports: list[ExportSpec] = Field(default_factory=default_exports)
+    measure: MeasureSpec = Field(default_factory=MeasureSpec)
+    gates: Gates = Field(default_factory=Gates)
+
+    @model_validator(mode="after")
+    def _exports_fit_steps(self) -> Recipe:
+        if any(step.type == "qat" for step in self.steps):
+            # A QAT model already carries int8 ranges; quantizing it again or exporting it as float is wrong.
+            allowed = {("tflite", "int8"), ("tflite", "dynamic"), ("onnx", "fp32")}
+            if "exports" not in self.model_fields_set:
+                self.exports = [ExportSpec(format=f, precision=p) for f, p in sorted(allowed, reverse=True)]
+            bad = [f"{e.format} {e.precision}" for e in self.exports if (e.format, e.precision) not in allowed]
+            if bad:
+                raise ValueError(
+                    f"after a qat step the model is already quantization-aware; export it as tflite int8 or "
+                    f"dynamic, or onnx fp32 (which keeps the QAT ranges as QDQ pairs), not: {', '.join(bad)}"
+                )
+        return self
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> Recipe:
+        """Read and validate a recipe file; relative paths in it are taken relative to the file."""
+        path = Path(path)
+        if not path.is_file():
+            raise EdgepressError(f"Recipe file {path} not found.")
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise EdgepressError(f"Recipe {path} is not valid YAML: {e}") from None
+        if not isinstance(raw, dict):
+            raise EdgepressError(f"Recipe {path} must be a YAML mapping with at least a `model:` section.")
+        return cls.from_dict(raw, base=path.parent, source=str(path))
+
+    @classmethod
+    def from_dict(cls, raw: dict, base: str | Path = ".", source: str = "recipe") -> Recipe:
+        """Validate a recipe given as a dict; relative paths are resolved against `base`."""
+        try:
+            recipe = cls.model_validate(raw)
+        except ValidationError as e:
+            raise EdgepressError(_explain(e, source)) from None
+        return recipe.with_paths_from(Path(base))
+
+    def with_paths_from(self, base: Path) -> Recipe:
+        """This recipe with relative model and data paths resolved against `base`."""
+
+        def resolve(p: str | None) -> str | None:
+            return None if p is None else str((base / p).resolve()) if not Path(p).is_absolute() else p
+
+        return self.model_copy(
+            update={
+                "model": self.model.model_copy(update={"path": resolve(self.model.path)}),
+                "data": self.data.model_copy(update={"path": resolve(self.data.path)}),
+            }
+        )
+
+    def with_overrides(self, data: str | None = None, model: str | None = None) -> Recipe:
+        """This recipe with the data path and/or the model file replaced (command-line --data / --model)."""
+        recipe = self
+        if data is not None:
+            spec = recipe.data.model_copy(update={"path": str(Path(data).resolve())})
+            recipe = recipe.model_copy(update={"data": spec})
+        if model is not None:
+            spec = recipe.model.model_copy(update={"path": str(Path(model).resolve()), "zoo": None})
+            recipe = recipe.model_copy(update={"model": spec})
+        return recipe
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def schema() -> dict:
+    """The recipe's JSON Schema."""
+    return Recipe.model_json_schema()
+
+
+def _explain(error: ValidationError, source: str) -> str:
+    problems = []
+    for e in error.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            valid = _fields_at(e["loc"][:-1])
+            problems.append(f"unknown key '{where}'" + (f" (valid keys there: {', '.join(valid)})" if valid else ""))
+        else:
+            problems.append(f"{where}: {e['msg']}")
+    return f"Recipe {source} is invalid: " + "; ".join(problems) + "."
+
+
+def _fields_at(loc: tuple) -> list[str]:
+    """The valid keys of the recipe section at `loc` (e.g. ('steps', 0, 'prune'))."""
+    model: type[BaseModel] | None = Recipe
+    for part in loc:
+        if isinstance(part, int) or model is None:
+            continue
+        if part in model.model_fields:
+            model = _section(model.model_fields[part].annotation)
+        else:  # a discriminated union's tag, e.g. 'prune' under steps.0
+            model = {"prune": PruneConfig, "qat": QatConfig}.get(part)
+    return list(model.model_fields) if model else []
+
+
+def _section(annotation) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _section(arg)
+        if found:
+            return found
+    return None
