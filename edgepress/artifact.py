@@ -27,6 +27,10 @@ class TensorInfo:
     # (scale, zero_point) for a quantized tensor, so a runtime can feed floats and read floats back.
     quantization: tuple[float, int] | None = None
 
+    def __post_init__(self) -> None:
+        if self.quantization is not None:  # a JSON manifest gives a list back
+            self.quantization = (float(self.quantization[0]), int(self.quantization[1]))
+
 
 @dataclass
 class Artifact:

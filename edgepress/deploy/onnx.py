@@ -120,7 +120,7 @@ def _quantize_static(fp32: Path, out: Path, samples: np.ndarray, work: Path) -> 
 
     # onnxruntime recommends shape inference and graph optimization before quantizing.
     prepared = work / "prepared.onnx"
-    quant_pre_process(str(fp32), str(prepared))
+    quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)  # symbolic shapes are for transformers
     quantize_static(
         str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,

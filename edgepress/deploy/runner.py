@@ -1,0 +1,657 @@
+"""The on-device benchmark runner: load one .tflite or .onnx file, time it, and score it.
+
+This one file is copied to a phone or a Raspberry Pi and run there, so it needs only the standard
+library, numpy and one runtime; it imports nothing from edgepress and never imports TensorFlow
+unless no other TFLite interpreter exists. It runs on Python 3.9+.
+
+    python runner.py model.tflite --data eval.npz --runs 100 --threads 4 --json
+
+eval.npz holds `x` (inputs, preprocessed to the model's input shape, float32) and optionally `y`
+(integer labels). On the host, edgepress runs this file in a subprocess to measure an artifact,
+and its exporters call `open_model(path).predict(x)` to check what an exported file computes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+
+import numpy as np
+
+RUNNER_VERSION = 1
+
+# predict() feeds a dynamic-batch model at most this many rows at a time, to bound memory on a device.
+PREDICT_CHUNK = 256
+
+# Names of ONNX tensor element types as numpy dtype names.
+_ONNX_DTYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(double)": "float64",
+    "tensor(int8)": "int8",
+    "tensor(uint8)": "uint8",
+    "tensor(int16)": "int16",
+    "tensor(uint16)": "uint16",
+    "tensor(int32)": "int32",
+    "tensor(int64)": "int64",
+    "tensor(bool)": "bool",
+}
+
+
+class RunnerError(ValueError):
+    """Bad input or a missing runtime: the message names the thing at fault and what to do."""
+
+
+class Runtime:
+    """A loaded model and the runtime that runs it. Made by `open_model`.
+
+    Subclasses implement `_invoke`, one call of the runtime on an input that already has the
+    model's dtype and a batch the model accepts. Everything else (quantizing, batching) is here.
+    """
+
+    runtime: str
+    runtime_version: str
+    providers: list[str]
+    warnings: list[str]
+    load_ms: float
+    input_shape: list[int]
+    input_dtype: str
+
+    def __init__(self) -> None:
+        self.providers = []
+        self.warnings = []
+        # (scale, zero_point) of the input and output when they are quantized integers, else None.
+        self._input_quant: tuple[float, int] | None = None
+        self._output_quant: tuple[float, int] | None = None
+
+    @property
+    def fixed_batch(self) -> int | None:
+        """The batch size the model insists on, or None when its batch dimension is dynamic."""
+        if not self.input_shape or self.input_shape[0] == -1:
+            return None
+        return self.input_shape[0]
+
+    def prepare(self, x: np.ndarray) -> np.ndarray:
+        """Float inputs as the model's input dtype: quantized with (scale, zero_point) if it has them."""
+        x = np.asarray(x)
+        dtype = np.dtype(self.input_dtype)
+        if x.dtype == dtype:
+            return x
+        if dtype.kind in "iu":
+            if self._input_quant is not None:
+                scale, zero_point = self._input_quant
+                x = np.round(x.astype(np.float32) / scale + zero_point)
+            info = np.iinfo(dtype)
+            return np.clip(np.round(x), info.min, info.max).astype(dtype)
+        return x.astype(dtype)
+
+    def to_float(self, out: np.ndarray) -> np.ndarray:
+        """A raw model output as float32, dequantized when it is a quantized integer tensor."""
+        if self._output_quant is not None and out.dtype.kind in "iu":
+            scale, zero_point = self._output_quant
+            return ((out.astype(np.float32) - zero_point) * scale).astype(np.float32)
+        return out.astype(np.float32)
+
+    def run_batch(self, x: np.ndarray) -> np.ndarray:
+        """One invocation on an already-batched input; returns the raw first output. Used for timing.
+
+        Give `x` in the model's input dtype (see `prepare`) so the timing holds no conversion;
+        float input is converted here. A model with a fixed batch that differs from `len(x)` cannot
+        take `x` in one call, so it is run in as many calls as it takes.
+        """
+        x = self.prepare(x)
+        fixed = self.fixed_batch
+        if fixed is None or len(x) == fixed:
+            return self._invoke(x)
+        outs = []
+        for start in range(0, len(x), fixed):
+            chunk = x[start : start + fixed]
+            real = len(chunk)
+            if real < fixed:
+                # Pad the last chunk with copies of its final row; the padding's outputs are dropped.
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fixed - real, axis=0)])
+            outs.append(self._invoke(chunk)[:real])
+        return np.concatenate(outs)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Float32 first output of the model for a batch `x` of float inputs (any batch size).
+
+        Quantized inputs and outputs (full-int8 TFLite) are quantized and dequantized here.
+        """
+        x = np.asarray(x)
+        if x.ndim == 0 or len(x) == 0:
+            raise RunnerError(f"predict needs a batch of at least one sample, got an array of shape {x.shape}")
+        step = self.fixed_batch or PREDICT_CHUNK
+        outs = [self.to_float(self.run_batch(x[start : start + step])) for start in range(0, len(x), step)]
+        return np.concatenate(outs)
+
+    def _invoke(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class TFLiteRuntime(Runtime):
+    """A .tflite file in LiteRT, tflite_runtime or, as a last resort, tf.lite."""
+
+    def __init__(self, path: str, threads: int) -> None:
+        super().__init__()
+        interpreter_class, self.runtime, self.runtime_version = _tflite_interpreter()
+        start = time.perf_counter()
+        try:
+            self._interpreter = interpreter_class(model_path=path, num_threads=threads)
+            self._interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as e:
+            raise RunnerError(
+                f"{path}: {self.runtime} could not load it ({_one_line(e)}). "
+                "Check that it is a complete .tflite file (copy it again if it was truncated)."
+            ) from None
+        self.load_ms = (time.perf_counter() - start) * 1000.0
+
+        inputs = self._interpreter.get_input_details()
+        if len(inputs) != 1:
+            raise RunnerError(f"{path} has {len(inputs)} inputs; the runner handles single-input models only.")
+        self._input = inputs[0]
+        self._output = self._interpreter.get_output_details()[0]
+        # shape_signature keeps -1 for dynamic dims; `shape` shows them as 1.
+        self.input_shape = [int(d) for d in self._input.get("shape_signature", self._input["shape"])]
+        self.input_dtype = np.dtype(self._input["dtype"]).name
+        self._input_quant = _tflite_quant(self._input)
+        self._output_quant = _tflite_quant(self._output)
+        # The input shape the tensors are planned for; tracked here because asking the interpreter
+        # for it on every call would add its cost to the measured latency.
+        self._allocated_shape = tuple(int(d) for d in self._input["shape"])
+
+    def _invoke(self, x: np.ndarray) -> np.ndarray:
+        index = self._input["index"]
+        if x.shape != self._allocated_shape:
+            # A dynamic dimension changed (usually the batch): resize, then re-plan the tensors.
+            self._interpreter.resize_tensor_input(index, list(x.shape))
+            self._interpreter.allocate_tensors()
+            self._allocated_shape = x.shape
+        self._interpreter.set_tensor(index, x)
+        self._interpreter.invoke()
+        return self._interpreter.get_tensor(self._output["index"])
+
+
+class OnnxRuntime(Runtime):
+    """An .onnx file in onnxruntime, on the execution providers asked for when they exist."""
+
+    def __init__(self, path: str, threads: int, providers: list[str] | None) -> None:
+        super().__init__()
+        ort = _onnxruntime()
+        self.runtime = "onnxruntime"
+        self.runtime_version = getattr(ort, "__version__", "unknown")
+
+        requested = list(providers) if providers else ["CPUExecutionProvider"]
+        available = ort.get_available_providers()
+        usable = [p for p in requested if p in available]
+        for p in requested:
+            if p not in available:
+                self.warnings.append(
+                    f"execution provider {p} is not available in this onnxruntime "
+                    f"(available: {', '.join(available)}); using {', '.join(usable) or 'CPUExecutionProvider'}"
+                )
+        if not usable:
+            usable = ["CPUExecutionProvider"]
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        # One model, one request at a time: parallel branches would only compete for the same cores.
+        options.inter_op_num_threads = 1
+        # The fallbacks are recorded in `warnings`; onnxruntime's own log lines would only be noise.
+        options.log_severity_level = 3
+        start = time.perf_counter()
+        try:
+            self._session = ort.InferenceSession(path, sess_options=options, providers=usable)
+        except Exception as e:  # onnxruntime raises its own exception types for a bad file
+            raise RunnerError(
+                f"{path}: onnxruntime could not load it ({_one_line(e)}). Check that it is a complete .onnx file "
+                "with an opset this onnxruntime supports."
+            ) from None
+        self.load_ms = (time.perf_counter() - start) * 1000.0
+
+        # A provider can be installed yet fail to start (no GPU, missing CUDA libraries): then
+        # onnxruntime quietly drops it, so report what the session really uses.
+        self.providers = list(self._session.get_providers())
+        for p in usable:
+            if p not in self.providers:
+                self.warnings.append(
+                    f"execution provider {p} is installed but could not be used; running on {', '.join(self.providers)}"
+                )
+
+        inputs = self._session.get_inputs()
+        if len(inputs) != 1:
+            raise RunnerError(f"{path} has {len(inputs)} inputs; the runner handles single-input models only.")
+        self._input_name = inputs[0].name
+        self._output_name = self._session.get_outputs()[0].name
+        # Symbolic or unknown dimensions (e.g. 'unk__13', None) are dynamic.
+        self.input_shape = [d if isinstance(d, int) and d > 0 else -1 for d in inputs[0].shape]
+        self.input_dtype = _ONNX_DTYPES.get(inputs[0].type, "float32")
+
+    def _invoke(self, x: np.ndarray) -> np.ndarray:
+        return self._session.run([self._output_name], {self._input_name: x})[0]
+
+
+def _tflite_interpreter() -> tuple[type, str, str]:
+    """The best TFLite Interpreter class that imports here, with its runtime name and version."""
+    failures = []
+    try:
+        import ai_edge_litert
+        from ai_edge_litert.interpreter import Interpreter
+
+        return Interpreter, "ai_edge_litert", getattr(ai_edge_litert, "__version__", "unknown")
+    except ImportError as e:
+        failures.append(f"ai_edge_litert: {_one_line(e)}")
+    try:
+        import tflite_runtime
+        from tflite_runtime.interpreter import Interpreter
+
+        return Interpreter, "tflite_runtime", getattr(tflite_runtime, "__version__", "unknown")
+    except ImportError as e:
+        failures.append(f"tflite_runtime: {_one_line(e)}")
+    try:
+        # Last resort: TensorFlow is heavy to import and large in memory, which skews the memory figures.
+        import tensorflow as tf
+
+        return tf.lite.Interpreter, "tf.lite", getattr(tf, "__version__", "unknown")
+    except ImportError as e:
+        failures.append(f"tensorflow: {_one_line(e)}")
+    raise RunnerError(
+        "No TFLite runtime found (" + "; ".join(failures) + "). Install one with `pip install ai-edge-litert` "
+        "(or `pip install tflite-runtime` on devices LiteRT has no wheel for)."
+    )
+
+
+def _onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError as e:
+        raise RunnerError(
+            f"No ONNX runtime found (`import onnxruntime` failed: {_one_line(e)}). "
+            "Install it with `pip install onnxruntime` (or onnxruntime-gpu for CUDA)."
+        ) from None
+    return onnxruntime
+
+
+def _tflite_quant(detail: dict) -> tuple[float, int] | None:
+    """(scale, zero_point) of a quantized integer TFLite tensor, else None."""
+    scale, zero_point = detail.get("quantization", (0.0, 0))
+    if np.dtype(detail["dtype"]).kind in "iu" and scale:
+        return float(scale), int(zero_point)
+    return None
+
+
+def open_model(path: str, threads: int = 1, providers: list[str] | None = None) -> Runtime:
+    """Load a .tflite or .onnx file in the best runtime available; `providers` applies to ONNX only."""
+    if threads < 1:
+        raise RunnerError(f"threads must be 1 or more, got {threads}.")
+    path = str(path)
+    if _model_format(path) == "tflite":
+        return TFLiteRuntime(path, threads)
+    return OnnxRuntime(path, threads, providers)
+
+
+def _model_format(path: str) -> str:
+    """ "tflite" or "onnx" for an existing model file; RunnerError for anything else."""
+    if not os.path.isfile(path):
+        raise RunnerError(f"Model file {path} does not exist: give the path of a .tflite or .onnx file.")
+    extension = os.path.splitext(path)[1].lower()
+    if extension in (".tflite", ".onnx"):
+        return extension[1:]
+    raise RunnerError(
+        f"{path}: unknown model format '{extension or '(no extension)'}'. "
+        "The runner runs .tflite and .onnx files; rename the file if it is one of those."
+    )
+
+
+def benchmark(
+    path: str,
+    x: np.ndarray | None = None,
+    y: np.ndarray | None = None,
+    runs: int = 100,
+    warmup: int = 10,
+    threads: int = 1,
+    batch: int = 1,
+    providers: list[str] | None = None,
+    with_predictions: bool = False,
+) -> dict:
+    """Load `path`, time `runs` invocations at batch `batch`, and score it on (`x`, `y`) if given.
+
+    Returns a JSON-serialisable dict: artifact, runtime, load_ms, latency_ms (p50/p90/p99/mean/std/
+    min/max of the timed runs), memory, samples, accuracy, per_class, output_checksum, host, and
+    predictions when asked. `peak_rss_bytes` is the peak of the whole process, so it means most in
+    a fresh process such as the CLI's; `model_rss_bytes` is what the loaded, warmed-up model added.
+    """
+    if runs < 1 or warmup < 0 or batch < 1:
+        raise RunnerError(
+            f"runs and batch must be 1 or more and warmup 0 or more (got runs={runs}, batch={batch}, warmup={warmup})."
+        )
+    path = str(path)
+    if x is not None:
+        x = np.asarray(x)
+        if x.dtype.kind not in "f":
+            x = x.astype(np.float32)
+    if y is not None:
+        y = np.asarray(y)
+        if x is None:
+            raise RunnerError("Labels y were given without inputs x: give both, or neither.")
+        if y.ndim != 1 or y.dtype.kind not in "iub" or len(y) != len(x):
+            raise RunnerError(
+                f"Labels y must be {len(x)} integer class labels (one per input), got an array of shape "
+                f"{y.shape} and dtype {y.dtype}. For one-hot labels pass y.argmax(-1)."
+            )
+
+    # Import the runtime before taking the baseline, so model_rss_bytes is what the model adds and
+    # not the runtime library, which every model on the device shares.
+    if _model_format(path) == "tflite":
+        _tflite_interpreter()
+    else:
+        _onnxruntime()
+    baseline_rss = _current_rss()
+    model = open_model(path, threads=threads, providers=providers)
+    warnings = list(model.warnings)
+    if x is not None:
+        _check_fits(model, x)
+
+    # Latency: the first `batch` rows of the data (repeated if there are fewer), else random input.
+    if x is not None and len(x) > 0:
+        latency_x = x[np.arange(batch) % len(x)]
+    else:
+        latency_x = _random_input(model, batch)
+    latency_input = model.prepare(latency_x)
+    if model.fixed_batch is not None and batch != model.fixed_batch:
+        calls = -(-batch // model.fixed_batch)
+        warnings.append(
+            f"the model's batch is fixed at {model.fixed_batch}, so each batch-{batch} run is {calls} invocations"
+        )
+    for _ in range(warmup):
+        model.run_batch(latency_input)
+    times_ms = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        model.run_batch(latency_input)
+        times_ms.append((time.perf_counter() - start) * 1000.0)
+    model_rss = max(0, _current_rss() - baseline_rss)
+
+    # Accuracy: every sample of the data, through predict so quantized models get floats back.
+    samples, accuracy, per_class, predictions = 0, None, {}, []
+    if x is not None and len(x) > 0:
+        outputs = model.predict(x)
+        samples = len(x)
+        predicted = np.argmax(outputs, axis=-1)
+        if y is not None:
+            if predicted.shape != y.shape:
+                raise RunnerError(
+                    f"{path}: top-1 accuracy needs an output of shape (batch, classes), got {outputs.shape[1:]} "
+                    "per sample. Run without labels y to time it only."
+                )
+            correct = predicted == y
+            accuracy = float(np.mean(correct))
+            for label in np.unique(y):
+                mask = y == label
+                per_class[str(int(label))] = {"n": int(mask.sum()), "correct": int(correct[mask].sum())}
+        if with_predictions:
+            predictions = predicted.tolist()
+    else:
+        outputs = model.to_float(model.run_batch(latency_input))
+
+    result = {
+        "runner_version": RUNNER_VERSION,
+        "artifact": {"path": path, "sha256": _sha256_file(path), "bytes": os.path.getsize(path)},
+        "runtime": {
+            "name": model.runtime,
+            "version": model.runtime_version,
+            "providers": list(model.providers),
+            "warnings": warnings,
+        },
+        "threads": threads,
+        "batch": batch,
+        "load_ms": model.load_ms,
+        "latency_ms": _latency_stats(times_ms, warmup),
+        "memory": {
+            "baseline_rss_bytes": baseline_rss,
+            "peak_rss_bytes": max(_peak_rss(), baseline_rss),
+            "model_rss_bytes": model_rss,
+        },
+        "samples": samples,
+        "accuracy": accuracy,
+        "per_class": per_class,
+        "output_checksum": _checksum(outputs),
+        "host": _host(),
+    }
+    if with_predictions:
+        result["predictions"] = predictions
+    return result
+
+
+def _check_fits(model: Runtime, x: np.ndarray) -> None:
+    """Raise unless each sample of `x` has the shape the model takes (-1 matches any size)."""
+    expected = model.input_shape[1:]
+    got = list(x.shape[1:])
+    fits = len(got) == len(expected) and all(e == -1 or e == g for e, g in _pairs(expected, got))
+    if not fits:
+        shown = "(" + ", ".join("?" if d == -1 else str(d) for d in expected) + ")"
+        raise RunnerError(
+            f"Data samples have shape {tuple(got)} but the model takes {shown} per sample "
+            f"(model input {model.input_shape}). Preprocess x to the model's input shape."
+        )
+
+
+def _pairs(a: list, b: list) -> list[tuple]:
+    # zip() without strict= trips the linter, and strict= needs Python 3.10; lengths are checked first.
+    return [(a[i], b[i]) for i in range(len(a))]
+
+
+def _random_input(model: Runtime, batch: int) -> np.ndarray:
+    """A deterministic float input of the model's shape, in the range its input dtype can hold."""
+    shape = [batch] + [d if d > 0 else 1 for d in model.input_shape[1:]]
+    rng = np.random.default_rng(0)
+    dtype = np.dtype(model.input_dtype)
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        if model._input_quant is not None:
+            # Floats that quantize onto the whole integer range.
+            scale, zero_point = model._input_quant
+            low, high = (info.min - zero_point) * scale, (info.max - zero_point) * scale
+        else:
+            # Unquantized integers are usually ids or indices: small non-negative ones are safe.
+            low, high = 0, min(int(info.max), 9)
+        return rng.uniform(low, high, size=shape).astype(np.float32)
+    # Float models usually take inputs scaled to [0, 1].
+    return rng.random(shape, dtype=np.float32)
+
+
+def _latency_stats(times_ms: list[float], warmup: int) -> dict:
+    t = np.asarray(times_ms, dtype=np.float64)
+    return {
+        "runs": len(t),
+        "warmup": warmup,
+        "p50": float(np.percentile(t, 50)),
+        "p90": float(np.percentile(t, 90)),
+        "p99": float(np.percentile(t, 99)),
+        "mean": float(t.mean()),
+        "std": float(t.std()),
+        "min": float(t.min()),
+        "max": float(t.max()),
+    }
+
+
+def _checksum(outputs: np.ndarray) -> str:
+    """sha256 of the float32 outputs rounded to 4 decimals, so tiny float noise does not change it."""
+    rounded = np.round(np.asarray(outputs, dtype=np.float32), 4).astype(np.float32)
+    rounded = rounded + np.float32(0.0)  # turns -0.0 into 0.0, so both hash alike
+    return hashlib.sha256(np.ascontiguousarray(rounded).tobytes()).hexdigest()
+
+
+def _sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _proc_status_bytes(field: str) -> int | None:
+    """A memory field (e.g. VmRSS) of /proc/self/status in bytes, or None where there is no /proc."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024  # the kernel reports kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _rusage_peak_bytes() -> int:
+    try:
+        import resource
+    except ImportError:  # Windows
+        return 0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # ru_maxrss is in bytes on macOS and in KiB on Linux and the BSDs.
+    return int(peak) if sys.platform == "darwin" else int(peak) * 1024
+
+
+def _current_rss() -> int:
+    rss = _proc_status_bytes("VmRSS")
+    # Without /proc the peak so far is the best available stand-in for the current size.
+    return rss if rss is not None else _rusage_peak_bytes()
+
+
+def _peak_rss() -> int:
+    peak = _proc_status_bytes("VmHWM")
+    return peak if peak is not None else _rusage_peak_bytes()
+
+
+def _host() -> dict:
+    return {
+        "cpu": cpu_model(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+    }
+
+
+def cpu_model() -> str:
+    # x86 Linux names the CPU in "model name"; many ARM boards (a Raspberry Pi) give only "Model".
+    found = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, sep, value = line.partition(":")
+                if sep and key.strip() in ("model name", "Model") and value.strip():
+                    found.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    return found.get("model name") or found.get("Model") or platform.processor() or platform.machine()
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def load_data(path: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """`x` and, when present, `y` from an .npz file, with errors that say how to fix the file."""
+    if not os.path.isfile(path):
+        raise RunnerError(f"Data file {path} does not exist: give an .npz file with arrays x (and y).")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            names = list(data.files)
+            if "x" not in names:
+                raise RunnerError(
+                    f"Data file {path} has no array 'x' (it has: {', '.join(names) or 'nothing'}). "
+                    "Save it with np.savez(path, x=inputs, y=labels)."
+                )
+            x = data["x"]
+            y = data["y"] if "y" in names else None
+    except RunnerError:
+        raise
+    except Exception as e:  # not a zip, truncated, pickled objects, ...
+        raise RunnerError(
+            f"Data file {path} is not a readable .npz ({_one_line(e)}). "
+            "Save it with np.savez(path, x=inputs, y=labels)."
+        ) from None
+    return x, y
+
+
+@contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Send everything written to file descriptor 1 to stderr, so `--json` output stays one JSON object.
+
+    Runtimes are native code and some print to stdout themselves; redirecting the descriptor
+    catches those prints too, not just Python's.
+    """
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _summary(result: dict) -> str:
+    lat = result["latency_ms"]
+    mem = result["memory"]
+    rt = result["runtime"]
+    providers = f" on {', '.join(rt['providers'])}" if rt["providers"] else ""
+    lines = [
+        f"{result['artifact']['path']}  ({rt['name']} {rt['version']}{providers}, "
+        f"{result['threads']} thread(s), batch {result['batch']})",
+        f"  load      {result['load_ms']:.1f} ms",
+        f"  latency   p50 {lat['p50']:.3f} ms  p90 {lat['p90']:.3f} ms  p99 {lat['p99']:.3f} ms  ({lat['runs']} runs)",
+        f"  memory    peak {mem['peak_rss_bytes'] / 2**20:.1f} MiB, model +{mem['model_rss_bytes'] / 2**20:.1f} MiB",
+    ]
+    if result["accuracy"] is not None:
+        lines.append(f"  accuracy  {result['accuracy'] * 100:.2f}% on {result['samples']} samples")
+    lines.extend(f"  warning: {w}" for w in rt["warnings"])
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="runner.py", description="Time a .tflite or .onnx model on this device, and score it on data."
+    )
+    parser.add_argument("artifact", help="the .tflite or .onnx file")
+    parser.add_argument("--data", help="an .npz with x (preprocessed inputs) and optionally y (integer labels)")
+    parser.add_argument("--runs", type=int, default=100, help="timed runs (default 100)")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed runs first (default 10)")
+    parser.add_argument("--threads", type=int, default=1, help="runtime threads (default 1)")
+    parser.add_argument("--batch", type=int, default=1, help="batch size of each timed run (default 1)")
+    parser.add_argument(
+        "--providers", help="ONNX execution providers in order, e.g. CUDAExecutionProvider,CPUExecutionProvider"
+    )
+    parser.add_argument("--predictions", action="store_true", help="include the top-1 prediction of every sample")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
+    args = parser.parse_args(argv)
+
+    providers = [p.strip() for p in args.providers.split(",") if p.strip()] if args.providers else None
+    try:
+        x, y = load_data(args.data) if args.data else (None, None)
+        with _stdout_to_stderr() if args.json else nullcontext():
+            result = benchmark(
+                args.artifact, x, y, runs=args.runs, warmup=args.warmup, threads=args.threads,
+                batch=args.batch, providers=providers, with_predictions=args.predictions,
+            )  # fmt: skip
+    except RunnerError as e:
+        print(f"runner.py: error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(_summary(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
