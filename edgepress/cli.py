@@ -7,6 +7,7 @@ Exit codes: 0 ok, 1 a gate failed, 2 bad input (the message says what to fix).
 from __future__ import annotations
 
 import json
+import sys
 from importlib import resources
 from pathlib import Path
 from typing import Annotated
@@ -22,8 +23,10 @@ app = typer.Typer(
     help="Compress trained models, export TFLite and ONNX artifacts, and measure them on edge targets.",
     no_args_is_help=True,
     add_completion=False,
+    pretty_exceptions_enable=False,
 )
-console = Console()
+# Logs and CI are not terminals: give them wide lines so table rows stay whole.
+console = Console(log_path=False, width=None if sys.stdout.isatty() else 160)
 errors = Console(stderr=True)
 
 RunDir = Annotated[Path | None, typer.Option("--output", "-o", help="Run directory (default: runs/<name>-<time>).")]
@@ -96,11 +99,12 @@ class _LiveProgress:
 
 
 def _print_report(report) -> None:
+    columns = [c for c in report.COLUMNS if c not in ("format", "precision")]
     table = Table(title=report.summary(), title_justify="left")
-    for column in report.COLUMNS:
-        table.add_column(column, justify="left" if column in ("artifact", "format", "precision") else "right")
+    for column in columns:
+        table.add_column(column, justify="left" if column == "artifact" else "right")
     for row in report.table():
-        table.add_row(*(row[c] for c in report.COLUMNS), style="bold green" if "★" in row["artifact"] else None)
+        table.add_row(*(row[c] for c in columns), style="bold green" if "★" in row["artifact"] else None)
     console.print(table)
     console.print(report.verdict())
     console.print(f"Run directory: {report.run_dir} (results.json, report.md, report.html)")
@@ -120,3 +124,7 @@ def _guard(work) -> None:
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

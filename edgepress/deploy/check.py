@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgepress.compat import quiet
 from edgepress.deploy import runner
 from edgepress.errors import EdgepressError
 from edgepress.models import training
@@ -14,7 +15,8 @@ from edgepress.models import training
 def compare(model, path: Path, x: np.ndarray) -> dict:
     """Top-1 agreement and max abs output difference between `model` and the exported file on `x`."""
     expected = training.predict(model, x)
-    got = runner.open_model(str(path)).predict(x)
+    with quiet():
+        got = runner.open_model(str(path)).predict(x)
     return {
         "samples": len(x),
         "top1_agreement": float(np.mean(np.argmax(got, -1) == np.argmax(expected, -1))),

@@ -18,6 +18,7 @@ import numpy as np
 
 from edgepress import files
 from edgepress.artifact import Artifact, TensorInfo
+from edgepress.compat import quiet
 from edgepress.deploy.check import calibration_inputs, compare
 from edgepress.errors import EdgepressError, first_line
 
@@ -45,18 +46,19 @@ def export_onnx(
     path = Path(path)
     with tempfile.TemporaryDirectory() as work, files.atomic_path(path) as tmp:
         fp32 = Path(work) / "fp32.onnx"
-        _convert(model, fp32)
-        if precision == "fp32":
-            fp32.replace(tmp)
-        elif precision == "fp16":
-            _to_fp16(fp32, tmp)
-        elif precision == "int8_dynamic":
-            from onnxruntime.quantization import QuantType, quantize_dynamic
+        with quiet():
+            _convert(model, fp32)
+            if precision == "fp32":
+                fp32.replace(tmp)
+            elif precision == "fp16":
+                _to_fp16(fp32, tmp)
+            elif precision == "int8_dynamic":
+                from onnxruntime.quantization import QuantType, quantize_dynamic
 
-            quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8)
-            quantization = {"weights": "int8", "activations": "dynamic uint8"}
-        else:
-            quantization = _quantize_static(fp32, tmp, samples, Path(work))
+                quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8)
+                quantization = {"weights": "int8", "activations": "dynamic uint8"}
+            else:
+                quantization = _quantize_static(fp32, tmp, samples, Path(work))
         check = compare(model, tmp, check_data) if check_data is not None else {}
     inputs, outputs = signature(path)
     artifact = Artifact.describe(

@@ -17,6 +17,7 @@ import numpy as np
 
 from edgepress import files
 from edgepress.artifact import Artifact, TensorInfo
+from edgepress.compat import quiet
 from edgepress.deploy.check import calibration_inputs, compare
 from edgepress.errors import EdgepressError, first_line
 
@@ -61,7 +62,8 @@ def export_tflite(
             tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
         ]
     try:
-        data = converter.convert()
+        with quiet():
+            data = converter.convert()
     except Exception as e:  # the converter raises many types, with MLIR diagnostics
         raise EdgepressError(
             f"The TFLite converter could not make a {precision} model of '{model.name}': {first_line(e)}. "

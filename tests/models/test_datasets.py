@@ -27,7 +27,8 @@ def test_mnist_idx_split_takes_first_train_and_last_test():
 def test_mnist_keras_npz_matches_idx(tmp_path):
     idx = load_dataset("mnist", MNIST, train_size=100, test_size=50)
     raw = (idx.x_train * 255).round().astype(np.uint8)
-    np.savez(tmp_path / "mnist.npz", x_train=raw[:60], y_train=idx.y_train[:60], x_test=raw[60:], y_test=idx.y_train[60:])
+    np.savez(tmp_path / "mnist.npz", x_train=raw[:60], y_train=idx.y_train[:60],
+             x_test=raw[60:], y_test=idx.y_train[60:])
 
     data = load_dataset("mnist", tmp_path / "mnist.npz", train_size=60, test_size=40)
 

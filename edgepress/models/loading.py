@@ -1,0 +1,551 @@
+"""Load a trained Keras model as a tf_keras (Keras 2) model, whichever Keras wrote it.
+
+edgepress's steps use tfmot, which works with tf_keras models only, and tf_keras cannot read the
+files Keras 3 writes. So the file itself says which Keras wrote it (the `.keras` archive's
+metadata.json, the `.h5` root attribute): a Keras 2 file is loaded by tf_keras directly; a Keras 3
+file is loaded by Keras 3, its config is translated into the Keras 2 format, the same architecture
+is rebuilt in tf_keras, the weights are copied layer by layer, and the two models must then give
+the same outputs on a fixed input.
+
+TensorFlow and both Kerases are imported inside functions only: the CLI imports this module and
+must start instantly.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import zipfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgepress.compat import keras
+from edgepress.errors import EdgepressError
+
+KERAS_SUFFIXES = (".keras",)
+H5_SUFFIXES = (".h5", ".hdf5")
+# A rebuilt model must reproduce the Keras 3 model's outputs to this absolute tolerance.
+REBUILD_TOLERANCE = 1e-4
+
+_SAVE_HINT = 'save the trained model with `model.save("model.keras")`'
+_ACCEPTED = "a .keras file, a .h5 file or a SavedModel directory"
+
+# Keras 3 config keys that Keras 2 spells differently, by layer class.
+_RENAMED_KEYS = {
+    "InputLayer": {"batch_shape": "batch_input_shape"},
+    "LeakyReLU": {"negative_slope": "alpha"},
+}
+# Keyword arguments every Keras 2 layer takes through **kwargs (tf_keras's base Layer allows them).
+_BASE_LAYER_KWARGS = {
+    "input_dim",
+    "input_shape",
+    "batch_input_shape",
+    "batch_size",
+    "weights",
+    "activity_regularizer",
+    "autocast",
+    "implementation",
+}
+_MODEL_CLASSES = ("Sequential", "Functional", "Model")
+# Parts of a saved config that load_model(compile=False) never deserializes.
+_SKIPPED_CONFIG_KEYS = ("compile_config", "training_config")
+
+if TYPE_CHECKING:
+    import tf_keras
+
+
+class _RebuildError(Exception):
+    """One layer of a Keras 3 model cannot be rebuilt in tf_keras; load_model names the path."""
+
+    def __init__(self, layer_name: str, class_name: str, reason: str):
+        super().__init__(reason)
+        self.layer_name = layer_name
+        self.class_name = class_name
+        self.reason = reason
+
+
+def load_model(path: str | os.PathLike) -> tf_keras.Model:
+    """Load a trained Keras model for edgepress's steps and exporters, whichever Keras wrote it.
+
+    Accepts .keras and .h5 files written by tf_keras (Keras 2) or Keras 3, and SavedModel
+    directories written by tf_keras. Always returns a tf_keras model; raises EdgepressError on any
+    input it cannot turn into one.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise EdgepressError(f"Model not found: {path} does not exist. Pass the path of {_ACCEPTED}.")
+    if path.is_dir():
+        return _load_saved_model(path)
+
+    suffix = path.suffix.lower()
+    if suffix in KERAS_SUFFIXES:
+        version = _keras_version_of_archive(path)
+    elif suffix in H5_SUFFIXES:
+        version = _keras_version_of_h5(path)
+    else:
+        raise EdgepressError(
+            f"Cannot load {path}: edgepress does not know the extension {suffix or '(none)'!r}. "
+            f"Pass {_ACCEPTED} (accepted extensions: {', '.join(KERAS_SUFFIXES + H5_SUFFIXES)}); "
+            f"to convert a model from elsewhere, {_SAVE_HINT}."
+        )
+
+    if _major(version) >= 3:
+        return _load_keras3_file(path)
+    return _load_with_tf_keras(path)
+
+
+def is_plain_saved_model(path: str | os.PathLike) -> bool:
+    """True if `path` is a SavedModel directory with no Keras model in it.
+
+    `tf.saved_model.save` and Keras 3's `model.export()` write such SavedModels: they can be
+    served and converted, but not rebuilt as Keras models. tf_keras's `model.save` also writes
+    keras_metadata.pb, from which it can rebuild the model.
+    """
+    path = Path(path)
+    has_graph = (path / "saved_model.pb").exists() or (path / "saved_model.pbtxt").exists()
+    return has_graph and not (path / "keras_metadata.pb").exists()
+
+
+# --- Keras 2 files and SavedModels -------------------------------------------------------------
+
+
+def _load_saved_model(path: Path):
+    if is_plain_saved_model(path):
+        raise EdgepressError(
+            f"Cannot load {path}: it is a plain TensorFlow SavedModel (written by "
+            "`tf.saved_model.save` or Keras 3's `model.export()`) with no Keras model in it, and "
+            "edgepress's compression steps need the Keras model. Load the model in the Keras that "
+            f"trained it and {_SAVE_HINT}, then pass that file."
+        )
+    if not (path / "saved_model.pb").exists():
+        raise EdgepressError(
+            f"Cannot load {path}: it is a directory but not a SavedModel (it has no saved_model.pb). "
+            f"Pass {_ACCEPTED}."
+        )
+    return _load_with_tf_keras(path)
+
+
+def _load_with_tf_keras(path: Path):
+    tf_keras = keras()
+    try:
+        # compile=False: the steps compile the model themselves, and a custom loss or metric in
+        # the training setup must not stop the model from loading.
+        return tf_keras.models.load_model(path, compile=False)
+    except Exception as error:
+        raise _load_error(path, error, "tf_keras (Keras 2)") from error
+
+
+# --- Reading the file to learn which Keras wrote it ---------------------------------------------
+
+
+def _keras_version_of_archive(path: Path) -> str:
+    """The keras_version in a .keras archive's metadata.json (both Kerases write one)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            metadata = json.loads(archive.read("metadata.json"))
+        return str(metadata["keras_version"])
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError) as error:
+        raise EdgepressError(
+            f"Cannot load {path}: it is not a valid .keras model archive ({_first_line(error)}). "
+            f"The file may be truncated or corrupt, or not a Keras model at all; {_SAVE_HINT} again "
+            "and pass the new file."
+        ) from error
+
+
+def _keras_version_of_h5(path: Path) -> str:
+    """The keras_version root attribute of a .h5 model file ("" if absent: an old Keras 2 file)."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as h5:
+            has_model = "model_config" in h5.attrs
+            version = h5.attrs.get("keras_version", "")
+    except OSError as error:
+        raise EdgepressError(
+            f"Cannot load {path}: it is not a valid HDF5 file ({_first_line(error)}). The file may "
+            f"be truncated or corrupt; {_SAVE_HINT} again and pass the new file."
+        ) from error
+    if not has_model:
+        raise EdgepressError(
+            f"Cannot load {path}: the .h5 file holds weights only, not a model (it has no model "
+            f"config; it was probably written by `save_weights`). {_SAVE_HINT[0].upper()}"
+            f"{_SAVE_HINT[1:]} and pass that file."
+        )
+    return version.decode() if isinstance(version, bytes) else str(version)
+
+
+def _major(version: str) -> int:
+    try:
+        return int(version.split(".")[0])
+    except ValueError:
+        return 2  # Files without a version predate Keras 3.
+
+
+def _read_model_config(path: Path) -> dict | None:
+    """The model config stored in a .keras or .h5 file, or None if it cannot be read."""
+    try:
+        if path.suffix.lower() in KERAS_SUFFIXES:
+            with zipfile.ZipFile(path) as archive:
+                return json.loads(archive.read("config.json"))
+        if path.suffix.lower() in H5_SUFFIXES:
+            import h5py
+
+            with h5py.File(path, "r") as h5:
+                config = h5.attrs["model_config"]
+            return json.loads(config.decode() if isinstance(config, bytes) else config)
+    except Exception:
+        return None
+    return None
+
+
+# --- Errors --------------------------------------------------------------------------------------
+
+
+def _load_error(path: Path, error: Exception, loader: str) -> EdgepressError:
+    """Turn a loader's exception into one paragraph naming the path and what to do."""
+    custom = _custom_classes(_read_model_config(path)) if path.is_file() else []
+    if custom:
+        return _custom_objects_error(path, custom)
+    return EdgepressError(
+        f"Cannot load {path} with {loader}: {_first_line(error)}. The file may be corrupt or "
+        "truncated, or use custom layers or functions that edgepress cannot deserialize; pass a "
+        f"plain Keras model (built from built-in Keras layers), or {_SAVE_HINT} again."
+    )
+
+
+def _custom_objects_error(path: Path, class_names: list[str]) -> EdgepressError:
+    names = ", ".join(sorted(set(class_names)))
+    return EdgepressError(
+        f"Cannot load {path}: it uses custom object(s) {names} that edgepress cannot deserialize, "
+        "because its steps and exporters work on plain Keras models. Pass a plain Keras model built "
+        f"from built-in Keras layers and activations (replace {names} with built-in layers), then "
+        f"{_SAVE_HINT}."
+    )
+
+
+def _custom_classes(config: Any) -> list[str]:
+    """Class names in a saved model config that are neither Keras built-ins nor model classes."""
+    tf_keras = keras()
+    found: list[str] = []
+
+    def visit(value: Any, is_layer_entry: bool = False) -> None:
+        if isinstance(value, dict):
+            class_name = value.get("class_name")
+            module = value.get("module")
+            if isinstance(class_name, str):
+                if module is not None and not _is_keras_module(module):
+                    # Keras 3 stores a custom function as class "function" with its name as config.
+                    found.append(value["config"] if class_name == "function" else class_name)
+                elif (
+                    module is None
+                    and is_layer_entry
+                    and class_name not in _MODEL_CLASSES
+                    and not hasattr(tf_keras.layers, class_name)
+                ):
+                    found.append(class_name)  # Legacy .h5 configs name layers without a module.
+            for key, item in value.items():
+                if key in _SKIPPED_CONFIG_KEYS:
+                    continue
+                if key == "layers" and isinstance(item, list):
+                    for entry in item:
+                        visit(entry, is_layer_entry=True)
+                else:
+                    visit(item)
+        elif isinstance(value, list):
+            for item in value:
+                visit(item)
+
+    visit(config)
+    return [name for name in found if isinstance(name, str)]
+
+
+def _is_keras_module(module: str) -> bool:
+    return module.split(".")[0] in ("keras", "tf_keras")
+
+
+def _first_line(error: Exception) -> str:
+    lines = str(error).strip().splitlines()
+    text = lines[0].rstrip(".") if lines else ""
+    return text or type(error).__name__
+
+
+# --- Keras 3 files: load with Keras 3, rebuild in tf_keras ---------------------------------------
+
+
+def _load_keras3_file(path: Path):
+    try:
+        import keras as keras3
+    except ImportError as error:
+        raise EdgepressError(
+            f"Cannot load {path}: it was written by Keras 3, and reading it needs the `keras` "
+            "package 3.x, which is not installed. Install it (`pip install 'keras>=3'`) and retry."
+        ) from error
+    if _major(keras3.__version__) < 3:
+        raise EdgepressError(
+            f"Cannot load {path}: it was written by Keras 3, but `import keras` gives Keras "
+            f"{keras3.__version__}. Install the `keras` package 3.x (`pip install 'keras>=3'`) and retry."
+        )
+    custom = _custom_classes(_read_model_config(path))
+    if custom:
+        # Checked before loading: Keras 3 may import the custom class's module, but tf_keras still
+        # cannot rebuild it.
+        raise _custom_objects_error(path, custom)
+    try:
+        source = keras3.models.load_model(path, compile=False)
+    except Exception as error:
+        raise _load_error(path, error, "Keras 3") from error
+
+    try:
+        rebuilt = _rebuild_in_tf_keras(source)
+    except _RebuildError as error:
+        raise EdgepressError(
+            f"Cannot load {path}: it was written by Keras 3, and edgepress must rebuild it in "
+            f"tf_keras (Keras 2) for its compression steps, but layer {error.layer_name!r} "
+            f"({error.class_name}) cannot be rebuilt: {error.reason}. Replace that layer with "
+            "built-in layers tf_keras also has (Conv2D, Dense, BatchNormalization, pooling, Add, "
+            "Concatenate, ...), or build and save the model with tf_keras."
+        ) from error
+    except EdgepressError:
+        raise
+    except Exception as error:
+        raise EdgepressError(
+            f"Cannot load {path}: it was written by Keras 3, and rebuilding it in tf_keras (Keras 2) "
+            f"for edgepress's compression steps failed ({_first_line(error)}). Pass a Sequential or "
+            "functional model built from built-in Keras layers, or build and save it with tf_keras."
+        ) from error
+
+    difference = _max_output_difference(source, rebuilt)
+    if not difference < REBUILD_TOLERANCE:
+        raise EdgepressError(
+            f"Cannot load {path}: it was written by Keras 3, and its rebuild in tf_keras (Keras 2) "
+            f"does not reproduce its outputs (max abs difference {difference:.3g} on a fixed input, "
+            f"allowed {REBUILD_TOLERANCE:g}); some layer or activation behaves differently in the two "
+            "Kerases (for example hard_sigmoid or gelu). Replace it, or build and save the model "
+            "with tf_keras."
+        )
+    return rebuilt
+
+
+def _rebuild_in_tf_keras(source):
+    """Build the same architecture in tf_keras from the Keras 3 model's config, then copy weights."""
+    tf_keras = keras()
+    config = source.get_config()
+    if _is_sequential(source):
+        translated = _translate_model_config(config, functional=False)
+        _check_layers_deserialize(translated)
+        rebuilt = tf_keras.Sequential.from_config(translated)
+    elif "input_layers" in config and "output_layers" in config:
+        translated = _translate_model_config(config, functional=True)
+        _check_layers_deserialize(translated)
+        rebuilt = tf_keras.Model.from_config(translated)
+    else:
+        raise _RebuildError(
+            source.name,
+            type(source).__name__,
+            "it is a subclassed model, which has no architecture config to rebuild from; "
+            "pass a Sequential or functional model",
+        )
+    _copy_weights(source, rebuilt)
+    return rebuilt
+
+
+def _is_sequential(model) -> bool:
+    return type(model).__name__ == "Sequential"
+
+
+def _translate_model_config(config: dict, functional: bool) -> dict:
+    """A Keras 3 Sequential or functional config in the Keras 2 format."""
+    translated: dict[str, Any] = {
+        "name": config["name"],
+        "layers": [_translate_layer(entry, functional) for entry in config["layers"]],
+    }
+    if functional:
+        translated["input_layers"] = _triples(config["input_layers"])
+        translated["output_layers"] = _triples(config["output_layers"])
+    elif config.get("build_input_shape") is not None:
+        translated["build_input_shape"] = config["build_input_shape"]
+    return translated
+
+
+def _triples(value: list) -> list:
+    # Keras 3 writes a single input or output as a bare [layer, node, tensor] triple.
+    if len(value) == 3 and isinstance(value[0], str):
+        return [list(value)]
+    return [list(item) for item in value]
+
+
+def _translate_layer(entry: dict, functional: bool) -> dict:
+    class_name = entry["class_name"]
+    config = entry["config"]
+    name = entry.get("name") or config.get("name", "?")
+    module = entry.get("module") or ""
+
+    if class_name in _MODEL_CLASSES and _is_keras_module(module or "keras"):
+        # A nested model (e.g. a backbone) is rebuilt recursively.
+        nested_is_functional = "input_layers" in config
+        translated: dict[str, Any] = {
+            "class_name": "Functional" if nested_is_functional else "Sequential",
+            "config": _translate_model_config(config, nested_is_functional),
+        }
+    else:
+        layer_class = getattr(keras().layers, class_name, None)
+        if not module.startswith("keras.layers") or layer_class is None:
+            where = f" from {module}" if module and not module.startswith("keras.layers") else ""
+            raise _RebuildError(
+                name,
+                class_name,
+                f"tf_keras has no equivalent of {class_name}{where}"
+                + (" (a keras.ops call in the model)" if module.startswith("keras.src.ops") else ""),
+            )
+        translated = {"class_name": class_name, "config": _translate_config(layer_class, config)}
+
+    if functional:
+        translated["name"] = name
+        translated["inbound_nodes"] = [_translate_node(name, class_name, node) for node in entry["inbound_nodes"]]
+    return translated
+
+
+def _translate_config(cls: type, config: dict) -> dict:
+    """A Keras 3 layer or object config as the keyword arguments the tf_keras class accepts."""
+    renames = _RENAMED_KEYS.get(cls.__name__, {})
+    accepted = _accepted_keys(cls)
+    translated = {}
+    for key, value in config.items():
+        key = renames.get(key, key)
+        # Keys Keras 2 does not know (quantization_config, InputLayer's optional, initializers'
+        # input_axes, ...) are dropped; the output check after the rebuild catches any whose
+        # value mattered.
+        if key in accepted:
+            translated[key] = _translate_value(value)
+    return translated
+
+
+def _accepted_keys(cls: type) -> set[str]:
+    """Keyword arguments the constructors of `cls` and its bases declare."""
+    keys = set()
+    for klass in cls.__mro__:
+        if "__init__" in vars(klass):
+            for parameter in inspect.signature(klass.__init__).parameters.values():
+                if parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY):
+                    keys.add(parameter.name)
+    if issubclass(cls, keras().layers.Layer):
+        keys |= _BASE_LAYER_KWARGS
+    return keys - {"self"}
+
+
+def _translate_value(value: Any) -> Any:
+    """A config value in the Keras 2 form: dtype policies as names, serialized objects as Keras 2 dicts."""
+    if isinstance(value, dict):
+        class_name = value.get("class_name")
+        if isinstance(class_name, str) and class_name.endswith("DTypePolicy"):
+            return value["config"]["name"]
+        if isinstance(class_name, str) and "module" in value and isinstance(value.get("config"), dict):
+            return _translate_object(value)
+        return {key: _translate_value(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_translate_value(item) for item in value)
+    return value
+
+
+def _translate_object(value: dict) -> dict:
+    """A serialized Keras 3 initializer, regularizer or constraint as a Keras 2 {class_name, config}."""
+    kind = value["module"].split(".")[-1]  # "keras.initializers" -> "initializers"
+    namespace = getattr(keras(), kind, None)
+    cls = getattr(namespace, value["class_name"], None)
+    if not isinstance(cls, type):
+        return value  # Left as is: tf_keras's from_config then says what it cannot deserialize.
+    return {"class_name": value["class_name"], "config": _translate_config(cls, value["config"])}
+
+
+def _translate_node(layer_name: str, class_name: str, node: dict) -> list:
+    """A Keras 3 inbound node ({"args", "kwargs"}) as Keras 2 node data [[layer, node, tensor, kwargs], ...]."""
+    args = node.get("args", [])
+    kwargs = {key: value for key, value in node.get("kwargs", {}).items() if value is not None}
+    if len(args) != 1:
+        raise _RebuildError(layer_name, class_name, f"it is called with {len(args)} positional arguments")
+    if _keras_tensors(kwargs):
+        raise _RebuildError(layer_name, class_name, "it is called with a tensor as a keyword argument")
+    tensors = _keras_tensors(args[0])
+    if not tensors:
+        raise _RebuildError(layer_name, class_name, "it is called on something other than tensors")
+    return [[*tensor["config"]["keras_history"], kwargs] for tensor in tensors]
+
+
+def _keras_tensors(value: Any) -> list[dict]:
+    """The serialized Keras 3 tensors in `value`, flattened in order."""
+    if isinstance(value, dict):
+        if value.get("class_name") == "__keras_tensor__":
+            return [value]
+        return [tensor for item in value.values() for tensor in _keras_tensors(item)]
+    if isinstance(value, (list, tuple)):
+        return [tensor for item in value for tensor in _keras_tensors(item)]
+    return []
+
+
+def _check_layers_deserialize(model_config: dict) -> None:
+    """Build each translated layer alone first, so a failure names the layer rather than the model."""
+    tf_keras = keras()
+    for entry in model_config["layers"]:
+        if entry["class_name"] in _MODEL_CLASSES:
+            _check_layers_deserialize(entry["config"])
+            continue
+        try:
+            tf_keras.layers.deserialize({"class_name": entry["class_name"], "config": entry["config"]})
+        except Exception as error:
+            raise _RebuildError(entry["config"].get("name", "?"), entry["class_name"], _first_line(error)) from error
+
+
+def _copy_weights(source, target) -> None:
+    """Copy each Keras 3 layer's weights into the tf_keras layer of the same name."""
+    for layer in source.layers:
+        counterpart = target.get_layer(layer.name)
+        if hasattr(layer, "layers"):
+            _copy_weights(layer, counterpart)
+            continue
+        weights = layer.get_weights()
+        if not weights:
+            continue
+        try:
+            counterpart.set_weights(weights)
+        except Exception as error:
+            raise _RebuildError(
+                layer.name,
+                type(layer).__name__,
+                f"its weights do not fit the tf_keras layer ({_first_line(error)})",
+            ) from error
+
+
+def _max_output_difference(source, rebuilt) -> float:
+    """Max abs difference of the two models' outputs on a fixed input drawn from [0, 1)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    inputs = []
+    for tensor in rebuilt.inputs:
+        # Batch of 2; unknown spatial sizes get 32, enough for the usual stack of poolings.
+        shape = [2] + [32 if size is None else int(size) for size in tensor.shape[1:]]
+        if tensor.dtype.is_floating:
+            inputs.append(rng.random(shape).astype(tensor.dtype.as_numpy_dtype))
+        else:
+            inputs.append(rng.integers(0, 2, size=shape).astype(tensor.dtype.as_numpy_dtype))
+    feed = inputs[0] if len(inputs) == 1 else inputs
+    expected = _flat_arrays(source(feed, training=False))
+    actual = _flat_arrays(rebuilt(feed, training=False))
+    if len(expected) != len(actual):
+        return float("inf")
+    differences = [
+        float(np.max(np.abs(e.astype(np.float64) - a.astype(np.float64)))) if e.size else 0.0
+        for e, a in zip(expected, actual, strict=True)
+    ]
+    return max(differences, default=0.0)
+
+
+def _flat_arrays(outputs) -> list:
+    import numpy as np
+
+    if isinstance(outputs, dict):
+        outputs = [outputs[key] for key in sorted(outputs)]
+    if not isinstance(outputs, (list, tuple)):
+        outputs = [outputs]
+    return [np.asarray(output) for output in outputs]
