@@ -44,10 +44,15 @@ def run(recipe: Recipe, run_dir: str | Path | None = None, progress: Progress | 
     progress = progress or Progress()
     started = time.perf_counter()
     spec = recipe.data
+    # Everything that can be refused is checked before the run directory is made.
     data = load_dataset(spec.dataset, spec.path, spec.train_size, spec.test_size, spec.seed)
+    needs_calibration = any(e.precision in ("int8", "int16x8", "int8_static") for e in recipe.exports)
+    if needs_calibration:
+        data.calibration(spec.calibration_samples)
     model, source_name = _load_source(recipe, data, progress)
     data = data.fit_to(tuple(model.input_shape[1:]))
-    needs_calibration = any(e.precision in ("int8", "int16x8", "int8_static") for e in recipe.exports)
+    for step in recipe.steps:
+        STEPS[step.type].validate(model, step)
     calibration = data.calibration(spec.calibration_samples) if needs_calibration else None
     check_x = data.x_test[: spec.check_samples]
 
@@ -66,7 +71,7 @@ def run(recipe: Recipe, run_dir: str | Path | None = None, progress: Progress | 
     for i, step in enumerate(recipe.steps, start=1):
         progress.update(f"step {i} {step.type}")
         on_epoch = _epoch_reporter(progress, f"step {i} {step.type}")
-        model = STEPS[step.type](model, data.x_train, data.y_train, step, on_epoch=on_epoch)
+        model = STEPS[step.type].run(model, data.x_train, data.y_train, step, on_epoch=on_epoch)
         chain.append(step.type)
         accuracy = training.accuracy(training.predict(model, data.x_test), data.y_test)
         stages.append(_stage(step.type, model, accuracy, sparsity))

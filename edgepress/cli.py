@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from edgepress import compat  # noqa: F401  (sets TF_USE_LEGACY_KERAS before any TF import)
@@ -92,10 +93,10 @@ class _LiveProgress:
         self.status = status
 
     def update(self, message: str) -> None:
-        self.status.update(message)
+        self.status.update(escape(message))
 
     def done(self, message: str) -> None:
-        console.log(message)
+        console.log(escape(message))
 
 
 def _print_report(report) -> None:
@@ -115,10 +116,10 @@ def _guard(work) -> None:
     try:
         work()
     except EdgepressError as e:
-        errors.print(f"[bold red]error:[/] {e}", highlight=False)
+        errors.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
         raise typer.Exit(2) from None
     except GateFailed as e:
-        errors.print(f"[bold red]gates failed:[/] {e}", highlight=False)
+        errors.print(f"[bold red]gates failed:[/] {escape(str(e))}", highlight=False)
         raise typer.Exit(1) from None
 
 

@@ -4,10 +4,21 @@
     aware = edgepress.compress.qat(pruned, x_train, y_train, fine_tune_epochs=1)
 """
 
-from edgepress.compress.prune import PruneConfig, prune, sparsity
-from edgepress.compress.qat import QatConfig, qat
+from collections.abc import Callable
+from dataclasses import dataclass
 
-# Step configs by their recipe `type`, and the function that runs each.
-STEPS = {"prune": prune, "qat": qat}
+from edgepress.compress.prune import PruneConfig, layers_to_prune, prune, sparsity
+from edgepress.compress.qat import QatConfig, check_quantizable, qat
 
-__all__ = ["STEPS", "PruneConfig", "QatConfig", "prune", "qat", "sparsity"]
+
+@dataclass(frozen=True)
+class Step:
+    """What a recipe step runs, and the check that refuses a model before any work is done."""
+
+    run: Callable  # (model, x, y, config, on_epoch) -> model
+    validate: Callable  # (model, config) -> None, raises EdgepressError
+
+
+STEPS = {"prune": Step(prune, layers_to_prune), "qat": Step(qat, check_quantizable)}
+
+__all__ = ["STEPS", "PruneConfig", "QatConfig", "Step", "prune", "qat", "sparsity"]

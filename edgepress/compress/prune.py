@@ -49,7 +49,7 @@ def prune(model, x: np.ndarray, y: np.ndarray, config: PruneConfig | None = None
     from edgepress.compat import keras
 
     config = config or PruneConfig(**options)
-    selected = _layers_to_prune(model, config.layers)
+    selected = layers_to_prune(model, config)
     steps_per_epoch = math.ceil(len(x) / config.batch_size)
     total_steps = steps_per_epoch * config.fine_tune_epochs
     # tfmot's default frequency (100 steps) never fires on a short fine-tune: prune a few times per epoch.
@@ -90,12 +90,14 @@ def sparsity(model) -> float:
     return float(sum(int((k == 0).sum()) for k in kernels) / total) if total else 0.0
 
 
-def _layers_to_prune(model, names: list[str] | None) -> set[str]:
+def layers_to_prune(model, config: PruneConfig) -> set[str]:
+    """Names of the layers `config` prunes in `model`; raises EdgepressError naming any tfmot cannot prune."""
     from tensorflow_model_optimization.python.core.sparsity.keras import prunable_layer, prune_registry
 
     def prunable(layer) -> bool:
         return prune_registry.PruneRegistry.supports(layer) or isinstance(layer, prunable_layer.PrunableLayer)
 
+    names = config.layers
     by_name = {layer.name: layer for layer in model.layers}
     if names is not None:
         unknown = [n for n in names if n not in by_name]

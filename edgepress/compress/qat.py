@@ -38,7 +38,7 @@ def qat(model, x: np.ndarray, y: np.ndarray, config: QatConfig | None = None, on
     from edgepress.compat import keras
 
     config = config or QatConfig(**options)
-    _check_quantizable(model, config.layers)
+    check_quantizable(model, config)
     if config.layers is None:
         aware = tfmot.quantization.keras.quantize_model(model)
     else:
@@ -61,11 +61,13 @@ def is_quantize_aware(model) -> bool:
     return any(type(layer).__name__.startswith("Quantize") for layer in model.layers)
 
 
-def _check_quantizable(model, names: list[str] | None) -> None:
+def check_quantizable(model, config: QatConfig) -> None:
+    """Raise EdgepressError naming each layer of `model` that `config` asks for and tfmot cannot quantize."""
     from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
         default_8bit_quantize_registry,
     )
 
+    names = config.layers
     registry = default_8bit_quantize_registry.Default8BitQuantizeRegistry()
     by_name = {layer.name: layer for layer in model.layers}
     unknown = [n for n in names or [] if n not in by_name]

@@ -28,7 +28,7 @@ OPSET = 17
 
 def export_onnx(
     model,
-    path: str | Path,
+    path: str | Path | None = None,
     precision: str = "fp32",
     calibration: np.ndarray | None = None,
     check_data: np.ndarray | None = None,
@@ -37,13 +37,14 @@ def export_onnx(
     """Convert `model` to ONNX at `path` in `precision`; check it against `model` on `check_data`.
 
     `calibration` (inputs from the recipe's data) is required for int8_static.
+    `path` defaults to <model name>_<precision>.<format> in the working directory.
     Writes the file and its manifest atomically and returns the Artifact.
     """
     if precision not in ONNX_PRECISIONS:
         raise EdgepressError(f"Unknown ONNX precision '{precision}'. Use one of: {', '.join(ONNX_PRECISIONS)}.")
     samples = calibration_inputs(model, calibration, "ONNX int8_static") if precision == "int8_static" else None
     quantization: dict = {}
-    path = Path(path)
+    path = Path(path or f"{model.name}_{precision}.onnx")
     with tempfile.TemporaryDirectory() as work, files.atomic_path(path) as tmp:
         fp32 = Path(work) / "fp32.onnx"
         with quiet():

@@ -27,7 +27,7 @@ CALIBRATED = ("int8", "int16x8")
 
 def export_tflite(
     model,
-    path: str | Path,
+    path: str | Path | None = None,
     precision: str = "fp32",
     calibration: np.ndarray | None = None,
     check_data: np.ndarray | None = None,
@@ -36,6 +36,7 @@ def export_tflite(
     """Convert `model` to `path` at `precision`; check it against `model` on `check_data`.
 
     `calibration` (inputs from the recipe's data) is required for int8 and int16x8.
+    `path` defaults to <model name>_<precision>.<format> in the working directory.
     Writes the file and its manifest atomically and returns the Artifact.
     """
     from edgepress.compat import tensorflow
@@ -70,7 +71,7 @@ def export_tflite(
             "Try another precision, or check that every layer is a TFLite builtin op."
         ) from None
 
-    path = Path(path)
+    path = Path(path or f"{model.name}_{precision}.tflite")
     with files.atomic_path(path) as tmp:
         tmp.write_bytes(data)
         check = compare(model, tmp, check_data) if check_data is not None else {}

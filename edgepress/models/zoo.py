@@ -79,6 +79,9 @@ def train(
 
     Returns the trained Keras model. On 8,000 MNIST images, 5 epochs give the seed CNN ~97-98%.
     """
+    if len(data.x_train) == 0:
+        raise EdgepressError(f"Zoo model '{name}' is trained here, but the data has no training samples: "
+                             "raise data.train_size, or give a trained model with model.path.")
     _keras().utils.set_random_seed(seed)
     model = build(name, data.num_classes)
     data = data.fit_to(ZOO[name].input_shape)
