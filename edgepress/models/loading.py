@@ -169,8 +169,8 @@ def _keras_version_of_h5(path: Path) -> str:
     if not has_model:
         raise EdgepressError(
             f"Cannot load {path}: the .h5 file holds weights only, not a model (it has no model "
-            f"config; it was probably written by `save_weights`). {_SAVE_HINT[0].upper()}"
-            f"{_SAVE_HINT[1:]} and pass that file."
+            'config; it was probably written by `save_weights`). Save the whole trained model with '
+            '`model.save("model.keras")` and pass that file.'
         )
     return version.decode() if isinstance(version, bytes) else str(version)
 
@@ -236,7 +236,7 @@ def _custom_classes(config: Any) -> list[str]:
             if isinstance(class_name, str):
                 if module is not None and not _is_keras_module(module):
                     # Keras 3 stores a custom function as class "function" with its name as config.
-                    found.append(value["config"] if class_name == "function" else class_name)
+                    found.append(value.get("config") if class_name == "function" else class_name)
                 elif (
                     module is None
                     and is_layer_entry
@@ -298,6 +298,7 @@ def _load_keras3_file(path: Path):
 
     try:
         rebuilt = _rebuild_in_tf_keras(source)
+        difference = _max_output_difference(source, rebuilt)
     except _RebuildError as error:
         raise EdgepressError(
             f"Cannot load {path}: it was written by Keras 3, and edgepress must rebuild it in "
@@ -315,13 +316,12 @@ def _load_keras3_file(path: Path):
             "functional model built from built-in Keras layers, or build and save it with tf_keras."
         ) from error
 
-    difference = _max_output_difference(source, rebuilt)
     if not difference < REBUILD_TOLERANCE:
         raise EdgepressError(
             f"Cannot load {path}: it was written by Keras 3, and its rebuild in tf_keras (Keras 2) "
             f"does not reproduce its outputs (max abs difference {difference:.3g} on a fixed input, "
             f"allowed {REBUILD_TOLERANCE:g}); some layer or activation behaves differently in the two "
-            "Kerases (for example hard_sigmoid or gelu). Replace it, or build and save the model "
+            "Kerases (for example hard_sigmoid). Replace it, or build and save the model "
             "with tf_keras."
         )
     return rebuilt
@@ -338,6 +338,7 @@ def _rebuild_in_tf_keras(source):
     elif "input_layers" in config and "output_layers" in config:
         translated = _translate_model_config(config, functional=True)
         _check_layers_deserialize(translated)
+        _check_node_references(translated)
         rebuilt = tf_keras.Model.from_config(translated)
     else:
         raise _RebuildError(
@@ -356,26 +357,46 @@ def _is_sequential(model) -> bool:
 
 def _translate_model_config(config: dict, functional: bool) -> dict:
     """A Keras 3 Sequential or functional config in the Keras 2 format."""
+    offsets = _node_index_offsets(config["layers"]) if functional else {}
     translated: dict[str, Any] = {
         "name": config["name"],
-        "layers": [_translate_layer(entry, functional) for entry in config["layers"]],
+        "layers": [_translate_layer(entry, functional, offsets) for entry in config["layers"]],
     }
     if functional:
-        translated["input_layers"] = _triples(config["input_layers"])
-        translated["output_layers"] = _triples(config["output_layers"])
+        translated["input_layers"] = _triples(config["input_layers"], offsets)
+        translated["output_layers"] = _triples(config["output_layers"], offsets)
     elif config.get("build_input_shape") is not None:
         translated["build_input_shape"] = config["build_input_shape"]
     return translated
 
 
-def _triples(value: list) -> list:
+def _node_index_offsets(layer_entries: list[dict]) -> dict[str, int]:
+    """How much to add to Keras 3 node indices that refer to each layer, to get Keras 2's.
+
+    A nested model built on an Input already has one node (its own graph) when it is created.
+    Keras 2 counts that node in the node indices of its configs; Keras 3 does not.
+    """
+    offsets = {}
+    for entry in layer_entries:
+        nested = entry["config"].get("layers") if entry["class_name"] in _MODEL_CLASSES else None
+        if nested and ("input_layers" in entry["config"] or nested[0]["class_name"] == "InputLayer"):
+            offsets[entry.get("name") or entry["config"]["name"]] = 1
+    return offsets
+
+
+def _keras2_history(history: list, offsets: dict[str, int]) -> list:
+    layer_name, node_index, tensor_index = history
+    return [layer_name, node_index + offsets.get(layer_name, 0), tensor_index]
+
+
+def _triples(value: list, offsets: dict[str, int]) -> list:
     # Keras 3 writes a single input or output as a bare [layer, node, tensor] triple.
     if len(value) == 3 and isinstance(value[0], str):
-        return [list(value)]
-    return [list(item) for item in value]
+        value = [value]
+    return [_keras2_history(list(item), offsets) for item in value]
 
 
-def _translate_layer(entry: dict, functional: bool) -> dict:
+def _translate_layer(entry: dict, functional: bool, offsets: dict[str, int]) -> dict:
     class_name = entry["class_name"]
     config = entry["config"]
     name = entry.get("name") or config.get("name", "?")
@@ -402,7 +423,9 @@ def _translate_layer(entry: dict, functional: bool) -> dict:
 
     if functional:
         translated["name"] = name
-        translated["inbound_nodes"] = [_translate_node(name, class_name, node) for node in entry["inbound_nodes"]]
+        translated["inbound_nodes"] = [
+            _translate_node(name, class_name, node, offsets) for node in entry["inbound_nodes"]
+        ]
     return translated
 
 
@@ -458,7 +481,7 @@ def _translate_object(value: dict) -> dict:
     return {"class_name": value["class_name"], "config": _translate_config(cls, value["config"])}
 
 
-def _translate_node(layer_name: str, class_name: str, node: dict) -> list:
+def _translate_node(layer_name: str, class_name: str, node: dict, offsets: dict[str, int]) -> list:
     """A Keras 3 inbound node ({"args", "kwargs"}) as Keras 2 node data [[layer, node, tensor, kwargs], ...]."""
     args = node.get("args", [])
     kwargs = {key: value for key, value in node.get("kwargs", {}).items() if value is not None}
@@ -469,7 +492,7 @@ def _translate_node(layer_name: str, class_name: str, node: dict) -> list:
     tensors = _keras_tensors(args[0])
     if not tensors:
         raise _RebuildError(layer_name, class_name, "it is called on something other than tensors")
-    return [[*tensor["config"]["keras_history"], kwargs] for tensor in tensors]
+    return [[*_keras2_history(tensor["config"]["keras_history"], offsets), kwargs] for tensor in tensors]
 
 
 def _keras_tensors(value: Any) -> list[dict]:
@@ -494,6 +517,24 @@ def _check_layers_deserialize(model_config: dict) -> None:
             tf_keras.layers.deserialize({"class_name": entry["class_name"], "config": entry["config"]})
         except Exception as error:
             raise _RebuildError(entry["config"].get("name", "?"), entry["class_name"], _first_line(error)) from error
+
+
+def _check_node_references(model_config: dict) -> None:
+    """Every node a layer is called on must exist: tf_keras's from_config loops forever otherwise."""
+    offsets = _node_index_offsets(model_config["layers"])
+    available = {}
+    for entry in model_config["layers"]:
+        count = max(len(entry["inbound_nodes"]), 1)  # An InputLayer has one node and no inbound ones.
+        available[entry["name"]] = range(offsets.get(entry["name"], 0), offsets.get(entry["name"], 0) + count)
+    for entry in model_config["layers"]:
+        for node in entry["inbound_nodes"]:
+            for layer_name, node_index, *_ in node:
+                if node_index not in available.get(layer_name, ()):
+                    raise _RebuildError(
+                        entry["name"],
+                        entry["class_name"],
+                        f"it is called on node {node_index} of layer {layer_name!r}, which the config lacks",
+                    )
 
 
 def _copy_weights(source, target) -> None:
