@@ -17,7 +17,7 @@ import numpy as np
 
 from edgepress import files
 from edgepress.recipe import Recipe
-from edgepress.report import SCHEMA_VERSION, Report, apply_gates, choose_best
+from edgepress.report import SCHEMA_VERSION, Report, apply_gates, choose_best, run_passed
 
 
 class Progress:
@@ -38,6 +38,7 @@ def run(recipe: Recipe, run_dir: str | Path | None = None, progress: Progress | 
     """
     from edgepress.compress import STEPS, sparsity
     from edgepress.compress.qat import is_quantize_aware
+    from edgepress.deploy.transports import DeviceError
     from edgepress.models import training
     from edgepress.models.datasets import load_dataset
 
@@ -78,23 +79,31 @@ def run(recipe: Recipe, run_dir: str | Path | None = None, progress: Progress | 
         progress.done(f"step {i} {step.type}: accuracy {accuracy:.2%}")
         _save_model(model, run_dir / "models" / f"{i}-{step.type}.keras", quantize_aware=is_quantize_aware(model))
 
+    devices = recipe.devices()
+    failures: dict[str, str] = {}  # device name -> why it could not be measured
     artifacts = []
     for export in recipe.exports:
         label = f"{export.format} {export.precision}"
         progress.update(f"export {label}")
         artifact = _export(model, run_dir, recipe.name, export, calibration, check_x, chain)
-        progress.update(f"measure {label}")
-        measured = _measure(artifact, data, recipe, reference)
-        measured["metrics"]["accuracy_drop"] = source_accuracy - measured["metrics"]["accuracy"]
-        apply_gates(measured, recipe.gates.model_dump())
-        artifacts.append(measured)
-        progress.done(
-            f"{artifact.name}: {artifact.bytes:,} bytes, accuracy {measured['metrics']['accuracy']:.2%}, "
-            f"p50 {measured['latency']['p50']:.3f} ms"
-        )
+        for device in devices:
+            if not device.runs(export.format) or device.name in failures:
+                continue
+            progress.update(f"measure {label} on {device.name}")
+            try:
+                measured = _measure(artifact, data, recipe, reference, device)
+            except DeviceError as e:
+                # Keep going: the other devices' results still make the report.
+                failures[device.name] = str(e)
+                progress.done(f"{device.name} failed: {e}")
+                continue
+            accuracy = measured["metrics"]["accuracy"]
+            measured["metrics"]["accuracy_drop"] = None if accuracy is None else source_accuracy - accuracy
+            apply_gates(measured, recipe.gates.model_dump(), device.memory_budget_mb)
+            artifacts.append(measured)
+            progress.done(f"{artifact.name} on {device.name}: {artifact.bytes:,} bytes, "
+                          f"accuracy {_percent(accuracy)}, p50 {_ms(measured['latency']['p50'])}")
 
-    require_all = recipe.gates.require == "all"
-    passed = all(a["passed"] for a in artifacts) if require_all else any(a["passed"] for a in artifacts)
     results = {
         "schema_version": SCHEMA_VERSION,
         "edgepress_version": _version("edgepress"),
@@ -110,10 +119,11 @@ def run(recipe: Recipe, run_dir: str | Path | None = None, progress: Progress | 
         },
         "source": {"model": source_name, "params": stages[0]["params"], "metrics": {"accuracy": source_accuracy}},
         "models": stages,
+        "devices": {d.name: {"reach": d.reach.kind, "error": failures.get(d.name)} for d in devices},
         "artifacts": artifacts,
         "gates": recipe.gates.model_dump(),
         "best": choose_best(artifacts),
-        "passed": passed,
+        "passed": run_passed(artifacts, failures, recipe.gates.require),
     }
     report = Report(results)
     report.save(run_dir)
@@ -184,14 +194,15 @@ def _export(model, run_dir: Path, name: str, export, calibration, check_x, chain
     return exporter(model, path, export.precision, calibration=calibration, check_data=check_x, steps=chain)
 
 
-def _measure(artifact, data, recipe: Recipe, reference: np.ndarray) -> dict:
+def _measure(artifact, data, recipe: Recipe, reference: np.ndarray, device) -> dict:
     from edgepress.deploy import measure
 
     m = recipe.measure
-    result = measure(artifact, (data.x_test, data.y_test), m.runs, m.warmup, m.threads, reference, m.timeout_s)
+    result = measure(artifact, (data.x_test, data.y_test), m.runs, m.warmup, m.threads, reference, device)
     latency = dict(result["latency_ms"], unit="ms", threads=result["threads"], batch=result["batch"])
     return {
         "name": artifact.name,
+        "device": device.name,
         "format": artifact.format,
         "precision": artifact.precision,
         "path": str(artifact.path),
@@ -201,9 +212,17 @@ def _measure(artifact, data, recipe: Recipe, reference: np.ndarray) -> dict:
         "steps": artifact.steps,
         "quantization": artifact.quantization,
         "check": artifact.check,
-        "metrics": {"accuracy": result["accuracy"], "agreement": result["agreement"]},
+        "metrics": {"accuracy": result["accuracy"], "agreement": result.get("agreement")},
         "latency": latency,
         "load_ms": result["load_ms"],
         "memory": result["memory"],
         "runtime": result["runtime"],
     }
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2%}"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f} ms"

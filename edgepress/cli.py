@@ -71,6 +71,81 @@ def models() -> None:
     console.print(table)
 
 
+@app.command()
+def devices() -> None:
+    """List the shipped device profiles."""
+    from edgepress.devices import load_device, shipped_profiles
+
+    table = Table("name", "reach", "arch", "runtimes", "threads", "precisions", "description")
+    for name in sorted(shipped_profiles()):
+        d = load_device(name)
+        runtimes = ", ".join(d.runtimes) + (f" ({', '.join(d.execution_providers)})" if d.runs("onnx") else "")
+        precisions = ", ".join(f"{c.format} {c.precision}" for c in d.precisions)
+        table.add_row(d.name, d.reach.kind, d.architecture, runtimes, str(d.threads), precisions, d.description)
+    console.print(table)
+
+
+@app.command()
+def bench(
+    artifacts: Annotated[list[Path], typer.Argument(help=".tflite or .onnx files.")],
+    device: Annotated[str, typer.Option(help="Device profile name or .yaml file (see `edgepress devices`).")] = (
+        "x86-host"
+    ),
+    data: Annotated[Path | None, typer.Option(help=".npz with x (preprocessed inputs) and y (labels).")] = None,
+    runs: Annotated[int, typer.Option(min=1)] = 100,
+    warmup: Annotated[int, typer.Option(min=0)] = 10,
+    threads: Annotated[int | None, typer.Option(min=1, help="Default: the device's.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the results to this JSON file.")] = None,
+) -> None:
+    """Measure existing artifacts on one device: latency, load time, memory, and accuracy with --data."""
+
+    def work():
+        import numpy as np
+
+        from edgepress import files
+        from edgepress.deploy import measure
+        from edgepress.devices import load_device
+
+        target = load_device(device)
+        pair = None
+        if data is not None:
+            with np.load(data) as f:
+                pair = (f["x"], f["y"]) if "x" in f and "y" in f else None
+            if pair is None:
+                raise EdgepressError(f"{data} needs arrays 'x' (preprocessed inputs) and 'y' (integer labels).")
+        table = Table("artifact", "runtime", "accuracy", "p50 ms", "p90 ms", "mean ms", "load ms", "peak MiB",
+                      title=f"on {target.name} ({target.reach.kind})", title_justify="left")
+        results, failed = [], []
+        for artifact in artifacts:
+            with console.status(f"measuring {artifact.name} on {target.name}"):
+                try:
+                    r = measure(artifact, pair, runs, warmup, threads, device=target)
+                except EdgepressError as e:
+                    failed.append(f"{artifact.name}: {e}")
+                    continue
+            results.append(r)
+            lat, peak = r["latency_ms"], r["memory"].get("peak_rss_bytes")
+            table.add_row(artifact.name, " ".join([r["runtime"]["name"], *r["runtime"]["providers"][:1]]),
+                          "-" if r["accuracy"] is None else f"{r['accuracy']:.2%}", _num(lat["p50"]),
+                          _num(lat["p90"]), _num(lat["mean"]), _num(r["load_ms"]),
+                          "-" if peak is None else f"{peak / 2**20:.1f}")
+            for warning in r["runtime"]["warnings"]:
+                console.print(f"[yellow]warning:[/] {escape(artifact.name)}: {escape(warning)}")
+        console.print(table)
+        if json_out is not None:
+            for r in results:
+                r.pop("predictions", None)
+            files.write_text(json_out, json.dumps(results, indent=2) + "\n")
+        if failed:
+            raise EdgepressError("could not measure " + "; ".join(failed))
+
+    _guard(work)
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 def _run(recipe_path: Path, output: Path | None, data: str | None, model: str | None) -> None:
     from edgepress.recipe import Recipe
 

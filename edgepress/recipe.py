@@ -78,12 +78,27 @@ class ExportSpec(Section):
 
 
 class MeasureSpec(Section):
-    """How each artifact is timed on this host (batch 1)."""
+    """How each artifact is timed on each target (batch 1)."""
 
     runs: int = Field(100, ge=1, description="Timed runs after warm-up.")
     warmup: int = Field(10, ge=0)
-    threads: int = Field(1, ge=1)
-    timeout_s: float = Field(600, gt=0, description="Limit for measuring one artifact.")
+    threads: int | None = Field(None, ge=1, description="Threads on every target; default: each device's own.")
+
+
+class Target(BaseModel):
+    """A device profile (shipped name or .yaml file) with fields to override, e.g. reach: {host: ...}."""
+
+    model_config = ConfigDict(extra="allow")  # the extra keys are Device fields, validated by the Device
+
+    name: str
+    label: str | None = Field(None, description="The target's name in the report; default: the profile's name.")
+
+    def device(self):
+        from edgepress.devices import load_device
+
+        overrides = dict(self.model_extra or {}, **({"name": self.label} if self.label else {}))
+        device = load_device(self.name)
+        return device.with_overrides(overrides) if overrides else device
 
 
 class Gates(Section):
@@ -108,12 +123,6 @@ class Gates(Section):
         return value
 
 
-def default_exports() -> list[ExportSpec]:
-    return [ExportSpec(format="tflite", precision=p) for p in PRECISIONS["tflite"]] + [
-        ExportSpec(format="onnx", precision=p) for p in ("fp32", "int8_dynamic", "int8_static")
-    ]
-
-
 class Recipe(Section):
     """A compression and deployment job: model -> steps -> exports -> measurements -> gates."""
 
@@ -121,17 +130,46 @@ class Recipe(Section):
     model: ModelSpec
     data: DataSpec = Field(default_factory=DataSpec)
     steps: list[Step] = Field(default_factory=list, description="Compression steps, applied in order.")
-    exports: list[ExportSpec] = Field(default_factory=default_exports)
+    exports: list[ExportSpec] = Field(
+        default_factory=list, description="Artifacts to make; default: the precisions the targets prefer."
+    )
+    targets: list[Target] = Field(
+        default_factory=lambda: [Target(name="x86-host")],
+        description="Devices to measure on (see `edgepress devices`): names, profile files, or {name, overrides}.",
+    )
     measure: MeasureSpec = Field(default_factory=MeasureSpec)
     gates: Gates = Field(default_factory=Gates)
 
+    @field_validator("targets", mode="before")
+    @classmethod
+    def _target_names(cls, value):
+        return [{"name": t} if isinstance(t, str) else t for t in value] if isinstance(value, list) else value
+
+    def devices(self) -> list:
+        """The target Device profiles, with the recipe's overrides applied."""
+        return [target.device() for target in self.targets]
+
     @model_validator(mode="after")
-    def _exports_fit_steps(self) -> Recipe:
+    def _exports_fit_targets_and_steps(self) -> Recipe:
+        try:
+            devices = self.devices()
+        except EdgepressError as e:
+            raise ValueError(str(e)) from None
+        names = [d.name for d in devices]
+        if len(set(names)) < len(names):
+            raise ValueError(f"targets must have different names, got {', '.join(names)}; give one a `label`")
+        explicit = "exports" in self.model_fields_set  # read before assigning: assignment marks it set
+        if not explicit:
+            # The targets' preferred precisions, in order, each once.
+            wanted = {(c.format, c.precision): None for d in devices for c in d.precisions if d.runs(c.format)}
+            self.exports = [ExportSpec(format=f, precision=p) for f, p in wanted]
         if any(step.type == "qat" for step in self.steps):
             # A QAT model already carries int8 ranges; quantizing it again or exporting it as float is wrong.
             allowed = {("tflite", "int8"), ("tflite", "dynamic"), ("onnx", "fp32")}
-            if "exports" not in self.model_fields_set:
-                self.exports = [ExportSpec(format=f, precision=p) for f, p in sorted(allowed, reverse=True)]
+            if not explicit:
+                self.exports = [e for e in self.exports if (e.format, e.precision) in allowed] or [
+                    ExportSpec(format=f, precision=p) for f, p in sorted(allowed, reverse=True)
+                ]
             bad = [f"{e.format} {e.precision}" for e in self.exports if (e.format, e.precision) not in allowed]
             if bad:
                 raise ValueError(
@@ -157,6 +195,7 @@ class Recipe(Section):
     @classmethod
     def from_dict(cls, raw: dict, base: str | Path = ".", source: str = "recipe") -> Recipe:
         """Validate a recipe given as a dict; relative paths are resolved against `base`."""
+        raw = {**raw, "targets": _profile_paths(raw["targets"], Path(base))} if "targets" in raw else raw
         try:
             recipe = cls.model_validate(raw)
         except ValidationError as e:
@@ -191,6 +230,19 @@ class Recipe(Section):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
+def _profile_paths(targets, base: Path):
+    """Targets with device profile files (not shipped names) resolved against the recipe's folder."""
+    if not isinstance(targets, list):
+        return targets
+
+    def resolve(name):
+        if isinstance(name, str) and name.endswith((".yaml", ".yml")) and not Path(name).is_absolute():
+            return str((base / name).resolve())
+        return name
+
+    return [{**t, "name": resolve(t.get("name"))} if isinstance(t, dict) else resolve(t) for t in targets]
+
+
 def schema() -> dict:
     """The recipe's JSON Schema."""
     return Recipe.model_json_schema()
@@ -204,7 +256,7 @@ def _explain(error: ValidationError, source: str) -> str:
             valid = _fields_at(e["loc"][:-1])
             problems.append(f"unknown key '{where}'" + (f" (valid keys there: {', '.join(valid)})" if valid else ""))
         else:
-            problems.append(f"{where}: {e['msg']}")
+            problems.append(f"{where}: {e['msg'].removeprefix('Value error, ')}")
     return f"Recipe {source} is invalid: " + "; ".join(problems) + "."
 
 

@@ -66,7 +66,7 @@ def test_fp32_artifacts_match_the_pruned_keras_model(report):
 def test_gates_pick_the_fastest_passing_artifact(report):
     passing = [a for a in report.artifacts if a["passed"]]
     assert {a["precision"] for a in passing} <= {"int8", "int8_static"} and passing
-    assert report.best["name"] == min(passing, key=lambda a: a["latency"]["p50"])["name"]
+    assert report.best["x86-host"]["name"] == min(passing, key=lambda a: a["latency"]["p50"])["name"]
     report.check()  # require: any -> passes
     assert "★ best" in (report.run_dir / "report.md").read_text()
 
@@ -75,12 +75,12 @@ def test_require_all_fails_naming_the_gate_and_the_artifacts(report):
     results = dict(report.results, passed=False, gates=dict(report.results["gates"], require="all"))
     with pytest.raises(GateFailed) as e:
         Report(results).check()
-    assert "max_bytes" in str(e.value) and "small_fp32.tflite" in str(e.value)
+    assert "max_bytes" in str(e.value) and "small_fp32.tflite on x86-host" in str(e.value)
     assert "max_accuracy_drop" not in str(e.value)
 
 
 def test_report_md_has_one_row_per_artifact(report):
     md = (report.run_dir / "report.md").read_text()
     for a in report.artifacts:
-        assert sum(line.startswith(f"| {a['name']}") for line in md.splitlines()) == 1
+        assert sum(line.startswith(f"| x86-host | {a['name']}") for line in md.splitlines()) == 1
     assert "speed-up vs fp32" in md and "gzip bytes" in md

@@ -1,14 +1,11 @@
-"""Measure an artifact on this host: the on-device runner, run here in its own process.
+"""Measure an artifact on a device: the on-device runner, run there, its JSON brought back.
 
-A separate process keeps TensorFlow's threads and memory out of the numbers, and makes the host
-measurement the very code that runs on a device.
+On this machine the runner runs in its own process, which keeps TensorFlow's threads and memory
+out of the numbers and makes the host measurement the very code that runs on a device.
 """
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -16,51 +13,47 @@ import numpy as np
 
 from edgepress.artifact import Artifact
 from edgepress.deploy import runner
+from edgepress.deploy.transports import run_benchmark
+from edgepress.devices import Device, load_device
 from edgepress.errors import EdgepressError
 from edgepress.models.datasets import Dataset, fit_to_input
 
 
 def measure(
     artifact: Artifact | str | Path,
-    data: Dataset | tuple[np.ndarray, np.ndarray],
+    data: Dataset | tuple[np.ndarray, np.ndarray] | None = None,
     runs: int = 100,
     warmup: int = 10,
-    threads: int = 1,
+    threads: int | None = None,
     reference: np.ndarray | None = None,
-    timeout_s: float = 600.0,
+    device: Device | str = "x86-host",
 ) -> dict:
-    """Latency, load time, peak memory and accuracy of `artifact` on the test split of `data`.
+    """Latency, load time, peak memory and (with data) accuracy of `artifact` on `device`.
 
     `data` is a Dataset (its test split is used, fitted to the artifact's input) or an (x, y) pair
-    already fitted. `reference` holds the source model's top-1 predictions on the same samples; when
-    given, the result has `agreement`, the fraction of samples where the artifact predicts the same.
-    Returns the runner's JSON (see edgepress/deploy/runner.py) plus `agreement`.
+    already fitted, or None for latency only. `threads` defaults to the device profile's.
+    `reference` holds the source model's top-1 predictions on the same samples; when given, the
+    result has `agreement`, the fraction of samples where the artifact predicts the same.
+    Returns the runner's JSON (see edgepress/deploy/runner.py) plus `agreement` and `device`.
+    Raises DeviceError (an EdgepressError) when the device cannot be reached or cannot run it.
     """
+    device = load_device(device) if isinstance(device, str) else device
     path = Path(artifact.path if isinstance(artifact, Artifact) else artifact)
     if not path.is_file():
         raise EdgepressError(f"Artifact {path} not found.")
+    if not device.runs(path.suffix.lstrip(".")):
+        raise EdgepressError(f"Device '{device.name}' has no runtime for {path.suffix} files (runtimes: "
+                             f"{', '.join(device.runtimes)}).")
     if isinstance(data, Dataset):
         shape = runner.open_model(str(path)).input_shape[1:]
-        x, y = fit_to_input(data.x_test, tuple(shape), data.name), data.y_test
-    else:
-        x, y = data
+        data = fit_to_input(data.x_test, tuple(shape), data.name), data.y_test
     with tempfile.TemporaryDirectory() as work:
-        eval_npz = Path(work) / "eval.npz"
-        np.savez(eval_npz, x=x.astype(np.float32), y=y)
-        command = [
-            sys.executable, runner.__file__, str(path), "--data", str(eval_npz), "--runs", str(runs),
-            "--warmup", str(warmup), "--threads", str(threads), "--predictions", "--json",
-        ]
-        try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            raise EdgepressError(
-                f"Measuring {path.name} took longer than {timeout_s:.0f} s; "
-                "lower measure.runs or raise measure.timeout_s."
-            ) from None
-    if done.returncode != 0:
-        raise EdgepressError(f"Measuring {path.name} failed: {done.stderr.strip().splitlines()[-1:]}")
-    result = json.loads(done.stdout)
-    if reference is not None:
+        eval_npz = None
+        if data is not None and device.reach.kind != "adb":  # benchmark_model times, it does not score
+            eval_npz = Path(work) / "eval.npz"
+            np.savez(eval_npz, x=data[0].astype(np.float32), y=data[1])
+        result = run_benchmark(device, path, eval_npz, runs, warmup, threads or device.threads)
+    result["device"] = device.name
+    if reference is not None and result.get("predictions") is not None:
         result["agreement"] = float(np.mean(np.asarray(result["predictions"]) == reference))
     return result

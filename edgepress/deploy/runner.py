@@ -618,6 +618,18 @@ def _summary(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _check_copy(path: str, expected: str | None) -> None:
+    """A file copied to the device must be the one that was sent: compare sha256 before running."""
+    if expected is None or not os.path.isfile(path):
+        return  # a missing file gets its own error where it is opened
+    actual = _sha256_file(path)
+    if actual != expected.lower():
+        raise RunnerError(
+            f"{path} has sha256 {actual[:12]}... but {expected[:12]}... was sent: the copy on this device is "
+            "damaged or stale; copy it again"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="runner.py", description="Time a .tflite or .onnx model on this device, and score it on data."
@@ -633,10 +645,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--predictions", action="store_true", help="include the top-1 prediction of every sample")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
+    parser.add_argument("--expect-sha256", help="refuse to run unless the artifact has this sha256 (copy check)")
+    parser.add_argument("--expect-data-sha256", help="refuse to run unless --data has this sha256 (copy check)")
     args = parser.parse_args(argv)
 
     providers = [p.strip() for p in args.providers.split(",") if p.strip()] if args.providers else None
     try:
+        _check_copy(args.artifact, args.expect_sha256)
+        if args.data:
+            _check_copy(args.data, args.expect_data_sha256)
         x, y = load_data(args.data) if args.data else (None, None)
         with _stdout_to_stderr() if args.json else nullcontext():
             result = benchmark(

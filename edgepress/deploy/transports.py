@@ -1,0 +1,227 @@
+"""Reaching a device: run the benchmark there and bring back its JSON result.
+
+- local: the runner in a subprocess of this machine.
+- ssh: copy the runner, the artifact and the evaluation data to a fresh folder on the device
+  (sha256 checked there before running), run, fetch the JSON, remove the folder. The system's
+  `ssh`/`scp` are used with BatchMode (never prompt), host keys checked against known_hosts by
+  default, every remote argument quoted, and a timeout on every step.
+- adb: push the artifact to the phone and drive LiteRT's `benchmark_model` there; its output is
+  parsed (init time, warm-up and steady-state timings, memory footprint). It measures speed and
+  memory only: benchmark_model does not score accuracy.
+
+Every failure is a `DeviceError` naming the device and what went wrong, so a run can record it
+and go on with the other devices.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shlex
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+from edgepress.deploy import runner
+from edgepress.devices import Device
+from edgepress.errors import EdgepressError
+
+
+class DeviceError(EdgepressError):
+    """A device could not be reached or could not run the benchmark."""
+
+
+def run_benchmark(
+    device: Device, artifact: Path, eval_npz: Path | None, runs: int, warmup: int, threads: int
+) -> dict:
+    """Benchmark `artifact` on `device`; return the runner's JSON (or its adb equivalent)."""
+    if device.reach.kind == "adb":
+        return _adb(device, artifact, runs, warmup, threads)
+    options = ["--runs", str(runs), "--warmup", str(warmup), "--threads", str(threads), "--json", "--predictions"]
+    if artifact.suffix == ".onnx":
+        options += ["--providers", ",".join(device.execution_providers)]
+    if device.reach.kind == "ssh":
+        return _ssh(device, artifact, eval_npz, options)
+    command = [sys.executable, runner.__file__, str(artifact), *options]
+    if eval_npz is not None:
+        command += ["--data", str(eval_npz)]
+    return _result(device, _call(device, command, "run the benchmark", device.reach.timeout_s))
+
+
+# -- ssh --------------------------------------------------------------------------------------------
+
+
+def _ssh(device: Device, artifact: Path, eval_npz: Path | None, options: list[str]) -> dict:
+    reach = device.reach
+    if not reach.host:
+        raise DeviceError(f"Device '{device.name}' is reached over ssh but its profile has no reach.host.")
+    folder = f"{reach.workdir.rstrip('/')}/edgepress-{uuid.uuid4().hex[:12]}"
+    files = [Path(runner.__file__), artifact] + ([eval_npz] if eval_npz else [])
+    remote = [*shlex.split(reach.python), "runner.py", artifact.name, *options, "--expect-sha256", _sha256(artifact)]
+    if eval_npz is not None:
+        remote += ["--data", eval_npz.name, "--expect-data-sha256", _sha256(eval_npz)]
+    _call(device, _ssh_command(device, f"mkdir -p -- {shlex.quote(folder)}"), "make a work folder", reach.timeout_s)
+    try:
+        target = f"{_destination(device)}:{folder}/"
+        _call(device, ["scp", "-q", *_ssh_options(device), "-P", str(reach.port), *map(str, files), target],
+              "copy the runner, artifact and data", reach.timeout_s)
+        command = f"cd {shlex.quote(folder)} && " + " ".join(shlex.quote(a) for a in remote)
+        return _result(device, _call(device, _ssh_command(device, command), "run the benchmark", reach.timeout_s))
+    finally:
+        try:
+            _call(device, _ssh_command(device, f"rm -rf -- {shlex.quote(folder)}"), "clean up", reach.timeout_s)
+        except DeviceError:
+            pass  # the result (or the first error) matters more than a leftover temporary folder
+
+
+def _ssh_options(device: Device) -> list[str]:
+    reach = device.reach
+    options = [
+        "-o", "BatchMode=yes",  # never wait for a password prompt
+        "-o", f"ConnectTimeout={max(1, int(reach.connect_timeout_s))}",
+        "-o", f"StrictHostKeyChecking={'yes' if reach.check_host_key else 'no'}",
+        "-o", "LogLevel=ERROR",
+    ]
+    if reach.known_hosts:
+        options += ["-o", f"UserKnownHostsFile={reach.known_hosts}"]
+    if reach.key:
+        options += ["-i", reach.key, "-o", "IdentitiesOnly=yes"]
+    return options
+
+
+def _destination(device: Device) -> str:
+    reach = device.reach
+    return f"{reach.user}@{reach.host}" if reach.user else reach.host
+
+
+def _ssh_command(device: Device, remote: str) -> list[str]:
+    return ["ssh", *_ssh_options(device), "-p", str(device.reach.port), _destination(device), remote]
+
+
+# -- adb --------------------------------------------------------------------------------------------
+
+
+def _adb(device: Device, artifact: Path, runs: int, warmup: int, threads: int) -> dict:
+    reach = device.reach
+    adb = ["adb"] + (["-s", reach.serial] if reach.serial else [])
+    folder = f"/data/local/tmp/edgepress-{uuid.uuid4().hex[:12]}"
+    graph = f"{folder}/{artifact.name}"
+    flags = [f"--graph={graph}", f"--num_threads={threads}", f"--num_runs={runs}", f"--warmup_runs={warmup}"]
+    if device.delegate == "gpu":
+        flags.append("--use_gpu=true")
+    else:
+        flags.append(f"--use_xnnpack={'true' if device.delegate == 'xnnpack' else 'false'}")
+    _call(device, [*adb, "shell", f"mkdir -p {shlex.quote(folder)}"], "make a work folder", reach.timeout_s)
+    try:
+        _call(device, [*adb, "push", str(artifact), graph], "push the artifact", reach.timeout_s)
+        command = " ".join(shlex.quote(a) for a in [reach.benchmark_model, *flags])
+        output = _call(device, [*adb, "shell", command], "run benchmark_model", reach.timeout_s)
+    finally:
+        try:
+            _call(device, [*adb, "shell", f"rm -rf {shlex.quote(folder)}"], "clean up", reach.timeout_s)
+        except DeviceError:
+            pass
+    result = parse_benchmark_model(output)
+    result["artifact"] = {"path": str(artifact), "sha256": _sha256(artifact), "bytes": artifact.stat().st_size}
+    result["threads"], result["batch"] = threads, 1
+    return result
+
+
+def parse_benchmark_model(output: str) -> dict:
+    """The numbers in LiteRT benchmark_model's log, in the runner's JSON shape (milliseconds).
+
+    Steady-state statistics come from the last `count=` line; newer versions add p5/median/p95.
+    """
+    def number(pattern: str) -> float | None:
+        found = re.search(pattern, output)
+        return float(found.group(1)) if found else None
+
+    stats = re.findall(r"count=(\d+)(.*)", output)
+    if not stats or number(r"Inference \(avg\): ([\d.e+]+)") is None:
+        last = output.strip().splitlines()[-1:] or ["(no output)"]
+        raise EdgepressError(f"benchmark_model did not print its timings; its last line was: {last[0]}")
+    count, fields = stats[-1]
+    values = dict(re.findall(r"(\w+)=([\d.e+]+)", fields))
+
+    def ms(key: str) -> float | None:
+        return float(values[key]) / 1000 if key in values else None
+
+    init_mb, overall_mb = number(r"init=([\d.e+]+)"), number(r"overall=([\d.e+]+)")
+    return {
+        "runtime": {"name": "benchmark_model", "version": None, "providers": [], "warnings": []},
+        "load_ms": number(r"Init: ([\d.e+]+)") / 1000,
+        "first_inference_ms": (number(r"First inference: ([\d.e+]+)") or 0) / 1000,
+        "latency_ms": {
+            "runs": int(count), "warmup": None, "mean": ms("avg"), "std": ms("std"), "min": ms("min"),
+            "max": ms("max"), "p50": ms("median"), "p90": None, "p95": ms("p95"), "p99": None,
+        },
+        "memory": {
+            "init_mb": init_mb, "overall_mb": overall_mb,
+            "peak_rss_bytes": int(overall_mb * 1024 * 1024) if overall_mb is not None else None,
+        },
+        "samples": 0, "accuracy": None, "per_class": {},
+    }
+
+
+# -- shared -----------------------------------------------------------------------------------------
+
+# What ssh and adb say when the device, not the model, is the problem.
+_DIAGNOSES = [
+    (r"Permission denied|Authentication failed|Too many authentication failures", "authentication was refused"),
+    (r"Host key verification failed|REMOTE HOST IDENTIFICATION HAS CHANGED",
+     "its host key is not in known_hosts (or changed); add it with ssh-keyscan after checking it"),
+    (r"Connection refused|timed out|No route to host|Could not resolve hostname|Network is unreachable",
+     "it is unreachable"),
+    (r"Connection closed|Connection reset|Broken pipe|closed by remote host|lost connection",
+     "the connection dropped"),
+    (r"device '.*' not found|no devices/emulators found|device offline|device unauthorized",
+     "adb cannot see the device"),
+]
+
+
+def _call(device: Device, command: list[str], what: str, timeout_s: float) -> str:
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise DeviceError(f"Device '{device.name}': could not {what} within {timeout_s:.0f} s "
+                          "(reach.timeout_s in its profile).") from None
+    except FileNotFoundError:
+        raise DeviceError(f"Device '{device.name}': '{command[0]}' is not installed on this machine.") from None
+    if done.returncode != 0:
+        text = (done.stderr or done.stdout).strip()
+        runner_error = re.search(r"runner\.py: error: (.*)", text)
+        if runner_error:
+            raise DeviceError(f"Device '{device.name}': the runner refused: {runner_error.group(1)}")
+        for pattern, diagnosis in _DIAGNOSES:
+            if re.search(pattern, text):
+                raise DeviceError(f"Device '{device.name}' ({_where(device)}): could not {what}: {diagnosis}. "
+                                  f"{text.splitlines()[-1]}")
+        last = text.splitlines()[-1] if text else f"exit code {done.returncode}"
+        raise DeviceError(f"Device '{device.name}' ({_where(device)}): could not {what}: {last}")
+    return done.stdout
+
+
+def _result(device: Device, stdout: str) -> dict:
+    """The runner's JSON; anything else means the run was cut short."""
+    try:
+        return json.loads(stdout)
+    except json.JSONDecodeError:
+        raise DeviceError(
+            f"Device '{device.name}' ({_where(device)}) returned no result: the connection dropped or the "
+            "runner was killed mid-run (out of memory?)."
+        ) from None
+
+
+def _where(device: Device) -> str:
+    reach = device.reach
+    if reach.kind == "ssh":
+        return f"ssh {_destination(device)}:{reach.port}"
+    if reach.kind == "adb":
+        return f"adb {reach.serial or 'default device'}"
+    return "this machine"
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()

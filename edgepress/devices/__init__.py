@@ -1,0 +1,122 @@
+"""`Device`: a target profile, and the profiles edgepress ships (`edgepress devices` lists them).
+
+A profile says what the device is (architecture), what runs models there (runtimes and TFLite
+delegate or ONNX execution providers, in order of preference), with how many threads, which
+precisions are worth trying there, its memory budget, and how to reach it: `local` (this machine),
+`ssh` (copy the runner over and run it there) or `adb` (drive LiteRT's benchmark_model on a phone).
+
+Users add their own profile file (`targets: [path/to/my-board.yaml]`) or override fields of a
+shipped one in the recipe (`targets: [{name: rpi4, reach: {host: 10.0.0.5, user: pi}}]`).
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edgepress.errors import EdgepressError
+
+TFLITE_RUNTIMES = ("ai_edge_litert", "tflite_runtime", "tf.lite", "benchmark_model")
+ONNX_RUNTIMES = ("onnxruntime",)
+
+
+class Reach(BaseModel):
+    """How edgepress gets an artifact onto the device and runs it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["local", "ssh", "adb"] = "local"
+    # ssh
+    host: str | None = None
+    port: int = 22
+    user: str | None = None
+    key: str | None = Field(None, description="Private key file; default: ssh's own (agent, ~/.ssh/id_*).")
+    known_hosts: str | None = Field(None, description="known_hosts file to check the host key against; default ssh's.")
+    check_host_key: bool = Field(True, description="Refuse hosts whose key is not in known_hosts (recommended).")
+    python: str = Field("python3", description="Python command on the device (may include arguments).")
+    workdir: str = Field("/tmp", description="Directory on the device under which a per-run folder is made.")
+    connect_timeout_s: float = Field(10, gt=0)
+    # adb
+    serial: str | None = Field(None, description="adb device serial; default: the only device attached.")
+    benchmark_model: str = Field("/data/local/tmp/benchmark_model", description="Path of LiteRT's benchmark_model.")
+    # every step: copying, running, cleaning up
+    timeout_s: float = Field(600, gt=0, description="Limit for each step on the device.")
+
+
+class ExportChoice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["tflite", "onnx"]
+    precision: str
+
+
+class Device(BaseModel):
+    """A target device profile."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    description: str = ""
+    architecture: str = Field(description="e.g. x86_64, aarch64, arm64-v8a")
+    runtimes: list[str] = Field(description=f"In order of preference: {', '.join(TFLITE_RUNTIMES + ONNX_RUNTIMES)}.")
+    delegate: Literal["xnnpack", "gpu", "none"] = Field("xnnpack", description="TFLite delegate (benchmark_model).")
+    execution_providers: list[str] = Field(
+        default_factory=lambda: ["CPUExecutionProvider"], description="onnxruntime providers, in order of preference."
+    )
+    threads: int = Field(1, ge=1)
+    precisions: list[ExportChoice] = Field(description="The exports worth trying on this device.")
+    memory_budget_mb: float | None = Field(None, gt=0, description="Artifacts using more memory fail this device.")
+    reach: Reach = Field(default_factory=Reach)
+
+    def runs(self, format: str) -> bool:
+        """True if one of this device's runtimes runs `format` files."""
+        return any(r in (TFLITE_RUNTIMES if format == "tflite" else ONNX_RUNTIMES) for r in self.runtimes)
+
+    def with_overrides(self, overrides: dict) -> Device:
+        """This profile with some fields replaced (nested `reach` fields merge)."""
+        merged = self.model_dump()
+        for key, value in overrides.items():
+            if key == "reach" and isinstance(value, dict):
+                merged["reach"] = {**merged["reach"], **value}
+            else:
+                merged[key] = value
+        return _validate(merged, f"the overrides of device '{self.name}'")
+
+
+def shipped_profiles() -> dict[str, Path]:
+    """The profiles shipped with edgepress, by name."""
+    folder = resources.files("edgepress") / "devices"
+    return {Path(str(p)).stem: Path(str(p)) for p in folder.iterdir() if str(p).endswith(".yaml")}
+
+
+def load_device(name_or_path: str) -> Device:
+    """A shipped profile by name, or a profile from a YAML file."""
+    shipped = shipped_profiles()
+    if name_or_path in shipped:
+        path = shipped[name_or_path]
+    elif name_or_path.endswith((".yaml", ".yml")):
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise EdgepressError(f"Device profile {path} not found.")
+    else:
+        raise EdgepressError(
+            f"Unknown device '{name_or_path}'. Shipped profiles: {', '.join(sorted(shipped))}; "
+            "or give the path of your own profile file (.yaml)."
+        )
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise EdgepressError(f"Device profile {path} is not valid YAML: {e}") from None
+    return _validate(raw, f"device profile {path}")
+
+
+def _validate(raw, source: str) -> Device:
+    try:
+        return Device.model_validate(raw)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or '(top level)'}: {err['msg']}" for err in e.errors())
+        raise EdgepressError(f"{source} is invalid: {problems}.") from None
