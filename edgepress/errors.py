@@ -15,6 +15,8 @@ class GateFailed(Exception):
 
 
 def first_line(e: BaseException) -> str:
-    """The first line of an exception from deep inside a library: enough to name the cause."""
+    """The first line of an exception from deep inside a library, without its final period (callers
+    add their own punctuation): enough to name the cause."""
     lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
+    text = lines[0].rstrip(".") if lines else ""
+    return text or type(e).__name__

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgepress.compat import keras
-from edgepress.errors import EdgepressError
+from edgepress.errors import EdgepressError, first_line
 
 KERAS_SUFFIXES = (".keras",)
 H5_SUFFIXES = (".h5", ".hdf5")
@@ -147,7 +147,7 @@ def _keras_version_of_archive(path: Path) -> str:
         return str(metadata["keras_version"])
     except (zipfile.BadZipFile, KeyError, ValueError, OSError) as error:
         raise EdgepressError(
-            f"Cannot load {path}: it is not a valid .keras model archive ({_first_line(error)}). "
+            f"Cannot load {path}: it is not a valid .keras model archive ({first_line(error)}). "
             f"The file may be truncated or corrupt, or not a Keras model at all; {_SAVE_HINT} again "
             "and pass the new file."
         ) from error
@@ -163,7 +163,7 @@ def _keras_version_of_h5(path: Path) -> str:
             version = h5.attrs.get("keras_version", "")
     except OSError as error:
         raise EdgepressError(
-            f"Cannot load {path}: it is not a valid HDF5 file ({_first_line(error)}). The file may "
+            f"Cannot load {path}: it is not a valid HDF5 file ({first_line(error)}). The file may "
             f"be truncated or corrupt; {_SAVE_HINT} again and pass the new file."
         ) from error
     if not has_model:
@@ -208,7 +208,7 @@ def _load_error(path: Path, error: Exception, loader: str) -> EdgepressError:
     if custom:
         return _custom_objects_error(path, custom)
     return EdgepressError(
-        f"Cannot load {path} with {loader}: {_first_line(error)}. The file may be corrupt or "
+        f"Cannot load {path} with {loader}: {first_line(error)}. The file may be corrupt or "
         "truncated, or use custom layers or functions that edgepress cannot deserialize; pass a "
         f"plain Keras model (built from built-in Keras layers), or {_SAVE_HINT} again."
     )
@@ -264,12 +264,6 @@ def _is_keras_module(module: str) -> bool:
     return module.split(".")[0] in ("keras", "tf_keras")
 
 
-def _first_line(error: Exception) -> str:
-    lines = str(error).strip().splitlines()
-    text = lines[0].rstrip(".") if lines else ""
-    return text or type(error).__name__
-
-
 # --- Keras 3 files: load with Keras 3, rebuild in tf_keras ---------------------------------------
 
 
@@ -312,7 +306,7 @@ def _load_keras3_file(path: Path):
     except Exception as error:
         raise EdgepressError(
             f"Cannot load {path}: it was written by Keras 3, and rebuilding it in tf_keras (Keras 2) "
-            f"for edgepress's compression steps failed ({_first_line(error)}). Pass a Sequential or "
+            f"for edgepress's compression steps failed ({first_line(error)}). Pass a Sequential or "
             "functional model built from built-in Keras layers, or build and save it with tf_keras."
         ) from error
 
@@ -516,7 +510,7 @@ def _check_layers_deserialize(model_config: dict) -> None:
         try:
             tf_keras.layers.deserialize({"class_name": entry["class_name"], "config": entry["config"]})
         except Exception as error:
-            raise _RebuildError(entry["config"].get("name", "?"), entry["class_name"], _first_line(error)) from error
+            raise _RebuildError(entry["config"].get("name", "?"), entry["class_name"], first_line(error)) from error
 
 
 def _check_node_references(model_config: dict) -> None:
@@ -553,7 +547,7 @@ def _copy_weights(source, target) -> None:
             raise _RebuildError(
                 layer.name,
                 type(layer).__name__,
-                f"its weights do not fit the tf_keras layer ({_first_line(error)})",
+                f"its weights do not fit the tf_keras layer ({first_line(error)})",
             ) from error
 
 
