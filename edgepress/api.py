@@ -2,6 +2,11 @@
 
 load model and data -> steps, in order -> exports (each checked against its model) ->
 measurement of each artifact on this host -> gates -> results.json, report.md, report.html.
+
+The model is a Keras model (every step applies), or a graph edgepress exports but cannot train
+(`edgepress.models.graphs`): a plain TF SavedModel or an .onnx file. For a graph, steps are refused
+before anything is written, naming each step and why, and exports it cannot have are left out with
+a note in the report.
 """
 
 from __future__ import annotations
@@ -17,7 +22,15 @@ import numpy as np
 
 from edgepress import files
 from edgepress.recipe import Recipe
-from edgepress.report import SCHEMA_VERSION, Report, apply_gates, choose_best, run_passed
+from edgepress.report import (
+    BUDGET_GATE,
+    SCHEMA_VERSION,
+    Report,
+    apply_gates,
+    choose_best,
+    run_passed,
+    stage_notes,
+)
 
 
 class Progress:
@@ -51,9 +64,25 @@ def run(recipe: Recipe, run_dir: str | Path | None = None, progress: Progress | 
     if needs_calibration:
         data.calibration(spec.calibration_samples)
     model, source_name = _load_source(recipe, data, progress)
-    data = data.fit_to(tuple(model.input_shape[1:]))
+    model = _fixed_input(model, recipe.model.input_shape, source_name)
+    recipe, notes = _applicable(model, recipe)
+    loaded, data = data, data.fit_to(tuple(model.input_shape[1:]))  # `loaded` is refitted to a student's input
+    checked = model  # the model each step will get: after a distill step, its student
     for step in recipe.steps:
-        STEPS[step.type].validate(model, step)
+        STEPS[step.type].validate(checked, step)
+        if STEPS[step.type].result_like is not None:
+            checked = STEPS[step.type].result_like(checked, step)
+    if any(e.quantize is not None for e in recipe.exports):
+        from edgepress.deploy.accuracy_aware import check_quantizable
+        from edgepress.errors import EdgepressError
+
+        check_quantizable(model)
+        if any(step.type == "qat" for step in recipe.steps):
+            raise EdgepressError(
+                "An export with `quantize:` (accuracy-aware post-training int8) cannot follow a qat step: the "
+                "quantization-aware model already carries its int8 ranges. Export it as tflite int8 without "
+                "`quantize:`, or drop the qat step."
+            )
     calibration = data.calibration(spec.calibration_samples) if needs_calibration else None
     check_x = data.x_test[: spec.check_samples]
 
@@ -62,30 +91,44 @@ def run(recipe: Recipe, run_dir: str | Path | None = None, progress: Progress | 
     files.write_text(run_dir / "recipe.yaml", recipe.to_yaml())
 
     source_outputs = training.predict(model, data.x_test)
-    source_accuracy = training.accuracy(source_outputs, data.y_test)
+    source_metrics = _scores(source_outputs, data.y_test)
+    source_accuracy = source_metrics["accuracy"]
     reference = np.argmax(source_outputs, axis=-1)
-    stages = [_stage("source", model, source_accuracy, sparsity)]
-    progress.done(f"source {source_name}: accuracy {source_accuracy:.2%} on {len(data.x_test)} test samples")
+    stages = [_stage("source", model, source_metrics, sparsity)]
+    progress.done(f"source {source_name}: {_scored(source_metrics)} on {len(data.x_test)} test samples")
     _save_model(model, run_dir / "models" / "0-source.keras")
 
     chain: list[str] = []
     for i, step in enumerate(recipe.steps, start=1):
         progress.update(f"step {i} {step.type}")
+        for note in STEPS[step.type].notes(model, step) if STEPS[step.type].notes else []:
+            progress.done(f"step {i} {step.type}: {note}")
         on_epoch = _epoch_reporter(progress, f"step {i} {step.type}")
-        model = STEPS[step.type].run(model, data.x_train, data.y_train, step, on_epoch=on_epoch)
+        entry = STEPS[step.type]
+        if entry.scored is not None:  # the step also scores what it compares itself with (distill: the teacher)
+            model, details = entry.scored(model, data.x_train, data.y_train, step, on_epoch=on_epoch,
+                                          test=(data.x_test, data.y_test))
+        else:
+            model, details = entry.run(model, data.x_train, data.y_train, step, on_epoch=on_epoch), {}
         chain.append(step.type)
-        accuracy = training.accuracy(training.predict(model, data.x_test), data.y_test)
-        stages.append(_stage(step.type, model, accuracy, sparsity))
-        progress.done(f"step {i} {step.type}: accuracy {accuracy:.2%}")
+        if tuple(model.input_shape[1:]) != data.x_test.shape[1:]:
+            # A distilled student may take another input (an MLP after a CNN): fit the data to it from the source.
+            data = loaded.fit_to(tuple(model.input_shape[1:]))
+            calibration = data.calibration(spec.calibration_samples) if needs_calibration else None
+            check_x = data.x_test[: spec.check_samples]
+        scores = _scores(training.predict(model, data.x_test), data.y_test)
+        stages.append({**_stage(step.type, model, scores, sparsity), **details})
+        progress.done(f"step {i} {step.type}: {_scored(scores)}, {stages[-1]['params']:,} parameters, "
+                      f"{stages[-1]['macs']:,} MACs" + "".join(f"; {note}" for note in stage_notes(stages[-1])))
         _save_model(model, run_dir / "models" / f"{i}-{step.type}.keras", quantize_aware=is_quantize_aware(model))
 
     devices = recipe.devices()
     failures: dict[str, str] = {}  # device name -> why it could not be measured
     artifacts = []
-    for export in recipe.exports:
+    quantized: list = []  # the accuracy-aware quantization results (QuantizeResult), for sensitivity.md
+    made = _exports(model, run_dir, recipe, data, calibration, check_x, chain, progress, quantized)
+    for export, artifact, extra in made:
         label = f"{export.format} {export.precision}"
-        progress.update(f"export {label}")
-        artifact = _export(model, run_dir, recipe.name, export, calibration, check_x, chain)
         for device in devices:
             if not device.runs(export.format) or device.name in failures:
                 continue
@@ -100,6 +143,7 @@ def run(recipe: Recipe, run_dir: str | Path | None = None, progress: Progress | 
             accuracy = measured["metrics"]["accuracy"]
             measured["metrics"]["accuracy_drop"] = None if accuracy is None else source_accuracy - accuracy
             apply_gates(measured, recipe.gates.model_dump(), device.memory_budget_mb)
+            _add_quantize_keys(measured, extra, stages[-1]["accuracy"])
             artifacts.append(measured)
             progress.done(f"{artifact.name} on {device.name}: {artifact.bytes:,} bytes, "
                           f"accuracy {_percent(accuracy)}, p50 {_ms(measured['latency']['p50'])}")
@@ -117,16 +161,23 @@ def run(recipe: Recipe, run_dir: str | Path | None = None, progress: Progress | 
             "test_samples": len(data.x_test),
             "calibration_samples": 0 if calibration is None else len(calibration),
         },
-        "source": {"model": source_name, "params": stages[0]["params"], "metrics": {"accuracy": source_accuracy}},
+        "source": {"model": source_name, "kind": _kind(model), "params": stages[0]["params"],
+                   "metrics": source_metrics},
         "models": stages,
         "devices": {d.name: {"reach": d.reach.kind, "error": failures.get(d.name)} for d in devices},
         "artifacts": artifacts,
         "gates": recipe.gates.model_dump(),
-        "best": choose_best(artifacts),
-        "passed": run_passed(artifacts, failures, recipe.gates.require),
+        "best": choose_best(_delivered(artifacts)),
+        "passed": _passed(artifacts, failures, recipe.gates.require),
+        "quantize": [q.to_dict() for q in quantized],
+        "notes": notes,
     }
     report = Report(results)
     report.save(run_dir)
+    if quantized:
+        from edgepress.deploy.accuracy_aware import write_sensitivity
+
+        write_sensitivity(run_dir, quantized)
     return report
 
 
@@ -136,7 +187,7 @@ def environment() -> dict:
 
     env = {"python": platform.python_version(), "machine": platform.machine(), "cpu": cpu_model()}
     for package in ("tensorflow", "tf_keras", "tensorflow-model-optimization", "ai-edge-litert", "onnxruntime",
-                    "onnx", "tf2onnx", "numpy"):
+                    "onnx", "tf2onnx", "numpy", "torch"):
         env[package] = _version(package)
     return env
 
@@ -149,17 +200,140 @@ def _version(package: str) -> str | None:
 
 
 def _load_source(recipe: Recipe, data, progress: Progress):
-    from edgepress.models import zoo
+    """The run's model and its name: a Keras model, or a Graph (a plain SavedModel, an .onnx file)."""
+    from edgepress.models import graphs, zoo
 
     spec = recipe.model
     if spec.path is not None:
         from edgepress.models.loading import load_model
 
         progress.update(f"load {spec.path}")
-        return load_model(spec.path), spec.path
+        return graphs.open_graph(spec.path) or load_model(spec.path), spec.path
     on_epoch = _epoch_reporter(progress, f"train {spec.zoo}")
     model = zoo.train(spec.zoo, data, spec.train_epochs, spec.batch_size, spec.learning_rate, spec.seed, on_epoch)
+    entry = zoo.ZOO[spec.zoo]
+    if entry.save is not None:  # a raw tf.Module or a PyTorch model: run as the file its users would bring
+        model = graphs.from_trained(model, entry.save, entry.saved_as)
     return model, f"zoo:{spec.zoo}"
+
+
+# What each compression step needs from the model, for the message that refuses it on a graph.
+_STEP_NEEDS = {
+    "prune": "tfmot magnitude pruning wraps Keras layers and fine-tunes them",
+    "structured_prune": "it removes channels from Keras layers and rebuilds the Keras model",
+    "qat": "tfmot quantization-aware training wraps Keras layers and retrains them",
+    "distill": "it trains a Keras student model on the model's outputs",
+    "cluster": "tfmot weight clustering wraps Keras layers and fine-tunes them",
+}
+
+
+def _applicable(model, recipe: Recipe) -> tuple[Recipe, list[str]]:
+    """The recipe reduced to what applies to `model`, and notes on what was left out.
+
+    A graph (plain SavedModel, .onnx) has no Keras layers: its steps and accuracy-aware exports are
+    refused (EdgepressError, before any work), and an .onnx model's TFLite exports are left out with a
+    note, since no ONNX-to-TFLite converter is available. A Keras model's calibrated TFLite exports are
+    refused when its layers would crash the calibrator (see check_calibratable).
+    """
+    from edgepress.deploy.tflite import CALIBRATED, check_calibratable
+    from edgepress.errors import EdgepressError
+    from edgepress.models.graphs import TFLITE_FROM_ONNX, Graph
+
+    if not isinstance(model, Graph):
+        if not any(step.type == "distill" for step in recipe.steps):  # a student has layers of its own
+            for e in recipe.exports:
+                if e.format == "tflite" and e.precision in CALIBRATED:
+                    check_calibratable(model, e.precision, e.batch_size)
+        return recipe, []
+    refused = [f"{s.type} ({_STEP_NEEDS.get(s.type, 'it needs a Keras model')})" for s in recipe.steps]
+    refused += [f"exports[{i}].quantize (accuracy-aware quantization keeps chosen Keras layers in float)"
+                for i, e in enumerate(recipe.exports) if e.quantize is not None]
+    if refused:
+        raise EdgepressError(
+            f"Not applicable to {model.path}: {'; '.join(refused)}. They need a Keras model, and "
+            f"{model.why_no_steps}. Remove them from the recipe; its exports (post-training quantization included) "
+            "and measurements apply."
+        )
+    notes = []
+    exports = recipe.exports
+    fixed = [f"onnx {e.precision}" for e in exports if model.kind == "onnx" and e.format == "onnx" and e.batch_size]
+    if fixed:
+        raise EdgepressError(
+            f"batch_size on {', '.join(fixed)}: {model.path} is already ONNX and keeps its own input shape "
+            f"{_shape(model.input_shape)}. Remove batch_size from its ONNX exports."
+        )
+    if model.kind == "onnx" and any(e.format == "tflite" for e in exports):
+        left_out = ", ".join(f"tflite {e.precision}" for e in exports if e.format == "tflite")
+        notes.append(f"Left out {left_out}: {TFLITE_FROM_ONNX}")
+        exports = [e for e in exports if e.format != "tflite"]
+        if not exports:
+            raise EdgepressError(
+                f"{model.path} is an ONNX model and the recipe asks for TFLite exports only. {TFLITE_FROM_ONNX} "
+                "Ask for ONNX exports: {format: onnx, precision: fp32 | fp16 | int8_dynamic | int8_static}."
+            )
+    return recipe.model_copy(update={"exports": exports}), notes
+
+
+def _fixed_input(model, input_shape: list[int] | None, what: str):
+    """`model` with every input dimension but the batch known: as it is, or fixed to the recipe's input_shape."""
+    from edgepress.errors import EdgepressError
+    from edgepress.models.graphs import Graph
+
+    sample = tuple(model.input_shape[1:])
+    unknown = [i for i, d in enumerate(sample, start=1) if d is None]
+    if input_shape is None:
+        if unknown:
+            example = "[" + ", ".join("N" if d is None else str(d) for d in sample) + "]"
+            plural = len(unknown) > 1
+            raise EdgepressError(
+                f"The input of {what} has shape {_shape(model.input_shape)}: dimension{'s' if plural else ''} "
+                f"{', '.join(map(str, unknown))} (after the batch, dimension 0) {'are' if plural else 'is'} "
+                "unknown, and the data, the calibration and the TFLite converter need every dimension but the batch "
+                f"fixed. Set them in the recipe: `model: {{input_shape: {example}}}` with N the size your data has "
+                "(one sample's shape, no batch), or build the model with a fixed input shape."
+            )
+        return model
+    if isinstance(model, Graph):
+        return model.with_input_shape(input_shape)
+    fits = len(input_shape) == len(sample)
+    if not fits or any(d is not None and d != s for d, s in zip(sample, input_shape, strict=True)):
+        raise EdgepressError(
+            f"model.input_shape {list(input_shape)} does not fit the input of {what}, which is {_shape(sample)} per "
+            "sample: give one size per dimension, equal to the known ones."
+        )
+    if not unknown:
+        return model
+    from edgepress.compat import keras
+
+    # The same layers and weights on a fixed-shape Input.
+    fixed_input = keras().Input(tuple(input_shape), dtype=model.inputs[0].dtype)
+    fixed = keras().models.clone_model(model, input_tensors=fixed_input)
+    fixed.set_weights(model.get_weights())
+    return fixed
+
+
+def _shape(shape) -> str:
+    return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
+
+
+def _kind(model) -> str:
+    from edgepress.models.graphs import Graph
+
+    return model.kind if isinstance(model, Graph) else "keras"
+
+
+def _scores(outputs: np.ndarray, y: np.ndarray) -> dict:
+    """accuracy, and for a sequence model cross_entropy and perplexity: the runner's own scoring, without per_class."""
+    from edgepress.deploy.runner import score
+
+    scores = score(outputs, y)
+    scores.pop("per_class")
+    return scores
+
+
+def _scored(scores: dict) -> str:
+    text = f"accuracy {scores['accuracy']:.2%}"
+    return text + (f", perplexity {scores['perplexity']:.3f}" if "perplexity" in scores else "")
 
 
 def _epoch_reporter(progress: Progress, what: str) -> Callable[[int, int, dict], None]:
@@ -170,12 +344,27 @@ def _epoch_reporter(progress: Progress, what: str) -> Callable[[int, int, dict],
     return report
 
 
-def _stage(name: str, model, accuracy: float, sparsity) -> dict:
-    return {"stage": name, "accuracy": accuracy, "params": int(model.count_params()), "sparsity": sparsity(model)}
+def _stage(name: str, model, scores: dict, sparsity) -> dict:
+    from edgepress.models.graphs import Graph
+    from edgepress.models.stats import macs
+
+    stage = {"stage": name, "accuracy": scores["accuracy"], "params": int(model.count_params()), "macs": None,
+             "sparsity": None}
+    if not isinstance(model, Graph):  # MACs and sparsity are counted over Keras layers
+        stage.update(macs=macs(model), sparsity=sparsity(model))
+    if "perplexity" in scores:
+        stage["perplexity"] = scores["perplexity"]
+    return stage
 
 
 def _save_model(model, path: Path, quantize_aware: bool = False) -> None:
     import contextlib
+
+    from edgepress.models.graphs import Graph
+
+    if isinstance(model, Graph):  # kept as given: an .onnx file, or a SavedModel directory
+        model.save_copy(path.with_suffix(".onnx" if model.kind == "onnx" else ""))
+        return
 
     scope = contextlib.nullcontext()
     if quantize_aware:
@@ -190,8 +379,66 @@ def _export(model, run_dir: Path, name: str, export, calibration, check_x, chain
     from edgepress.deploy import export_onnx, export_tflite
 
     exporter = export_tflite if export.format == "tflite" else export_onnx
-    path = run_dir / "artifacts" / f"{name}_{export.precision}.{export.format}"
-    return exporter(model, path, export.precision, calibration=calibration, check_data=check_x, steps=chain)
+    batch = f"_b{export.batch_size}" if export.batch_size else ""
+    sparse = "_sparse" if export.sparse else ""
+    options = {"sparse": True} if export.sparse else {}  # a tflite option only (the recipe checks it)
+    path = run_dir / "artifacts" / f"{name}_{export.precision}{batch}{sparse}.{export.format}"
+    return exporter(model, path, export.precision, calibration=calibration, check_data=check_x, steps=chain,
+                    batch_size=export.batch_size, **options)
+
+
+def _exports(model, run_dir: Path, recipe: Recipe, data, calibration, check_x, chain, progress, quantized: list):
+    """Yield (export, artifact, extra keys for its report rows): one artifact per plain export, and every
+    artifact an accuracy-aware export tried (its QuantizeResult is appended to `quantized`)."""
+    from edgepress.deploy.accuracy_aware import quantize_to_budget
+
+    for export in recipe.exports:
+        progress.update(f"export {export.format} {export.precision}")
+        if export.quantize is None:
+            yield export, _export(model, run_dir, recipe.name, export, calibration, check_x, chain), {}
+            continue
+        config = export.quantize
+        result = quantize_to_budget(
+            model, export.format, run_dir / "artifacts",
+            data.calibration(config.calibration.samples or recipe.data.calibration_samples),
+            data.x_test, data.y_test, config, name=recipe.name, check_data=check_x, steps=chain,
+            on_trial=lambda message, f=export.format: progress.done(f"quantize {f}: {message}"),
+        )
+        quantized.append(result)
+        progress.done(result.summary())
+        for trial in result.trials:
+            yield export, trial.artifact, {
+                "float_layers": result.float_layer_rows(trial),
+                "accuracy_aware": {"role": result.role(trial), "max_accuracy_drop": result.budget,
+                                   "budget_met": result.budget_met, "accuracy_drop_from_float": trial.accuracy_drop},
+            }
+
+
+def _add_quantize_keys(row: dict, extra: dict, float_accuracy: float) -> None:
+    """Add an accuracy-aware export's keys to its report row, and its budget as a gate: the drop from the
+    exported float model, as measured on this device (so an artifact that misses it is never recommended)."""
+    row.update(extra)
+    aware = extra.get("accuracy_aware")
+    if not aware:
+        return
+    accuracy, limit = row["metrics"]["accuracy"], aware["max_accuracy_drop"]
+    value = None if accuracy is None else float_accuracy - accuracy
+    # Accuracies are fractions of the same samples: allow float rounding at the limit.
+    row["gates"][BUDGET_GATE] = {"limit": limit, "value": value, "passed": value is not None and value <= limit + 1e-9}
+    row["passed"] = all(g["passed"] for g in row["gates"].values())
+
+
+def _delivered(artifacts: list[dict]) -> list[dict]:
+    """The rows of the artifacts the exports deliver: an accuracy-aware export delivers its final artifact;
+    the others it tried are reported (with their gates) but neither recommended nor judged."""
+    return [a for a in artifacts if a.get("accuracy_aware", {}).get("role", "final") == "final"]
+
+
+def _passed(artifacts: list[dict], failures: dict[str, str], require: str) -> bool:
+    """The recipe's verdict over the delivered artifacts, and every accuracy-aware budget met."""
+    delivered = _delivered(artifacts)
+    budgets = all(a["gates"][BUDGET_GATE]["passed"] for a in delivered if BUDGET_GATE in a["gates"])
+    return run_passed(delivered, failures, require) and budgets
 
 
 def _measure(artifact, data, recipe: Recipe, reference: np.ndarray, device) -> dict:
@@ -212,7 +459,8 @@ def _measure(artifact, data, recipe: Recipe, reference: np.ndarray, device) -> d
         "steps": artifact.steps,
         "quantization": artifact.quantization,
         "check": artifact.check,
-        "metrics": {"accuracy": result["accuracy"], "agreement": result.get("agreement")},
+        "metrics": {"accuracy": result["accuracy"], "agreement": result.get("agreement"),
+                    **{k: result[k] for k in ("cross_entropy", "perplexity") if result.get(k) is not None}},
         "latency": latency,
         "load_ms": result["load_ms"],
         "memory": result["memory"],

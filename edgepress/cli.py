@@ -142,6 +142,67 @@ def bench(
     _guard(work)
 
 
+@app.command()
+def quantize(
+    model: Annotated[Path, typer.Argument(help="Trained model: .keras or .h5 file, or SavedModel directory.")],
+    max_accuracy_drop: Annotated[str, typer.Option(help="Largest accuracy drop from the float model: 0.005 or 0.5%.")],
+    data: Annotated[str, typer.Option(
+        help="Calibration and evaluation data: 'digits', an MNIST idx directory or mnist.npz, or an .npz with x, y.")],
+    fmt: Annotated[str, typer.Option("--format", help="tflite or onnx.")] = "tflite",
+    precision: Annotated[str, typer.Option(help="int8: TFLite int8 or ONNX int8_static.")] = "int8",
+    output: RunDir = None,
+    dataset: Annotated[str | None, typer.Option(help="digits, mnist or npz; default: from --data.")] = None,
+    test_size: Annotated[int | None, typer.Option(min=1, help="Evaluation samples, from the end of the data.")] = None,
+    calibration_samples: Annotated[int, typer.Option(min=1, help="Calibration samples, from the start.")] = 200,
+    preset: Annotated[str, typer.Option(help="ONNX target: default, x86-avx2, x86-avx512-vnni, arm64.")] = "default",
+    calibration_method: Annotated[str | None, typer.Option(help="ONNX: minmax, entropy or percentile.")] = None,
+    per_channel: Annotated[bool | None, typer.Option("--per-channel/--per-tensor", help="ONNX weights.")] = None,
+    quant_format: Annotated[str | None, typer.Option(help="ONNX: qdq or qoperator.")] = None,
+    search: Annotated[str, typer.Option(help="linear or bisect.")] = "linear",
+    max_float_layers: Annotated[int | None, typer.Option(min=1, help="Keep at most this many layers float.")] = None,
+    runs: Annotated[int, typer.Option(min=1, help="Timed runs per artifact.")] = 100,
+) -> None:
+    """Quantize MODEL to int8 within an accuracy budget, keeping the most sensitive layers in float if needed."""
+    from edgepress.deploy.accuracy_aware import parse_config
+    from edgepress.recipe import Recipe
+
+    def work():
+        from edgepress.api import run as run_recipe
+
+        calibration = {"samples": calibration_samples, "preset": preset, "method": calibration_method,
+                       "per_channel": per_channel, "format": quant_format}
+        config = parse_config(precision=precision, max_accuracy_drop=max_accuracy_drop, search=search,
+                              max_float_layers=max_float_layers,
+                              calibration={k: v for k, v in calibration.items() if v is not None})
+        try:
+            config.check_format(fmt)
+        except ValueError as e:
+            raise EdgepressError(f"--format {fmt}: {e}.") from None
+        kind, path = (dataset, data) if dataset else _dataset_of(data)
+        recipe = Recipe.from_dict({
+            "name": model.stem or "model",
+            "model": {"path": str(model)},
+            "data": {"dataset": kind, "path": None if kind == "digits" else path, "test_size": test_size,
+                     "calibration_samples": calibration_samples},
+            # fp32 beside it: the baseline for the table's size and speed-up columns.
+            "exports": [{"format": fmt, "precision": "fp32"}, {"format": fmt, "quantize": config.model_dump()}],
+            "measure": {"runs": runs},
+        }, source="for the quantize command")
+        with console.status("starting (importing TensorFlow)") as status:
+            report = run_recipe(recipe, output, _LiveProgress(status))
+        _print_report(report)
+        report.check()
+
+    _guard(work)
+
+
+def _dataset_of(data: str) -> tuple[str, str | None]:
+    """The dataset kind of a --data value: digits, an .npz with x and y, or MNIST (idx directory)."""
+    if data == "digits":
+        return "digits", None
+    return ("npz" if data.endswith(".npz") else "mnist"), data
+
+
 def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
@@ -175,7 +236,7 @@ class _LiveProgress:
 
 
 def _print_report(report) -> None:
-    columns = [c for c in report.COLUMNS if c not in ("format", "precision")]
+    columns = [c for c in report.columns() if c not in ("format", "precision")]
     table = Table(title=report.summary(), title_justify="left")
     for column in columns:
         table.add_column(column, justify="left" if column == "artifact" else "right")
@@ -183,6 +244,10 @@ def _print_report(report) -> None:
         table.add_row(*(row[c] for c in columns), style="bold green" if "★" in row["artifact"] else None)
     console.print(table)
     console.print(report.verdict())
+    for note in report.notes():
+        console.print(f"Note: {escape(note)}")
+    for note in report.quantize_notes():
+        console.print(f"Accuracy-aware quantization: {escape(note)}")
     console.print(f"Run directory: {report.run_dir} (results.json, report.md, report.html)")
 
 

@@ -15,8 +15,13 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from edgepress.compress.cluster import ClusterConfig
+from edgepress.compress.distill import DistillConfig
 from edgepress.compress.prune import PruneConfig
-from edgepress.compress.qat import QatConfig
+from edgepress.compress.qat import QatConfig, resolve_preserve
+from edgepress.compress.structured_prune import StructuredPruneConfig
+from edgepress.deploy.accuracy_aware import QUANTIZED_PRECISION, QuantizeConfig
+from edgepress.deploy.tflite import SPARSE_PRECISIONS
 from edgepress.errors import EdgepressError
 
 # The export precisions by format (kept here, not imported from deploy, so the CLI stays light).
@@ -34,7 +39,14 @@ class ModelSpec(Section):
     """The model to compress: a zoo name (trained here on the recipe's data) or a saved model file."""
 
     zoo: str | None = Field(None, description="Zoo model to train here, e.g. seed_cnn (see `edgepress models`).")
-    path: str | None = Field(None, description=".keras or .h5 file, or SavedModel directory.")
+    path: str | None = Field(
+        None, description=".keras or .h5 file, SavedModel directory (Keras, or a plain tf.Module: exports only), "
+        "or .onnx file (e.g. from PyTorch: ONNX exports only)."
+    )
+    input_shape: list[int] | None = Field(
+        None, description="One sample's input shape, without the batch, for a model whose input has unknown "
+        "dimensions (e.g. [28, 28] for an LSTM built on (None, 28)): data, calibration and TFLite need them fixed."
+    )
     train_epochs: int = Field(5, ge=1, description="Training epochs for a zoo model.")
     batch_size: int = Field(128, ge=1)
     learning_rate: float = Field(1e-3, gt=0)
@@ -50,8 +62,11 @@ class ModelSpec(Section):
 class DataSpec(Section):
     """Where train, test and calibration samples come from."""
 
-    dataset: Literal["digits", "mnist", "npz"] = "digits"
-    path: str | None = Field(None, description="mnist: idx directory or mnist.npz; npz: file with x and y.")
+    dataset: Literal["digits", "mnist", "npz", "python_source"] = "digits"
+    path: str | None = Field(
+        None, description="mnist: idx directory or mnist.npz; npz: file with x and y; python_source: a folder of "
+        ".py files (default: this Python's standard library), cut into 64-character next-character windows."
+    )
     train_size: int | None = Field(None, ge=0, description="Samples for training (from the start of the data).")
     test_size: int | None = Field(None, ge=1, description="Samples for testing (from the end of the data).")
     calibration_samples: int = Field(200, ge=1, description="Training samples that calibrate quantization.")
@@ -59,14 +74,38 @@ class DataSpec(Section):
     seed: int = 0
 
 
-Step = Annotated[PruneConfig | QatConfig, Field(discriminator="type")]
+Step = Annotated[
+    PruneConfig | QatConfig | StructuredPruneConfig | ClusterConfig | DistillConfig, Field(discriminator="type")
+]
 
 
 class ExportSpec(Section):
-    """One artifact: a format and a precision."""
+    """One artifact: a format and a precision (or, with `quantize`, int8 within an accuracy budget)."""
 
     format: Literal["tflite", "onnx"]
     precision: str = "fp32"
+    batch_size: int | None = Field(
+        None, ge=1, description="Fix the artifact's batch dimension (default: dynamic). TFLite needs it for LSTM "
+        "and GRU layers (set 1): they convert only with a static batch and sequence length."
+    )
+    quantize: QuantizeConfig | None = Field(
+        None, description="Accuracy-aware int8: keep the most sensitive layers in float until the accuracy drop "
+        "from the exported (float) model is within max_accuracy_drop. Sets precision to tflite int8 / onnx int8_static."
+    )
+    sparse: bool = Field(
+        False, description="tflite fp32 / fp16: store mostly-zero weights (after prune, e.g. sparsity_m_by_n [2, 4]) "
+        "as sparse tensors for XNNPACK's sparse inference; the report compares it with the same export dense."
+    )
+
+    @model_validator(mode="after")
+    def _sparse_tflite_float(self) -> ExportSpec:
+        if self.sparse and (self.format != "tflite" or self.precision not in SPARSE_PRECISIONS or self.quantize):
+            raise ValueError(
+                f"sparse is a tflite option at precision {' or '.join(SPARSE_PRECISIONS)} (sparse int8 and dynamic "
+                f"files are larger and LiteRT's XNNPACK cannot load them), not {self.format} {self.precision}"
+                + (" with quantize" if self.quantize else "")
+            )
+        return self
 
     @model_validator(mode="after")
     def _known_precision(self) -> ExportSpec:
@@ -74,6 +113,19 @@ class ExportSpec(Section):
             raise ValueError(
                 f"{self.format} has no precision '{self.precision}'; use one of: {', '.join(PRECISIONS[self.format])}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _quantized_precision(self) -> ExportSpec:
+        if self.quantize is None:
+            return self
+        self.quantize.check_format(self.format)
+        wanted = QUANTIZED_PRECISION[self.format]
+        if "precision" in self.model_fields_set and self.precision != wanted:
+            raise ValueError(
+                f"quantize makes {self.format} {wanted} artifacts; leave out precision or set it to {wanted}"
+            )
+        self.precision = wanted
         return self
 
 
@@ -109,8 +161,11 @@ class Gates(Section):
     )
     max_p50_ms: float | None = Field(None, gt=0, description="Median latency at batch 1, in milliseconds.")
     max_bytes: int | None = Field(None, gt=0, description="Artifact file size in bytes.")
+    max_perplexity: float | None = Field(
+        None, ge=1, description="Per-token perplexity of a sequence model (a language model) on the test data."
+    )
     require: Literal["any", "all"] = Field(
-        "any", description="any: the run passes if at least one artifact meets every gate; all: every artifact must."
+        "any", description="any: every target has an artifact meeting every gate; all: every row must pass."
     )
 
     @field_validator("max_accuracy_drop", mode="before")
@@ -148,6 +203,37 @@ class Recipe(Section):
     def devices(self) -> list:
         """The target Device profiles, with the recipe's overrides applied."""
         return [target.device() for target in self.targets]
+
+    @model_validator(mode="after")
+    def _structured_prune_before_qat(self) -> Recipe:
+        types = [step.type for step in self.steps]
+        if "qat" in types and "structured_prune" in types[types.index("qat"):]:
+            raise ValueError(
+                "structured_prune must come before qat: it rebuilds plain Keras layers, and after qat every "
+                "layer is wrapped for quantization-aware training"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _cluster_and_distill_before_qat(self) -> Recipe:
+        types = [step.type for step in self.steps]
+        late = [t for t in types[types.index("qat") + 1 :] if t in ("cluster", "distill")] if "qat" in types else []
+        if late:
+            raise ValueError(
+                f"{late[0]} must come before qat: after qat every layer is wrapped for quantization-aware "
+                "training, and a step after it would undo or lose the learned int8 ranges"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _qat_preserves_the_step_before(self) -> Recipe:
+        # preserve: auto becomes what the step right before each qat calls for (the resolved recipe shows it).
+        types = [step.type for step in self.steps]
+        self.steps = [
+            resolve_preserve(step, types[:i]) if isinstance(step, QatConfig) else step
+            for i, step in enumerate(self.steps)
+        ]
+        return self
 
     @model_validator(mode="after")
     def _exports_fit_targets_and_steps(self) -> Recipe:
@@ -212,6 +298,8 @@ class Recipe(Section):
             update={
                 "model": self.model.model_copy(update={"path": resolve(self.model.path)}),
                 "data": self.data.model_copy(update={"path": resolve(self.data.path)}),
+                # A distill step names files too: its student model and its unlabelled samples.
+                "steps": [s.with_paths_from(resolve) if isinstance(s, DistillConfig) else s for s in self.steps],
             }
         )
 
@@ -269,7 +357,8 @@ def _fields_at(loc: tuple) -> list[str]:
         if part in model.model_fields:
             model = _section(model.model_fields[part].annotation)
         else:  # a discriminated union's tag, e.g. 'prune' under steps.0
-            model = {"prune": PruneConfig, "qat": QatConfig}.get(part)
+            model = {"prune": PruneConfig, "qat": QatConfig, "structured_prune": StructuredPruneConfig,
+                     "cluster": ClusterConfig, "distill": DistillConfig}.get(part)
     return list(model.model_fields) if model else []
 
 

@@ -6,19 +6,30 @@ show one row per artifact; `check()` raises `GateFailed` naming each failing gat
 results.json, schema_version 1:
     schema_version, edgepress_version, created, duration_s, recipe (resolved), environment (versions, CPU),
     data {dataset, train_samples, test_samples, calibration_samples},
-    source {model, params, metrics {accuracy}},
+    source {model, kind, params, metrics {accuracy[, cross_entropy, perplexity]}}
+                                                        kind: keras, saved_model or onnx; a sequence model
+                                                        (labels per time step) also has cross_entropy and
+                                                        perplexity, here and in each artifact's metrics
     models [{stage, accuracy, params, macs, sparsity}]  the source, then the model after each step
-                                                        (macs: multiply-accumulates for one sample)
+                                                        (macs: multiply-accumulates for one sample); a distill
+                                                        step adds distill {student, temperature, alpha, epochs,
+                                                        teacher_accuracy, student_accuracy, scratch_accuracy}
     devices {name: {reach, error}}                      error is null when the device was measured
     artifacts [{name, device, format, precision, path, bytes, gzip_bytes, sha256, steps, quantization, check,
-                metrics {accuracy, accuracy_drop, agreement},
+                metrics {accuracy, accuracy_drop, agreement[, cross_entropy, perplexity]},
                 latency {unit: "ms", p50, p90, p99, mean, std, min, max, runs, warmup, threads, batch},
                 load_ms, memory {baseline_rss_bytes, peak_rss_bytes, model_rss_bytes}, runtime {name, version,
                 providers, warnings}, gates {gate: {limit, value, passed}}, passed}]
                                                         one entry per artifact and device; a value a device
-                                                        could not measure (adb: accuracy) is null
-    gates {max_accuracy_drop, max_p50_ms, max_bytes, require},
-    best {device: artifact name or null}, passed
+                                                        could not measure (adb: accuracy) is null; a sparse
+                                                        TFLite export has quantization {sparse, sparse_tensors}
+    gates {max_accuracy_drop, max_p50_ms, max_bytes, max_perplexity, require},
+    notes [...]                                         what the run left out and why (e.g. no TFLite from ONNX)
+    best {device: artifact name or null}, passed,
+    quantize [...]                                      one entry per accuracy-aware export (see sensitivity.json);
+                                                        its artifacts' rows also carry float_layers and
+                                                        accuracy_aware {role, max_accuracy_drop, budget_met, ...},
+                                                        and the final one the gate quantize_max_accuracy_drop
 """
 
 from __future__ import annotations
@@ -32,7 +43,9 @@ from edgepress import files
 from edgepress.errors import GateFailed
 
 SCHEMA_VERSION = 1
-GATE_NAMES = ("max_accuracy_drop", "max_p50_ms", "max_bytes")
+GATE_NAMES = ("max_accuracy_drop", "max_p50_ms", "max_bytes", "max_perplexity")
+# An accuracy-aware export's budget, a gate on its final artifact: the drop from the exported float model.
+BUDGET_GATE = "quantize_max_accuracy_drop"
 
 
 def apply_gates(artifact: dict, gates: dict, memory_budget_mb: float | None = None) -> None:
@@ -46,6 +59,7 @@ def apply_gates(artifact: dict, gates: dict, memory_budget_mb: float | None = No
         "max_accuracy_drop": artifact["metrics"]["accuracy_drop"],
         "max_p50_ms": artifact["latency"]["p50"],
         "max_bytes": artifact["bytes"],
+        "max_perplexity": artifact["metrics"].get("perplexity"),
         "max_memory_mb": None if peak is None else peak / 2**20,
     }
     limits = dict(gates, max_memory_mb=memory_budget_mb)
@@ -113,6 +127,7 @@ class Report:
             for name, who in failing.items()
         ]
         lines += [f"device {name} failed: {d['error']}" for name, d in self.results["devices"].items() if d["error"]]
+        lines += [q["summary"] for q in self.results.get("quantize", []) if not q["budget_met"]]
         what = {"any": "not every device has an artifact that meets every gate",
                 "all": "not every artifact meets every gate"}[self.results["gates"]["require"]]
         raise GateFailed(f"{what}:\n  " + "\n  ".join(lines))
@@ -124,13 +139,18 @@ class Report:
 
     COLUMNS = (
         "device", "artifact", "format", "precision", "runtime", "bytes", "gzip bytes", "size vs fp32", "accuracy",
-        "drop", "agreement", "p50 ms", "p90 ms", "speed-up vs fp32", "gates",
+        "drop", "agreement", "perplexity", "p50 ms", "p90 ms", "speed-up vs fp32", "gates",
     )
+
+    def columns(self) -> list[str]:
+        """COLUMNS, without perplexity unless the model is a sequence model (a language model) that has one."""
+        perplexity = any(a["metrics"].get("perplexity") is not None for a in self.artifacts)
+        return [c for c in self.COLUMNS if c != "perplexity" or perplexity]
 
     def table(self) -> list[dict[str, str]]:
         """One row per artifact and device, formatted; size and speed are relative to the fp32 of the same
         format on the same device."""
-        fp32 = {(a["device"], a["format"]): a for a in self.artifacts if a["precision"] == "fp32"}
+        fp32 = {(a["device"], a["format"]): a for a in self.artifacts if a["precision"] == "fp32" and not _sparse(a)}
         best = {(device, name) for device, name in self.results["best"].items()}
         order = {device: i for i, device in enumerate(self.results["devices"])}
         rows = []
@@ -144,7 +164,7 @@ class Report:
                     "device": a["device"],
                     "artifact": a["name"] + (" ★ best" if (a["device"], a["name"]) in best else ""),
                     "format": a["format"],
-                    "precision": a["precision"],
+                    "precision": a["precision"] + (" sparse" if _sparse(a) else ""),
                     "runtime": " ".join([runtime["name"], *runtime["providers"][:1]]),
                     "bytes": f"{a['bytes']:,}",
                     "gzip bytes": f"{a['gzip_bytes']:,}",
@@ -152,6 +172,7 @@ class Report:
                     "accuracy": _or_dash(a["metrics"]["accuracy"], "{:.2%}"),
                     "drop": _or_dash(None if drop is None else drop * 100, "{:+.2f} pt"),
                     "agreement": _or_dash(a["metrics"]["agreement"], "{:.2%}"),
+                    "perplexity": _or_dash(a["metrics"].get("perplexity"), "{:.3f}"),
                     "p50 ms": _or_dash(p50, "{:.3f}"),
                     "p90 ms": _or_dash(a["latency"]["p90"], "{:.3f}"),
                     "speed-up vs fp32": f"{base_p50 / p50:.2f}x" if base_p50 and p50 else "-",
@@ -168,11 +189,51 @@ class Report:
 
     def summary(self) -> str:
         src = self.results["source"]
+        metrics = src["metrics"]
+        scores = [f"accuracy {_or_dash(metrics.get('accuracy'), '{:.2%}')}"]
+        if metrics.get("perplexity") is not None:
+            scores.append(f"perplexity {metrics['perplexity']:.3f}")
         return (
-            f"source model {src['model']}: {src['params']:,} parameters, accuracy "
-            f"{src['metrics']['accuracy']:.2%} on {self.results['data']['test_samples']} test samples "
-            f"({self.results['data']['dataset']})"
+            f"source model {src['model']}: {src['params']:,} parameters, {', '.join(scores)} on "
+            f"{self.results['data']['test_samples']} test samples ({self.results['data']['dataset']})"
         )
+
+    def notes(self) -> list[str]:
+        """What the run left out, and why (e.g. steps or exports that do not apply to the model)."""
+        return list(self.results.get("notes", []))
+
+    def sparse_notes(self) -> list[str]:
+        """One sentence per sparse TFLite artifact: its size and p50 against the same export stored dense."""
+        notes = []
+        for a in (a for a in self.artifacts if _sparse(a)):
+            same = (a["device"], a["format"], a["precision"])
+            dense = next((d for d in self.artifacts if not _sparse(d) and (d["device"], d["format"], d["precision"])
+                          == same), None)
+            tensors = a["quantization"].get("sparse_tensors", 0)
+            stored = f"{a['name']} on {a['device']} ({tensors} weight tensors stored sparse)"
+            p50 = a["latency"]["p50"]
+            if dense is None or not p50 or not dense["latency"]["p50"]:
+                notes.append(f"{stored}: export the same precision without sparse to compare.")
+                continue
+            # Beyond the run-to-run spread only: faster when nine sparse runs in ten beat the dense median,
+            # slower when the sparse median loses to nine dense runs in ten.
+            dense_p50 = dense["latency"]["p50"]
+            if a["latency"]["p90"] is not None and a["latency"]["p90"] < dense_p50:
+                verdict = "faster"
+            elif dense["latency"]["p90"] is not None and p50 > dense["latency"]["p90"]:
+                verdict = "slower"
+            else:
+                verdict = "neither faster nor slower (within the run-to-run spread)"
+            notes.append(
+                f"{stored}: {a['bytes'] / dense['bytes']:.2f}x the bytes and "
+                f"{a['gzip_bytes'] / dense['gzip_bytes']:.2f}x the gzip bytes of {dense['name']}, p50 {p50:.3f} ms "
+                f"vs {dense['latency']['p50']:.3f} ms: sparse storage is {verdict} here."
+            )
+        return notes
+
+    def quantize_notes(self) -> list[str]:
+        """One plain sentence per accuracy-aware export: budget met or not, by which artifact, which layers float."""
+        return [q["summary"] for q in self.results.get("quantize", [])]
 
     def to_markdown(self) -> str:
         rows = self.table()
@@ -183,11 +244,18 @@ class Report:
             "",
             "Stages: " + ", ".join(_stage(m) for m in self.results["models"]) + ".",
             "",
-            "| " + " | ".join(self.COLUMNS) + " |",
-            "|" + "---|" * len(self.COLUMNS),
+            "| " + " | ".join(self.columns()) + " |",
+            "|" + "---|" * len(self.columns()),
         ]
-        lines += ["| " + " | ".join(r[c] for c in self.COLUMNS) + " |" for r in rows]
+        lines += ["| " + " | ".join(r[c] for c in self.columns()) + " |" for r in rows]
         lines += ["", self.verdict(), ""]
+        if self.notes():
+            lines += ["Notes:", ""] + [f"- {n}" for n in self.notes()] + [""]
+        if self.quantize_notes():
+            lines += ["Accuracy-aware quantization (layer-wise errors and every artifact tried: sensitivity.md):", ""]
+            lines += [f"- {note}" for note in self.quantize_notes()] + [""]
+        if self.sparse_notes():
+            lines += [f"Sparse tensors: {note}" for note in self.sparse_notes()] + [""]
         if self.warnings():
             lines += ["Warnings:", ""] + [f"- {w}" for w in self.warnings()] + [""]
         env = self.results["environment"]
@@ -195,9 +263,9 @@ class Report:
         return "\n".join(lines) + "\n"
 
     def to_html(self) -> str:
-        head = "".join(f"<th>{html.escape(c)}</th>" for c in self.COLUMNS)
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in self.columns())
         body = "".join(
-            "<tr>" + "".join(f"<td>{html.escape(r[c])}</td>" for c in self.COLUMNS) + "</tr>" for r in self.table()
+            "<tr>" + "".join(f"<td>{html.escape(r[c])}</td>" for c in self.columns()) + "</tr>" for r in self.table()
         )
         title = html.escape(self.results["recipe"]["name"])
         return (
@@ -206,6 +274,9 @@ class Report:
             "text-align:right}</style></head><body>"
             f"<h1>edgepress report: {title}</h1><p>{html.escape(self.summary())}</p>"
             f"<table><tr>{head}</tr>{body}</table><p>{html.escape(self.verdict())}</p>"
+            + "".join(f"<p>accuracy-aware quantization: {html.escape(n)}</p>" for n in self.quantize_notes())
+            + "".join(f"<p>note: {html.escape(n)}</p>" for n in self.notes())
+            + "".join(f"<p>sparse tensors: {html.escape(n)}</p>" for n in self.sparse_notes())
             + "".join(f"<p>warning: {html.escape(w)}</p>" for w in self.warnings())
             + "<img src='plots/size_latency.png' alt='size vs latency'></body></html>\n"
         )
@@ -245,7 +316,8 @@ class Report:
             if a["latency"]["p50"] is None:
                 continue
             ax.scatter(a["bytes"] / 1024, a["latency"]["p50"], marker="o" if a["format"] == "tflite" else "s")
-            label = f"{a['format']} {a['precision']}" + (f" @{a['device']}" if len(self.results["devices"]) > 1 else "")
+            label = f"{a['format']} {a['precision']}" + (" sparse" if _sparse(a) else "")
+            label += f" @{a['device']}" if len(self.results["devices"]) > 1 else ""
             ax.annotate(label, (a["bytes"] / 1024, a["latency"]["p50"]), fontsize=8)
         ax.set_xlabel("file size (KiB)")
         ax.set_ylabel("p50 latency at batch 1 (ms)")
@@ -261,19 +333,40 @@ def _or_dash(value: float | None, template: str) -> str:
 
 
 def _gate_value(name: str, value: float) -> str:
-    if name == "max_accuracy_drop":
+    if name in ("max_accuracy_drop", BUDGET_GATE):
         return f"{value * 100:.2f} pt"
     if name == "max_p50_ms":
         return f"{value:.3f} ms"
+    if name == "max_perplexity":
+        return f"{value:.3f}"
     if name == "max_memory_mb":
         return f"{value:.1f} MiB"
     return f"{value:,} bytes"
 
 
 def _stage(model: dict) -> str:
-    """One model of the run: accuracy, size, work and sparsity (results from before MACs show without them)."""
+    """One model of the run: accuracy, size, work and sparsity (what was not measured is left out)."""
     sizes = [f"{model['params']:,} params"]
     if model.get("macs") is not None:
         sizes.append(f"{model['macs']:,} MACs")
-    sizes.append(f"{model['sparsity']:.0%} sparse")
-    return f"{model['stage']} {model['accuracy']:.2%} ({', '.join(sizes)})"
+    if model.get("sparsity") is not None:
+        sizes.append(f"{model['sparsity']:.0%} sparse")
+    perplexity = f", perplexity {model['perplexity']:.3f}" if model.get("perplexity") is not None else ""
+    notes = "".join(f"; {note}" for note in stage_notes(model))
+    return f"{model['stage']} {_or_dash(model['accuracy'], '{:.2%}')}{perplexity} ({', '.join(sizes)}{notes})"
+
+
+def stage_notes(model: dict) -> list[str]:
+    """What a step measured besides its model (a distill step: the teacher and the student trained alone)."""
+    distill = model.get("distill")
+    if not distill:
+        return []
+    notes = [f"student {distill['student']}, teacher {_or_dash(distill['teacher_accuracy'], '{:.2%}')}"]
+    if distill.get("scratch_accuracy") is not None:
+        notes.append(f"same student without the teacher {distill['scratch_accuracy']:.2%}")
+    return notes
+
+
+def _sparse(artifact: dict) -> bool:
+    """A TFLite artifact whose mostly-zero weights are stored as sparse tensors (export option `sparse`)."""
+    return bool((artifact.get("quantization") or {}).get("sparse"))

@@ -22,8 +22,12 @@ def digits():
 @pytest.fixture(scope="session")
 def trained_cnn(digits):
     """The seed CNN trained on digits for a few epochs (about 95% test accuracy)."""
+    from edgepress.compat import keras
     from edgepress.models import zoo
 
+    # Keras names unnamed layers from a process-wide counter: restart it, so the layers have the names a fresh
+    # run gives them (conv2d, ..., dense, dense_1) whichever test built a model first.
+    keras().backend.reset_uids()
     return zoo.train("seed_cnn", digits, epochs=4, seed=0)
 
 

@@ -5,6 +5,9 @@
 The inverse of tfmot's wrappers is applied before returning (`strip_pruning`), so the result is a
 plain Keras model whose kernels are `target_sparsity` zeros. Unstructured sparsity shrinks the
 gzip-compressed file, not the latency (../shared/DESIGN.md measured this).
+
+`sparsity_m_by_n=(2, 4)` prunes to a fixed pattern instead: 2 zeros in every 4 consecutive weights along
+each kernel's input channels (the TFLite layout's last axis), which sparse runtimes can exploit.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import math
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from edgepress.errors import EdgepressError
 from edgepress.models import training
@@ -37,6 +40,27 @@ class PruneConfig(BaseModel):
     layers: list[str] | None = Field(
         None, description="Names of the layers to prune; default: every layer with weights tfmot can prune."
     )
+    sparsity_m_by_n: tuple[int, int] | None = Field(
+        None,
+        description="[m, n], e.g. [2, 4]: m zeros in every n consecutive weights along each kernel's input-channel "
+        "axis (tfmot's sparsity_m_by_n), the pattern sparse kernels and `sparse: true` TFLite exports use. "
+        "Replaces target_sparsity and schedule: the pattern is chosen at the first training step and held.",
+    )
+
+    @model_validator(mode="after")
+    def _m_by_n(self) -> PruneConfig:
+        if self.sparsity_m_by_n is None:
+            return self
+        m, n = self.sparsity_m_by_n
+        if not 0 < m < n:
+            raise ValueError(f"sparsity_m_by_n [{m}, {n}] needs 0 < m < n (m zeros in every n weights), e.g. [2, 4]")
+        given = {"target_sparsity", "schedule", "initial_sparsity"} & self.model_fields_set
+        if given:
+            raise ValueError(
+                f"sparsity_m_by_n sets the sparsity pattern itself ({m} of every {n} weights are zero); "
+                f"leave out {', '.join(sorted(given))}"
+            )
+        return self
 
 
 def prune(model, x: np.ndarray, y: np.ndarray, config: PruneConfig | None = None, on_epoch=None, **options):
@@ -65,7 +89,9 @@ def prune(model, x: np.ndarray, y: np.ndarray, config: PruneConfig | None = None
 
     def wrap(layer):
         if layer.name in selected:
-            return tfmot.sparsity.keras.prune_low_magnitude(layer, pruning_schedule=schedule)
+            return tfmot.sparsity.keras.prune_low_magnitude(
+                layer, pruning_schedule=schedule, sparsity_m_by_n=config.sparsity_m_by_n
+            )
         return layer
 
     # Wrapping reuses the layers it is given: wrap a copy so the caller's model is left as it was.
@@ -117,4 +143,23 @@ def layers_to_prune(model, config: PruneConfig) -> set[str]:
             f"`layers: [{', '.join(supported)}]` in the prune step, or drop the step; the exports "
             "(TFLite and ONNX, with post-training quantization) still apply to this model."
         )
+    if config.sparsity_m_by_n is not None:
+        _check_m_by_n(model, layers, config.sparsity_m_by_n)
     return {layer.name for layer in layers}
+
+
+def _check_m_by_n(model, layers: list, m_by_n: tuple[int, int]) -> None:
+    """tfmot lays an m:n pattern on 2-D (Dense) and 4-D (Conv2D) kernels only; name a layer with another kernel."""
+
+    def fits(layer) -> bool:
+        return all(len(w.shape) in (2, 4) for w in layer.trainable_weights if "kernel" in w.name)
+
+    unfit = [layer for layer in layers if not fits(layer)]
+    if unfit:
+        described = ", ".join(f"'{layer.name}' ({type(layer).__name__})" for layer in unfit)
+        fitting = [layer.name for layer in model.layers if layer.trainable_weights and fits(layer)]
+        raise EdgepressError(
+            f"prune: sparsity_m_by_n {list(m_by_n)} needs Dense or Conv2D kernels (2-D or 4-D), not layer "
+            f"{described}. Choose the layers with `layers: [{', '.join(fitting)}]` in the prune step, or drop "
+            "sparsity_m_by_n for unstructured pruning."
+        )

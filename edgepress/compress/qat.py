@@ -4,16 +4,22 @@
 
 The result keeps tfmot's quantize wrappers: they carry the learned ranges that the TFLite
 converter (int8 export) and tf2onnx (QuantizeLinear/DequantizeLinear pairs) turn into an int8 model.
+
+Plain QAT trains every weight freely, so it undoes what a step before it made: the zeros of `prune`
+and the shared values of `cluster`. tfmot's collaborative schemes keep them: `preserve: sparsity`
+(pruning-preserving QAT, PQAT) and `preserve: clusters` (cluster-preserving QAT, CQAT; it also keeps
+the zeros when the clustered model has any). `preserve: auto` picks from the step right before qat.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from edgepress.errors import EdgepressError
+from edgepress.errors import EdgepressError, first_line
 from edgepress.models import training
 
 
@@ -29,31 +35,81 @@ class QatConfig(BaseModel):
     layers: list[str] | None = Field(
         None, description="Names of the layers to quantize; default: the whole model."
     )
+    preserve: Literal["auto", "none", "sparsity", "clusters"] = Field(
+        "auto",
+        description="Keep what the step before made: sparsity (PQAT: pruned zeros stay zero), clusters (CQAT: "
+        "each kernel keeps its shared values, and its zeros if it has any), none (plain QAT), or auto: sparsity "
+        "right after prune, clusters right after cluster, none otherwise.",
+    )
 
 
-def qat(model, x: np.ndarray, y: np.ndarray, config: QatConfig | None = None, on_epoch=None, **options):
-    """Make `model` quantization-aware and fine-tune it on (x, y); return the quantize-aware Keras model."""
+# What `preserve: auto` keeps, by the type of the step right before qat.
+PRESERVED_AFTER = {"prune": "sparsity", "cluster": "clusters"}
+
+
+def resolve_preserve(config: QatConfig, after: Sequence[str] = ()) -> QatConfig:
+    """`config` with preserve 'auto' replaced by what the step right before qat (the last of `after`) calls for."""
+    if config.preserve != "auto":
+        return config
+    previous = after[-1] if after else None
+    return config.model_copy(update={"preserve": PRESERVED_AFTER.get(previous, "none")})
+
+
+def qat(model, x: np.ndarray, y: np.ndarray, config: QatConfig | None = None, on_epoch=None,
+        after: Sequence[str] = (), **options):
+    """Make `model` quantization-aware and fine-tune it on (x, y); return the quantize-aware Keras model.
+
+    `after` names the steps that made `model`, in order (e.g. ["prune"]): `preserve: auto` looks at the last.
+    """
+    config = resolve_preserve(config or QatConfig(**options), after)
+    check_quantizable(model, config)
+    aware = _quantize_aware(model, config)
+    training.fit(aware, x, y, config.fine_tune_epochs, config.batch_size, config.learning_rate, on_epoch=on_epoch)
+    return aware
+
+
+def _quantize_aware(model, config: QatConfig):
+    """`model` (a copy) wrapped for quantization-aware training with the scheme `config.preserve` asks for."""
     import tensorflow_model_optimization as tfmot
 
-    from edgepress.compat import keras
+    from edgepress.compat import keras, quiet
 
-    config = config or QatConfig(**options)
-    check_quantizable(model, config)
+    quantization = tfmot.quantization.keras
+    # Annotating reuses the layers it is given: annotate a copy so the caller's model is left as it was.
     if config.layers is None:
-        aware = tfmot.quantization.keras.quantize_model(model)
+        annotated = quantization.quantize_annotate_model(training.copy_model(model))
     else:
         selected = set(config.layers)
 
         def annotate(layer):
             if layer.name in selected:
-                return tfmot.quantization.keras.quantize_annotate_layer(layer)
+                return quantization.quantize_annotate_layer(layer)
             return layer
 
-        # Annotating reuses the layers it is given: annotate a copy so the caller's model is left as it was.
         annotated = keras().models.clone_model(training.copy_model(model), clone_function=annotate)
-        aware = tfmot.quantization.keras.quantize_apply(annotated)
-    training.fit(aware, x, y, config.fine_tune_epochs, config.batch_size, config.learning_rate, on_epoch=on_epoch)
-    return aware
+    if config.preserve == "sparsity":
+        scheme = tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme()
+    elif config.preserve == "clusters":
+        # Keeping zeros on a kernel without any would force its centroid nearest zero to zero: only when pruned.
+        keep_zeros = _has_zeros(model)
+        scheme = tfmot.experimental.combine.Default8BitClusterPreserveQuantizeScheme(preserve_sparsity=keep_zeros)
+    else:
+        scheme = quantization.default_8bit.Default8BitQuantizeScheme()
+    try:
+        with quiet():  # CQAT warns for each kernel it finds too many distinct values in to keep
+            return quantization.quantize_apply(annotated, scheme)
+    except (ValueError, RuntimeError) as e:
+        if config.preserve in ("none", "auto"):
+            raise
+        # The preserving schemes take fewer layer types than plain QAT (Conv2D, Dense, DepthwiseConv2D).
+        raise EdgepressError(
+            f"qat: tfmot's {config.preserve}-preserving QAT cannot quantize this model: {first_line(e)}. Quantize "
+            "only the layers it supports with `layers: [...]` in the qat step, or set `preserve: none`."
+        ) from None
+
+
+def _has_zeros(model) -> bool:
+    return any(bool((w.numpy() == 0).any()) for layer in model.layers for w in layer.weights if "kernel" in w.name)
 
 
 def is_quantize_aware(model) -> bool:
@@ -88,3 +144,7 @@ def check_quantizable(model, config: QatConfig) -> None:
             f"`layers: [{', '.join(supported)}]` in the qat step, or drop the step; post-training "
             "quantization in the exports (tflite int8 / dynamic, onnx int8) still applies to this model."
         )
+    if config.preserve in ("sparsity", "clusters"):
+        # The preserving schemes take fewer layers, and only wrapping tells which (BatchNormalization passes
+        # through tfmot's own transforms): wrap once without training, which refuses in a second or so.
+        _quantize_aware(model, config)

@@ -7,8 +7,10 @@ unless no other TFLite interpreter exists. It runs on Python 3.9+.
     python runner.py model.tflite --data eval.npz --runs 100 --threads 4 --json
 
 eval.npz holds `x` (inputs, preprocessed to the model's input shape, float32) and optionally `y`
-(integer labels). On the host, edgepress runs this file in a subprocess to measure an artifact,
-and its exporters call `open_model(path).predict(x)` to check what an exported file computes.
+(integer labels: one per sample for a classifier, or one per time step, (N, T), for a sequence
+model such as a language model, which is then scored per token, with cross-entropy and perplexity).
+On the host, edgepress runs this file in a subprocess to measure an artifact, and its exporters
+call `open_model(path).predict(x)` to check what an exported file computes.
 """
 
 from __future__ import annotations
@@ -166,6 +168,9 @@ class TFLiteRuntime(Runtime):
         # The input shape the tensors are planned for; tracked here because asking the interpreter
         # for it on every call would add its cost to the measured latency.
         self._allocated_shape = tuple(int(d) for d in self._input["shape"])
+        # Fused recurrent ops keep their state in variable tensors from one invocation to the next;
+        # every sample here is independent, so those start from zero on each call.
+        self._stateful = _has_stateful_ops(self._interpreter)
 
     def _invoke(self, x: np.ndarray) -> np.ndarray:
         index = self._input["index"]
@@ -174,9 +179,24 @@ class TFLiteRuntime(Runtime):
             self._interpreter.resize_tensor_input(index, list(x.shape))
             self._interpreter.allocate_tensors()
             self._allocated_shape = x.shape
+        if self._stateful:
+            self._interpreter.reset_all_variables()
         self._interpreter.set_tensor(index, x)
         self._interpreter.invoke()
         return self._interpreter.get_tensor(self._output["index"])
+
+
+# TFLite ops whose hidden and cell states are variable tensors that outlive an invocation.
+_STATEFUL_OPS = {"UNIDIRECTIONAL_SEQUENCE_LSTM", "UNIDIRECTIONAL_SEQUENCE_RNN", "BIDIRECTIONAL_SEQUENCE_LSTM",
+                 "BIDIRECTIONAL_SEQUENCE_RNN", "LSTM", "SVDF"}
+
+
+def _has_stateful_ops(interpreter) -> bool:
+    """True if the model has an op that carries state between invocations (see _STATEFUL_OPS)."""
+    ops = getattr(interpreter, "_get_ops_details", None)  # every interpreter has it, but it is not public API
+    if ops is None:
+        return True  # resetting costs little; a state leaking into the next sample costs correctness
+    return any(op.get("op_name") in _STATEFUL_OPS for op in ops())
 
 
 class OnnxRuntime(Runtime):
@@ -324,9 +344,10 @@ def benchmark(
     """Load `path`, time `runs` invocations at batch `batch`, and score it on (`x`, `y`) if given.
 
     Returns a JSON-serialisable dict: artifact, runtime, load_ms, latency_ms (p50/p90/p99/mean/std/
-    min/max of the timed runs), memory, samples, accuracy, per_class, output_checksum, host, and
-    predictions when asked. `peak_rss_bytes` is the peak of the whole process, so it means most in
-    a fresh process such as the CLI's; `model_rss_bytes` is what the loaded, warmed-up model added.
+    min/max of the timed runs), memory, samples, accuracy, per_class, cross_entropy and perplexity
+    (sequence labels only, see `score`), output_checksum, host, and predictions when asked.
+    `peak_rss_bytes` is the peak of the whole process, so it means most in a fresh process such as
+    the CLI's; `model_rss_bytes` is what the loaded, warmed-up model added.
     """
     if runs < 1 or warmup < 0 or batch < 1:
         raise RunnerError(
@@ -341,10 +362,11 @@ def benchmark(
         y = np.asarray(y)
         if x is None:
             raise RunnerError("Labels y were given without inputs x: give both, or neither.")
-        if y.ndim != 1 or y.dtype.kind not in "iub" or len(y) != len(x):
+        if y.ndim not in (1, 2) or y.dtype.kind not in "iub" or len(y) != len(x):
             raise RunnerError(
-                f"Labels y must be {len(x)} integer class labels (one per input), got an array of shape "
-                f"{y.shape} and dtype {y.dtype}. For one-hot labels pass y.argmax(-1)."
+                f"Labels y must be {len(x)} integer class labels (one per input), or ({len(x)}, steps) labels for "
+                f"a sequence model, got an array of shape {y.shape} and dtype {y.dtype}. For one-hot labels pass "
+                "y.argmax(-1)."
             )
 
     # Import the runtime before taking the baseline, so model_rss_bytes is what the model adds and
@@ -380,7 +402,8 @@ def benchmark(
     model_rss = max(0, _current_rss() - baseline_rss)
 
     # Accuracy: every sample of the data, through predict so quantized models get floats back.
-    samples, accuracy, per_class, predictions = 0, None, {}, []
+    samples, predictions = 0, []
+    scores: dict = {"accuracy": None, "per_class": {}}
     if x is not None and len(x) > 0:
         outputs = model.predict(x)
         samples = len(x)
@@ -388,14 +411,11 @@ def benchmark(
         if y is not None:
             if predicted.shape != y.shape:
                 raise RunnerError(
-                    f"{path}: top-1 accuracy needs an output of shape (batch, classes), got {outputs.shape[1:]} "
-                    "per sample. Run without labels y to time it only."
+                    f"{path}: labels of shape {y.shape[1:]} per sample need an output of shape "
+                    f"{y.shape[1:] + ('classes',)} per sample, got {outputs.shape[1:]}. "
+                    "Run without labels y to time it only."
                 )
-            correct = predicted == y
-            accuracy = float(np.mean(correct))
-            for label in np.unique(y):
-                mask = y == label
-                per_class[str(int(label))] = {"n": int(mask.sum()), "correct": int(correct[mask].sum())}
+            scores = score(outputs, y)
         if with_predictions:
             predictions = predicted.tolist()
     else:
@@ -420,13 +440,49 @@ def benchmark(
             "model_rss_bytes": model_rss,
         },
         "samples": samples,
-        "accuracy": accuracy,
-        "per_class": per_class,
+        **scores,
         "output_checksum": _checksum(outputs),
         "host": _host(),
     }
     if with_predictions:
         result["predictions"] = predictions
+    return result
+
+
+def score(outputs: np.ndarray, y: np.ndarray) -> dict:
+    """Top-1 accuracy of `outputs` (..., classes) against integer labels `y` (...), and more by label shape.
+
+    Labels (N,): a classifier; `per_class` counts samples and correct ones per label.
+    Labels (N, T): a sequence model (a language model's next-token logits, (N, T, vocabulary)):
+    `accuracy` is per token, and `cross_entropy` (mean negative log-likelihood per token, in nats)
+    and `perplexity` (its exponential) are computed from the outputs, read as probabilities when
+    every row is non-negative and sums to 1 (a softmax output), else as logits.
+    """
+    outputs = np.asarray(outputs, dtype=np.float64)
+    y = np.asarray(y)
+    correct = np.argmax(outputs, axis=-1) == y
+    result: dict = {"accuracy": float(np.mean(correct)), "per_class": {}}
+    if y.ndim == 1:
+        for label in np.unique(y):
+            mask = y == label
+            result["per_class"][str(int(label))] = {"n": int(mask.sum()), "correct": int(correct[mask].sum())}
+        return result
+    if np.any(y < 0) or np.any(y >= outputs.shape[-1]):
+        raise RunnerError(
+            f"Labels y range over {int(y.min())}..{int(y.max())} but the model has {outputs.shape[-1]} outputs "
+            "per step: give labels that index its vocabulary."
+        )
+    # A quantized softmax's rows sum to 1 only to within its output step, hence the tolerance.
+    probabilities = bool(np.all(outputs >= 0) and np.allclose(outputs.sum(axis=-1), 1.0, atol=0.05))
+    if probabilities:
+        log_p = np.log(np.clip(outputs, 1e-12, None))
+    else:
+        shifted = outputs - outputs.max(axis=-1, keepdims=True)
+        log_p = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    picked = np.take_along_axis(log_p, y[..., None].astype(np.int64), axis=-1)[..., 0]
+    cross_entropy = float(-picked.mean())
+    result["cross_entropy"] = cross_entropy
+    result["perplexity"] = float(np.exp(cross_entropy))
     return result
 
 
@@ -614,6 +670,9 @@ def _summary(result: dict) -> str:
     ]
     if result["accuracy"] is not None:
         lines.append(f"  accuracy  {result['accuracy'] * 100:.2f}% on {result['samples']} samples")
+    if result.get("perplexity") is not None:
+        lines.append(f"  perplexity {result['perplexity']:.3f} "
+                     f"(cross-entropy {result['cross_entropy']:.4f} nats per token)")
     lines.extend(f"  warning: {w}" for w in rt["warnings"])
     return "\n".join(lines)
 

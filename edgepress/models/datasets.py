@@ -1,15 +1,19 @@
 """Datasets: where the training, test and calibration samples come from.
 
-Three sources, all local: `digits` (scikit-learn's 8x8 digits, shipped with the package),
-`mnist` (a directory of idx files, `.gz` or not, or a keras `mnist.npz`), and `npz` (a user's
-file with `x` and `y` arrays). Every image is scaled to [0, 1] and fitted to the model's input
-shape by `fit_to_input`, so the same data serves a CNN (28x28x1) and an MLP (784).
+Four sources, all local: `digits` (scikit-learn's 8x8 digits, shipped with the package),
+`mnist` (a directory of idx files, `.gz` or not, or a keras `mnist.npz`), `npz` (a user's
+file with `x` and `y` arrays), and `python_source` (next-character windows of the running
+Python's own standard-library source, for the character language model). Every image is scaled to
+[0, 1] and fitted to the model's input shape by `fit_to_input`, so the same data serves a CNN
+(28x28x1), an MLP (784), an LSTM reading rows (28, 28) and a channels-first PyTorch CNN (3, 32, 32).
 """
 
 from __future__ import annotations
 
 import gzip
+import os
 import struct
+import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,16 +24,19 @@ from edgepress.errors import EdgepressError
 
 @dataclass
 class Dataset:
-    """Train and test splits, as float32 inputs and integer labels."""
+    """Train and test splits, as float32 inputs and integer labels (one per sample, or one per time step)."""
 
     name: str
     x_train: np.ndarray
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
+    classes: int | None = None  # a fixed number of classes (a vocabulary); default: the largest label + 1
 
     @property
     def num_classes(self) -> int:
+        if self.classes is not None:
+            return self.classes
         return int(max(self.y_train.max(initial=0), self.y_test.max(initial=0))) + 1
 
     def calibration(self, n: int) -> np.ndarray:
@@ -50,6 +57,7 @@ class Dataset:
             self.y_train,
             fit_to_input(self.x_test, input_shape, self.name),
             self.y_test,
+            self.classes,
         )
 
 
@@ -60,11 +68,12 @@ def load_dataset(
     test_size: int | None = None,
     seed: int = 0,
 ) -> Dataset:
-    """Load `digits`, `mnist` or `npz` data and split it into train and test.
+    """Load `digits`, `mnist`, `npz` or `python_source` data and split it into train and test.
 
     Splits are taken in file order (train first, test last) so results are reproducible: for MNIST's
     10,000-image test set, train_size=8000 and test_size=2000 give the first 8,000 and the last 2,000.
-    `digits` is shuffled once with `seed` because scikit-learn orders it by writer.
+    `digits` is shuffled once with `seed` because scikit-learn orders it by writer. `python_source`
+    reads the .py files of `path` (default: this Python's standard library), see `load_python_source`.
     """
     if name == "digits":
         x, y = _load_digits(seed)
@@ -80,8 +89,11 @@ def load_dataset(
         if path is None:
             raise EdgepressError("The 'npz' dataset needs a path to a .npz file with 'x' and 'y' arrays.")
         x, y = _load_npz(Path(path))
+    elif name == "python_source":
+        x, y = load_python_source(path)
+        return _split(name, x, y, train_size, test_size, classes=len(PYTHON_SOURCE_VOCAB) + 1)
     else:
-        raise EdgepressError(f"Unknown dataset '{name}'. Use one of: digits, mnist, npz.")
+        raise EdgepressError(f"Unknown dataset '{name}'. Use one of: digits, mnist, npz, python_source.")
     return _split(name, x, y, train_size, test_size)
 
 
@@ -106,6 +118,11 @@ def fit_to_input(x: np.ndarray, input_shape: tuple[int | None, ...], dataset: st
     if len(sample) in (2, 3) and _channels(sample) == 1 and side * side == target[0]:
         # Images for a model on flattened square images (an MLP on 784 values): resize, then flatten.
         return _resize(x, (side, side, 1)).reshape((len(x), *target))
+    if len(sample) in (2, 3) and _channels(sample) == 1 and len(target) == 3 and target[0] in (1, 3) and target[1] > 3:
+        # Gray images for a channels-first model (PyTorch's C, H, W): resize, repeat the gray channel
+        # C times, then move channels first.
+        resized = _resize(x, (target[1], target[2], 1))
+        return np.ascontiguousarray(np.repeat(resized, target[0], axis=-1).transpose(0, 3, 1, 2))
     raise EdgepressError(
         f"The samples of '{dataset}' have shape {_shape(sample)}, which does not fit the model's input "
         f"{_shape(target)}. Give data with {_shape(target)} samples (or the same number of values), "
@@ -130,7 +147,7 @@ def _resize(x: np.ndarray, target: tuple[int, ...]) -> np.ndarray:
     return resized.reshape((len(x), *target)).astype(np.float32)
 
 
-def _split(name, x, y, train_size, test_size) -> Dataset:
+def _split(name, x, y, train_size, test_size, classes: int | None = None) -> Dataset:
     n = len(x)
     if test_size is None:
         test_size = n // 5 if train_size is None else n - train_size
@@ -141,7 +158,7 @@ def _split(name, x, y, train_size, test_size) -> Dataset:
             f"Dataset '{name}' has {n} samples; it cannot give train_size={train_size} and "
             f"test_size={test_size}. Their sum must be at most {n} and test_size at least 1."
         )
-    return Dataset(name, x[:train_size], y[:train_size], x[n - test_size :], y[n - test_size :])
+    return Dataset(name, x[:train_size], y[:train_size], x[n - test_size :], y[n - test_size :], classes)
 
 
 def _load_digits(seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -222,3 +239,50 @@ def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise EdgepressError(f"{path}: 'x' has {len(x)} samples but 'y' has {len(y)}; they must match.")
     # A user's arrays are used as given: they are already preprocessed the way their model expects.
     return x.astype(np.float32), y.astype(np.int64)
+
+
+# python_source: the vocabulary is fixed, so every file maps to the same ids and a model trained on one
+# Python's library reads another's. Id 0 is any other character; ids 1.. are these, in this order.
+PYTHON_SOURCE_VOCAB = "\n" + "".join(chr(c) for c in range(32, 127))  # newline and printable ASCII
+# Characters per window: the model reads 64 characters and predicts each next one.
+PYTHON_SOURCE_WINDOW = 64
+_CHAR_IDS = {c: i + 1 for i, c in enumerate(PYTHON_SOURCE_VOCAB)}
+
+
+def encode_text(text: str) -> np.ndarray:
+    """Character ids of `text` in the python_source vocabulary (0 for characters outside it)."""
+    return np.fromiter((_CHAR_IDS.get(c, 0) for c in text), dtype=np.int64, count=len(text))
+
+
+def decode_ids(ids) -> str:
+    """The text of python_source ids (id 0, an unknown character, shows as U+FFFD)."""
+    return "".join(PYTHON_SOURCE_VOCAB[i - 1] if i > 0 else "\ufffd" for i in np.asarray(ids).astype(int).ravel())
+
+
+def python_source_dir() -> Path:
+    """The running interpreter's standard-library directory (where os.py lives)."""
+    return Path(sysconfig.get_paths().get("stdlib") or os.path.dirname(os.__file__))
+
+
+def load_python_source(path: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Next-character windows of the .py files directly in `path` (default: this Python's standard library).
+
+    The files are read in sorted name order and joined with a newline; the text is cut into
+    windows of PYTHON_SOURCE_WINDOW characters. x[i] is a window's character ids (float32, as every
+    edgepress input), y[i] the ids of the characters that follow each one (the window shifted by one).
+    Nothing is downloaded: the text ships with Python itself.
+    """
+    folder = Path(path) if path is not None else python_source_dir()
+    sources = sorted(folder.glob("*.py")) if folder.is_dir() else []
+    if not sources:
+        raise EdgepressError(
+            f"No .py files in {folder}: python_source reads the Python files directly in a folder (default: "
+            "this Python's standard library). Leave data.path unset, or give a folder with .py files."
+        )
+    text = "\n".join(p.read_text(encoding="utf-8", errors="replace") for p in sources)
+    ids = encode_text(text)
+    count = (len(ids) - 1) // PYTHON_SOURCE_WINDOW
+    window = PYTHON_SOURCE_WINDOW
+    x = ids[: count * window].reshape(count, window)
+    y = ids[1 : count * window + 1].reshape(count, window)
+    return x.astype(np.float32), y

@@ -1,6 +1,10 @@
 """The model zoo: small reference architectures with a documented train function.
 
-`seed_cnn` and `seed_mlp` are the design brief's seed models; both output logits.
+`seed_cnn` and `seed_mlp` are the design brief's seed models. `seed_lstm` reads an image row by row,
+`char_gru` is a character language model, `raw_mlp` is a raw tf.Module (no Keras) and `torch_cnn` a
+PyTorch CNN that comes in as ONNX. All output logits. `train(name, data)` trains any of them;
+`raw_mlp` and `torch_cnn` come back as the native model (a tf.Module, a torch module), which the run
+saves as a SavedModel or an .onnx file with the entry's `save`.
 """
 
 from __future__ import annotations
@@ -46,16 +50,104 @@ def seed_mlp(input_shape: tuple[int, ...] = (784,), num_classes: int = 10):
     )
 
 
+def seed_lstm(input_shape: tuple[int, ...] = (28, 28), num_classes: int = 10):
+    """LSTM 64 over the rows of an image (28 steps of 28 features) -> Dense (logits) on its last output.
+
+    TFLite converts the Keras LSTM to its fused UNIDIRECTIONAL_SEQUENCE_LSTM op only with a fixed batch
+    size: export it with `batch_size: 1` (recipes/mnist_lstm.yaml).
+    """
+    layers = _keras().layers
+    return _keras().Sequential(
+        [layers.Input(input_shape), layers.LSTM(64), layers.Dense(num_classes)],
+        name="seed_lstm",
+    )
+
+
+def char_gru(input_shape: tuple[int, ...] = (64,), num_classes: int = 97):
+    """Character language model: Embedding 32 -> GRU 128 (every step) -> Dense over the vocabulary (logits).
+
+    Input: int32 character ids, (batch, 64); output: (batch, 64, vocabulary), the next character's
+    logits at each step. Train it on the `python_source` dataset; its metrics are next-character
+    accuracy and perplexity. Export TFLite with `batch_size: 1` (the GRU loop needs a fixed batch).
+    """
+    layers = _keras().layers
+    return _keras().Sequential(
+        [
+            layers.Input(input_shape, dtype="int32"),
+            layers.Embedding(num_classes, 32),
+            layers.GRU(128, return_sequences=True),
+            layers.Dense(num_classes),
+        ],
+        name="char_gru",
+    )
+
+
+def raw_mlp(input_shape: tuple[int, ...] = (784,), num_classes: int = 10):
+    """784-64-64-10 MLP as a raw tf.Module (tf.Variables, a tf.function forward pass); see models/raw_module.py."""
+    from edgepress.models.raw_module import build_raw_mlp
+
+    return build_raw_mlp(input_shape, num_classes)
+
+
+def _train_raw_mlp(model, x, y, epochs, batch_size, learning_rate, on_epoch, seed):
+    from edgepress.models.raw_module import train_raw_mlp
+
+    return train_raw_mlp(model, x, y, epochs, batch_size, learning_rate, on_epoch, seed)
+
+
+def _save_raw_mlp(model, path) -> None:
+    from edgepress.models.raw_module import save_raw_module
+
+    save_raw_module(model, path)
+
+
+def torch_cnn(input_shape: tuple[int, ...] = (3, 32, 32), num_classes: int = 10):
+    """PyTorch CNN, 3x32x32 channels first: 2x (conv + pool), 2 linear; see models/torch_cnn.py. Needs torch."""
+    from edgepress.models.torch_cnn import build_torch_cnn
+
+    return build_torch_cnn(input_shape, num_classes)
+
+
+def _train_torch_cnn(model, x, y, epochs, batch_size, learning_rate, on_epoch, seed):
+    from edgepress.models.torch_cnn import train_torch_cnn
+
+    return train_torch_cnn(model, x, y, epochs, batch_size, learning_rate, on_epoch, seed)
+
+
+def _save_torch_cnn(model, path) -> None:
+    from edgepress.models.torch_cnn import export_torch_onnx
+
+    export_torch_onnx(model, path, ZOO["torch_cnn"].input_shape)
+
+
 @dataclass(frozen=True)
 class ZooEntry:
     build: Callable
     input_shape: tuple[int, ...]
     description: str
+    # Models of other frameworks: train(model, x, y, epochs, batch_size, learning_rate, on_epoch, seed)
+    # replaces Keras's fit, and save(model, path) writes the file edgepress runs, a `saved_as` kind of
+    # model ("saved_model" directory or "onnx" file). None for Keras models.
+    train: Callable | None = None
+    save: Callable | None = None
+    saved_as: str | None = None
 
 
 ZOO: dict[str, ZooEntry] = {
     "seed_cnn": ZooEntry(seed_cnn, (28, 28, 1), "3-conv CNN for 28x28 digits (~93k parameters)"),
     "seed_mlp": ZooEntry(seed_mlp, (784,), "784-64-64-10 MLP for flattened 28x28 digits (~55k parameters)"),
+    "seed_lstm": ZooEntry(seed_lstm, (28, 28), "LSTM 64 reading 28x28 digits row by row (~24k parameters)"),
+    "char_gru": ZooEntry(
+        char_gru, (64,), "character language model, Embedding-GRU 128-Dense, 64 characters (~78k parameters)"
+    ),
+    "raw_mlp": ZooEntry(
+        raw_mlp, (784,), "784-64-64-10 MLP as a raw tf.Module, saved as a SavedModel (no Keras; ~55k parameters)",
+        _train_raw_mlp, _save_raw_mlp, "saved_model",
+    ),
+    "torch_cnn": ZooEntry(
+        torch_cnn, (3, 32, 32), "PyTorch CNN for 3x32x32 images, exported to ONNX (needs torch; ~137k parameters)",
+        _train_torch_cnn, _save_torch_cnn, "onnx",
+    ),
 }
 
 
@@ -77,7 +169,8 @@ def train(
 ):
     """Build zoo model `name` and train it on `data` (fitted to its input) from a fixed seed.
 
-    Returns the trained Keras model. On 8,000 MNIST images, 5 epochs give the seed CNN ~97-98%.
+    Returns the trained Keras model (for `raw_mlp` a tf.Module, for `torch_cnn` a torch module: save
+    them with the entry's `save`). On 8,000 MNIST images, 5 epochs give the seed CNN ~97-98%.
     """
     if len(data.x_train) == 0:
         raise EdgepressError(f"Zoo model '{name}' is trained here, but the data has no training samples: "
@@ -85,6 +178,8 @@ def train(
     _keras().utils.set_random_seed(seed)
     model = build(name, data.num_classes)
     data = data.fit_to(ZOO[name].input_shape)
+    if ZOO[name].train is not None:
+        return ZOO[name].train(model, data.x_train, data.y_train, epochs, batch_size, learning_rate, on_epoch, seed)
     training.fit(model, data.x_train, data.y_train, epochs, batch_size, learning_rate, on_epoch=on_epoch, seed=seed)
     return model
 

@@ -1,0 +1,339 @@
+"""Knowledge distillation: train a smaller student to match the model as it enters the step (the teacher).
+
+    student = distill(teacher, x_train, y_train, student={"width": 0.25}, epochs=10)
+
+The student is a zoo architecture (`{zoo: seed_mlp}`), a model file (`{path: student.keras}`, trained
+from the weights it holds), or a width-scaled copy of the teacher (`{width: 0.25}`: every Conv and
+Dense layer but the classifier keeps round(width x its filters or units), with fresh weights). The
+loss is Hinton's: alpha x cross-entropy with the labels + (1 - alpha) x T^2 x KL(teacher || student),
+both softened by the temperature T; the T^2 keeps the soft gradients as large as the hard ones. With
+alpha 0 no label is used, so unlabelled samples (`y=None`, or `unlabelled: file.npz` in a recipe) work.
+
+`compare_scratch` also trains the same student, from the same starting weights, on the labels alone for
+the same epochs: the report then shows what the teacher added. `distill_and_score` returns those
+numbers with the student; `distill` returns the student only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from edgepress.errors import EdgepressError
+from edgepress.models import training
+from edgepress.models.datasets import fit_to_input
+
+
+class StudentSpec(BaseModel):
+    """The student: exactly one of a zoo architecture, a model file, or a width-scaled copy of the teacher."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    zoo: str | None = Field(None, description="Zoo architecture, trained from scratch (see `edgepress models`).")
+    path: str | None = Field(None, description=".keras / .h5 file or SavedModel; trained from the weights it holds.")
+    width: float | None = Field(
+        None, gt=0, le=1, description="The teacher's architecture with round(width x channels) in each Conv and Dense "
+        "layer but the classifier, with fresh weights."
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> StudentSpec:
+        given = [k for k in ("zoo", "path", "width") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give the student exactly one of zoo, path or width (got {', '.join(given) or 'none'})")
+        return self
+
+    def describe(self) -> str:
+        return f"zoo:{self.zoo}" if self.zoo else f"width {self.width:g}" if self.width else str(self.path)
+
+
+class DistillConfig(BaseModel):
+    """Knowledge distillation from the model entering the step (the teacher) into a student."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["distill"] = "distill"
+    student: StudentSpec
+    temperature: float = Field(4.0, gt=0, description="Softens both output distributions; 2-10 is usual.")
+    alpha: float = Field(
+        0.1, ge=0, le=1, description="Weight of the hard-label loss; the soft (teacher) loss gets 1 - alpha, x T^2."
+    )
+    epochs: int = Field(10, ge=1, description="Epochs of training the student.")
+    batch_size: int = Field(128, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    unlabelled: str | None = Field(
+        None, description=".npz with `x`: distil on these samples instead of the recipe's training data. It has no "
+        "labels, so alpha must be 0."
+    )
+    compare_scratch: bool = Field(
+        False, description="Also train the same student without the teacher (labels only, same epochs) and report it."
+    )
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _labels_for_what_needs_them(self) -> DistillConfig:
+        if self.unlabelled is not None and self.alpha != 0:
+            raise ValueError(f"unlabelled samples have no labels for the hard loss: set alpha to 0, not {self.alpha}")
+        if self.unlabelled is not None and self.compare_scratch:
+            raise ValueError("compare_scratch trains on labels, and unlabelled samples have none")
+        return self
+
+    def with_paths_from(self, resolve: Callable[[str | None], str | None]) -> DistillConfig:
+        """This config with the student file and the unlabelled samples resolved (against the recipe's folder)."""
+        student = self.student.model_copy(update={"path": resolve(self.student.path)})
+        return self.model_copy(update={"student": student, "unlabelled": resolve(self.unlabelled)})
+
+
+def distill(model, x: np.ndarray, y: np.ndarray | None, config: DistillConfig | None = None, on_epoch=None,
+            **options):
+    """Distil `model` (the teacher) into the configured student on `x` (and labels `y`); return the student.
+
+    `options` are DistillConfig fields, for calls without a config object:
+    distill(teacher, x, y, student={"zoo": "seed_mlp"}, temperature=4). `y=None` needs alpha 0.
+    """
+    return distill_and_score(model, x, y, config, on_epoch, **options)[0]
+
+
+def distill_and_score(model, x: np.ndarray, y: np.ndarray | None, config: DistillConfig | None = None,
+                      on_epoch=None, test: tuple[np.ndarray, np.ndarray] | None = None,
+                      **options) -> tuple[object, dict[str, dict]]:
+    """`distill`, returning (student, scores): scores["distill"] has the teacher's, the distilled student's and
+    (with compare_scratch) the scratch student's accuracy on `test` (inputs shaped for the teacher, labels),
+    or None for each without `test`."""
+    from edgepress.compat import keras
+
+    config = config or DistillConfig(**options)
+    if config.unlabelled is not None:
+        x, y = _load_unlabelled(config.unlabelled, model), None
+    if y is None and config.alpha != 0:
+        raise EdgepressError(
+            f"distill: without labels only the teacher's soft targets can teach; set alpha to 0 (it is {config.alpha})."
+        )
+    if y is None and config.compare_scratch:
+        raise EdgepressError("distill: compare_scratch trains the student on labels; give labels or drop it.")
+
+    keras().utils.set_random_seed(config.seed)  # the student's fresh weights, too, come from the seed
+    student = student_like(model, config)
+    shape = tuple(student.input_shape[1:])
+    x_student = fit_to_input(x, shape, "distillation samples")
+    # The teacher is frozen: its outputs for the whole training set are computed once, not each epoch.
+    teacher_log_probs = _log_probs(training.predict(model, x), training.outputs_logits(model))
+    scratch = training.copy_model(student) if config.compare_scratch else None  # same starting weights
+    _train(student, x_student, y, teacher_log_probs, config, config.alpha, _shifted(on_epoch, config, 0))
+    if scratch is not None:
+        _train(scratch, x_student, y, None, config, 1.0, _shifted(on_epoch, config, config.epochs))
+
+    def score(m, test_x) -> float | None:
+        return None if test is None else training.accuracy(training.predict(m, test_x), test[1])
+
+    test_x = None if test is None else fit_to_input(test[0], shape, "test samples")
+    scores = {
+        "student": config.student.describe(),
+        "temperature": config.temperature,
+        "alpha": config.alpha,
+        "epochs": config.epochs,
+        "teacher_accuracy": score(model, None if test is None else test[0]),
+        "student_accuracy": score(student, test_x),
+        "scratch_accuracy": None if scratch is None else score(scratch, test_x),
+    }
+    return student, {"distill": scores}
+
+
+def check_distillable(model, config: DistillConfig) -> None:
+    """Raise EdgepressError before any work if the student cannot learn from `model` (names what is at fault)."""
+    student_like(model, config)
+    if config.unlabelled is not None:
+        _load_unlabelled(config.unlabelled, model)
+
+
+def student_like(model, config: DistillConfig):
+    """An untrained student as `config` describes it, checked against the teacher `model`: the model the step
+    will return, so the steps after it are validated against the student's layers."""
+    student = make_student(model, config.student)
+    teacher_out, student_out = _single_output(model, "teacher"), _single_output(student, "student")
+    if teacher_out != student_out:
+        raise EdgepressError(
+            f"distill: the student ({config.student.describe()}) outputs shape {student_out}, the teacher "
+            f"'{model.name}' {teacher_out}; a student must predict the same classes. Give a student whose "
+            f"last layer has {teacher_out[-1]} units."
+        )
+    teacher_in, student_in = tuple(model.input_shape[1:]), tuple(student.input_shape[1:])
+    try:
+        fit_to_input(np.zeros((1, *teacher_in), np.float32), student_in)
+    except EdgepressError:
+        raise EdgepressError(
+            f"distill: the student ({config.student.describe()}) takes inputs of shape {student_in}, and the "
+            f"teacher's samples {teacher_in} can be neither reshaped nor resized to it. Give a student with "
+            f"input {teacher_in}, or one whose input holds the same number of values."
+        ) from None
+    return student
+
+
+def make_student(teacher, spec: StudentSpec):
+    """A new student model for `teacher`: a zoo build, a loaded file, or a width-scaled rebuild."""
+    if spec.zoo is not None:
+        from edgepress.compat import keras
+        from edgepress.models import zoo
+
+        # Keras names unnamed layers from a process-wide counter (dense_7, ...): restart it, so the student has
+        # the same layer names when it is checked and when it is trained, and a later step's `layers:` holds.
+        keras().backend.reset_uids()
+        student = zoo.build(spec.zoo, num_classes=int(teacher.output_shape[-1]))
+        if not isinstance(student, keras().Model):
+            raise EdgepressError(
+                f"distill: zoo model '{spec.zoo}' is not a Keras model, and the student is trained in Keras. "
+                "Choose a Keras zoo model (see `edgepress models`)."
+            )
+        return student
+    if spec.path is not None:
+        from edgepress.models.loading import load_model
+
+        return load_model(spec.path)
+    return width_scaled(teacher, spec.width)
+
+
+def width_scaled(model, width: float):
+    """`model`'s architecture with round(width x filters/units) in each layer but the classifier, fresh weights.
+
+    Rebuilt from the model's config, so the layers keep their names (a later step's `layers:` still
+    applies). Raises EdgepressError naming a layer that would keep no channel.
+    """
+    if not _is_graph(model):
+        raise EdgepressError(
+            f"distill: student width needs a Sequential or functional teacher to rebuild; '{model.name}' is a "
+            "subclassed model. Give the student as a zoo name or a model file."
+        )
+    config = model.get_config()
+    classifiers = _classifiers(model)
+    for entry in config["layers"]:
+        layer = entry["config"]
+        if layer.get("name") in classifiers:
+            continue
+        for key in ("filters", "units"):
+            channels = layer.get(key)
+            if isinstance(channels, int):
+                scaled = round(width * channels)
+                if scaled < 1:
+                    raise EdgepressError(
+                        f"distill: student width {width:g} leaves layer '{layer['name']}' with no {key} "
+                        f"(round({width:g} x {channels}) = 0). Use a width of at least {1 / channels:.3g}."
+                    )
+                layer[key] = scaled
+    config["name"] = f"{model.name}_student"
+    try:
+        return type(model).from_config(config)
+    except Exception as e:  # a layer whose config depends on the old widths (a Reshape to a fixed shape, ...)
+        raise EdgepressError(
+            f"distill: the teacher '{model.name}' cannot be rebuilt at width {width:g}: {e}. Give the student as "
+            "a zoo name or a model file."
+        ) from None
+
+
+def _classifiers(model) -> set[str]:
+    """The Conv/Dense layers whose units are the model's outputs: walk back from each output through layers
+    without channels of their own (Activation, Softmax, Flatten, Dropout, ...)."""
+    found = set()
+    for name in model.output_names:
+        layer = model.get_layer(name)
+        while not any(isinstance(layer.get_config().get(k), int) for k in ("filters", "units")):
+            inbound = layer.inbound_nodes[0].inbound_layers if layer.inbound_nodes else []
+            if not isinstance(inbound, list):
+                inbound = [inbound]
+            if len(inbound) != 1:
+                break
+            layer = inbound[0]
+        found.add(layer.name)
+    return found
+
+
+def _is_graph(model) -> bool:
+    from edgepress.compat import keras
+
+    return isinstance(model, keras().Sequential) or getattr(model, "_is_graph_network", False)
+
+
+def _single_output(model, role: str) -> tuple:
+    if len(model.outputs) != 1:
+        raise EdgepressError(
+            f"distill: the {role} '{model.name}' has {len(model.outputs)} outputs; distillation needs one output "
+            "(the class scores)."
+        )
+    return tuple(model.output_shape[1:])
+
+
+def _load_unlabelled(path: str, teacher) -> np.ndarray:
+    if not Path(path).is_file():
+        raise EdgepressError(f"distill: unlabelled samples {path} not found; give an .npz file with an `x` array.")
+    with np.load(path) as npz:
+        if "x" not in npz:
+            raise EdgepressError(f"distill: {path} has no `x` array (it has: {', '.join(npz.files)}).")
+        x = npz["x"]
+    return fit_to_input(x, tuple(teacher.input_shape[1:]), Path(path).name)
+
+
+def _log_probs(outputs: np.ndarray, logits: bool) -> np.ndarray:
+    """Log-probabilities from a model's outputs, whether it ends in logits or in a softmax."""
+    if logits:
+        shifted = outputs - outputs.max(axis=-1, keepdims=True)
+        return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    return np.log(np.clip(outputs, 1e-7, 1.0))
+
+
+def _train(student, x: np.ndarray, y: np.ndarray | None, teacher_log_probs: np.ndarray | None,
+           config: DistillConfig, alpha: float, on_epoch) -> None:
+    """Train `student` for config.epochs on alpha x hard loss + (1 - alpha) x T^2 x soft loss (Adam, shuffled)."""
+    from edgepress.compat import keras, tensorflow
+
+    tf, k = tensorflow(), keras()
+    k.utils.set_random_seed(config.seed)
+    optimizer = k.optimizers.Adam(config.learning_rate)
+    temperature = float(config.temperature)
+    student_logits = training.outputs_logits(student)
+    # Placeholders keep one code path: a zero weight switches a loss term off.
+    labels = np.zeros(len(x), np.int64) if y is None else np.asarray(y, np.int64)
+    soft_targets = np.zeros((len(x), 1), np.float32) if teacher_log_probs is None else teacher_log_probs
+
+    @tf.function
+    def step(xb, yb, tb):
+        with tf.GradientTape() as tape:
+            out = student(xb, training=True)
+            log_p = tf.nn.log_softmax(out) if student_logits else tf.math.log(tf.clip_by_value(out, 1e-7, 1.0))
+            hard = -tf.reduce_mean(tf.gather(log_p, yb, axis=1, batch_dims=1))
+            loss = alpha * hard
+            if alpha < 1:
+                teacher_soft = tf.nn.softmax(tb / temperature)
+                student_soft = tf.nn.log_softmax(log_p / temperature)
+                kl = tf.reduce_sum(teacher_soft * (tf.math.log(teacher_soft + 1e-12) - student_soft), axis=-1)
+                loss += (1 - alpha) * temperature**2 * tf.reduce_mean(kl)
+            loss += tf.add_n(student.losses) if student.losses else 0.0
+        grads = tape.gradient(loss, student.trainable_variables)
+        optimizer.apply_gradients(zip(grads, student.trainable_variables, strict=True))
+        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(log_p, axis=-1), yb), tf.float32))
+        return loss, correct
+
+    rng = np.random.default_rng(config.seed)
+    for epoch in range(config.epochs):
+        order = rng.permutation(len(x))
+        losses, correct = [], 0.0
+        for start in range(0, len(x), config.batch_size):
+            batch = order[start : start + config.batch_size]
+            loss, right = step(x[batch], labels[batch], soft_targets[batch])
+            losses.append(float(loss))
+            correct += float(right)
+        if on_epoch is not None:
+            logs = {"loss": float(np.mean(losses))}
+            if y is not None:
+                logs["accuracy"] = correct / len(x)
+            on_epoch(epoch + 1, config.epochs, logs)
+
+
+def _shifted(on_epoch, config: DistillConfig, done: int):
+    """Progress over both trainings (distilled, then scratch) as one count of epochs."""
+    if on_epoch is None:
+        return None
+    total = config.epochs * (2 if config.compare_scratch else 1)
+    return lambda epoch, _, logs: on_epoch(done + epoch, total, logs)
