@@ -4,8 +4,12 @@
     result = edgepress.deploy.measure(artifact, (x_test, y_test))
 """
 
+from edgepress.deploy.accuracy_aware import QuantizeConfig, quantize_to_budget
 from edgepress.deploy.measure import measure
 from edgepress.deploy.onnx import ONNX_PRECISIONS, export_onnx
 from edgepress.deploy.tflite import TFLITE_PRECISIONS, export_tflite
 
-__all__ = ["ONNX_PRECISIONS", "TFLITE_PRECISIONS", "export_onnx", "export_tflite", "measure"]
+__all__ = [
+    "ONNX_PRECISIONS", "TFLITE_PRECISIONS", "QuantizeConfig", "export_onnx", "export_tflite", "measure",
+    "quantize_to_budget",
+]

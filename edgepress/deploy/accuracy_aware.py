@@ -1,0 +1,524 @@
+"""Accuracy-aware int8 quantization: meet an accuracy budget by keeping the most sensitive layers in float.
+
+    result = quantize_to_budget(model, "tflite", "out/", x_calibration=x_train[:200], x_eval=x_test, y_eval=y_test,
+                                max_accuracy_drop=0.005, calibration={"samples": 100})
+    result.chosen.artifact, result.chosen.float_layers, result.budget_met
+
+1. Export the model fully quantized (TFLite int8 / ONNX int8_static) and measure its accuracy.
+2. Measure each layer's quantization error (sensitivity), even when the budget already holds:
+   TFLite with the converter's quantization debugger (each op run in int8 and in float on the same
+   inputs), ONNX with onnxruntime's QDQ debugging tools (every activation of the QDQ model against
+   the float model's; this error includes the error of the layers before it). A layer's error is the
+   RMS difference of its output in units of a typical (median nonzero) float activation, so a layer
+   whose few huge outliers wipe out all other values stands out.
+3. If the fully quantized model misses the budget, keep the k most sensitive layers in float
+   (TFLite: the debugger's deny-list; ONNX: nodes_to_exclude), growing k one at a time or by
+   bisection, until the budget holds or nothing is left to try; then put back into int8 each kept
+   layer the budget does not need (least sensitive first, until putting back any layer left misses
+   the budget), so the float set is small and each of its layers is shown to be needed.
+
+The budget is an accuracy drop relative to the Keras model being exported (the float model), on the
+evaluation data. Every artifact tried is written and returned, the fully quantized one first.
+When no tried artifact meets the budget, `budget_met` is False and `chosen` is the most accurate one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from edgepress import files
+from edgepress.artifact import Artifact
+from edgepress.errors import EdgepressError
+
+# ONNX static quantization settings per target, after optimum's AutoQuantizationConfig (static, QDQ).
+# uint8 activations everywhere; int8 weights, except AVX2 without VNNI, where u8 x s8 products can
+# saturate (VPMADDUBSW), so weights are uint8 too.
+PRESETS: dict[str, dict] = {
+    "default": {"calibration_method": "minmax", "per_channel": True, "quant_format": "qdq",
+                "activation_type": "uint8", "weight_type": "int8"},
+    "x86-avx2": {"calibration_method": "minmax", "per_channel": True, "quant_format": "qdq",
+                 "activation_type": "uint8", "weight_type": "uint8"},
+    "x86-avx512-vnni": {"calibration_method": "minmax", "per_channel": True, "quant_format": "qdq",
+                        "activation_type": "uint8", "weight_type": "int8"},
+    "arm64": {"calibration_method": "minmax", "per_channel": True, "quant_format": "qdq",
+              "activation_type": "uint8", "weight_type": "int8"},
+}
+QUANTIZED_PRECISION = {"tflite": "int8", "onnx": "int8_static"}
+# What the TFLite converter does (it has no options for it), for the report.
+_TFLITE_CALIBRATION = {"calibration_method": "minmax", "per_channel": True}
+# Float comparisons of accuracies that are fractions of the same sample count.
+_TOLERANCE = 1e-9
+
+
+class CalibrationConfig(BaseModel):
+    """How activation ranges are calibrated. Only `samples` applies to TFLite (its converter calibrates min-max)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    samples: int | None = Field(None, ge=1, description="Calibration samples; default: all the data gives.")
+    preset: Literal["default", "x86-avx2", "x86-avx512-vnni", "arm64"] = Field(
+        "default", description="ONNX: the target's settings (method, per-channel, format, types); fields set here win."
+    )
+    method: Literal["minmax", "entropy", "percentile"] | None = Field(
+        None, description="ONNX: how activation ranges are chosen from the calibration data."
+    )
+    per_channel: bool | None = Field(None, description="ONNX: weights quantized per output channel (else per tensor).")
+    format: Literal["qdq", "qoperator"] | None = Field(
+        None, description="ONNX: QuantizeLinear/DequantizeLinear pairs (qdq) or quantized operators (qoperator)."
+    )
+
+    def onnx_options(self) -> dict:
+        """The export_onnx keywords: the preset, with the fields set here replacing its values."""
+        options = dict(PRESETS[self.preset])
+        for key, option in (("method", "calibration_method"), ("per_channel", "per_channel"),
+                            ("format", "quant_format")):
+            if getattr(self, key) is not None:
+                options[option] = getattr(self, key)
+        return options
+
+
+class QuantizeConfig(BaseModel):
+    """Quantize to int8 within an accuracy budget, keeping the most sensitive layers in float if needed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    precision: Literal["int8"] = Field("int8", description="int8: TFLite int8 or ONNX int8_static.")
+    max_accuracy_drop: float = Field(
+        description="Largest accuracy drop allowed from the Keras float model being exported, as a fraction (0.005) "
+        "or a percentage ('0.5%')."
+    )
+    search: Literal["linear", "bisect"] = Field(
+        "linear", description="linear: keep 1, 2, 3... most sensitive layers in float; bisect: halve the range."
+    )
+    max_float_layers: int | None = Field(
+        None, ge=1, description="At most this many layers in float; default: all but one quantized layer."
+    )
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
+
+    @field_validator("max_accuracy_drop", mode="before")
+    @classmethod
+    def _percent(cls, value):
+        given = value
+        if isinstance(value, str):  # '0.5%' or '0.005' (the command line gives strings)
+            text = value.strip()
+            try:
+                value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+            except ValueError:
+                raise ValueError(f"'{given}' is not a number or a percentage such as '0.5%'") from None
+        if isinstance(value, int | float) and not 0 <= float(value) <= 1:
+            raise ValueError(f"must be between 0 and 1 (or 0% and 100%), got {given}")
+        return value
+
+    def check_format(self, format: str) -> None:
+        """Raise ValueError when an option does not apply to `format`."""
+        if format not in QUANTIZED_PRECISION:
+            raise ValueError(f"accuracy-aware quantization exports tflite or onnx, not '{format}'")
+        c = self.calibration
+        onnx_only = [f"calibration.{n}" for n in ("method", "per_channel", "format") if getattr(c, n) is not None]
+        onnx_only += ["calibration.preset"] if c.preset != "default" else []
+        if format == "tflite" and onnx_only:
+            raise ValueError(
+                f"{', '.join(onnx_only)}: these apply to ONNX static quantization only; the TFLite converter "
+                "calibrates min-max with per-channel weights (for tflite, set only calibration.samples)"
+            )
+
+
+def parse_config(config: QuantizeConfig | dict | None = None, **options) -> QuantizeConfig:
+    """A validated QuantizeConfig from a config, a dict, or keywords; bad values raise EdgepressError."""
+    if isinstance(config, QuantizeConfig):
+        return config
+    try:
+        return QuantizeConfig.model_validate({**(config or {}), **options})
+    except ValidationError as e:
+        problems = []
+        for error in e.errors():
+            where = ".".join(str(p) for p in error["loc"]) or "options"
+            problems.append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
+        raise EdgepressError("Accuracy-aware quantization options are invalid: " + "; ".join(problems) + ".") from None
+
+
+@dataclass
+class LayerSensitivity:
+    """One layer's quantization error, from its worst op: `error` is the RMS difference between the float and
+    the int8 output in units of a typical (median nonzero) float activation; `relative_error` is
+    ||float - int8|| / ||float||, which a few huge values dominate."""
+
+    layer: str  # the Keras layer, or the op/tensor name when it names no layer
+    error: float
+    relative_error: float
+    rmse: float
+    max_abs_error: float
+    nodes: list[str]  # the ops (TFLite output tensors, ONNX activations) measured
+    is_layer: bool = True  # False: an op of no Keras layer, reported but never kept in float by name
+
+
+@dataclass
+class Trial:
+    """One artifact tried: which layers stayed float, and its accuracy on the evaluation data."""
+
+    artifact: Artifact
+    float_layers: list[str]
+    accuracy: float
+    accuracy_drop: float  # from the Keras float model
+    meets_budget: bool
+
+
+@dataclass
+class QuantizeResult:
+    """Everything one accuracy-aware quantization tried, and what it chose."""
+
+    format: str
+    precision: str
+    budget: float
+    float_accuracy: float
+    eval_samples: int
+    options: dict  # the calibration settings used
+    sensitivity: list[LayerSensitivity]  # most sensitive first
+    trials: list[Trial]  # the fully quantized artifact first, then the search's, in order
+    chosen: Trial
+    budget_met: bool
+    search: str = "linear"
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def full(self) -> Trial:
+        """The fully quantized artifact."""
+        return self.trials[0]
+
+    def errors(self) -> dict[str, float]:
+        return {s.layer: s.error for s in self.sensitivity}
+
+    def float_layer_rows(self, trial: Trial) -> list[dict]:
+        """The layers `trial` left in float, each with its measured error after quantization and, when the
+        search tried it, the accuracy with that one layer put back into int8 (why it stays float)."""
+        errors, rows = self.errors(), []
+        for layer in trial.float_layers:
+            rest = set(trial.float_layers) - {layer}
+            put_back = next((t.accuracy for t in self.trials if set(t.float_layers) == rest), None)
+            rows.append({"layer": layer, "error": _finite(errors.get(layer)), "accuracy_if_int8": put_back})
+        return rows
+
+    def role(self, trial: Trial) -> str:
+        """full (everything int8), final (the chosen one; also when it is the full one), or tried."""
+        if trial is self.chosen:
+            return "final"
+        return "full" if trial is self.full else "tried"
+
+    def summary(self) -> str:
+        """One plain sentence: was the budget met, by which artifact, with which layers in float."""
+        chosen, label = self.chosen, f"{self.format} {self.precision}"
+        kept = _layers_text(chosen.float_layers, self.errors())
+        if self.budget_met and not chosen.float_layers:
+            return (f"{label}: fully quantized {chosen.artifact.name} meets the budget "
+                    f"(drop {_pt(chosen.accuracy_drop)} <= {_pt(self.budget)} from the float model).")
+        if self.budget_met:
+            return (f"{label}: full int8 drops {_pt(self.full.accuracy_drop)} (budget {_pt(self.budget)}); "
+                    f"{chosen.artifact.name} meets it with {len(chosen.float_layers)} layer(s) in float: {kept} "
+                    f"(drop {_pt(chosen.accuracy_drop)}).")
+        return (f"{label}: BUDGET NOT MET: no artifact tried keeps the drop within {_pt(self.budget)}; full int8 drops "
+                f"{_pt(self.full.accuracy_drop)}, the best found is {chosen.artifact.name} "
+                f"(drop {_pt(chosen.accuracy_drop)}, float layers: {kept or 'none'}).")
+
+    def to_dict(self) -> dict:
+        return {
+            "format": self.format,
+            "precision": self.precision,
+            "max_accuracy_drop": self.budget,
+            "budget_met": self.budget_met,
+            "float_accuracy": self.float_accuracy,
+            "eval_samples": self.eval_samples,
+            "search": self.search,
+            "calibration": self.options,
+            "summary": self.summary(),
+            "chosen": self.chosen.artifact.name,
+            "full": self.full.artifact.name,
+            "sensitivity": [{k: _finite(v) for k, v in asdict(s).items()} for s in self.sensitivity],
+            "trials": [
+                {
+                    "artifact": t.artifact.name,
+                    "path": str(t.artifact.path),
+                    "role": self.role(t),
+                    "bytes": t.artifact.bytes,
+                    "accuracy": t.accuracy,
+                    "accuracy_drop": t.accuracy_drop,
+                    "meets_budget": t.meets_budget,
+                    "float_layers": self.float_layer_rows(t),
+                }
+                for t in self.trials
+            ],
+            "notes": self.notes,
+        }
+
+    def to_markdown(self) -> str:
+        errors, chosen = self.errors(), set(self.chosen.float_layers)
+        how = ("the converter's quantization debugger: each op in int8 against the same op in float, same inputs"
+               if self.format == "tflite" else
+               "onnxruntime's QDQ debugging tools: each quantized activation against the float model's "
+               "(includes the error of the layers before it)")
+        lines = [
+            f"## {self.format} {self.precision}",
+            "",
+            self.summary(),
+            "",
+            f"Float model accuracy {self.float_accuracy:.2%} on {self.eval_samples} samples; budget "
+            f"{_pt(self.budget)}; search {self.search}; calibration {_options_text(self.options)}.",
+            "",
+            f"Layer-wise error after quantization, from {how}. error: RMS difference between the float and the "
+            "int8 output in units of a typical (median nonzero) float activation; relative error: "
+            "||float - int8|| / ||float||.",
+            "",
+            "| rank | layer | error | relative error | rmse | max abs error | in float in the final artifact |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for rank, s in enumerate(self.sensitivity, start=1):
+            name = s.layer if s.is_layer else f"({s.layer})"
+            lines.append(f"| {rank} | {name} | {s.error:.4g} | {s.relative_error:.4g} | {s.rmse:.4g} | "
+                         f"{s.max_abs_error:.4g} | {'yes' if s.layer in chosen else ''} |")
+        lines += [
+            "",
+            "Artifacts tried:",
+            "",
+            "| artifact | role | float layers | accuracy | drop | bytes | meets budget |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for t in self.trials:
+            meets = "yes" if t.meets_budget else "no"
+            lines.append(
+                f"| {t.artifact.name} | {self.role(t)} | {_layers_text(t.float_layers, errors) or '-'} | "
+                f"{t.accuracy:.2%} | {_pt(t.accuracy_drop)} | {t.artifact.bytes:,} | {meets} |"
+            )
+        put_back = [r for r in self.float_layer_rows(self.chosen) if r["accuracy_if_int8"] is not None]
+        if put_back:
+            lines += ["", "Why each float layer stays float (accuracy of the final artifact with only that layer "
+                      "put back into int8): " + "; ".join(f"{r['layer']} {r['accuracy_if_int8']:.2%}"
+                                                          for r in put_back) + "."]
+        lines += [
+            "",
+            "A layer can be needed in float for its neighbour's sake: an int8 layer quantizes its input, so keeping "
+            "a layer's output exact also needs the layer that consumes it in float.",
+        ]
+        lines += [""] + [f"Note: {n}" for n in self.notes] + ([""] if self.notes else [])
+        return "\n".join(lines) + "\n"
+
+
+def quantize_to_budget(
+    model,
+    format: str,
+    out_dir: str | Path,
+    x_calibration: np.ndarray,
+    x_eval: np.ndarray,
+    y_eval: np.ndarray,
+    config: QuantizeConfig | dict | None = None,
+    *,
+    name: str | None = None,
+    check_data: np.ndarray | None = None,
+    steps: Sequence[str] = (),
+    on_trial: Callable[[str], None] | None = None,
+    **options,
+) -> QuantizeResult:
+    """Quantize `model` to int8 as `format` (tflite or onnx) within an accuracy budget; see the module docs.
+
+    `config` (or its fields as keywords, e.g. max_accuracy_drop=0.005) sets the budget, the search and
+    the calibration. `x_calibration` are inputs for activation ranges and layer errors; (x_eval, y_eval) are
+    the inputs and integer labels the accuracy is measured on. Artifacts go to `out_dir` as
+    <name>_<precision>.<format> (fully quantized) and <name>_<precision>_try<i>.<format>, each with its
+    manifest; `name` defaults to the model's. `on_trial` receives one line per artifact tried.
+    Bad input raises EdgepressError before anything is written.
+    """
+    from edgepress.models import training
+
+    config = parse_config(config, **options)
+    try:
+        config.check_format(format)
+    except ValueError as e:
+        raise EdgepressError(f"Accuracy-aware quantization: {e}.") from None
+    check_quantizable(model)
+    if x_eval is None or y_eval is None or len(x_eval) == 0:
+        raise EdgepressError(
+            "Accuracy-aware quantization needs evaluation data, inputs and integer labels, to measure accuracy "
+            "against the budget, and none was given: pass x_eval and y_eval (recipes use the test split)."
+        )
+    if len(x_eval) != len(y_eval):
+        raise EdgepressError(f"Evaluation data has {len(x_eval)} inputs but {len(y_eval)} labels; they must match.")
+    calibration = x_calibration
+    if calibration is not None and config.calibration.samples is not None:
+        calibration = calibration[: config.calibration.samples]
+    say = on_trial or (lambda message: None)
+
+    precision = QUANTIZED_PRECISION[format]
+    onnx_options = config.calibration.onnx_options() if format == "onnx" else {}
+    out_dir, stem = Path(out_dir), name or model.name
+    float_accuracy = training.accuracy(training.predict(model, x_eval), y_eval)
+    trials: list[Trial] = []
+
+    def attempt(float_layers: Sequence[str]) -> Trial:
+        """Export with `float_layers` in float (once per set), measure accuracy, record the trial."""
+        for t in trials:
+            if set(t.float_layers) == set(float_layers):
+                return t
+        suffix = f"_try{len(trials)}" if trials else ""
+        path = out_dir / f"{stem}_{precision}{suffix}.{format}"
+        artifact = _export(model, format, path, calibration, check_data, steps, float_layers, onnx_options)
+        accuracy = _accuracy(artifact, x_eval, y_eval)
+        drop = float_accuracy - accuracy
+        trial = Trial(artifact, list(float_layers), accuracy, drop, drop <= config.max_accuracy_drop + _TOLERANCE)
+        trials.append(trial)
+        kept = f"{len(float_layers)} layer(s) in float ({', '.join(float_layers)})" if float_layers else "full int8"
+        say(f"{artifact.name}: {kept}, accuracy {accuracy:.2%}, drop {_pt(drop)} "
+            f"({'meets' if trial.meets_budget else 'misses'} the {_pt(config.max_accuracy_drop)} budget)")
+        return trial
+
+    full = attempt([])
+    sensitivity = _sensitivity(model, format, full.artifact, calibration, onnx_options)
+    candidates = [s.layer for s in sensitivity if s.is_layer and s.error > 0]
+    notes: list[str] = []
+    if not full.meets_budget:
+        limit = min(config.max_float_layers or len(candidates) - 1, len(candidates) - 1)
+        if limit < 1:
+            notes.append(f"'{model.name}' has {len(candidates)} quantized layer(s); keeping it in float would leave "
+                         "nothing int8, so there was nothing to try.")
+        else:
+            kept = _grow(candidates, limit, config.search, attempt)
+            if kept is not None:
+                _shrink(kept, attempt)
+            else:
+                notes.append(f"Even the {limit} most sensitive layer(s) in float miss the budget.")
+    passing = [t for t in trials if t.meets_budget]
+    if passing:
+        chosen = min(passing, key=lambda t: (len(t.float_layers), t.artifact.bytes))
+    else:
+        chosen = max(trials, key=lambda t: (t.accuracy, -len(t.float_layers), -t.artifact.bytes))
+    return QuantizeResult(
+        format=format, precision=precision, budget=config.max_accuracy_drop, float_accuracy=float_accuracy,
+        eval_samples=len(x_eval), options={"samples": len(calibration), **(onnx_options or _TFLITE_CALIBRATION)},
+        sensitivity=sensitivity, trials=trials, chosen=chosen, budget_met=bool(passing), search=config.search,
+        notes=notes,
+    )
+
+
+def check_quantizable(model) -> None:
+    """Refuse a model with nothing for int8 quantization to quantize (no layer has weights)."""
+    if not model.weights:
+        raise EdgepressError(
+            f"Model '{model.name}' has no layer with weights (Dense, Conv2D, ...), so int8 quantization has "
+            "nothing to quantize and no layer to keep in float. Export it at precision fp32 instead."
+        )
+
+
+def write_sensitivity(run_dir: str | Path, results: Sequence[QuantizeResult]) -> None:
+    """Write sensitivity.json and sensitivity.md (one section per quantized export) into `run_dir`."""
+    run_dir = Path(run_dir)
+    payload = {"schema_version": 1, "exports": [r.to_dict() for r in results]}
+    files.write_text(run_dir / "sensitivity.json", json.dumps(payload, indent=2) + "\n")
+    text = "# Layer-wise quantization sensitivity\n\n" + "\n".join(r.to_markdown() for r in results)
+    files.write_text(run_dir / "sensitivity.md", text)
+
+
+def _grow(candidates: list[str], limit: int, search: str, attempt: Callable[[Sequence[str]], Trial]):
+    """The smallest k <= limit whose k most sensitive layers in float meet the budget, as that layer list."""
+    if search == "linear":
+        for k in range(1, limit + 1):
+            if attempt(candidates[:k]).meets_budget:
+                return candidates[:k]
+        return None
+    # bisect: assume more layers in float never hurts; test the largest set first, then halve.
+    if not attempt(candidates[:limit]).meets_budget:
+        return None
+    low, high = 0, limit  # low fails (0 is the fully quantized model), high meets
+    while high - low > 1:
+        middle = (low + high) // 2
+        if attempt(candidates[:middle]).meets_budget:
+            high = middle
+        else:
+            low = middle
+    return candidates[:high]
+
+
+def _shrink(kept: list[str], attempt: Callable[[Sequence[str]], Trial]) -> list[str]:
+    """Put back into int8 each kept layer the budget does not need, least sensitive first, until every layer
+    left is needed: putting any one of them back misses the budget (each of those trials is recorded)."""
+    kept, changed = list(kept), True
+    while changed:
+        changed = False
+        for layer in reversed(list(kept)):
+            rest = [k for k in kept if k != layer]
+            # An empty rest is the fully quantized model, already tried (and missing the budget).
+            if rest and attempt(rest).meets_budget:
+                kept, changed = rest, True
+    return kept
+
+
+def _export(model, format, path, calibration, check_data, steps, float_layers, onnx_options) -> Artifact:
+    from edgepress.deploy import export_onnx, export_tflite
+
+    if format == "tflite":
+        return export_tflite(model, path, "int8", calibration, check_data, steps, float_layers=float_layers)
+    return export_onnx(model, path, "int8_static", calibration, check_data, steps, float_layers=float_layers,
+                       **onnx_options)
+
+
+def _accuracy(artifact: Artifact, x: np.ndarray, y: np.ndarray) -> float:
+    from edgepress.compat import quiet
+    from edgepress.deploy.runner import open_model
+    from edgepress.models import training
+
+    with quiet():
+        outputs = open_model(str(artifact.path)).predict(x)
+    return training.accuracy(outputs, y)
+
+
+def _sensitivity(model, format, full: Artifact, calibration, onnx_options) -> list[LayerSensitivity]:
+    """Each layer's error in the fully quantized model, most sensitive first."""
+    if format == "tflite":
+        from edgepress.deploy.tflite import layer_errors
+
+        rows = layer_errors(model, calibration)
+    else:
+        import tempfile
+
+        from edgepress.deploy.onnx import export_onnx, layer_errors
+
+        with tempfile.TemporaryDirectory() as work:
+            float_model = export_onnx(model, Path(work) / "float.onnx", "fp32")
+            qdq = full.path
+            if onnx_options.get("quant_format") != "qdq":
+                # The QDQ tools read QDQ pairs; a QOperator model's twin in QDQ form has the same numbers.
+                qdq = export_onnx(model, Path(work) / "qdq.onnx", "int8_static", calibration,
+                                  **{**onnx_options, "quant_format": "qdq"}).path
+            rows = layer_errors(model, float_model.path, qdq, calibration)
+    by_layer: dict[str, LayerSensitivity] = {}
+    for row in rows:
+        key = row["layer"] or row["node"]
+        entry = by_layer.setdefault(
+            key, LayerSensitivity(key, 0.0, 0.0, 0.0, 0.0, [], is_layer=row["layer"] is not None)
+        )
+        entry.nodes.append(row["node"])
+        if row["error"] >= entry.error:  # a layer is as sensitive as its worst op
+            entry.error, entry.relative_error, entry.rmse = row["error"], row["relative_error"], row["rmse"]
+        entry.max_abs_error = max(entry.max_abs_error, row["max_abs_error"])
+    return sorted(by_layer.values(), key=lambda s: s.error, reverse=True)
+
+
+def _finite(value):
+    """`value`, or None for an infinite or NaN float (JSON has no Infinity; an all-zero float output has no scale)."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def _pt(fraction: float) -> str:
+    return f"{fraction * 100:.2f} pt"
+
+
+def _layers_text(layers: Sequence[str], errors: dict[str, float]) -> str:
+    return ", ".join(f"{layer} (error {errors[layer]:.3g})" if layer in errors else layer for layer in layers)
+
+
+def _options_text(options: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in options.items())

@@ -1,0 +1,80 @@
+"""Layers in converted models: which Keras layer an op came from (so quantization choices can be made by
+layer name), and the typical activation size a layer's quantization error is measured in.
+
+The converters keep the Keras name path in what they produce: TFLite names an op's output tensor
+`model/dense/MatMul;model/dense/BiasAdd` (fused ops join their names with ';'), tf2onnx names a node
+`model/dense/MatMul/MatMulAddFusion`. The layer is the deepest path component that is a layer name.
+TFLite names the model's outputs after the function it traced (`StatefulPartitionedCall:0`); those
+belong to the model's output layers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from edgepress.errors import EdgepressError
+
+
+def layer_names(model) -> list[str]:
+    """Every layer's name, nested models' layers included (in model order)."""
+    names: list[str] = []
+    for layer in model.layers:
+        names.append(layer.name)
+        if hasattr(layer, "layers"):  # a nested Sequential or functional model
+            names.extend(layer_names(layer))
+    return names
+
+
+def layer_of(node: str, layers: Iterable[str], outputs: Sequence[str] = ()) -> str | None:
+    """The Keras layer that op `node` belongs to, or None when its name names no layer.
+
+    `outputs` are the model's output layer names, for TFLite's traced-function output names.
+    """
+    layers = set(layers)
+    for piece in reversed(node.split(";")):
+        for part in reversed(piece.split("/")):
+            if part in layers:
+                return part
+    if node.startswith("StatefulPartitionedCall") and outputs:
+        index = node.rsplit(":", 1)[-1]
+        return outputs[int(index)] if index.isdigit() and int(index) < len(outputs) else outputs[0]
+    return None
+
+
+def output_layers(model) -> list[str]:
+    """The names of the layers that produce the model's outputs."""
+    return list(getattr(model, "output_names", None) or [model.layers[-1].name])
+
+
+def nodes_of(wanted: Sequence[str], nodes: Sequence[str], model, what: str) -> list[str]:
+    """The nodes (op names) that make up the layers in `wanted`; a name may also be a node itself.
+
+    Raises EdgepressError naming any entry that matches no node, with the layers that do have nodes.
+    """
+    layers, outputs = layer_names(model), output_layers(model)
+    owner = {node: layer_of(node, layers, outputs) for node in nodes}
+    found, missing = [], []
+    for name in wanted:
+        matched = [node for node in nodes if owner[node] == name or node == name]
+        if not matched:
+            missing.append(name)
+        found.extend(n for n in matched if n not in found)
+    if missing:
+        known = sorted({layer for layer in owner.values() if layer is not None})
+        raise EdgepressError(
+            f"{what}: no quantized op belongs to {', '.join(repr(m) for m in missing)}. "
+            f"Name layers of '{model.name}' that the quantizer quantizes: {', '.join(known) or 'none'}."
+        )
+    return found
+
+
+def typical_magnitude(x: np.ndarray) -> float:
+    """The median magnitude of the nonzero values of `x` (0 when all are zero): a typical activation.
+
+    A few huge outliers do not move it, which is what makes errors in its units show the layers whose
+    outliers wipe out everything else (an energy ratio such as ||error|| / ||x|| barely notices them).
+    """
+    nonzero = np.abs(x[x != 0])
+    return float(np.median(nonzero)) if nonzero.size else 0.0
