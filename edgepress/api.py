@@ -67,11 +67,14 @@ def run(recipe: Recipe, run_dir: str | Path | None = None, progress: Progress | 
     model = _fixed_input(model, recipe.model.input_shape, source_name)
     recipe, notes = _applicable(model, recipe)
     loaded, data = data, data.fit_to(tuple(model.input_shape[1:]))  # `loaded` is refitted to a student's input
+    source_model = model
     checked = model  # the model each step will get: after a distill step, its student
     for step in recipe.steps:
-        STEPS[step.type].validate(checked, step)
-        if STEPS[step.type].result_like is not None:
-            checked = STEPS[step.type].result_like(checked, step)
+        entry = STEPS[step.type]
+        extra = {"source": source_model} if entry.needs_source else {}
+        entry.validate(checked, step, **extra)
+        if entry.result_like is not None:
+            checked = entry.result_like(checked, step, **extra)
     if any(e.quantize is not None for e in recipe.exports):
         from edgepress.deploy.accuracy_aware import check_quantizable
         from edgepress.errors import EdgepressError
@@ -105,9 +108,10 @@ def run(recipe: Recipe, run_dir: str | Path | None = None, progress: Progress | 
             progress.done(f"step {i} {step.type}: {note}")
         on_epoch = _epoch_reporter(progress, f"step {i} {step.type}")
         entry = STEPS[step.type]
+        extra = {"source": source_model} if entry.needs_source else {}
         if entry.scored is not None:  # the step also scores what it compares itself with (distill: the teacher)
             model, details = entry.scored(model, data.x_train, data.y_train, step, on_epoch=on_epoch,
-                                          test=(data.x_test, data.y_test))
+                                          test=(data.x_test, data.y_test), **extra)
         else:
             model, details = entry.run(model, data.x_train, data.y_train, step, on_epoch=on_epoch), {}
         chain.append(step.type)

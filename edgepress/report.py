@@ -12,7 +12,7 @@ results.json, schema_version 1:
                                                         perplexity, here and in each artifact's metrics
     models [{stage, accuracy, params, macs, sparsity}]  the source, then the model after each step
                                                         (macs: multiply-accumulates for one sample); a distill
-                                                        step adds distill {student, temperature, alpha, epochs,
+                                                        step adds distill {student, teacher, temperature, alpha, epochs,
                                                         teacher_accuracy, student_accuracy, scratch_accuracy}
     devices {name: {reach, error}}                      error is null when the device was measured
     artifacts [{name, device, format, precision, path, bytes, gzip_bytes, sha256, steps, quantization, check,
@@ -361,7 +361,8 @@ def stage_notes(model: dict) -> list[str]:
     distill = model.get("distill")
     if not distill:
         return []
-    notes = [f"student {distill['student']}, teacher {_or_dash(distill['teacher_accuracy'], '{:.2%}')}"]
+    teacher = "the source model" if distill.get("teacher") == "source" else "teacher"
+    notes = [f"student {distill['student']}, {teacher} {_or_dash(distill['teacher_accuracy'], '{:.2%}')}"]
     if distill.get("scratch_accuracy") is not None:
         notes.append(f"same student without the teacher {distill['scratch_accuracy']:.2%}")
     return notes

@@ -36,6 +36,8 @@ class Step:
     # split, what the step compares itself with (distill: the teacher, the student trained from scratch);
     # the numbers go into the step's row of the report.
     scored: Callable | None = None
+    # validate, result_like and scored also take `source=`, the run's original model (distill's teacher: source).
+    needs_source: bool = False
 
 
 STEPS = {
@@ -43,7 +45,8 @@ STEPS = {
     "qat": Step(qat, check_quantizable),
     "structured_prune": Step(structured_prune, check_structured_prunable, plan_notes),
     "cluster": Step(cluster, layers_to_cluster),
-    "distill": Step(distill, check_distillable, result_like=student_like, scored=distill_and_score),
+    "distill": Step(distill, check_distillable, result_like=student_like, scored=distill_and_score,
+                    needs_source=True),
 }
 
 __all__ = [

@@ -1,6 +1,11 @@
 """Knowledge distillation: train a smaller student to match the model as it enters the step (the teacher).
 
     student = distill(teacher, x_train, y_train, student={"width": 0.25}, epochs=10)
+    recovered = distill(pruned, x_train, y_train, teacher="source", source=original)
+
+`teacher: source` takes the run's original model as the teacher instead, and without a `student` the
+model entering the step is the student, trained on from its weights: after structured_prune, this
+recovers accuracy from the unpruned model rather than from the labels alone.
 
 The student is a zoo architecture (`{zoo: seed_mlp}`), a model file (`{path: student.keras}`, trained
 from the weights it holds), or a width-scaled copy of the teacher (`{width: 0.25}`: every Conv and
@@ -57,7 +62,14 @@ class DistillConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     type: Literal["distill"] = "distill"
-    student: StudentSpec
+    teacher: Literal["input", "source"] = Field(
+        "input", description="input: the model as it enters the step; source: the run's original model (e.g. to "
+        "recover what a structured_prune before this step cost)."
+    )
+    student: StudentSpec | None = Field(
+        None, description="Default (only with teacher: source): the model entering the step, trained on from its "
+        "weights."
+    )
     temperature: float = Field(4.0, gt=0, description="Softens both output distributions; 2-10 is usual.")
     alpha: float = Field(
         0.1, ge=0, le=1, description="Weight of the hard-label loss; the soft (teacher) loss gets 1 - alpha, x T^2."
@@ -76,6 +88,9 @@ class DistillConfig(BaseModel):
 
     @model_validator(mode="after")
     def _labels_for_what_needs_them(self) -> DistillConfig:
+        if self.student is None and self.teacher == "input":
+            raise ValueError("give a student (zoo, path or width): without one the model would distil into itself; "
+                             "or set teacher: source to train the model entering the step from the original")
         if self.unlabelled is not None and self.alpha != 0:
             raise ValueError(f"unlabelled samples have no labels for the hard loss: set alpha to 0, not {self.alpha}")
         if self.unlabelled is not None and self.compare_scratch:
@@ -84,29 +99,34 @@ class DistillConfig(BaseModel):
 
     def with_paths_from(self, resolve: Callable[[str | None], str | None]) -> DistillConfig:
         """This config with the student file and the unlabelled samples resolved (against the recipe's folder)."""
-        student = self.student.model_copy(update={"path": resolve(self.student.path)})
+        student = self.student and self.student.model_copy(update={"path": resolve(self.student.path)})
         return self.model_copy(update={"student": student, "unlabelled": resolve(self.unlabelled)})
+
+    def describe_student(self) -> str:
+        return "the model entering the step" if self.student is None else self.student.describe()
 
 
 def distill(model, x: np.ndarray, y: np.ndarray | None, config: DistillConfig | None = None, on_epoch=None,
-            **options):
+            source=None, **options):
     """Distil `model` (the teacher) into the configured student on `x` (and labels `y`); return the student.
 
     `options` are DistillConfig fields, for calls without a config object:
     distill(teacher, x, y, student={"zoo": "seed_mlp"}, temperature=4). `y=None` needs alpha 0.
+    With teacher="source", `source` (a Keras model) is the teacher and `model` what enters the step.
     """
-    return distill_and_score(model, x, y, config, on_epoch, **options)[0]
+    return distill_and_score(model, x, y, config, on_epoch, source=source, **options)[0]
 
 
 def distill_and_score(model, x: np.ndarray, y: np.ndarray | None, config: DistillConfig | None = None,
-                      on_epoch=None, test: tuple[np.ndarray, np.ndarray] | None = None,
+                      on_epoch=None, test: tuple[np.ndarray, np.ndarray] | None = None, source=None,
                       **options) -> tuple[object, dict[str, dict]]:
     """`distill`, returning (student, scores): scores["distill"] has the teacher's, the distilled student's and
-    (with compare_scratch) the scratch student's accuracy on `test` (inputs shaped for the teacher, labels),
+    (with compare_scratch) the scratch student's accuracy on `test` (inputs shaped for `model`, labels),
     or None for each without `test`."""
     from edgepress.compat import keras
 
     config = config or DistillConfig(**options)
+    teacher = _teacher(model, config, source)
     if config.unlabelled is not None:
         x, y = _load_unlabelled(config.unlabelled, model), None
     if y is None and config.alpha != 0:
@@ -117,11 +137,14 @@ def distill_and_score(model, x: np.ndarray, y: np.ndarray | None, config: Distil
         raise EdgepressError("distill: compare_scratch trains the student on labels; give labels or drop it.")
 
     keras().utils.set_random_seed(config.seed)  # the student's fresh weights, too, come from the seed
-    student = student_like(model, config)
-    shape = tuple(student.input_shape[1:])
+    student = student_like(model, config, source)
+    if config.student is None:  # the model entering the step, trained on: leave the caller's model as it was
+        student = training.copy_model(model)
+    shape, teacher_shape = tuple(student.input_shape[1:]), tuple(teacher.input_shape[1:])
     x_student = fit_to_input(x, shape, "distillation samples")
     # The teacher is frozen: its outputs for the whole training set are computed once, not each epoch.
-    teacher_log_probs = _log_probs(training.predict(model, x), training.outputs_logits(model))
+    teacher_x = fit_to_input(x, teacher_shape, "distillation samples")
+    teacher_log_probs = _log_probs(training.predict(teacher, teacher_x), training.outputs_logits(teacher))
     scratch = training.copy_model(student) if config.compare_scratch else None  # same starting weights
     _train(student, x_student, y, teacher_log_probs, config, config.alpha, _shifted(on_epoch, config, 0))
     if scratch is not None:
@@ -132,45 +155,60 @@ def distill_and_score(model, x: np.ndarray, y: np.ndarray | None, config: Distil
 
     test_x = None if test is None else fit_to_input(test[0], shape, "test samples")
     scores = {
-        "student": config.student.describe(),
+        "student": config.describe_student(),
+        "teacher": config.teacher,
         "temperature": config.temperature,
         "alpha": config.alpha,
         "epochs": config.epochs,
-        "teacher_accuracy": score(model, None if test is None else test[0]),
+        "teacher_accuracy": score(teacher, None if test is None else fit_to_input(test[0], teacher_shape, "test")),
         "student_accuracy": score(student, test_x),
         "scratch_accuracy": None if scratch is None else score(scratch, test_x),
     }
     return student, {"distill": scores}
 
 
-def check_distillable(model, config: DistillConfig) -> None:
-    """Raise EdgepressError before any work if the student cannot learn from `model` (names what is at fault)."""
-    student_like(model, config)
+def check_distillable(model, config: DistillConfig, source=None) -> None:
+    """Raise EdgepressError before any work if the student cannot learn from its teacher (names what is at fault)."""
+    student_like(model, config, source)
     if config.unlabelled is not None:
         _load_unlabelled(config.unlabelled, model)
 
 
-def student_like(model, config: DistillConfig):
-    """An untrained student as `config` describes it, checked against the teacher `model`: the model the step
-    will return, so the steps after it are validated against the student's layers."""
-    student = make_student(model, config.student)
-    teacher_out, student_out = _single_output(model, "teacher"), _single_output(student, "student")
+def student_like(model, config: DistillConfig, source=None):
+    """An untrained student as `config` describes it, checked against its teacher: the model the step will
+    return, so the steps after it are validated against the student's layers. `model` enters the step;
+    `source` is the run's original model (the teacher with teacher: source)."""
+    teacher = _teacher(model, config, source)
+    student = model if config.student is None else make_student(teacher, config.student)
+    described = config.describe_student()
+    teacher_out, student_out = _single_output(teacher, "teacher"), _single_output(student, "student")
     if teacher_out != student_out:
         raise EdgepressError(
-            f"distill: the student ({config.student.describe()}) outputs shape {student_out}, the teacher "
-            f"'{model.name}' {teacher_out}; a student must predict the same classes. Give a student whose "
+            f"distill: the student ({described}) outputs shape {student_out}, the teacher "
+            f"'{teacher.name}' {teacher_out}; a student must predict the same classes. Give a student whose "
             f"last layer has {teacher_out[-1]} units."
         )
-    teacher_in, student_in = tuple(model.input_shape[1:]), tuple(student.input_shape[1:])
+    teacher_in, student_in = tuple(teacher.input_shape[1:]), tuple(student.input_shape[1:])
     try:
         fit_to_input(np.zeros((1, *teacher_in), np.float32), student_in)
     except EdgepressError:
         raise EdgepressError(
-            f"distill: the student ({config.student.describe()}) takes inputs of shape {student_in}, and the "
+            f"distill: the student ({described}) takes inputs of shape {student_in}, and the "
             f"teacher's samples {teacher_in} can be neither reshaped nor resized to it. Give a student with "
             f"input {teacher_in}, or one whose input holds the same number of values."
         ) from None
     return student
+
+
+def _teacher(model, config: DistillConfig, source):
+    if config.teacher == "input":
+        return model
+    if source is None:
+        raise EdgepressError(
+            "distill: teacher: source needs the run's original model; in Python pass it as "
+            "distill(model, x, y, teacher='source', source=original_model)."
+        )
+    return source
 
 
 def make_student(teacher, spec: StudentSpec):

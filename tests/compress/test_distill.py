@@ -87,7 +87,37 @@ def test_labels_are_needed_for_the_hard_loss(trained_cnn, digits):
         distill(trained_cnn, digits.x_train, None, student={"width": 0.5}, alpha=0.5)
 
 
+def test_recipe_distills_a_structured_pruned_model_from_the_source(trained_cnn, tmp_path):
+    # structured_prune without fine-tuning loses accuracy; `teacher: source` trains the pruned model itself
+    # (no `student`) on the original model's outputs.
+    import edgepress
+
+    trained_cnn.save(tmp_path / "teacher.keras")
+    recipe = edgepress.Recipe.from_dict({
+        "name": "recovered", "model": {"path": "teacher.keras"},
+        "data": {"dataset": "digits", "train_size": 1000, "test_size": 400, "check_samples": 50},
+        "steps": [{"type": "structured_prune", "ratio": 0.75, "fine_tune_epochs": 0},
+                  {"type": "distill", "teacher": "source", "epochs": 4, "batch_size": 32, "alpha": 0.1}],
+        "exports": [{"format": "tflite", "precision": "fp32"}], "measure": {"runs": 5, "warmup": 1},
+    }, base=tmp_path)
+
+    source, pruned, distilled = edgepress.run(recipe, tmp_path / "run").results["models"]
+
+    assert distilled["params"] == pruned["params"] < source["params"] / 4  # the pruned model was trained on
+    d = distilled["distill"]
+    assert d["teacher"] == "source" and d["student"] == "the model entering the step"
+    assert d["teacher_accuracy"] == source["accuracy"]
+    assert distilled["accuracy"] > pruned["accuracy"] + 0.05
+    assert "the source model" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_teacher_source_needs_the_source_model(trained_cnn, digits):
+    with pytest.raises(EdgepressError, match="teacher: source needs the run's original model"):
+        distill(trained_cnn, digits.x_train, digits.y_train, teacher="source")
+
+
 @pytest.mark.parametrize("options, message", [
+    ({}, "give a student"),
     ({"student": {"zoo": "seed_mlp", "width": 0.5}}, "exactly one of zoo, path or width"),
     ({"student": {"width": 0}}, "greater than 0"),
     ({"student": {"width": 0.5}, "unlabelled": "x.npz", "alpha": 0.1}, "set alpha to 0"),
