@@ -294,7 +294,8 @@ def write_section(path: Path, name: str, body: str) -> None:
     """Replace section `## name` of the markdown file `path` (or add it), keeping every other section."""
     text = path.read_text() if path.exists() else "# Benchmark results\n\nWritten by the scripts in benchmarks/.\n"
     parts = re.split(r"(?m)^(?=## )", text)
-    head, sections = parts[0], parts[1:]
+    head = parts[0]
+    sections = [section.rstrip("\n") + "\n\n" for section in parts[1:]]  # the last one, too, before an append
     replaced = False
     for i, section in enumerate(sections):
         if section.splitlines()[0].strip() == f"## {name}":
