@@ -197,10 +197,17 @@ def quantize(
 
 
 def _dataset_of(data: str) -> tuple[str, str | None]:
-    """The dataset kind of a --data value: digits, an .npz with x and y, or MNIST (idx directory)."""
+    """The dataset kind of a --data value: digits, an .npz with x and y, or MNIST (idx directory, keras mnist.npz)."""
     if data == "digits":
         return "digits", None
-    return ("npz" if data.endswith(".npz") else "mnist"), data
+    if not data.endswith(".npz"):
+        return "mnist", data
+    if not Path(data).is_file():
+        return "npz", data  # the loader names the missing file
+    import numpy as np
+
+    with np.load(data) as npz:  # keras' mnist.npz has x_train / y_train / x_test / y_test, a user's x and y
+        return ("mnist" if "x_train" in npz.files else "npz"), data
 
 
 def _num(value: float | None) -> str:

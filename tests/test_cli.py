@@ -100,3 +100,14 @@ def test_gate_failure_exits_1_and_names_the_gate(tmp_path):
     assert result.exit_code == 1, result.output
     assert "max_bytes" in result.output and "tiny_int8.tflite" in result.output
     assert (out / "results.json").is_file()  # the measured results are kept
+
+
+def test_quantize_data_kind_follows_the_file(tmp_path):
+    from edgepress.cli import _dataset_of
+
+    np.savez(tmp_path / "mnist.npz", x_train=np.zeros((2, 28, 28)), y_train=np.zeros(2))  # keras' layout
+    np.savez(tmp_path / "mine.npz", x=np.zeros((2, 4)), y=np.zeros(2))
+    assert _dataset_of(str(tmp_path / "mnist.npz")) == ("mnist", str(tmp_path / "mnist.npz"))
+    assert _dataset_of(str(tmp_path / "mine.npz")) == ("npz", str(tmp_path / "mine.npz"))
+    assert _dataset_of("digits") == ("digits", None)
+    assert _dataset_of("data/mnist") == ("mnist", "data/mnist")
