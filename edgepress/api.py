@@ -4,9 +4,8 @@ load model and data -> steps, in order -> exports (each checked against its mode
 measurement of each artifact on this host -> gates -> results.json, report.md, report.html.
 
 The model is a Keras model (every step applies), or a graph edgepress exports but cannot train
-(`edgepress.models.graphs`): a plain TF SavedModel or an .onnx file. For a graph, steps are refused
-before anything is written, naming each step and why, and exports it cannot have are left out with
-a note in the report.
+(`edgepress.models.graphs`): a plain TF SavedModel or an .onnx file. `edgepress.models.source`
+decides what of the recipe applies to it, before anything is written.
 """
 
 from __future__ import annotations
@@ -54,6 +53,8 @@ def run(recipe: Recipe, run_dir: str | Path | None = None, progress: Progress | 
     from edgepress.deploy.transports import DeviceError
     from edgepress.models import training
     from edgepress.models.datasets import load_dataset
+    from edgepress.models.source import applicable, fixed_input
+    from edgepress.models.source import kind as model_kind
 
     progress = progress or Progress()
     started = time.perf_counter()
@@ -64,8 +65,8 @@ def run(recipe: Recipe, run_dir: str | Path | None = None, progress: Progress | 
     if needs_calibration:
         data.calibration(spec.calibration_samples)
     model, source_name = _load_source(recipe, data, progress)
-    model = _fixed_input(model, recipe.model.input_shape, source_name)
-    recipe, notes = _applicable(model, recipe)
+    model = fixed_input(model, recipe.model.input_shape, source_name)
+    recipe, notes = applicable(model, recipe)
     loaded, data = data, data.fit_to(tuple(model.input_shape[1:]))  # `loaded` is refitted to a student's input
     source_model = model
     checked = model  # the model each step will get: after a distill step, its student
@@ -165,7 +166,7 @@ def run(recipe: Recipe, run_dir: str | Path | None = None, progress: Progress | 
             "test_samples": len(data.x_test),
             "calibration_samples": 0 if calibration is None else len(calibration),
         },
-        "source": {"model": source_name, "kind": _kind(model), "params": stages[0]["params"],
+        "source": {"model": source_name, "kind": model_kind(model), "params": stages[0]["params"],
                    "metrics": source_metrics},
         "models": stages,
         "devices": {d.name: {"reach": d.reach.kind, "error": failures.get(d.name)} for d in devices},
@@ -219,111 +220,6 @@ def _load_source(recipe: Recipe, data, progress: Progress):
     if entry.save is not None:  # a raw tf.Module or a PyTorch model: run as the file its users would bring
         model = graphs.from_trained(model, entry.save, entry.saved_as)
     return model, f"zoo:{spec.zoo}"
-
-
-# What each compression step needs from the model, for the message that refuses it on a graph.
-_STEP_NEEDS = {
-    "prune": "tfmot magnitude pruning wraps Keras layers and fine-tunes them",
-    "structured_prune": "it removes channels from Keras layers and rebuilds the Keras model",
-    "qat": "tfmot quantization-aware training wraps Keras layers and retrains them",
-    "distill": "it trains a Keras student model on the model's outputs",
-    "cluster": "tfmot weight clustering wraps Keras layers and fine-tunes them",
-}
-
-
-def _applicable(model, recipe: Recipe) -> tuple[Recipe, list[str]]:
-    """The recipe reduced to what applies to `model`, and notes on what was left out.
-
-    A graph (plain SavedModel, .onnx) has no Keras layers: its steps and accuracy-aware exports are
-    refused (EdgepressError, before any work), and an .onnx model's TFLite exports are left out with a
-    note, since no ONNX-to-TFLite converter is available. A Keras model's calibrated TFLite exports are
-    refused when its layers would crash the calibrator (see check_calibratable).
-    """
-    from edgepress.deploy.tflite import CALIBRATED, check_calibratable
-    from edgepress.errors import EdgepressError
-    from edgepress.models.graphs import TFLITE_FROM_ONNX, Graph
-
-    if not isinstance(model, Graph):
-        if not any(step.type == "distill" for step in recipe.steps):  # a student has layers of its own
-            for e in recipe.exports:
-                if e.format == "tflite" and e.precision in CALIBRATED:
-                    check_calibratable(model, e.precision, e.batch_size)
-        return recipe, []
-    refused = [f"{s.type} ({_STEP_NEEDS.get(s.type, 'it needs a Keras model')})" for s in recipe.steps]
-    refused += [f"exports[{i}].quantize (accuracy-aware quantization keeps chosen Keras layers in float)"
-                for i, e in enumerate(recipe.exports) if e.quantize is not None]
-    if refused:
-        raise EdgepressError(
-            f"Not applicable to {model.path}: {'; '.join(refused)}. They need a Keras model, and "
-            f"{model.why_no_steps}. Remove them from the recipe; its exports (post-training quantization included) "
-            "and measurements apply."
-        )
-    notes = []
-    exports = recipe.exports
-    fixed = [f"onnx {e.precision}" for e in exports if model.kind == "onnx" and e.format == "onnx" and e.batch_size]
-    if fixed:
-        raise EdgepressError(
-            f"batch_size on {', '.join(fixed)}: {model.path} is already ONNX and keeps its own input shape "
-            f"{_shape(model.input_shape)}. Remove batch_size from its ONNX exports."
-        )
-    if model.kind == "onnx" and any(e.format == "tflite" for e in exports):
-        left_out = ", ".join(f"tflite {e.precision}" for e in exports if e.format == "tflite")
-        notes.append(f"Left out {left_out}: {TFLITE_FROM_ONNX}")
-        exports = [e for e in exports if e.format != "tflite"]
-        if not exports:
-            raise EdgepressError(
-                f"{model.path} is an ONNX model and the recipe asks for TFLite exports only. {TFLITE_FROM_ONNX} "
-                "Ask for ONNX exports: {format: onnx, precision: fp32 | fp16 | int8_dynamic | int8_static}."
-            )
-    return recipe.model_copy(update={"exports": exports}), notes
-
-
-def _fixed_input(model, input_shape: list[int] | None, what: str):
-    """`model` with every input dimension but the batch known: as it is, or fixed to the recipe's input_shape."""
-    from edgepress.errors import EdgepressError
-    from edgepress.models.graphs import Graph
-
-    sample = tuple(model.input_shape[1:])
-    unknown = [i for i, d in enumerate(sample, start=1) if d is None]
-    if input_shape is None:
-        if unknown:
-            example = "[" + ", ".join("N" if d is None else str(d) for d in sample) + "]"
-            plural = len(unknown) > 1
-            raise EdgepressError(
-                f"The input of {what} has shape {_shape(model.input_shape)}: dimension{'s' if plural else ''} "
-                f"{', '.join(map(str, unknown))} (after the batch, dimension 0) {'are' if plural else 'is'} "
-                "unknown, and the data, the calibration and the TFLite converter need every dimension but the batch "
-                f"fixed. Set them in the recipe: `model: {{input_shape: {example}}}` with N the size your data has "
-                "(one sample's shape, no batch), or build the model with a fixed input shape."
-            )
-        return model
-    if isinstance(model, Graph):
-        return model.with_input_shape(input_shape)
-    fits = len(input_shape) == len(sample)
-    if not fits or any(d is not None and d != s for d, s in zip(sample, input_shape, strict=True)):
-        raise EdgepressError(
-            f"model.input_shape {list(input_shape)} does not fit the input of {what}, which is {_shape(sample)} per "
-            "sample: give one size per dimension, equal to the known ones."
-        )
-    if not unknown:
-        return model
-    from edgepress.compat import keras
-
-    # The same layers and weights on a fixed-shape Input.
-    fixed_input = keras().Input(tuple(input_shape), dtype=model.inputs[0].dtype)
-    fixed = keras().models.clone_model(model, input_tensors=fixed_input)
-    fixed.set_weights(model.get_weights())
-    return fixed
-
-
-def _shape(shape) -> str:
-    return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
-
-
-def _kind(model) -> str:
-    from edgepress.models.graphs import Graph
-
-    return model.kind if isinstance(model, Graph) else "keras"
 
 
 def _scores(outputs: np.ndarray, y: np.ndarray) -> dict:

@@ -338,15 +338,15 @@ def test_unknown_input_dimensions_are_named_with_the_recipe_fix(tmp_path, variab
 
 
 def test_recipe_input_shape_fixes_unknown_dimensions(variable_length_lstm):
-    from edgepress.api import _fixed_input
+    from edgepress.models.source import fixed_input
 
     model, _ = variable_length_lstm
-    fixed = _fixed_input(model, [28, 28], "the model")
+    fixed = fixed_input(model, [28, 28], "the model")
     assert tuple(fixed.input_shape) == (None, 28, 28)
     x = np.random.default_rng(0).random((4, 28, 28)).astype(np.float32)
     np.testing.assert_allclose(fixed.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
     with pytest.raises(EdgepressError, match="does not fit"):
-        _fixed_input(model, [28, 27], "the model")
+        fixed_input(model, [28, 27], "the model")
 
 
 def test_onnx_external_data_outside_its_folder_is_refused(tmp_path):
