@@ -87,28 +87,38 @@ def test_labels_are_needed_for_the_hard_loss(trained_cnn, digits):
         distill(trained_cnn, digits.x_train, None, student={"width": 0.5}, alpha=0.5)
 
 
-def test_recipe_distills_a_structured_pruned_model_from_the_source(trained_cnn, tmp_path):
-    # structured_prune without fine-tuning loses accuracy; `teacher: source` trains the pruned model itself
-    # (no `student`) on the original model's outputs.
+def test_recipe_chain_structured_prune_distill_from_source_prune_qat_to_int8(trained_cnn, tmp_path):
+    # The chain a user writes to make a model fast and small: remove channels, recover from the original
+    # model (`teacher: source`, no `student`: the pruned model itself is trained on), prune, QAT, int8.
     import edgepress
 
     trained_cnn.save(tmp_path / "teacher.keras")
     recipe = edgepress.Recipe.from_dict({
-        "name": "recovered", "model": {"path": "teacher.keras"},
-        "data": {"dataset": "digits", "train_size": 1000, "test_size": 400, "check_samples": 50},
+        "name": "chain", "model": {"path": "teacher.keras"},
+        "data": {"dataset": "digits", "train_size": 1000, "test_size": 400, "calibration_samples": 50,
+                 "check_samples": 50},
         "steps": [{"type": "structured_prune", "ratio": 0.75, "fine_tune_epochs": 0},
-                  {"type": "distill", "teacher": "source", "epochs": 4, "batch_size": 32, "alpha": 0.1}],
-        "exports": [{"format": "tflite", "precision": "fp32"}], "measure": {"runs": 5, "warmup": 1},
+                  {"type": "distill", "teacher": "source", "epochs": 4, "batch_size": 32, "alpha": 0.1},
+                  {"type": "prune", "target_sparsity": 0.5, "fine_tune_epochs": 1},
+                  {"type": "qat", "fine_tune_epochs": 1}],
+        "exports": [{"format": "tflite", "precision": "int8"}], "measure": {"runs": 5, "warmup": 1},
     }, base=tmp_path)
 
-    source, pruned, distilled = edgepress.run(recipe, tmp_path / "run").results["models"]
+    report = edgepress.run(recipe, tmp_path / "run")
 
+    source, pruned, distilled, sparse, aware = report.results["models"]
+    assert [m["stage"] for m in report.results["models"]][1:] == ["structured_prune", "distill", "prune", "qat"]
     assert distilled["params"] == pruned["params"] < source["params"] / 4  # the pruned model was trained on
     d = distilled["distill"]
     assert d["teacher"] == "source" and d["student"] == "the model entering the step"
     assert d["teacher_accuracy"] == source["accuracy"]
-    assert distilled["accuracy"] > pruned["accuracy"] + 0.05
+    assert distilled["accuracy"] > pruned["accuracy"] + 0.05  # the step each stage's accuracy shows
+    assert sparse["sparsity"] >= 0.45
+    (artifact,) = report.artifacts
+    assert artifact["metrics"]["accuracy"] == pytest.approx(aware["accuracy"], abs=0.03)
     assert "the source model" in (tmp_path / "run" / "report.md").read_text()
+    # qat right after prune keeps the zeros (preserve: auto is pruning-preserving QAT).
+    assert aware["sparsity"] >= 0.45
 
 
 def test_teacher_source_needs_the_source_model(trained_cnn, digits):
