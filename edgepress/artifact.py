@@ -72,6 +72,13 @@ class Artifact:
             **fields,
         )
 
+    @classmethod
+    def record(cls, path: str | Path, format: str, precision: str, **fields: Any) -> Artifact:
+        """`describe` a file an exporter has just written, and write its manifest beside it."""
+        artifact = cls.describe(path, format, precision, **fields)
+        artifact.save_manifest()
+        return artifact
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["path"] = str(self.path)

@@ -84,12 +84,8 @@ def export_onnx(
                 quantization = _quantize_static(fp32, tmp, samples, Path(work), model, float_layers, **static)
         check = compare(model, tmp, check_data) if check_data is not None else {}
     inputs, outputs = signature(path)
-    artifact = Artifact.describe(
-        path, "onnx", precision, inputs=inputs, outputs=outputs, steps=list(steps),
-        quantization=quantization, check=check,
-    )
-    artifact.save_manifest()
-    return artifact
+    return Artifact.record(path, "onnx", precision, inputs=inputs, outputs=outputs, steps=list(steps),
+                           quantization=quantization, check=check)
 
 
 def signature(path: Path) -> tuple[list[TensorInfo], list[TensorInfo]]:

@@ -104,12 +104,8 @@ def export_tflite(
         tmp.write_bytes(data)
         check = compare(model, tmp, check_data) if check_data is not None else {}
     inputs, outputs = signature(path)
-    artifact = Artifact.describe(
-        path, "tflite", precision, inputs=inputs, outputs=outputs, steps=list(steps),
-        quantization=quantization, check=check,
-    )
-    artifact.save_manifest()
-    return artifact
+    return Artifact.record(path, "tflite", precision, inputs=inputs, outputs=outputs, steps=list(steps),
+                           quantization=quantization, check=check)
 
 
 def signature(path: Path) -> tuple[list[TensorInfo], list[TensorInfo]]:
