@@ -29,10 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 import edgepress  # noqa: E402, I001  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
-from compression import write_section  # noqa: E402, I001  (benchmarks/compression.py, beside this script)
+from compression import mnist_and_seed_cnn, write_section  # noqa: E402, I001  (benchmarks/compression.py, beside this script)
 
-SEED = 0
-TRAIN_EPOCHS = 5  # the seed CNN, as recipes/mnist_cnn.yaml trains it
 OUTLIER_UNITS = (0, 1)
 OUTLIER_SCALE = 500.0
 BUDGET = "0.5%"
@@ -50,12 +48,9 @@ def main() -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
 
-    from edgepress.models import training, zoo
-    from edgepress.models.datasets import load_dataset
+    from edgepress.models import training
 
-    data = load_dataset("mnist", args.data, train_size=8000, test_size=2000).fit_to((28, 28, 1))
-    say(f"training the seed CNN on {len(data.x_train)} MNIST images ({TRAIN_EPOCHS} epochs)")
-    model = zoo.train("seed_cnn", data, epochs=TRAIN_EPOCHS, seed=SEED)
+    data, model = mnist_and_seed_cnn(args.data)
     before = training.accuracy(training.predict(model, data.x_test), data.y_test)
     penultimate, logits = model.layers[-2], model.layers[-1]
     add_outliers(penultimate, logits)

@@ -54,12 +54,7 @@ def main() -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
 
-    from edgepress.models import zoo
-    from edgepress.models.datasets import load_dataset
-
-    data = load_dataset("mnist", args.data, train_size=8000, test_size=2000).fit_to((28, 28, 1))
-    say(f"training the seed CNN on {len(data.x_train)} MNIST images ({TRAIN_EPOCHS} epochs)")
-    trained = zoo.train("seed_cnn", data, epochs=TRAIN_EPOCHS, seed=SEED)
+    data, trained = mnist_and_seed_cnn(args.data)
     model_file = work / "seed_cnn.keras"
     with files.atomic_path(model_file) as tmp:
         trained.save(tmp)
@@ -72,6 +67,17 @@ def main() -> None:
     section = render(measured, started)
     write_section(Path(args.results), "compression", section)
     print(section)
+
+
+def mnist_and_seed_cnn(data_dir: str):
+    """Every benchmark's start: real MNIST (first 8,000 images train, last 2,000 test) and the seed CNN trained
+    on it with fixed seeds, as recipes/mnist_cnn.yaml trains it."""
+    from edgepress.models import zoo
+    from edgepress.models.datasets import load_dataset
+
+    data = load_dataset("mnist", data_dir, train_size=8000, test_size=2000).fit_to((28, 28, 1))
+    say(f"training the seed CNN on {len(data.x_train)} MNIST images ({TRAIN_EPOCHS} epochs)")
+    return data, zoo.train("seed_cnn", data, epochs=TRAIN_EPOCHS, seed=SEED)
 
 
 # -- (a) the tfmot tutorial flows, as a user writes them -------------------------------------------
