@@ -213,7 +213,7 @@ def _load_source(recipe: Recipe, data, progress: Progress):
         from edgepress.models.loading import load_model
 
         progress.update(f"load {spec.path}")
-        return graphs.open_graph(spec.path) or load_model(spec.path), spec.path
+        return graphs.open_graph(spec.path) or load_model(spec.path, trusted=spec.trusted), spec.path
     on_epoch = _epoch_reporter(progress, f"train {spec.zoo}")
     model = zoo.train(spec.zoo, data, spec.train_epochs, spec.batch_size, spec.learning_rate, spec.seed, on_epoch)
     entry = zoo.ZOO[spec.zoo]
