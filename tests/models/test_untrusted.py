@@ -118,6 +118,18 @@ def test_trusted_keras3_lambda_with_arguments_is_rebuilt(tmp_path):
     np.testing.assert_allclose(load_model(path, trusted=True)(ones).numpy(), 3 * ones)
 
 
+def test_distill_student_file_is_trusted_by_its_own_flag(tmp_path):
+    from edgepress.compress.distill import StudentSpec, make_student
+
+    path, marker, expected = _build(tmp_path, "tf_keras-functional-h5")
+    teacher = tf_keras.Sequential([tf_keras.Input((8, 8)), tf_keras.layers.Flatten(), tf_keras.layers.Dense(10)])
+    with pytest.raises(EdgepressError, match="layer 'evil' is a Lambda layer"):
+        make_student(teacher, StudentSpec(path=str(path)))
+    assert not marker.exists()
+    student = make_student(teacher, StudentSpec(path=str(path), trusted=True))
+    np.testing.assert_allclose(student(X).numpy(), expected, atol=1e-5)
+
+
 # --- configs crafted by hand: what Keras itself would not write, an attacker would -----------------
 
 
