@@ -258,7 +258,7 @@ TRUST_HINT = (
 # "tf_keras.src.engine.functional", ...): layers, models and their parts, nothing that reads files or imports.
 _KERAS_NAMESPACES = (
     "layers", "models", "engine", "ops", "initializers", "regularizers", "constraints", "activations",
-    "dtype_policies", "losses", "metrics", "optimizers",
+    "dtype_policies", "quantizers", "random", "losses", "metrics", "optimizers",
 )
 # tf_keras records a TensorFlow call in a functional model (x + 1, tf.nn.relu(x)) as a TFOpLambda layer naming
 # the function; it runs that TF function when the model is built and called. Math namespaces only: not tf.io
@@ -269,8 +269,6 @@ _TF_NOT_OPS = {
     "vectorized_map", "while_loop", "cond", "case", "switch_case", "foldl", "foldr", "scan", "custom_gradient",
     "recompute_grad", "init_scope", "device", "control_dependencies", "name_scope", "Module", "Variable",
 }
-
-
 # tf_keras layers that call a TensorFlow method named in the config, or build any raw TF op (a TF1 NodeDef, file
 # writes included): refused in an untrusted file rather than checked name by name.
 _TF_CALL_LAYERS = ("ClassMethod", "InstanceMethod", "InstanceProperty", "TensorFlowOpLayer")
@@ -286,12 +284,18 @@ def check_untrusted(path: Path, configs: list) -> None:
     """
     found: list[str] = []
     custom: list[str] = []
-    for config in configs:
-        for layer, what in _code_in_config(config):
-            entry = f"layer {layer!r} {what}"
-            if entry not in found:  # a SavedModel repeats each layer's config in the model's
-                found.append(entry)
-        custom += _custom_classes(config)
+    try:
+        for config in configs:
+            for layer, what in _code_in_config(config):
+                entry = f"layer {layer!r} {what}"
+                if entry not in found:  # a SavedModel repeats each layer's config in the model's
+                    found.append(entry)
+            custom += _custom_classes(config)
+    except RecursionError:
+        raise EdgepressError(
+            f"{path} is refused: its saved config is nested too deeply to be checked, which no Keras model needs. "
+            f"The file may be corrupt or crafted; {_SAVE_HINT} again and pass the new file."
+        ) from None
     if found:
         raise EdgepressError(
             f"{path} is refused: {'; '.join(found)}. A model file is data, and edgepress runs no code from it "

@@ -323,3 +323,11 @@ def test_keras3_load_prints_nothing_on_stderr(tmp_path, trusted):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
     assert "absl::InitializeLog" not in done.stderr and "port.cc" not in done.stderr, done.stderr
+
+
+def test_config_nested_too_deeply_is_refused_cleanly(tmp_path):
+    deep: dict = {"class_name": "Dense", "config": {}}
+    for _ in range(5000):
+        deep = {"wrapped": [deep]}
+    with pytest.raises(EdgepressError, match="nested too deeply"):
+        check_untrusted(tmp_path / "m.h5", [{"class_name": "Sequential", "config": {"name": "m", "layers": [deep]}}])
