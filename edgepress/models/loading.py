@@ -57,7 +57,8 @@ _MODEL_CLASSES = ("Sequential", "Functional", "Model")
 # tf_keras's layers for TensorFlow calls in a functional model (x + 1, tf.reshape(x, ...), x[:, :2]): built in,
 # though not in tf_keras.layers.
 _TF_OP_LAYERS = ("TFOpLambda", "SlicingOpLambda")
-# Parts of a saved config that load_model(compile=False) never deserializes.
+# Parts of a saved model's top-level config that load_model(compile=False) never deserializes. Only there: Keras 3
+# compiles a nested model from its own compile_config whatever `compile` says.
 _SKIPPED_CONFIG_KEYS = ("compile_config", "training_config")
 
 if TYPE_CHECKING:
@@ -322,7 +323,7 @@ def _code_in_config(config: Any) -> list[tuple[str, str]]:
             found.append((layer, what))
             return
         for key, item in value.items():
-            if key in _SKIPPED_CONFIG_KEYS:
+            if value is config and key in _SKIPPED_CONFIG_KEYS:
                 continue
             if key == "layers" and isinstance(item, list):
                 for entry in item:
@@ -415,7 +416,7 @@ def _custom_classes(config: Any) -> list[str]:
             class_name = value.get("class_name")
             module = value.get("module")
             if isinstance(class_name, str):
-                if module is not None and not _is_keras_module(module):
+                if module is not None and not (isinstance(module, str) and _is_keras_module(module)):
                     # Keras 3 stores a custom function as class "function" with its name as config.
                     found.append(value.get("config") if class_name == "function" else class_name)
                 elif (
@@ -426,7 +427,7 @@ def _custom_classes(config: Any) -> list[str]:
                 ):
                     found.append(class_name)  # Legacy .h5 configs name layers without a module.
             for key, item in value.items():
-                if key in _SKIPPED_CONFIG_KEYS:
+                if value is config and key in _SKIPPED_CONFIG_KEYS:
                     continue
                 if key == "layers" and isinstance(item, list):
                     for entry in item:

@@ -173,6 +173,32 @@ def test_module_outside_keras_is_never_imported(tmp_path, monkeypatch):
     assert not marker.exists() and "evil_initializers" not in sys.modules
 
 
+def test_a_nested_models_compile_config_is_checked(tmp_path, monkeypatch):
+    # Keras 3 compiles a nested model from its own compile_config even with compile=False: a custom loss there
+    # would be imported.
+    marker = tmp_path / "IMPORTED"
+    (tmp_path / "evil_losses.py").write_text(f"open({str(marker)!r}, 'w').close()\nclass Evil: pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    inner = keras3.Sequential([keras3.Input((4,)), keras3.layers.Dense(2, name="dense")], name="inner")
+    outer = keras3.Sequential([keras3.Input((4,)), inner], name="outer")
+    outer.save(tmp_path / "nested.keras")
+
+    def edit(config):
+        nested = config["config"]["layers"][-1]
+        nested["compile_config"] = {"loss": {"module": "evil_losses", "class_name": "Evil", "config": {},
+                                             "registered_name": None}}
+
+    message = _refusal(_with_config(tmp_path / "nested.keras", edit))
+    assert "Evil" in message and not marker.exists() and "evil_losses" not in sys.modules
+
+
+def test_a_module_that_is_not_a_string_is_refused_cleanly(tmp_path):
+    def edit(config):
+        _dense(config)["config"]["kernel_initializer"] = {"module": 7, "class_name": "Zeros", "config": {}}
+
+    assert "Zeros" in _refusal(_with_config(_plain_keras3(tmp_path), edit))
+
+
 def test_serialized_lambda_outside_a_lambda_layer_is_refused(tmp_path):
     def edit(config):  # a Keras 3 __lambda__ as an activation: Keras deserializes bytecode there too
         _dense(config)["config"]["activation"] = {"class_name": "__lambda__", "config": {
