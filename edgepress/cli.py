@@ -31,6 +31,8 @@ console = Console(log_path=False, width=None if sys.stdout.isatty() else 160)
 errors = Console(stderr=True)
 
 RunDir = Annotated[Path | None, typer.Option("--output", "-o", help="Run directory (default: runs/<name>-<time>).")]
+TrustModel = Annotated[bool, typer.Option(
+    "--trust-model", help="Trust the model file: let code saved in it (Lambda layers) run when it is loaded.")]
 
 
 @app.command()
@@ -38,7 +40,7 @@ def demo(output: RunDir = None) -> None:
     """Train the seed CNN on scikit-learn's digits, compress, export and measure it (no download)."""
     recipe_file = resources.files("edgepress") / "demo.yaml"
     with resources.as_file(recipe_file) as path:
-        _run(path, output, None, None)
+        _run(path, output, None, None, trust_model=False)
 
 
 @app.command()
@@ -47,9 +49,10 @@ def run(
     output: RunDir = None,
     data: Annotated[str | None, typer.Option(help="Override the recipe's data path.")] = None,
     model: Annotated[str | None, typer.Option(help="Override the recipe's model with this file.")] = None,
+    trust_model: TrustModel = False,
 ) -> None:
     """Run a recipe: load or train the model, compress, export, measure, and apply the gates."""
-    _run(recipe, output, data, model)
+    _run(recipe, output, data, model, trust_model)
 
 
 @app.command()
@@ -161,6 +164,7 @@ def quantize(
     search: Annotated[str, typer.Option(help="linear or bisect.")] = "linear",
     max_float_layers: Annotated[int | None, typer.Option(min=1, help="Keep at most this many layers float.")] = None,
     runs: Annotated[int, typer.Option(min=1, help="Timed runs per artifact.")] = 100,
+    trust_model: TrustModel = False,
 ) -> None:
     """Quantize MODEL to int8 within an accuracy budget, keeping the most sensitive layers in float if needed."""
     from edgepress.deploy.accuracy_aware import parse_config
@@ -181,7 +185,7 @@ def quantize(
         kind, path = (dataset, data) if dataset else _dataset_of(data)
         recipe = Recipe.from_dict({
             "name": _run_name(model.stem),
-            "model": {"path": str(model)},
+            "model": {"path": str(model), "trusted": trust_model},
             "data": {"dataset": kind, "path": None if kind == "digits" else path, "test_size": test_size,
                      "calibration_samples": calibration_samples},
             # fp32 beside it: the baseline for the table's size and speed-up columns.
@@ -221,13 +225,15 @@ def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def _run(recipe_path: Path, output: Path | None, data: str | None, model: str | None) -> None:
+def _run(recipe_path: Path, output: Path | None, data: str | None, model: str | None, trust_model: bool) -> None:
     from edgepress.recipe import Recipe
 
     def work():
         from edgepress.api import run as run_recipe
 
         recipe = Recipe.from_yaml(recipe_path).with_overrides(data=data, model=model)
+        if trust_model:  # --trust-model is model.trusted: true
+            recipe = recipe.model_copy(update={"model": recipe.model.model_copy(update={"trusted": True})})
         with console.status("starting (importing TensorFlow)") as status:
             report = run_recipe(recipe, output, _LiveProgress(status))
         _print_report(report)

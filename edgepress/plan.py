@@ -197,7 +197,7 @@ def _source(recipe: Recipe, data, progress) -> tuple[Any, str, Callable | None]:
 
         if progress:
             progress.update(f"load {spec.path}")
-        model = graphs.open_graph(spec.path) or load_model(spec.path)
+        model = graphs.open_graph(spec.path) or load_model(spec.path, trusted=spec.trusted)
         return fixed_input(model, spec.input_shape, spec.path), spec.path, None
     name = f"zoo:{spec.zoo}"
     entry = zoo.ZOO.get(spec.zoo)

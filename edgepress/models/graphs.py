@@ -128,6 +128,7 @@ class SavedModelGraph(Graph):
         self.path = Path(path)
         self.name = self.path.name
         self._keep = keep  # a TemporaryDirectory that holds the files, when edgepress saved them
+        check_python_ops(self.path)
         try:
             with quiet():
                 self._loaded = tf.saved_model.load(str(self.path))
@@ -220,6 +221,41 @@ class SavedModelGraph(Graph):
 
 
 SERVING = "serving_default"
+# Ops that call back into Python (tf.py_function, tf.numpy_function). The SavedModel holds no Python: the op names
+# a function registered in the process that saved the model, so here it can only fail when the model is called.
+PYTHON_OPS = ("EagerPyFunc", "PyFunc", "PyFuncStateless")
+
+
+def check_python_ops(path: Path) -> None:
+    """Refuse a SavedModel whose graph calls Python: its functions cannot run outside the process that saved it.
+
+    A SavedModel is graphs (GraphDefs and their function library) and variables, no pickled Python objects;
+    loading it with tf.saved_model.load runs no code from the file, and this check names the one kind of op
+    that would need Python the file does not have.
+    """
+    from google.protobuf import text_format
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel()
+    try:
+        if (path / "saved_model.pb").exists():
+            proto.ParseFromString((path / "saved_model.pb").read_bytes())
+        else:
+            text_format.Parse((path / "saved_model.pbtxt").read_text(), proto)
+    except Exception:
+        return  # tf.saved_model.load, next, says what is wrong with the file
+    for meta_graph in proto.meta_graphs:
+        graphs = [("the graph", meta_graph.graph_def.node)]
+        graphs += [(f"function {f.signature.name}", f.node_def) for f in meta_graph.graph_def.library.function]
+        for where, nodes in graphs:
+            for node in nodes:
+                if node.op in PYTHON_OPS:
+                    raise EdgepressError(
+                        f"{path} is refused: {where} calls Python through the op {node.op} (tf.py_function or "
+                        "tf.numpy_function), and a SavedModel does not hold that Python function: it existed only "
+                        "in the process that saved the model. Write that part with TensorFlow ops and save the "
+                        "model again."
+                    )
 
 
 class OnnxGraph(Graph):
