@@ -133,10 +133,25 @@ def _pareto(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
     return front
 
 
-def _log_limits(values: Sequence[float], *more: float | None) -> tuple[float, float]:
-    every = [v for v in (*values, *more) if v is not None and v > 0]
+def _log_limits(values: Sequence[float], limit: float | None) -> tuple[float, float]:
+    """Log-axis limits around `values`, reaching out to a gate's `limit` only when it is within 10x of them
+    (a far-off limit would squeeze every point to one side; its legend entry says where it is instead)."""
+    every = [v for v in values if v is not None and v > 0]
     low, high = min(every), max(every)
+    if limit is not None and low / 10 <= limit <= high * 10:
+        low, high = min(low, limit), max(high, limit)
     return low / 1.5, high * 1.5
+
+
+def _shade_beyond(ax, axis: str, limit: float, edge: float, label: str) -> None:
+    """Shade (grey, hatched) the part of the axes past a gate's limit, from `limit` to the axes' `edge`."""
+    span = ax.axvspan if axis == "x" else ax.axhspan
+    low, high = sorted((limit, edge))
+    shown = (ax.get_xlim() if axis == "x" else ax.get_ylim())
+    if high < min(shown) or low > max(shown):  # the failing side is past the edge of the view
+        label += ", off the chart: every point passes it"
+    span(low, high, facecolor=GATE_SHADE, edgecolor="#9a9a9a", hatch="///" if axis == "x" else "\\\\\\",
+         lw=0, alpha=0.6, label=label)
 
 
 def accuracy_latency(device: str, points: list[dict], gates: dict, source_accuracy: float | None,
@@ -164,11 +179,11 @@ def accuracy_latency(device: str, points: list[dict], gates: dict, source_accura
     ax.set_xlim(xlo, xhi)
     ax.set_ylim(ylo - pad, yhi + pad)
     if limit_ms is not None:
-        ax.axvspan(limit_ms, xhi, facecolor=GATE_SHADE, edgecolor="#9a9a9a", hatch="///", lw=0, alpha=0.6,
-                   label=f"fails max_p50_ms ({limit_ms:g} ms)")
+        _shade_beyond(ax, "x", limit_ms, xhi * 100, f"fails max_p50_ms ({limit_ms:g} ms)")
     if floor is not None:
-        ax.axhspan(ylo - pad, floor, facecolor=GATE_SHADE, edgecolor="#9a9a9a", hatch="\\\\\\", lw=0, alpha=0.6,
-                   label=f"fails max_accuracy_drop ({drop * 100:.2f} pt)")
+        _shade_beyond(ax, "y", floor, ylo - pad, f"fails max_accuracy_drop ({drop * 100:.2f} pt)")
+    ax.set_xlim(xlo, xhi)
+    ax.set_ylim(ylo - pad, yhi + pad)
     if source_accuracy is not None:
         ax.axhline(source_accuracy * 100, color="#555555", lw=0.8, ls="--", label="source model")
     front = _pareto([(p["p50"], p["accuracy"] * 100) for p in pts])
@@ -204,11 +219,11 @@ def bytes_latency(device: str, points: list[dict], gates: dict, key: str) -> str
     ax.set_xlim(xlo, xhi)
     ax.set_ylim(ylo, yhi)
     if limit_ms is not None:
-        ax.axvspan(limit_ms, xhi, facecolor=GATE_SHADE, edgecolor="#9a9a9a", hatch="///", lw=0, alpha=0.6,
-                   label=f"fails max_p50_ms ({limit_ms:g} ms)")
+        _shade_beyond(ax, "x", limit_ms, xhi * 100, f"fails max_p50_ms ({limit_ms:g} ms)")
     if limit_bytes is not None:
-        ax.axhspan(limit_bytes, yhi, facecolor=GATE_SHADE, edgecolor="#9a9a9a", hatch="\\\\\\", lw=0, alpha=0.6,
-                   label=f"fails max_bytes ({limit_bytes:,})")
+        _shade_beyond(ax, "y", limit_bytes, yhi * 100, f"fails max_bytes ({limit_bytes:,})")
+    ax.set_xlim(xlo, xhi)
+    ax.set_ylim(ylo, yhi)
     for p in pts:
         ax.scatter(p["p50"], p["bytes"], s=36, zorder=3, **style_of(p["precision"], p["format"]))
     ax.grid(alpha=0.25, which="major")

@@ -106,11 +106,13 @@ def _device_card(report, device: str) -> str:
                     key=lambda x: x[0]["latency"]["p50"])
     runner_up = (f" Next: {e(faster[0][0]['name'][len(prefix):])} at {faster[0][1]['p50 ms']} ms."
                  if faster else "")
-    speed = f", {e(r['speed-up vs fp32'])} the speed of {e(a['format'])} fp32" if r["speed-up vs fp32"] != "-" else ""
+    is_fp32 = a["precision"] == "fp32" and r["precision"] == "fp32"  # the baseline itself: no ratio to give
+    speed = (f", {e(r['speed-up vs fp32'])} the speed of {e(a['format'])} fp32"
+             if r["speed-up vs fp32"] != "-" and not is_fp32 else "")
+    size = f" ({e(r['size vs fp32'])} of fp32)" if r["size vs fp32"] != "-" and not is_fp32 else ""
     why = (f"<p class='why'>Fastest (p50 {e(r['p50 ms'])} ms{speed}) of the {len(passing)} of {len(delivered)} "
            f"artifacts that meet every gate on {e(device)}; accuracy {e(r['accuracy'])} "
-           f"({e(drop_text(a['metrics']['accuracy_drop']))}), {e(r['bytes'])} bytes "
-           f"({e(r['size vs fp32'])} of fp32).{runner_up}</p>")
+           f"({e(drop_text(a['metrics']['accuracy_drop']))}), {e(r['bytes'])} bytes{size}.{runner_up}</p>")
     head = (f"<h3>{e(device)}: <span class='star'>★</span> <code title='{e(a['name'])}'>"
             f"{e(a['name'][len(prefix):])}</code> <span class='dim'>{e(a['format'])} {e(r['precision'])}</span></h3>")
     return f"<div class='card pass'>{head}{why}{_gate_table(a['gates'])}</div>"
