@@ -232,10 +232,16 @@ def bytes_latency(device: str, points: list[dict], gates: dict, key: str) -> str
     return to_svg(fig, f"{device}: file size against p50 latency", key)
 
 
+def has_times(rows: list[dict]) -> bool:
+    """True when every row's latency keeps its timed runs (`latency.times`, ms): a true box plot can be drawn."""
+    return bool(rows) and all(r["latency"].get("times") for r in rows if r["latency"].get("p50") is not None)
+
+
 def latency_distribution(device: str, rows: list[dict], key: str) -> str:
-    """Each artifact's latency on one device, drawn from the stored statistics (results.json keeps no raw
-    timings): box from p50 to p90, whiskers from min to max, a bar at p99, a diamond at the mean.
-    `rows`: {label, precision, format, latency {p50, p90, p99, min, max, mean}}."""
+    """Each artifact's latency on one device. With the timed runs (`latency.times`), a box plot of them (box:
+    quartiles, whiskers: 1.5 IQR, dots: runs beyond). Without (results.json schema 1 keeps statistics only):
+    drawn from the statistics, box from p50 to p90, whiskers from min to max, a bar at p99, a diamond at the
+    mean. `rows`: {label, precision, format, latency {p50, p90, p99, min, max, mean[, times]}}."""
     plt = _pyplot()
     rows = [r for r in rows if r["latency"].get("p50") is not None]
     fig, ax = plt.subplots(figsize=(7.2, 0.9 + 0.28 * max(len(rows), 1)))
@@ -246,7 +252,17 @@ def latency_distribution(device: str, rows: list[dict], key: str) -> str:
     if not rows:
         ax.text(0.5, 0.5, "no latency measured on this device", ha="center", transform=ax.transAxes)
         return to_svg(fig, f"{device}: no latency measured", key)
-    for i, r in enumerate(rows):
+    if has_times(rows):
+        ys = [len(rows) - 1 - i for i in range(len(rows))]
+        parts = ax.boxplot([r["latency"]["times"] for r in rows], positions=ys, vert=False, widths=0.6,
+                           patch_artist=True, medianprops={"color": BLACK, "lw": 2},
+                           flierprops={"marker": ".", "markersize": 3, "markeredgecolor": "#444444"})
+        for box, median, r in zip(parts["boxes"], parts["medians"], rows, strict=True):
+            colour, _ = STYLE.get(r["precision"], OTHER)
+            box.set(facecolor=colour if r["format"] == "tflite" else "white", edgecolor=colour, lw=1.4)
+            if colour == BLACK and r["format"] == "tflite":
+                median.set_color("white")  # visible on a black box
+    for i, r in enumerate(rows if not has_times(rows) else []):
         lat, y = r["latency"], len(rows) - 1 - i
         colour, _ = STYLE.get(r["precision"], OTHER)
         low, high = lat.get("min", lat["p50"]), lat.get("max", lat["p50"])

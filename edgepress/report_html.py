@@ -261,11 +261,12 @@ def _plots(report, numbers: dict[str, int]) -> str:
                       f"{device}: file size against p50, both on log scales.", key) + "</div>")
         dist = [{"label": f"{numbers[a['name']]} {a['name'][len(prefix):]}", "precision": r["precision"],
                  "format": a["format"], "latency": a["latency"]} for a, r in rows]
-        figures.append(_figure(
-            plots.latency_distribution(device, dist, f"lat-{slug}"),
-            f"{device}: latency distribution of each artifact. results.json keeps the statistics, not every run: "
-            "the box spans p50 (thick bar) to p90, the whiskers min to max, the thin bar is p99, the diamond the "
-            "mean. Filled: TFLite; hollow: ONNX."))
+        how = ("a box plot of the timed runs: the box spans the quartiles, the thick bar is the median, the "
+               "whiskers reach 1.5 times the box, dots are the runs beyond" if plots.has_times(dist) else
+               "results.json keeps the statistics, not every run: the box spans p50 (thick bar) to p90, the "
+               "whiskers min to max, the thin bar is p99, the diamond the mean")
+        figures.append(_figure(plots.latency_distribution(device, dist, f"lat-{slug}"),
+                               f"{device}: latency of each artifact, {how}. Filled: TFLite; hollow: ONNX."))
     if results.get("models"):
         figures.append(_figure(plots.steps(results["models"], "steps"),
                                "Parameters and MACs (multiply-accumulates for one sample) of the source model and "
