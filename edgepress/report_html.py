@@ -168,7 +168,10 @@ def margin(name: str, gate: dict) -> str:
     room = gate["limit"] - gate["value"]
     amount = _gate_value(name, abs(room))
     # A share of the limit reads well for sizes and times, not for a drop that may be a gain.
-    share = f" ({abs(room) / gate['limit']:.0%})" if gate["limit"] and "accuracy_drop" not in name else ""
+    share = ""
+    if gate["limit"] and "accuracy_drop" not in name:
+        fraction = abs(room) / gate["limit"]
+        share = " (>99%)" if 0.99 < fraction < 1 else f" ({fraction:.0%})"  # 99.8% is not all of it
     return f"{amount}{share} to spare" if room >= 0 else f"{amount}{share} over"
 
 

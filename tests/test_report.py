@@ -23,8 +23,9 @@ from rich.console import Console
 
 import edgepress
 from edgepress.console import name_prefix, print_report
+from edgepress.plots import _pareto
 from edgepress.report import Report, drop_text
-from edgepress.report_html import margin
+from edgepress.report_html import margin, tune_section
 
 TINY = {
     "name": "tiny_report",
@@ -62,6 +63,19 @@ def test_gate_margins_say_to_spare_or_over():
     assert margin("max_p50_ms", {"limit": 2.0, "value": 1.5, "passed": True}) == "0.500 ms (25%) to spare"
     assert margin("max_bytes", {"limit": 1000, "value": 1500, "passed": False}) == "500 bytes (50%) over"
     assert margin("max_accuracy_drop", {"limit": 0.01, "value": -0.02, "passed": True}) == "3.00 pt to spare"
+
+
+def test_pareto_front_keeps_what_nothing_beats():
+    points = [(1.0, 90.0), (2.0, 95.0), (1.5, 89.0), (3.0, 94.0), (0.5, 80.0)]
+    assert _pareto(points) == [(0.5, 80.0), (1.0, 90.0), (2.0, 95.0)]
+
+
+def test_tune_hook_draws_a_front_per_device():
+    # The hook `edgepress tune` fills: results["tune"]["points"] = {device: [{label, p50, accuracy}, ...]}.
+    svg = tune_section({"x86-host": [{"label": "t0", "p50": 0.2, "accuracy": 0.9},
+                                     {"label": "t1", "p50": 0.1, "accuracy": 0.85}],
+                        "rpi4": [{"label": "t0", "p50": 2.0, "accuracy": 0.9}]})
+    assert svg.count("<svg") == 1 and "Pareto front per device" in svg and "tune-" in svg
 
 
 def test_common_prefix_stops_at_an_underscore():
