@@ -254,7 +254,9 @@ def _plots(report, numbers: dict[str, int]) -> str:
                   for a, r in rows]
         best = next((numbers[a["name"]] for a, r in rows if r["best"]), None)
         key = "<p class='key'>" + " · ".join(
-            f"<b>{numbers[a['name']]}</b>&nbsp;{e(a['name'][len(prefix):])}" for a, _ in rows) + "</p>"
+            f"<b>{numbers[a['name']]}</b>&nbsp;{e(a['name'][len(prefix):])}"
+            + (f" <span class='dim'>(float: {e(r['float layers'])})</span>" if a.get("accuracy_aware") else "")
+            for a, r in rows) + "</p>"
         slug = _slug(device)
         figures.append(f"<h3>{e(device)}</h3><div class='row'>" + _figure(
             plots.accuracy_latency(device, points, results["gates"], source, best, f"acc-{slug}"),
