@@ -13,7 +13,7 @@ import json
 
 from edgepress import plots
 from edgepress.console import name_prefix
-from edgepress.report import _gate_value, drop_text, stage_notes
+from edgepress.report import _gate_value, delivered, drop_text, stage_notes
 
 GATE_WORDS = {
     "max_accuracy_drop": "accuracy drop from the source model",
@@ -93,14 +93,15 @@ def _summary(report) -> str:
 def _device_card(report, device: str) -> str:
     prefix = name_prefix([a["name"] for a in report.artifacts])
     rows = [(a, r) for a, r in report.rows() if a["device"] == device]
-    delivered = [(a, r) for a, r in rows if (a.get("accuracy_aware") or {}).get("role", "final") == "final"]
-    passing = [(a, r) for a, r in delivered if a["passed"]]
+    kept = {id(a) for a in delivered([a for a, _ in rows])}  # an accuracy-aware export's tries are not judged
+    delivered_rows = [(a, r) for a, r in rows if id(a) in kept]
+    passing = [(a, r) for a, r in delivered_rows if a["passed"]]
     best = next(((a, r) for a, r in rows if r["best"]), None)
     if best is None:
         head = f"<h3>{e(device)}: no artifact meets every gate</h3>"
-        why = (f"<p>None of the {len(delivered)} artifacts measured here meets every gate. Closest to each gate "
+        why = (f"<p>None of the {len(delivered_rows)} artifacts measured here meets every gate. Closest to each gate "
                "below.</p>")
-        return f"<div class='card fail'>{head}{why}{_closest_gates(delivered)}</div>"
+        return f"<div class='card fail'>{head}{why}{_closest_gates(delivered_rows)}</div>"
     a, r = best
     faster = sorted((x for x in passing if x[0]["name"] != a["name"] and x[0]["latency"]["p50"] is not None),
                     key=lambda x: x[0]["latency"]["p50"])
@@ -110,7 +111,7 @@ def _device_card(report, device: str) -> str:
     speed = (f", {e(r['speed-up vs fp32'])} the speed of {e(a['format'])} fp32"
              if r["speed-up vs fp32"] != "-" and not is_fp32 else "")
     size = f" ({e(r['size vs fp32'])} of fp32)" if r["size vs fp32"] != "-" and not is_fp32 else ""
-    why = (f"<p class='why'>Fastest (p50 {e(r['p50 ms'])} ms{speed}) of the {len(passing)} of {len(delivered)} "
+    why = (f"<p class='why'>Fastest (p50 {e(r['p50 ms'])} ms{speed}) of the {len(passing)} of {len(delivered_rows)} "
            f"artifacts that meet every gate on {e(device)}; accuracy {e(r['accuracy'])} "
            f"({e(drop_text(a['metrics']['accuracy_drop']))}), {e(r['bytes'])} bytes{size}.{runner_up}</p>")
     head = (f"<h3>{e(device)}: <span class='star'>★</span> <code title='{e(a['name'])}'>"
