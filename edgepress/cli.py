@@ -25,6 +25,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Click's plain help, not rich's panels: rich squeezes its five-column option table to fit the terminal and
+    # cuts long option names (`--max-accuracy-…` at 80 columns); click writes each name whole and wraps the help.
+    rich_markup_mode=None,
 )
 # Logs and CI are not terminals: give them wide lines so table rows stay whole.
 console = Console(log_path=False, width=None if sys.stdout.isatty() else 160)
@@ -256,19 +259,10 @@ class _LiveProgress:
 
 
 def _print_report(report) -> None:
-    columns = [c for c in report.columns() if c not in ("format", "precision")]
-    table = Table(title=report.summary(), title_justify="left")
-    for column in columns:
-        table.add_column(column, justify="left" if column == "artifact" else "right")
-    for row in report.table():
-        table.add_row(*(row[c] for c in columns), style="bold green" if "★" in row["artifact"] else None)
-    console.print(table)
-    console.print(report.verdict())
-    for note in report.notes():
-        console.print(f"Note: {escape(note)}")
-    for note in report.quantize_notes():
-        console.print(f"Accuracy-aware quantization: {escape(note)}")
-    console.print(f"Run directory: {report.run_dir} (results.json, report.md, report.html)")
+    from edgepress.console import print_report
+
+    print_report(report, console)
+    console.print(f"Run directory: {report.run_dir} (results.json, report.md, report.html)", highlight=False)
 
 
 def _guard(work) -> None:
