@@ -118,6 +118,7 @@ def make_plan(recipe: Recipe, run_dir: str | os.PathLike | None = None, progress
             recipe.name, e.format, e.precision, e.batch_size, e.sparse))
         for e in recipe.exports
     )
+    _check_names(exports)
     return Plan(recipe, run_dir, tuple(devices), data, source, source_name, train, steps, exports, export_data,
                 calibration, tuple(notes))
 
@@ -339,6 +340,20 @@ def _check_exports(recipe: Recipe, source, final) -> None:
 
         for e in calibrated:
             check_calibratable(final, e.precision, e.batch_size)
+
+
+def _check_names(exports: tuple[PlannedExport, ...]) -> None:
+    """Refuse two exports that would write the same file (the second would overwrite the first)."""
+    seen: dict[str, int] = {}
+    for i, export in enumerate(exports):
+        name = export.path.name
+        if name in seen:
+            raise EdgepressError(
+                f"exports[{seen[name]}] and exports[{i}] would both write {name}; an accuracy-aware export (quantize:) "
+                f"writes {export.spec.format} {export.spec.precision} files itself. Remove one of the two, or make "
+                "them differ (batch_size, sparse)."
+            )
+        seen[name] = i
 
 
 def _calibration(recipe: Recipe, data) -> np.ndarray | None:
