@@ -22,7 +22,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from edgepress.errors import EdgepressError
-from edgepress.formats import artifact_filename, is_calibrated
+from edgepress.formats import FORMATS, TITLES, artifact_filename, is_calibrated, precision_names
 from edgepress.recipe import ExportSpec, Recipe
 
 
@@ -297,8 +297,10 @@ def _applicable(model, recipe: Recipe) -> tuple[Recipe, list[str]]:
         left = [e for e in exports if e.format == format]
         exports = [e for e in exports if e.format != format]
         if not exports:
-            raise EdgepressError(f"{model.path} is a {source.kind} model and the recipe asks for {format} exports "
-                                 f"only. {why} Ask for exports in another format.")
+            others = "; ".join(f"{{format: {f}, precision: {' | '.join(precision_names(f))}}}" for f in FORMATS
+                               if source.why_not(f) is None)
+            raise EdgepressError(f"{model.path} is {source.title} and the recipe asks for {TITLES[format]} exports "
+                                 f"only. {why} Ask for exports it can have: {others}.")
         notes.append(f"Left out {', '.join(f'{e.format} {e.precision}' for e in left)}: {why}")
     return recipe.model_copy(update={"exports": exports}), notes
 

@@ -56,6 +56,7 @@ class Graph:
     # What a compression step would need and this model lacks; the run refuses steps with it.
     why_no_steps: str = "edgepress's compression steps wrap and retrain Keras layers, and this model has none"
     trainable = False  # the compression steps do not apply
+    title = "a model graph"  # how messages name the kind
 
     def why_not(self, format: str) -> str | None:
         """Why this model cannot be exported to `format`, or None when it can."""
@@ -116,6 +117,7 @@ class SavedModelGraph(Graph):
     """A TensorFlow SavedModel without a Keras model in it, called through its serving signature."""
 
     kind = "saved_model"
+    title = "a plain TensorFlow SavedModel"
     why_no_steps = (
         "it is a plain TensorFlow SavedModel (tf.Variables and a tf.function, no Keras layers): pruning and "
         "quantization-aware training wrap Keras layers with tfmot, and distillation trains a Keras student"
@@ -262,6 +264,7 @@ class OnnxGraph(Graph):
     """An .onnx file, run by onnxruntime. External data files must sit in the model's folder."""
 
     kind = "onnx"
+    title = "an ONNX model"
     suffix = ".onnx"
     why_no_steps = (
         "it is an ONNX graph: pruning and quantization-aware training wrap Keras layers with tfmot, and "
