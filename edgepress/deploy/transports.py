@@ -64,8 +64,10 @@ def _ssh(device: Device, artifact: Path, eval_npz: Path | None, options: list[st
         remote += ["--data", eval_npz.name, "--expect-data-sha256", _sha256(eval_npz)]
     _call(device, _ssh_command(device, f"mkdir -p -- {shlex.quote(folder)}"), "make a work folder", reach.timeout_s)
     try:
-        target = f"{_destination(device)}:{folder}/"
-        _call(device, ["scp", "-q", *_ssh_options(device), "-P", str(reach.port), *map(str, files), target],
+        host = f"[{reach.host}]" if ":" in reach.host else reach.host  # scp reads host:path, so an IPv6 address
+        target = f"{reach.user}@{host}:{folder}/" if reach.user else f"{host}:{folder}/"
+        # `--` ends the options: no file name or destination is ever read as one.
+        _call(device, ["scp", "-q", *_ssh_options(device), "-P", str(reach.port), "--", *map(str, files), target],
               "copy the runner, artifact and data", reach.timeout_s)
         command = f"cd {shlex.quote(folder)} && " + " ".join(shlex.quote(a) for a in remote)
         return _result(device, _call(device, _ssh_command(device, command), "run the benchmark", reach.timeout_s))
@@ -97,7 +99,9 @@ def _destination(device: Device) -> str:
 
 
 def _ssh_command(device: Device, remote: str) -> list[str]:
-    return ["ssh", *_ssh_options(device), "-p", str(device.reach.port), _destination(device), remote]
+    # `--` ends the options: the destination is never read as one (the profile's check of host and user is the
+    # first guard; this one holds for a Device built without it).
+    return ["ssh", *_ssh_options(device), "-p", str(device.reach.port), "--", _destination(device), remote]
 
 
 # -- adb --------------------------------------------------------------------------------------------

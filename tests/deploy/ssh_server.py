@@ -1,8 +1,8 @@
 """A real SSH server for the tests, from pip (asyncssh): no OpenSSH server needs to be installed.
 
-    python ssh_server.py DIR
+    python ssh_server.py DIR [HOST]
 
-serves on a free port of 127.0.0.1 (printed as the first line on stdout once it listens) with the host
+serves on a free port of HOST (default 127.0.0.1; printed as the first line on stdout once it listens) with the host
 key DIR/host_key, and accepts only the public keys in DIR/authorized_keys. A command runs as `/bin/sh -c
 COMMAND` in the home directory, as OpenSSH's sshd runs it; file copies use SFTP (what `scp` speaks since
 OpenSSH 9) or the legacy scp protocol (`scp -O`, older clients). When the client goes away, the command's
@@ -32,9 +32,9 @@ def keys(folder: Path) -> None:
     (folder / "authorized_keys").write_bytes((folder / "user_key.pub").read_bytes())
 
 
-def known_hosts_line(folder: Path, port: int) -> str:
+def known_hosts_line(folder: Path, port: int, host: str = "127.0.0.1") -> str:
     kind, key = (folder / "host_key.pub").read_text().split()[:2]
-    return f"[127.0.0.1]:{port} {kind} {key}\n"
+    return f"[{host}]:{port} {kind} {key}\n"
 
 
 async def _pump(reader: asyncio.StreamReader, writer) -> None:
@@ -91,9 +91,9 @@ class _SFTPServer(asyncssh.SFTPServer):
         self.channel.exit(0)
 
 
-async def _serve(folder: Path) -> None:
+async def _serve(folder: Path, host: str) -> None:
     server = await asyncssh.listen(
-        "127.0.0.1", 0, server_host_keys=[str(folder / "host_key")],
+        host, 0, server_host_keys=[str(folder / "host_key")],
         authorized_client_keys=str(folder / "authorized_keys"),
         process_factory=_exec, encoding=None, sftp_factory=_SFTPServer, allow_scp=True,
     )
@@ -103,4 +103,4 @@ async def _serve(folder: Path) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(_serve(Path(sys.argv[1])))
+    asyncio.run(_serve(Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "127.0.0.1"))

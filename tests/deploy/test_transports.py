@@ -35,9 +35,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start_server(d: Path) -> tuple[subprocess.Popen, int]:
-    """The test SSH server on a free port of 127.0.0.1 serving the keys in `d`, once it listens."""
-    server = subprocess.Popen([sys.executable, ssh_server.__file__, str(d)], stdout=subprocess.PIPE,
+def _start_server(d: Path, host: str = "127.0.0.1") -> tuple[subprocess.Popen, int]:
+    """The test SSH server on a free port of `host` serving the keys in `d`, once it listens."""
+    server = subprocess.Popen([sys.executable, ssh_server.__file__, str(d), host], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
     line = server.stdout.readline()  # the port, printed once it listens (or nothing if it failed to start)
     if not line.strip().isdigit():
@@ -147,6 +147,67 @@ def test_a_device_that_drops_mid_run(ssh_host, artifacts, digits):
         server.kill()
         server.wait(timeout=10)
     assert "loopback-ssh" in message and "dropped" in message
+
+
+# -- host and user are names, never options or shell ----------------------------------------------------
+
+INJECTIONS = ["127.0.0.1; touch {marker}", "$(touch {marker})", "-oProxyCommand=touch {marker}"]
+
+
+@pytest.mark.parametrize("field", ["host", "user"])
+@pytest.mark.parametrize("injection", INJECTIONS)
+def test_a_host_or_user_that_is_not_a_name_is_refused(tmp_path, field, injection):
+    import yaml
+
+    import edgepress
+    from edgepress.errors import EdgepressError
+
+    marker = tmp_path / "marker"
+    value = injection.format(marker=marker)
+    expected = rf"reach\.{field}: .* is not a (host name|login name)"
+    with pytest.raises(EdgepressError, match=expected):  # a recipe's override of a shipped profile
+        edgepress.Recipe.from_dict({"model": {"zoo": "seed_mlp"},
+                                    "targets": [{"name": "rpi4", "reach": {field: value}}]})
+    profile = load_device("rpi4").model_dump()
+    profile["reach"][field] = value
+    (tmp_path / "board.yaml").write_text(yaml.safe_dump(profile))
+    with pytest.raises(EdgepressError, match=expected):  # a profile file
+        load_device(str(tmp_path / "board.yaml"))
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("field", ["host", "user"])
+def test_ssh_never_reads_the_destination_as_an_option(ssh_host, artifacts, digits, tmp_path, field):
+    from edgepress.deploy import transports
+
+    # A Device changed after validation (pydantic does not check assignments): `--` before the destination still
+    # keeps ssh from reading it as -oProxyCommand. The marker folder stays empty (`touch` would also have made
+    # "marker@127.0.0.1" from the user's value).
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    device = _ssh_device(ssh_host, user=None) if field == "host" else _ssh_device(ssh_host)
+    setattr(device.reach, field, f"-oProxyCommand=touch {markers / 'marker'}")
+    _refused(device, artifacts, digits)
+    # A one-word remote command, which ssh would otherwise take for the destination (and then run the proxy).
+    subprocess.run(transports._ssh_command(device, "true"), capture_output=True, stdin=subprocess.DEVNULL, timeout=30)
+    assert list(markers.iterdir()) == []
+
+
+def test_ssh_to_an_ipv6_address(ssh_host, artifacts, digits):
+    try:
+        socket.socket(socket.AF_INET6).bind(("::1", 0))
+    except OSError:
+        pytest.skip("this machine has no IPv6 loopback (::1)")
+    server, port = _start_server(ssh_host["dir"], "::1")
+    try:
+        known_hosts = ssh_host["dir"] / f"known_hosts_{port}"
+        known_hosts.write_text(ssh_server.known_hosts_line(ssh_host["dir"], port, "::1"))
+        device = _ssh_device(ssh_host, host="::1", port=port, known_hosts=str(known_hosts))
+        result = measure(artifacts["tflite"], (digits.x_test[:20], digits.y_test[:20]), runs=2, warmup=0, device=device)
+    finally:
+        server.kill()
+        server.wait(timeout=10)
+    assert result["samples"] == 20 and result["accuracy"] is not None
 
 
 # -- adb: no phone here; a stand-in adb replays real benchmark_model output ---------------------------
