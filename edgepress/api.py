@@ -91,7 +91,9 @@ def run(recipe: Recipe, run_dir: str | Path | None = None, progress: Progress | 
     check_x = data.x_test[: spec.check_samples]
 
     run_dir = Path(run_dir or Path("runs") / f"{recipe.name}-{dt.datetime.now():%Y%m%d-%H%M%S}")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    moved = files.prepare_run_dir(run_dir)  # a killed run's temporaries removed, an earlier run moved aside
+    if moved is not None:
+        progress.done(f"the earlier run in {run_dir} was moved to {moved}")
     files.write_text(run_dir / "recipe.yaml", recipe.to_yaml())
 
     source_outputs = training.predict(model, data.x_test)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -44,10 +45,35 @@ def run_benchmark(
         options += ["--providers", ",".join(device.execution_providers)]
     if device.reach.kind == "ssh":
         return _ssh(device, artifact, eval_npz, options)
-    command = [sys.executable, runner.__file__, str(artifact), *options]
+    command = [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), runner.__file__, str(artifact), *options]
     if eval_npz is not None:
         command += ["--data", str(eval_npz)]
     return _result(device, _call(device, command, "run the benchmark", device.reach.timeout_s))
+
+
+# The local runner must die with edgepress, even with a SIGKILL that no handler sees (a killed run would leave it
+# measuring). On Linux the kernel kills it when its parent dies (PR_SET_PDEATHSIG), armed here, after exec: a
+# preexec_fn would run Python between fork and exec, which is unsafe in a process with TensorFlow's threads.
+# Elsewhere a thread polls for the parent. Then runner.py runs as a script would (its folder first on sys.path).
+_DIE_WITH_PARENT = """\
+import os, runpy, sys
+parent = int(sys.argv.pop(1))
+if sys.platform.startswith("linux"):
+    import ctypes, signal
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+else:
+    import threading, time
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+    threading.Thread(target=watch, daemon=True).start()
+if os.getppid() != parent:  # the parent died before it was armed
+    os._exit(1)
+del sys.argv[0]
+sys.path[0] = os.path.dirname(os.path.abspath(sys.argv[0]))
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
 
 
 # -- ssh --------------------------------------------------------------------------------------------

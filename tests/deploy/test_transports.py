@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -277,6 +278,58 @@ def test_adb_without_a_device(tmp_path, monkeypatch, artifacts):
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     with pytest.raises(DeviceError, match="adb cannot see the device"):
         measure(artifacts["tflite"], device="android-arm64")
+
+
+# -- local: the runner dies with edgepress -------------------------------------------------------------
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has died (this container's init may never reap it)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc (the guard itself is portable)")
+def test_a_killed_parent_takes_the_local_runner_with_it(artifacts, tmp_path):
+    # A parent that measures for a long time (10 million runs); SIGKILL it while its runner is measuring.
+    code = ("import sys; from pathlib import Path; from edgepress.deploy.transports import run_benchmark; "
+            "from edgepress.devices import load_device; "
+            "run_benchmark(load_device('x86-host'), Path(sys.argv[1]), None, 10**7, 0, 1)")
+    parent = subprocess.Popen([sys.executable, "-c", code, str(artifacts["tflite"].path)],
+                              env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    try:
+        runner, deadline = None, time.monotonic() + 60
+        while runner is None and time.monotonic() < deadline and parent.poll() is None:
+            runner = next((c for c in _children(parent.pid)
+                           if "runner.py" in Path(f"/proc/{c}/cmdline").read_bytes().decode(errors="replace")), None)
+            time.sleep(0.05)
+        assert runner is not None, "the runner never started"
+        time.sleep(1)  # well into its timed runs
+        assert _alive(runner)
+        parent.kill()
+        parent.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while _alive(runner) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(runner), "the runner outlived the killed edgepress process"
+    finally:
+        parent.kill()
+        if runner is not None and _alive(runner):
+            os.kill(runner, 9)
 
 
 # -- a recipe with several targets -------------------------------------------------------------------
