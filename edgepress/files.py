@@ -60,6 +60,7 @@ _LEFTOVER = re.compile(r"\..+\.tmp-[0-9a-f]{8}.*")
 # for one). Older runs, made before it existed, are recognised by their results.json.
 RUN_MARKER = ".edgepress-run"
 PREVIOUS = "previous"
+_NAME_MAX = 255  # bytes in one file name: the limit of ext4, xfs, btrfs, APFS, NTFS
 
 _run_dir: Path | None = None  # the run directory this process writes, for the CLI's error report
 
@@ -105,6 +106,10 @@ def check_run_dir(run_dir: str | os.PathLike) -> None:
     path = Path(run_dir)
     if "\0" in str(path):
         raise EdgepressError(f"Run directory {str(path)!r} contains a NUL byte: give a valid path.")
+    longest = max(path.parts, key=lambda part: len(os.fsencode(part)), default="")
+    if len(os.fsencode(longest)) > _NAME_MAX:
+        raise EdgepressError(f"Run directory {str(path)[:100]!r}...: the name {longest[:40]}... is longer than file "
+                             f"systems allow ({_NAME_MAX} bytes); give a shorter one.")
     try:
         _check_run_dir(path)
     except OSError as e:  # a name too long for the file system, ...
@@ -118,10 +123,6 @@ def _check_run_dir(path: Path) -> None:
     if path.exists() and not path.is_dir():
         raise EdgepressError(f"Run directory {path} is a file: give a directory (-o) that is new or empty.")
     existing = next((p for p in [path, *path.parents] if p.exists()), None)
-    longest = max(path.parts, key=lambda part: len(os.fsencode(part)), default="")
-    if len(os.fsencode(longest)) > os.pathconf(existing or ".", "PC_NAME_MAX"):
-        raise EdgepressError(f"Run directory {str(path)[:200]!r}: the name {longest[:40]}... is longer than the file "
-                             "system allows; give a shorter one.")
     if existing is not None and not existing.is_dir():
         raise EdgepressError(f"Run directory {path} is under {existing}, which is a file: give another directory.")
     if existing is not None and not os.access(existing, os.W_OK | os.X_OK):

@@ -87,10 +87,10 @@ def _assert_reported(output: str, folder: Path) -> Path:
 
 
 def test_a_bug_during_a_run_is_reported_with_its_traceback_in_the_run_directory(tmp_path, monkeypatch):
-    import edgepress.api
+    from edgepress.artifact import Artifact
 
-    # The run directory exists by then: the source model is scored right after it is made.
-    monkeypatch.setattr(edgepress.api, "_scores", _bug)
+    # The run directory exists by then: an export records its artifact well after the directory is made.
+    monkeypatch.setattr(Artifact, "record", classmethod(_bug))
     out = tmp_path / "run"
     result = runner.invoke(app, ["run", str(_recipe(tmp_path)), "-o", str(out)])
     assert result.exit_code == EXIT_BUG, result.output
