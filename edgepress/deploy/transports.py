@@ -54,7 +54,9 @@ def run_benchmark(
 # The local runner must die with edgepress, even with a SIGKILL that no handler sees (a killed run would leave it
 # measuring). On Linux the kernel kills it when its parent dies (PR_SET_PDEATHSIG), armed here, after exec: a
 # preexec_fn would run Python between fork and exec, which is unsafe in a process with TensorFlow's threads.
-# Elsewhere a thread polls for the parent. Then runner.py runs as a script would (its folder first on sys.path).
+# (The signal follows the parent *thread* that started the child: that thread waits in subprocess.run, so it
+# outlives the child.) Elsewhere a thread polls for the parent. Then runner.py runs as a script would (its folder
+# first on sys.path).
 _DIE_WITH_PARENT = """\
 import os, runpy, sys
 parent = int(sys.argv.pop(1))
