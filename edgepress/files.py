@@ -60,7 +60,6 @@ _LEFTOVER = re.compile(r"\..+\.tmp-[0-9a-f]{8}.*")
 # for one). Older runs, made before it existed, are recognised by their results.json.
 RUN_MARKER = ".edgepress-run"
 PREVIOUS = "previous"
-_NAME_MAX = 255  # bytes in one file name: the limit of ext4, xfs, btrfs, APFS, NTFS
 
 _run_dir: Path | None = None  # the run directory this process writes, for the CLI's error report
 
@@ -95,44 +94,19 @@ def is_run_dir(path: str | os.PathLike) -> bool:
 
 
 def check_run_dir(run_dir: str | os.PathLike) -> None:
-    """Refuse a run directory a run could not write into, before any work (EdgepressError).
-
-    New, empty (hidden files aside) or holding an earlier run: fine (prepare_run_dir moves that run aside). A file,
-    a path under a file, a folder that cannot be written, or a folder of other files (a run would mix its files
-    with them, and replace any named like its own): refused.
-    """
-    from edgepress.errors import EdgepressError, first_line
-
-    path = Path(run_dir)
-    if "\0" in str(path):
-        raise EdgepressError(f"Run directory {str(path)!r} contains a NUL byte: give a valid path.")
-    longest = max(path.parts, key=lambda part: len(os.fsencode(part)), default="")
-    if len(os.fsencode(longest)) > _NAME_MAX:
-        raise EdgepressError(f"Run directory {str(path)[:100]!r}...: the name {longest[:40]}... is longer than file "
-                             f"systems allow ({_NAME_MAX} bytes); give a shorter one.")
-    try:
-        _check_run_dir(path)
-    except OSError as e:  # a name too long for the file system, ...
-        why = e.strerror or first_line(e)
-        raise EdgepressError(f"Run directory {str(path)[:200]!r} cannot be used: {why}.") from None
-
-
-def _check_run_dir(path: Path) -> None:
+    """Refuse a folder of other files as a run directory (EdgepressError): a run would mix its files with them and
+    replace any named like its own. New, empty (hidden files aside) or holding an earlier run: fine
+    (prepare_run_dir moves that run aside). Whether the path can be made and written is plan.py's check."""
     from edgepress.errors import EdgepressError
 
-    if path.exists() and not path.is_dir():
-        raise EdgepressError(f"Run directory {path} is a file: give a directory (-o) that is new or empty.")
-    existing = next((p for p in [path, *path.parents] if p.exists()), None)
-    if existing is not None and not existing.is_dir():
-        raise EdgepressError(f"Run directory {path} is under {existing}, which is a file: give another directory.")
-    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
-        raise EdgepressError(f"Run directory {path}: {existing} cannot be written; give a directory you can write.")
-    if path.is_dir() and not is_run_dir(path):
-        others = sorted(p.name for p in path.iterdir() if not p.name.startswith("."))
-        if others:
-            shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
-            raise EdgepressError(f"Run directory {path} already holds other files ({shown}) and no edgepress run: "
-                                 "give a new or empty directory (-o).")
+    path = Path(run_dir)
+    if not path.is_dir() or is_run_dir(path):
+        return
+    others = sorted(p.name for p in path.iterdir() if not p.name.startswith("."))
+    if others:
+        shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+        raise EdgepressError(f"The run directory {path} already holds other files ({shown}) and no edgepress run: "
+                             "give -o a new or empty folder.")
 
 
 def prepare_run_dir(run_dir: str | os.PathLike) -> Path | None:
@@ -141,6 +115,7 @@ def prepare_run_dir(run_dir: str | os.PathLike) -> Path | None:
     Removes a killed run's temporaries, then moves an earlier run's files (everything but hidden files and
     previous/) into previous/<when it started>/, so the directory holds one run's files only, and none is lost.
     Records `run_dir` as this process's run directory (`current_run_dir`). Refuses what check_run_dir refuses.
+    Call it once the plan has checked the path (edgepress.plan).
     """
     global _run_dir
     check_run_dir(run_dir)

@@ -162,19 +162,21 @@ def test_a_host_or_user_that_is_not_a_name_is_refused(tmp_path, field, injection
 
     import edgepress
     from edgepress.errors import EdgepressError
+    from edgepress.plan import make_plan
 
     marker = tmp_path / "marker"
     value = injection.format(marker=marker)
     expected = rf"reach\.{field}: .* is not a (host name|login name)"
-    with pytest.raises(EdgepressError, match=expected):  # a recipe's override of a shipped profile
-        edgepress.Recipe.from_dict({"model": {"zoo": "seed_mlp"},
-                                    "targets": [{"name": "rpi4", "reach": {field: value}}]})
+    recipe = edgepress.Recipe.from_dict({"model": {"zoo": "seed_mlp"},
+                                         "targets": [{"name": "rpi4", "reach": {field: value}}]})
+    with pytest.raises(EdgepressError, match=expected):  # a recipe's override of a shipped profile: in the plan
+        make_plan(recipe, tmp_path / "run")
     profile = load_device("rpi4").model_dump()
     profile["reach"][field] = value
     (tmp_path / "board.yaml").write_text(yaml.safe_dump(profile))
     with pytest.raises(EdgepressError, match=expected):  # a profile file
         load_device(str(tmp_path / "board.yaml"))
-    assert not marker.exists()
+    assert not marker.exists() and not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("field", ["host", "user"])
