@@ -1,7 +1,8 @@
 """The `edgepress` command: builds a Recipe or a call, then calls the API.
 
 TensorFlow is imported only inside commands that need it, so `edgepress --help` is instant.
-Exit codes: 0 ok, 1 a gate failed, 2 bad input (the message says what to fix).
+Exit codes: 0 ok, 1 a gate failed, 2 bad input (the message says what to fix), 70 a bug in edgepress (the
+traceback is saved to a file), 130 interrupted (Ctrl-C). `_guard` is the one place that decides them.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from typer.exceptions import TyperException
 
 from edgepress import compat  # noqa: F401  (sets TF_USE_LEGACY_KERAS before any TF import)
 from edgepress.errors import EdgepressError, GateFailed
@@ -265,20 +267,81 @@ def _print_report(report) -> None:
     console.print(f"Run directory: {report.run_dir} (results.json, report.md, report.html)", highlight=False)
 
 
+# Exit codes (README "Exit codes"): 1 a gate failed, 2 bad input, 70 a bug in edgepress (EX_SOFTWARE in sysexits.h:
+# never 1, which CI would read as a gate), 130 interrupted by Ctrl-C (the shell's code for SIGINT).
+EXIT_GATES, EXIT_BAD_INPUT, EXIT_BUG, EXIT_INTERRUPTED = 1, 2, 70, 130
+
+
 def _guard(work) -> None:
-    """Run `work`, turning edgepress's errors into a message and an exit code instead of a traceback."""
+    """Run `work`: the one boundary between edgepress and the terminal. Every failure becomes a short message and
+    an exit code, never a traceback; an unexpected one (a bug) has its traceback saved to a file."""
+    from edgepress import files
+
+    before = files.current_run_dir()
     try:
         work()
     except EdgepressError as e:
         errors.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
-        raise typer.Exit(2) from None
+        raise typer.Exit(EXIT_BAD_INPUT) from None
     except GateFailed as e:
         errors.print(f"[bold red]gates failed:[/] {escape(str(e))}", highlight=False)
-        raise typer.Exit(1) from None
+        raise typer.Exit(EXIT_GATES) from None
+    except KeyboardInterrupt:
+        errors.print("[bold red]interrupted[/] (Ctrl-C): the run stopped; every file it wrote is complete.",
+                     highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except (typer.Exit, typer.Abort, TyperException):  # the CLI's own exits and usage errors: typer shows them
+        raise
+    except Exception as e:  # the boundary: anything else is a bug, reported, not shown as a traceback
+        run_dir = files.current_run_dir()
+        _report_bug(e, run_dir if run_dir is not before else None)  # `is`: the directory this work prepared
+        raise typer.Exit(EXIT_BUG) from None
+
+
+def _report_bug(error: BaseException, run_dir: Path | None) -> None:
+    """Save the traceback of an unexpected error (in the run directory, else the temp dir) and say how to report
+    it, in a few lines on stderr."""
+    import datetime as dt
+    import platform
+    import shlex
+    import tempfile
+    import traceback
+    from importlib import metadata
+
+    from edgepress import files
+    from edgepress.errors import first_line
+
+    try:
+        version = metadata.version("edgepress")
+    except metadata.PackageNotFoundError:
+        version = "(not installed)"
+    text = (f"edgepress {version}, Python {platform.python_version()}, {platform.platform()}\n"
+            f"command: {shlex.join(sys.argv)}\n\n" + "".join(traceback.format_exception(error)))
+    name = f"edgepress-error-{dt.datetime.now():%Y%m%d-%H%M%S-%f}.txt"
+    saved = None
+    for folder in [run_dir, Path(tempfile.gettempdir())]:
+        if folder is None:
+            continue
+        try:
+            saved = files.write_text(folder / name, text)
+            break
+        except OSError:
+            continue
+    where = f"The full traceback is in {saved}" if saved else "The traceback could not be saved (no writable folder)"
+    errors.print(
+        f"[bold red]internal error:[/] {escape(type(error).__name__)}: {escape(first_line(error))}.\n"
+        f"This is a bug in edgepress, not in your input. {escape(where)}.\n"
+        "Please report it: open an issue in edgepress's repository with that file attached and the command you ran.",
+        highlight=False, soft_wrap=True,  # soft_wrap: the file's path stays whole, to copy
+    )
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except Exception as e:  # a command without _guard, or the CLI itself: still no traceback
+        _report_bug(e, None)
+        sys.exit(EXIT_BUG)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel
 
+from edgepress import files
 from edgepress.errors import EdgepressError
 from edgepress.formats import FORMATS, TITLES, artifact_filename, is_calibrated, precision_names
 from edgepress.recipe import ExportSpec, Recipe
@@ -145,6 +146,7 @@ def _checked_run_dir(recipe: Recipe, run_dir) -> Path:
     if not os.access(existing, os.W_OK | os.X_OK) or str(existing.resolve()).startswith(("/proc", "/sys")):
         raise EdgepressError(f"The run directory {path} cannot be written ({existing} is not writable). "
                              "Give -o a folder you can write to.")
+    files.check_run_dir(path)  # a folder of other files, not an earlier run
     return path
 
 
