@@ -49,7 +49,6 @@ def run(recipe: Recipe, run_dir: str | Path | None = None, progress: Progress | 
     anything is written. Gates are recorded, not raised: call `report.check()` for that.
     """
     from edgepress.compress import STEPS, sparsity
-    from edgepress.compress.qat import is_quantize_aware
     from edgepress.deploy.transports import DeviceError
     from edgepress.models import training
     from edgepress.models.datasets import load_dataset
@@ -100,7 +99,10 @@ def run(recipe: Recipe, run_dir: str | Path | None = None, progress: Progress | 
     reference = np.argmax(source_outputs, axis=-1)
     stages = [_stage("source", model, source_metrics, sparsity)]
     progress.done(f"source {source_name}: {_scored(source_metrics)} on {len(data.x_test)} test samples")
-    _save_model(model, run_dir / "models" / "0-source.keras")
+    from edgepress.models.keras3 import source_keras
+
+    written_in = source_keras(recipe.model.path)  # the run's models go out in the Keras the source came in
+    stages[0]["file"] = _save_model(model, run_dir / "models" / "0-source.keras", written_in)
 
     chain: list[str] = []
     for i, step in enumerate(recipe.steps, start=1):
@@ -125,7 +127,7 @@ def run(recipe: Recipe, run_dir: str | Path | None = None, progress: Progress | 
         stages.append({**_stage(step.type, model, scores, sparsity), **details})
         progress.done(f"step {i} {step.type}: {_scored(scores)}, {stages[-1]['params']:,} parameters, "
                       f"{stages[-1]['macs']:,} MACs" + "".join(f"; {note}" for note in stage_notes(stages[-1])))
-        _save_model(model, run_dir / "models" / f"{i}-{step.type}.keras", quantize_aware=is_quantize_aware(model))
+        stages[-1]["file"] = _save_model(model, run_dir / "models" / f"{i}-{step.type}.keras", written_in)
 
     devices = recipe.devices()
     failures: dict[str, str] = {}  # device name -> why it could not be measured
@@ -257,22 +259,11 @@ def _stage(name: str, model, scores: dict, sparsity) -> dict:
     return stage
 
 
-def _save_model(model, path: Path, quantize_aware: bool = False) -> None:
-    import contextlib
+def _save_model(model, path: Path, keras: str = "tf_keras") -> dict:
+    """Write a run's model in the Keras its source came in (a graph as given); returns its manifest."""
+    from edgepress.models.keras3 import save_model
 
-    from edgepress.models.graphs import Graph
-
-    if isinstance(model, Graph):  # kept as given: an .onnx file, or a SavedModel directory
-        model.save_copy(path.with_suffix(".onnx" if model.kind == "onnx" else ""))
-        return
-
-    scope = contextlib.nullcontext()
-    if quantize_aware:
-        import tensorflow_model_optimization as tfmot
-
-        scope = tfmot.quantization.keras.quantize_scope()
-    with scope, files.atomic_path(path) as tmp:
-        model.save(tmp)
+    return save_model(model, path, keras)
 
 
 def _export(model, run_dir: Path, name: str, export, calibration, check_x, chain):

@@ -52,6 +52,7 @@ class Graph:
     input_name: str
     input_dtype: np.dtype
     input_shape: tuple[int | None, ...]  # batch first
+    file_suffix: str = ""  # of the copy a run keeps in models/ (a SavedModel is a directory)
 
     # What a compression step would need and this model lacks; the run refuses steps with it.
     why_no_steps: str = "edgepress's compression steps wrap and retrain Keras layers, and this model has none"
@@ -198,6 +199,7 @@ class OnnxGraph(Graph):
     """An .onnx file, run by onnxruntime. External data files must sit in the model's folder."""
 
     kind = "onnx"
+    file_suffix = ".onnx"
     why_no_steps = (
         "it is an ONNX graph: pruning and quantization-aware training wrap Keras layers with tfmot, and "
         "distillation trains a Keras student; compress the model in its own framework before exporting it, "

@@ -13,6 +13,7 @@ must start instantly.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import os
@@ -131,9 +132,50 @@ def _load_with_tf_keras(path: Path):
     try:
         # compile=False: the steps compile the model themselves, and a custom loss or metric in
         # the training setup must not stop the model from loading.
-        return tf_keras.models.load_model(path, compile=False)
+        with tfmot_scope(_read_model_config(path) if path.is_file() else None):
+            return tf_keras.models.load_model(path, compile=False)
     except Exception as error:
         raise _load_error(path, error, "tf_keras (Keras 2)") from error
+
+
+def tfmot_scope(config: Any) -> contextlib.AbstractContextManager:
+    """The allow-list of tfmot's own classes: a scope that deserializes them, when they are all `config` uses.
+
+    A run's QAT model keeps tfmot's quantize wrappers (they carry the int8 ranges its export needs), so
+    `models/N-qat.keras` names QuantizeWrapperV2, QuantizeLayer, QuantizeAwareActivation and tfmot's quantize
+    configs. These are classes of edgepress's own dependency, looked up by name in tfmot's registries
+    (quantize_scope, prune_scope, cluster_scope), never imported from the module a file names; any other
+    custom object leaves the scope empty and the load refuses it as before.
+    """
+    custom = _custom_classes(config) if config is not None else []
+    if not custom:
+        return contextlib.nullcontext()
+    import tensorflow_model_optimization as tfmot
+
+    scopes = [tfmot.quantization.keras.quantize_scope(), tfmot.sparsity.keras.prune_scope(),
+              tfmot.clustering.keras.cluster_scope()]
+    known = {name for scope in scopes for objects in scope.custom_objects for name in objects}  # a tuple of dicts
+    if not set(custom) <= known or not _modules_are_tfmot(config):
+        return contextlib.nullcontext()
+    stack = contextlib.ExitStack()
+    for scope in scopes:
+        stack.enter_context(scope)
+    return stack
+
+
+def _modules_are_tfmot(config: Any) -> bool:
+    """Every non-Keras module a config names is tfmot's."""
+    if isinstance(config, dict):
+        module = config.get("module")
+        if isinstance(module, str) and not _is_keras_module(module) and module.split(".")[0] != _TFMOT:
+            return False
+        return all(_modules_are_tfmot(value) for value in config.values())
+    if isinstance(config, list):
+        return all(_modules_are_tfmot(value) for value in config)
+    return True
+
+
+_TFMOT = "tensorflow_model_optimization"
 
 
 # --- Reading the file to learn which Keras wrote it ---------------------------------------------
