@@ -273,7 +273,10 @@ def _export(model, run_dir: Path, name: str, export, calibration, check_x, chain
     batch = f"_b{export.batch_size}" if export.batch_size else ""
     sparse = "_sparse" if export.sparse else ""
     options = {"sparse": True} if export.sparse else {}  # a tflite option only (the recipe checks it)
-    path = run_dir / "artifacts" / f"{name}_{export.precision}{batch}{sparse}.{export.format}"
+    if export.layout is not None:
+        options["layout"] = export.layout  # tflite from a PyTorch model (the plan checks it)
+    layout = f"_{export.layout.lower()}" if export.layout else ""
+    path = run_dir / "artifacts" / f"{name}_{export.precision}{batch}{sparse}{layout}.{export.format}"
     return exporter(model, path, export.precision, calibration=calibration, check_data=check_x, steps=chain,
                     batch_size=export.batch_size, **options)
 
@@ -350,6 +353,7 @@ def _measure(artifact, data, recipe: Recipe, reference: np.ndarray, device) -> d
         "steps": artifact.steps,
         "quantization": artifact.quantization,
         "check": artifact.check,
+        "layout": artifact.layout,
         "metrics": {"accuracy": result["accuracy"], "agreement": result.get("agreement"),
                     **{k: result[k] for k in ("cross_entropy", "perplexity") if result.get(k) is not None}},
         "latency": latency,

@@ -84,8 +84,10 @@ def export_onnx(
                 quantization = _quantize_static(fp32, tmp, samples, Path(work), model, float_layers, **static)
         check = compare(model, tmp, check_data) if check_data is not None else {}
     inputs, outputs = signature(path)
+    from edgepress.models.graphs import layout_of
+
     return Artifact.record(path, "onnx", precision, inputs=inputs, outputs=outputs, steps=list(steps),
-                           quantization=quantization, check=check)
+                           quantization=quantization, check=check, layout=layout_of(model))
 
 
 def signature(path: Path) -> tuple[list[TensorInfo], list[TensorInfo]]:
@@ -108,8 +110,13 @@ def _convert(model, out: Path, batch_size: int | None = None) -> None:
     import tf2onnx
 
     from edgepress.compat import tensorflow
-    from edgepress.models.graphs import OnnxGraph, SavedModelGraph, input_dtype
+    from edgepress.models.graphs import OnnxGraph, SavedModelGraph, TorchGraph, input_dtype
 
+    if isinstance(model, TorchGraph):
+        from edgepress.deploy.torch_tflite import torch_to_onnx
+
+        torch_to_onnx(model, out, batch_size)
+        return
     if isinstance(model, OnnxGraph):
         if batch_size is not None:
             raise EdgepressError(

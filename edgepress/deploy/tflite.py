@@ -39,6 +39,7 @@ def export_tflite(
     float_layers: Sequence[str] = (),
     sparse: bool = False,
     batch_size: int | None = None,
+    layout: str | None = None,
 ) -> Artifact:
     """Convert `model` to `path` at `precision`; check it against `model` on `check_data`.
 
@@ -51,13 +52,25 @@ def export_tflite(
     `batch_size` fixes the input's batch dimension (default: dynamic). Recurrent layers need it: the
     converter turns a Keras LSTM into its fused UNIDIRECTIONAL_SEQUENCE_LSTM op, and a GRU into a
     WHILE loop, only when the batch and sequence length are static.
-    `model` is a Keras model or a plain SavedModel (`edgepress.models.graphs.SavedModelGraph`).
+    `model` is a Keras model or a plain SavedModel (`edgepress.models.graphs.SavedModelGraph`), or a PyTorch
+    program (`TorchGraph`), converted by litert-torch (`edgepress.deploy.torch_tflite`, where `layout="NHWC"`
+    gives its image input channels last).
     `path` defaults to <model name>_<precision>.<format> in the working directory (`_b<batch_size>`
     before the extension when the batch is fixed).
     Writes the file and its manifest atomically and returns the Artifact.
     """
     from edgepress.compat import tensorflow
+    from edgepress.models.graphs import TorchGraph
 
+    if isinstance(model, TorchGraph):  # litert-torch, PyTorch's own route to TFLite
+        from edgepress.deploy.torch_tflite import export_torch_tflite
+
+        if float_layers or sparse:
+            raise EdgepressError("float_layers and sparse are options of Keras TFLite exports, not of PyTorch ones.")
+        return export_torch_tflite(model, path, precision, calibration, check_data, steps, batch_size, layout)
+    if layout not in (None, "NHWC"):
+        raise EdgepressError(f"layout {layout}: a TFLite file from a Keras or TensorFlow model takes NHWC images; "
+                             "layout applies to PyTorch models.")
     tf = tensorflow()
     if precision not in TFLITE_PRECISIONS:
         raise EdgepressError(f"Unknown TFLite precision '{precision}'. Use one of: {', '.join(TFLITE_PRECISIONS)}.")
@@ -103,9 +116,11 @@ def export_tflite(
     with files.atomic_path(path) as tmp:
         tmp.write_bytes(data)
         check = compare(model, tmp, check_data) if check_data is not None else {}
+    from edgepress.models.graphs import layout_of
+
     inputs, outputs = signature(path)
     return Artifact.record(path, "tflite", precision, inputs=inputs, outputs=outputs, steps=list(steps),
-                           quantization=quantization, check=check)
+                           quantization=quantization, check=check, layout=layout_of(model))
 
 
 def signature(path: Path) -> tuple[list[TensorInfo], list[TensorInfo]]:

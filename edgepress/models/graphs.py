@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from edgepress import files
+from edgepress.compat import quiet
 from edgepress.errors import EdgepressError, first_line
 
 # Why an .onnx model has no TFLite export, for the run's notes. It is checked, not assumed: onnx2tf
@@ -35,8 +36,8 @@ from edgepress.errors import EdgepressError, first_line
 TFLITE_FROM_ONNX = (
     "TFLite export from an .onnx model is not available: no maintained ONNX-to-TFLite converter installs "
     "beside edgepress's TensorFlow (onnx2tf 2.x needs Python 3.12+, onnx2tf 1.29 pins TensorFlow 2.19 and "
-    "numpy 1.x). The ONNX exports are made and measured; for a .tflite file, convert the original model "
-    "with its own framework's TFLite exporter."
+    "numpy 1.x). The ONNX exports are made and measured; for a .tflite file from a PyTorch model, pass its "
+    "torch.export program (.pt2, `torch.export.save`) instead: litert-torch converts it to TFLite."
 )
 
 
@@ -258,11 +259,117 @@ class OnnxGraph(Graph):
         return self._session.run(None, {self.input_name: x})[0]
 
 
+class TorchGraph(Graph):
+    """A PyTorch model as a `torch.export` program (a `.pt2` file written by `torch.export.save`).
+
+    Its TFLite exports go through litert-torch (`edgepress.deploy.torch_tflite`), its ONNX exports through
+    `torch.onnx.export`; both are checked against this program's own outputs. Its input is NCHW for images,
+    PyTorch's layout (`layout`). Loading reads the program's graph and weights; it runs no Python code from
+    the file (torch.export archives hold a serialized graph, not pickled objects).
+    """
+
+    kind = "torch"
+    file_suffix = ".pt2"
+    why_no_steps = (
+        "it is a PyTorch program: pruning and quantization-aware training wrap Keras layers with tfmot, and "
+        "distillation trains a Keras student; compress the model in PyTorch before exporting it, or use the "
+        "post-training quantization of its exports (tflite dynamic / int8, onnx int8_dynamic / int8_static)"
+    )
+
+    def __init__(self, path: str | Path, keep: object | None = None) -> None:
+        import torch
+
+        self.path = Path(path)
+        self.name = self.path.stem
+        self._keep = keep
+        try:
+            with quiet():
+                self.program = torch.export.load(str(self.path))
+        except Exception as e:  # a zip error, torch's own deserialization errors
+            raise EdgepressError(
+                f"Cannot load {self.path} as a PyTorch exported program: {first_line(e)}. A .pt2 model is what "
+                "`torch.export.save(torch.export.export(model.eval(), (sample_input,)), 'model.pt2')` writes; "
+                "export the model again that way (or pass an nn.Module and a sample input from Python)."
+            ) from None
+        inputs = [n for n in self.program.graph.nodes
+                  if n.op == "placeholder" and n.name in self.program.graph_signature.user_inputs]
+        if len(inputs) != 1 or not isinstance(getattr(inputs[0].meta.get("val"), "shape", None), torch.Size):
+            raise EdgepressError(
+                f"{self.path} takes {len(inputs)} inputs ({', '.join(n.name for n in inputs)}); edgepress handles "
+                "PyTorch programs with one input tensor."
+            )
+        value = inputs[0].meta["val"]
+        self.input_name = inputs[0].name
+        self.input_dtype = np.dtype(str(value.dtype).removeprefix("torch."))
+        # A symbolic size (torch.export.Dim, e.g. a dynamic batch) is unknown here.
+        self.input_shape = tuple(d if isinstance(d, int) else None for d in value.shape)
+        self.module = self.program.module()
+        for parameter in self.module.parameters():
+            parameter.requires_grad_(False)  # inference only; torch.onnx's tracer refuses grad-carrying constants
+
+    @classmethod
+    def from_module(cls, module, sample_input) -> TorchGraph:
+        """An `nn.Module` and one sample input batch, exported with `torch.export` (dynamic batch) and opened."""
+        keep = tempfile.TemporaryDirectory(prefix="edgepress-torch-")
+        path = Path(keep.name) / f"{type(module).__name__.lower()}.pt2"
+        save_torch_program(module, sample_input, path)
+        return cls(path, keep=keep)
+
+    @property
+    def layout(self) -> str | None:
+        """NCHW for an image input (N, C, H, W), PyTorch's layout; None for any other input."""
+        return "NCHW" if len(self.input_shape) == 4 else None
+
+    def count_params(self) -> int:
+        return int(sum(p.numel() for p in self.program.parameters()))
+
+    def save_copy(self, path: Path) -> Path:
+        import torch
+
+        with files.atomic_path(path) as tmp:
+            torch.export.save(self.program, str(tmp))
+        return path
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            return self.module(torch.from_numpy(np.ascontiguousarray(x))).numpy()
+
+
+def save_torch_program(module, sample_input, path: str | Path) -> Path:
+    """`torch.export` `module` (in eval mode) on `sample_input` with a dynamic batch, and save it as .pt2."""
+    import torch
+
+    sample = torch.as_tensor(np.asarray(sample_input)) if not isinstance(sample_input, torch.Tensor) else sample_input
+    module.eval()
+    try:
+        with quiet():
+            batch = torch.export.Dim("batch", min=1)
+            program = torch.export.export(module, (sample,), dynamic_shapes=({0: batch},))
+    except Exception:
+        try:  # a module whose batch cannot be symbolic (it reshapes by a fixed batch): export it as it is
+            with quiet():
+                program = torch.export.export(module, (sample,))
+        except Exception as e:
+            raise EdgepressError(
+                f"torch.export could not export {type(module).__name__} on an input of shape {tuple(sample.shape)}: "
+                f"{first_line(e)}. edgepress takes PyTorch models that torch.export can capture."
+            ) from None
+    with files.atomic_path(path) as tmp:
+        torch.export.save(program, str(tmp))
+    return Path(path)
+
+
 def open_graph(path: str | Path) -> Graph | None:
     """The .onnx file or plain SavedModel at `path` as a Graph; None for anything else (a Keras model file)."""
     from edgepress.models.loading import is_plain_saved_model
 
     path = Path(path)
+    if path.suffix.lower() == ".pt2":
+        if not path.is_file():
+            raise EdgepressError(f"Model not found: {path} does not exist. Pass the path of a .pt2 file.")
+        return TorchGraph(path)
     if path.suffix.lower() == ".onnx":
         if not path.is_file():
             raise EdgepressError(f"Model not found: {path} does not exist. Pass the path of an .onnx file.")
@@ -276,10 +383,25 @@ def from_trained(model, save: Callable[[object, Path], None], kind: str) -> Grap
     """A trained model of another framework (a zoo tf.Module or PyTorch module), saved by `save` and opened."""
     if kind == "saved_model":
         return SavedModelGraph.from_module(model, save)
+    if kind == "torch":
+        keep = tempfile.TemporaryDirectory(prefix="edgepress-torch-")
+        path = Path(keep.name) / "model.pt2"
+        save(model, path)
+        return TorchGraph(path, keep=keep)
     keep = tempfile.TemporaryDirectory(prefix="edgepress-onnx-")
     path = Path(keep.name) / "model.onnx"
     save(model, path)
     return OnnxGraph(path, keep=keep)
+
+
+def layout_of(model) -> str | None:
+    """The image layout `model` takes: NHWC for a Keras or TF model on (N, H, W, C) images, a PyTorch program's
+    NCHW, None for a non-image input or an .onnx file (whose layout the file does not say)."""
+    if isinstance(model, TorchGraph):
+        return model.layout
+    if isinstance(model, OnnxGraph) or len(model.input_shape) != 4:
+        return None
+    return "NHWC"
 
 
 def input_dtype(model) -> np.dtype:

@@ -29,8 +29,14 @@ def applicable(model, recipe: Recipe) -> tuple[Recipe, list[str]]:
     """
     from edgepress.deploy.tflite import CALIBRATED, check_calibratable
     from edgepress.errors import EdgepressError
-    from edgepress.models.graphs import TFLITE_FROM_ONNX, Graph
+    from edgepress.models.graphs import TFLITE_FROM_ONNX, Graph, TorchGraph
 
+    if not isinstance(model, TorchGraph) and any(e.layout is not None for e in recipe.exports):
+        raise EdgepressError(
+            f"layout on an export of {getattr(model, 'path', model.name)}: layout chooses the image layout of TFLite "
+            "files from a PyTorch model (NCHW or NHWC); this model is not one, and its files keep its own layout. "
+            "Remove layout from its exports."
+        )
     if not isinstance(model, Graph):
         if not any(step.type == "distill" for step in recipe.steps):  # a student has layers of its own
             for e in recipe.exports:
@@ -48,6 +54,10 @@ def applicable(model, recipe: Recipe) -> tuple[Recipe, list[str]]:
         )
     notes = []
     exports = recipe.exports
+    if isinstance(model, TorchGraph):  # TFLite through litert-torch, ONNX through torch.onnx
+        from edgepress.deploy.torch_tflite import check_torch_exports
+
+        check_torch_exports(model, exports)
     fixed = [f"onnx {e.precision}" for e in exports if model.kind == "onnx" and e.format == "onnx" and e.batch_size]
     if fixed:
         raise EdgepressError(
