@@ -133,14 +133,18 @@ def torch_to_onnx(model, out: Path, batch_size: int | None = None) -> None:
     import torch
 
     class _Call(torch.nn.Module):
-        """The program's module, called but not registered: its GraphModule refuses the train() the exporter calls."""
+        """The program's module, its weights registered (so they become ONNX initializers, which onnxruntime's
+        quantizers need), without passing on the train() calls of the exporter, which that module refuses."""
 
         def __init__(self, program_module):
             super().__init__()
-            object.__setattr__(self, "_module", program_module)
+            self.program = program_module
+
+        def train(self, mode: bool = True):
+            return self
 
         def forward(self, x):
-            return self._module(x)
+            return self.program(x)
 
     sample = torch.zeros((batch_size or 1, *model.input_shape[1:]), dtype=getattr(torch, model.input_dtype.name))
     axes = None if batch_size else {"input": {0: "batch"}, "output": {0: "batch"}}
