@@ -264,8 +264,8 @@ class TorchGraph(Graph):
 
     Its TFLite exports go through litert-torch (`edgepress.deploy.torch_tflite`), its ONNX exports through
     `torch.onnx.export`; both are checked against this program's own outputs. Its input is NCHW for images,
-    PyTorch's layout (`layout`). Loading reads the program's graph and weights; it runs no Python code from
-    the file (torch.export archives hold a serialized graph, not pickled objects).
+    PyTorch's layout (`layout`). Loading reads the program's graph (JSON) and raw weight tensors only: a file
+    with anything `torch.export.load` would unpickle is refused first (`check_pt2_is_data`).
     """
 
     kind = "torch"
@@ -282,6 +282,7 @@ class TorchGraph(Graph):
         self.path = Path(path)
         self.name = self.path.stem
         self._keep = keep
+        check_pt2_is_data(self.path)
         try:
             with quiet():
                 self.program = torch.export.load(str(self.path))
@@ -335,6 +336,63 @@ class TorchGraph(Graph):
 
         with torch.no_grad():
             return self.module(torch.from_numpy(np.ascontiguousarray(x))).numpy()
+
+
+def check_pt2_is_data(path: Path) -> None:
+    """Refuse a .pt2 file unless `torch.export.load` can read it without unpickling anything from it.
+
+    torch.export.load unpickles (`torch.load(weights_only=False)`, `pickle.loads`) weights and constants marked
+    `use_pickle` (tensor subclasses), custom and opaque objects, legacy `.pt` weight files and AOTInductor
+    packages, and falls back to a full unpickle when the sample inputs do not load as plain tensors: any of these
+    could run code from the file. What torch.export.save writes for a plain module has none of them.
+    """
+    import io
+    import json
+    import zipfile
+
+    import torch
+    from torch.export.pt2_archive import constants as names
+
+    def refuse(what: str) -> EdgepressError:
+        return EdgepressError(
+            f"{path} is refused: {what}, which torch.export.load would unpickle, running code from the file. "
+            "edgepress reads .pt2 files that hold a graph and plain tensors only; export the model again with "
+            "`torch.export.save(torch.export.export(model.eval(), (sample_input,)), path)` from plain tensors "
+            "(or pass the nn.Module and a sample input from Python)."
+        )
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.namelist()
+            if not any(n.split("/", 1)[-1] == names.ARCHIVE_FORMAT_PATH for n in entries):
+                raise EdgepressError(
+                    f"Cannot load {path} as a PyTorch exported program: it is a zip file without the archive_format "
+                    "entry torch.export.save writes (an older torch.export file, or a torch.save checkpoint). Export "
+                    "the model again with `torch.export.save(torch.export.export(model.eval(), (sample_input,)), "
+                    "'model.pt2')`."
+                )
+            for name in entries:
+                inner = name.split("/", 1)[-1]
+                if inner.startswith(names.AOTINDUCTOR_DIR):
+                    raise refuse("it holds an AOTInductor package")
+                if inner.startswith((names.WEIGHTS_DIR, names.CONSTANTS_DIR)) and inner.endswith(".pt"):
+                    raise refuse(f"its entry {inner} is a pickled (legacy) weights file")
+                if inner.endswith(("_weights_config.json", "_constants_config.json")):
+                    for key, meta in json.loads(archive.read(name)).get("config", {}).items():
+                        pickled = meta.get("use_pickle") or str(meta.get("path_name", "")).startswith(
+                            (names.CUSTOM_OBJ_FILENAME_PREFIX, names.OPAQUE_OBJ_FILENAME_PREFIX))
+                        if pickled:
+                            raise refuse(f"its weight or constant {key!r} is a pickled object")
+                if inner.startswith(names.SAMPLE_INPUTS_DIR):
+                    try:
+                        torch.load(io.BytesIO(archive.read(name)), weights_only=True)
+                    except Exception:
+                        raise refuse(f"its sample inputs ({inner}) are not plain tensors") from None
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise EdgepressError(
+            f"Cannot load {path} as a PyTorch exported program: {first_line(e)}. A .pt2 model is what "
+            "`torch.export.save(torch.export.export(model.eval(), (sample_input,)), 'model.pt2')` writes."
+        ) from None
 
 
 def save_torch_program(module, sample_input, path: str | Path) -> Path:

@@ -123,3 +123,41 @@ def test_a_pt2_that_is_not_an_exported_program_exits_2(tmp_path):
     text = " ".join(result.output.split())
     assert "Cannot load" in text and "as a PyTorch exported program" in text and "torch.export.save" in text
     assert "Traceback" not in result.output and not (tmp_path / "run").exists()
+
+
+def _rewritten(source, target, change):
+    """A copy of the .pt2 archive `source` at `target`, each entry's bytes passed through change(name, data)."""
+    with zipfile.ZipFile(source) as old, zipfile.ZipFile(target, "w") as new:
+        for name in old.namelist():
+            new.writestr(name, change(name, old.read(name)))
+    return target
+
+
+def test_a_pt2_that_would_unpickle_code_is_refused_before_torch_reads_it(program, tmp_path):
+    """torch.export.load unpickles weights marked use_pickle and falls back to a full unpickle of sample inputs
+    that are not plain tensors: edgepress refuses both, naming what, without calling it."""
+    import fractions
+    import io
+
+    import torch
+
+    def pickled_weight(name, data):
+        if not name.endswith("_weights_config.json"):
+            return data
+        config = json.loads(data)
+        first = next(iter(config["config"]))
+        config["config"][first]["use_pickle"] = True
+        return json.dumps(config).encode()
+
+    def odd_sample_inputs(name, data):
+        if "/data/sample_inputs/" not in name:
+            return data
+        buffer = io.BytesIO()
+        torch.save({"x": fractions.Fraction(1, 3)}, buffer)  # an object weights_only loading refuses
+        return buffer.getvalue()
+
+    for change, fragment in ((pickled_weight, "is a pickled object"), (odd_sample_inputs, "are not plain tensors")):
+        path = _rewritten(program.path, tmp_path / f"{change.__name__}.pt2", change)
+        with pytest.raises(EdgepressError) as e:
+            TorchGraph(path)
+        assert fragment in str(e.value) and "would unpickle" in str(e.value)
