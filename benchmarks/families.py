@@ -30,7 +30,7 @@ FAMILIES = {  # recipe -> what the table calls it
     "mnist_lstm": "LSTM, MNIST row by row",
     "python_char_gru": "GRU character LM, Python stdlib",
     "mnist_raw_module": "raw tf.Module (SavedModel)",
-    "mnist_torch_cnn": "PyTorch CNN 3x32x32 (ONNX)",
+    "mnist_torch_cnn": "PyTorch CNN 3x32x32 (torch.export: litert-torch, torch.onnx)",
 }
 README_MARKERS = ("<!-- families -->", "<!-- /families -->")
 

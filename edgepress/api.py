@@ -80,12 +80,14 @@ def _train_source(plan: Plan, progress: Progress):
 def _run_steps(plan: Plan, source, progress: Progress) -> tuple[list[dict], object]:
     """Run each step in order; return the model rows (the source, then each step's result) and the last model."""
     from edgepress.compress.step import StepContext
+    from edgepress.models.keras3 import save_model, source_keras
 
     data = plan.data
     source_scores = _scores(training.predict(source, data.x_test), data.y_test)
     stages = [_stage("source", source, source_scores)]
     progress.done(f"source {plan.source_name}: {_scored(source_scores)} on {len(data.x_test)} test samples")
-    _save_model(source, plan.run_dir / "models" / "0-source.keras")
+    written_in = source_keras(plan.recipe.model.path)  # the run's models go out in the Keras the source came in
+    stages[0]["file"] = save_model(source, plan.run_dir / "models" / "0-source.keras", written_in)
     model = source
     for planned in plan.steps:
         data = planned.data
@@ -100,7 +102,8 @@ def _run_steps(plan: Plan, source, progress: Progress) -> tuple[list[dict], obje
         stages.append({**_stage(planned.type, model, scores), **details})
         progress.done(f"{planned.label}: {_scored(scores)}, {stages[-1]['params']:,} parameters, "
                       f"{stages[-1]['macs']:,} MACs" + "".join(f"; {note}" for note in stage_notes(stages[-1])))
-        _save_model(model, plan.run_dir / "models" / f"{planned.index}-{planned.type}.keras")
+        stages[-1]["file"] = save_model(model, plan.run_dir / "models" / f"{planned.index}-{planned.type}.keras",
+                                        written_in)
     return stages, model
 
 
@@ -245,21 +248,6 @@ def _stage(name: str, model, scores: dict) -> dict:
     return stage
 
 
-def _save_model(model, path: Path) -> None:
-    """Keep `model` in the run's models/ folder: a Keras file (inside the custom-object scope its layers
-    need), or a graph in its own format."""
-    from edgepress.compress.qat import is_quantize_aware
-    from edgepress.models.source import KerasSource, as_source
-
-    source = as_source(model)
-    if isinstance(source, KerasSource) and is_quantize_aware(model):
-        import tensorflow_model_optimization as tfmot
-
-        source.save(path, scope=tfmot.quantization.keras.quantize_scope())
-    else:
-        source.save(path)
-
-
 def _measure(artifact, data, recipe: Recipe, reference: np.ndarray, device) -> dict:
     from edgepress.deploy import measure
 
@@ -278,6 +266,7 @@ def _measure(artifact, data, recipe: Recipe, reference: np.ndarray, device) -> d
         "steps": artifact.steps,
         "quantization": artifact.quantization,
         "check": artifact.check,
+        "layout": artifact.layout,
         "metrics": {"accuracy": result["accuracy"], "agreement": result.get("agreement"),
                     **{k: result[k] for k in ("cross_entropy", "perplexity") if result.get(k) is not None}},
         "latency": latency,

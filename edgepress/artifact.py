@@ -47,6 +47,8 @@ class Artifact:
     steps: list[str] = field(default_factory=list)  # the compression steps that made the source model
     quantization: dict[str, Any] = field(default_factory=dict)  # exporter options that shaped the file
     check: dict[str, Any] = field(default_factory=dict)  # agreement with the model the file was exported from
+    # The image layout the file's input takes: "NHWC" (Keras, TFLite), "NCHW" (PyTorch), None (not an image).
+    layout: str | None = None
 
     @property
     def name(self) -> str:

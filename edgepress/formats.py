@@ -56,8 +56,9 @@ def is_calibrated(format: str, precision: str) -> bool:
 
 
 def artifact_filename(stem: str, format: str, precision: str, batch_size: int | None = None, sparse: bool = False,
-                      trial: int | None = None) -> str:
-    """The file name of an artifact: <stem>_<precision>[_b<batch>][_sparse][_try<i>].<format>."""
+                      trial: int | None = None, layout: str | None = None) -> str:
+    """The file name of an artifact: <stem>_<precision>[_b<batch>][_sparse][_<layout>][_try<i>].<format>."""
     batch = f"_b{batch_size}" if batch_size else ""
     tried = f"_try{trial}" if trial else ""
-    return f"{stem}_{precision}{batch}{'_sparse' if sparse else ''}{tried}.{format}"
+    chosen = f"_{layout.lower()}" if layout else ""
+    return f"{stem}_{precision}{batch}{'_sparse' if sparse else ''}{chosen}{tried}.{format}"

@@ -62,6 +62,8 @@ class PlannedExport:
         options: dict = {"batch_size": self.spec.batch_size}
         if self.spec.sparse:  # a tflite option only (the recipe checks it)
             options["sparse"] = True
+        if self.spec.layout is not None:  # tflite from a PyTorch model (the plan checks it)
+            options["layout"] = self.spec.layout
         return options
 
 
@@ -116,7 +118,7 @@ def make_plan(recipe: Recipe, run_dir: str | os.PathLike | None = None, progress
     calibration = _calibration(recipe, export_data)
     exports = tuple(
         PlannedExport(e, run_dir / "artifacts" / artifact_filename(
-            recipe.name, e.format, e.precision, e.batch_size, e.sparse))
+            recipe.name, e.format, e.precision, e.batch_size, e.sparse, layout=e.layout))
         for e in recipe.exports
     )
     _check_names(exports)
@@ -284,6 +286,16 @@ def _applicable(model, recipe: Recipe) -> tuple[Recipe, list[str]]:
     source = as_source(model)
     if not source.trainable:
         _refuse_steps(recipe, str(model.path), source.why_no_steps)
+    if source.tflite_route != "litert-torch" and any(e.layout is not None for e in recipe.exports):
+        raise EdgepressError(
+            f"layout on an export of {getattr(model, 'path', source.name)}: layout chooses the image layout of TFLite "
+            "files from a PyTorch model (NCHW or NHWC); this model is not one, and its files keep its own layout. "
+            "Remove layout from its exports."
+        )
+    if source.tflite_route == "litert-torch":  # TFLite through litert-torch, ONNX through torch.onnx
+        from edgepress.deploy.torch_tflite import check_torch_exports
+
+        check_torch_exports(model, recipe.exports)
     fixed = [f"{e.format} {e.precision}" for e in recipe.exports
              if e.batch_size and not source.takes_batch_size(e.format)]
     if fixed:

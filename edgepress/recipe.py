@@ -105,6 +105,10 @@ class ExportSpec(Section):
         None, description="Accuracy-aware int8: keep the most sensitive layers in float until the accuracy drop "
         "from the exported (float) model is within max_accuracy_drop. Sets precision to tflite int8 / onnx int8_static."
     )
+    layout: Literal["NCHW", "NHWC"] | None = Field(
+        None, description="tflite from a PyTorch model: the artifact's image input layout. Default: the model's own "
+        "(NCHW); NHWC wraps it with litert-torch's to_channel_last_io, the layout TFLite users expect."
+    )
     sparse: bool = Field(
         False, description="tflite fp32 / fp16: store mostly-zero weights (after prune, e.g. sparsity_m_by_n [2, 4]) "
         "as sparse tensors for XNNPACK's sparse inference; the report compares it with the same export dense."

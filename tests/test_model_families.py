@@ -233,44 +233,63 @@ def test_steps_on_a_saved_model_are_refused_naming_each(raw_module, tmp_path):
             "qat (tfmot quantization-aware training", "plain TensorFlow SavedModel", "Remove them")
 
 
-# -- 5. A PyTorch CNN through ONNX ---------------------------------------------------------------
+# -- 5. A PyTorch CNN: TFLite through litert-torch, ONNX through torch.onnx ------------------------
 
 
 @pytest.fixture(scope="module")
 def torch_cnn(tmp_path_factory):
     pytest.importorskip("torch")
+    pytest.importorskip("litert_torch")
     recipe = ci_sized("mnist_torch_cnn", model={"train_epochs": 2}, data=SMALL_MNIST, measure=FEW_RUNS)
     return edgepress.run(recipe, tmp_path_factory.mktemp("torch_cnn"))
 
 
 def test_pytorch_cnn_is_quantized_by_onnxruntime(torch_cnn):
-    assert torch_cnn.results["source"]["kind"] == "onnx"
-    assert (torch_cnn.run_dir / "models" / "0-source.onnx").is_file()
+    assert torch_cnn.results["source"]["kind"] == "torch"
+    assert (torch_cnn.run_dir / "models" / "0-source.pt2").is_file()
+    assert torch_cnn.results["models"][0]["file"]["format"] == "torch"
     source = torch_cnn.results["source"]["metrics"]["accuracy"]
     assert source > 0.6
     found = artifacts_by(torch_cnn)
-    assert set(found) == {"onnx fp32", "onnx fp16", "onnx int8_dynamic", "onnx int8_static"}
+    assert set(found) == {"onnx fp32", "onnx fp16", "onnx int8_dynamic", "onnx int8_static", "tflite fp32",
+                          "tflite int8"}
     assert found["onnx fp32"]["check"]["top1_agreement"] == 1.0
     assert found["onnx fp32"]["metrics"]["accuracy"] == source
     static = found["onnx int8_static"]
     assert static["quantization"]["calibration_samples"] == 50 and static["quantization"]["format"] == "QDQ"
     assert static["bytes"] < 0.35 * found["onnx fp32"]["bytes"]
     assert abs(static["metrics"]["accuracy"] - source) <= 0.03
+    assert torch_cnn.results["notes"] == []
 
 
-def test_pytorch_report_says_tflite_is_not_available(torch_cnn):
-    (note,) = torch_cnn.results["notes"]
-    assert note.startswith("Left out tflite fp32: TFLite export from an .onnx model is not available")
-    assert "Left out tflite fp32" in (torch_cnn.run_dir / "report.md").read_text()
+def test_pytorch_cnn_tflite_through_litert_torch(torch_cnn):
+    source = torch_cnn.results["source"]["metrics"]["accuracy"]
+    found = artifacts_by(torch_cnn)
+    fp32, int8 = found["tflite fp32"], found["tflite int8"]
+    assert fp32["layout"] == "NCHW" and fp32["check"]["top1_agreement"] == 1.0
+    assert fp32["metrics"]["accuracy"] == source
+    assert int8["layout"] == "NHWC" and int8["name"].endswith("_int8_nhwc.tflite")
+    assert int8["quantization"]["quantizer"] == "litert-torch PT2EQuantizer"
+    assert int8["quantization"]["calibration_samples"] == 50
+    assert abs(int8["metrics"]["accuracy"] - source) <= 0.02
+    assert int8["bytes"] < 0.35 * fp32["bytes"]
+    manifest = json.loads((torch_cnn.run_dir / "artifacts" / (int8["name"] + ".json")).read_text())
+    assert manifest["layout"] == "NHWC" and manifest["inputs"][0]["shape"] == [1, 32, 32, 3]
 
 
 def test_onnx_exports_that_cannot_be_made_are_refused(torch_cnn, tmp_path):
-    onnx_file = str(torch_cnn.run_dir / "models" / "0-source.onnx")
+    onnx_file = str(torch_cnn.run_dir / "artifacts" / "mnist_torch_cnn_fp32.onnx")
     tflite_only = ci_sized("mnist_torch_cnn", model={"path": onnx_file}, exports=[{"format": "tflite"}])
     refused(tmp_path, tflite_only, "asks for TFLite exports only", "TFLite export from an .onnx model is not available")
     fixed_batch = ci_sized("mnist_torch_cnn", model={"path": onnx_file},
                            exports=[{"format": "onnx", "precision": "fp32", "batch_size": 1}])
     refused(tmp_path, fixed_batch, "batch_size on onnx fp32", "keeps its own input shape (?, 3, 32, 32)")
+    program = str(torch_cnn.run_dir / "models" / "0-source.pt2")
+    int16 = ci_sized("mnist_torch_cnn", model={"path": program}, exports=[{"format": "tflite", "precision": "int16x8"}])
+    refused(tmp_path, int16, "TFLite int16x8 from the PyTorch model", "litert-torch's quantizers make")
+    keras_layout = ci_sized("mnist_mlp", model={"train_epochs": 1}, data=SMALL_MNIST,
+                            exports=[{"format": "tflite", "layout": "NHWC"}])
+    refused(tmp_path, keras_layout, "layout chooses the image layout of TFLite files from a PyTorch model")
 
 
 def test_an_onnx_file_exported_from_pytorch_is_model_input(tmp_path):
@@ -435,5 +454,10 @@ def test_full_mnist_raw_module(tmp_path):
 @pytest.mark.slow
 def test_full_mnist_torch_cnn(tmp_path):
     pytest.importorskip("torch")
+    pytest.importorskip("litert_torch")
     results = _run_full(tmp_path, "mnist_torch_cnn")
     assert results["source"]["metrics"]["accuracy"] > 0.95 and results["passed"]
+    source = results["source"]["metrics"]["accuracy"]
+    tflite = {a["precision"]: a for a in results["artifacts"] if a["format"] == "tflite"}
+    assert set(tflite) == {"fp32", "int8"}
+    assert all(abs(a["metrics"]["accuracy"] - source) <= 0.01 for a in tflite.values())

@@ -115,7 +115,9 @@ def _has_zeros(model) -> bool:
 
 def is_quantize_aware(model) -> bool:
     """True for a model that went through `qat` (it holds tfmot quantize wrappers)."""
-    return any(type(layer).__name__.startswith("Quantize") for layer in model.layers)
+    from edgepress.models.source import KerasSource
+
+    return KerasSource(model).quantize_aware
 
 
 def check_quantizable(model, config: QatConfig) -> None:

@@ -12,11 +12,14 @@ from edgepress.errors import EdgepressError
 from edgepress.models import training
 
 
-def compare(model, path: Path, x: np.ndarray) -> dict:
-    """Top-1 agreement and max abs output difference between `model` and the exported file on `x`."""
+def compare(model, path: Path, x: np.ndarray, artifact_x: np.ndarray | None = None) -> dict:
+    """Top-1 agreement and max abs output difference between `model` and the exported file on `x`.
+
+    `artifact_x` is `x` as the file takes it, when its layout differs from the model's (NHWC from NCHW).
+    """
     expected = training.predict(model, x)
     with quiet():
-        got = runner.open_model(str(path)).predict(x)
+        got = runner.open_model(str(path)).predict(x if artifact_x is None else artifact_x)
     return {
         "samples": len(x),
         "top1_agreement": float(np.mean(np.argmax(got, -1) == np.argmax(expected, -1))),

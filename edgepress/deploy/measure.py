@@ -31,7 +31,8 @@ def measure(
     """Latency, load time, peak memory and (with data) accuracy of `artifact` on `device`.
 
     `data` is a Dataset (its test split is used, fitted to the artifact's input) or an (x, y) pair
-    already fitted, or None for latency only. `threads` defaults to the device profile's.
+    already fitted (images in the layout of the model the artifact came from: an NHWC artifact of an NCHW
+    PyTorch model gets them moved channels last), or None for latency only. `threads` defaults to the device profile's.
     `reference` holds the source model's top-1 predictions on the same samples; when given, the
     result has `agreement`, the fraction of samples where the artifact predicts the same.
     Returns the runner's JSON (see edgepress/deploy/runner.py) plus `agreement` and `device`.
@@ -47,6 +48,8 @@ def measure(
     if isinstance(data, Dataset):
         shape = runner.open_model(str(path)).input_shape[1:]
         data = fit_to_input(data.x_test, tuple(shape), data.name), data.y_test
+    elif data is not None and isinstance(artifact, Artifact):
+        data = _in_artifact_layout(data[0], artifact), data[1]
     with tempfile.TemporaryDirectory() as work:
         eval_npz = None
         if data is not None and device.reach.kind != "adb":  # benchmark_model times, it does not score
@@ -57,3 +60,12 @@ def measure(
     if reference is not None and result.get("predictions") is not None:
         result["agreement"] = float(np.mean(np.asarray(result["predictions"]) == reference))
     return result
+
+
+def _in_artifact_layout(x: np.ndarray, artifact: Artifact) -> np.ndarray:
+    """NCHW images moved channels last for an NHWC artifact that takes them so (from a PyTorch model)."""
+    sample = tuple(artifact.inputs[0].shape[1:]) if artifact.inputs else ()
+    if artifact.layout != "NHWC" or x.ndim != 4 or tuple(x.shape[1:]) == sample:
+        return x
+    moved = x.transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(moved) if tuple(moved.shape[1:]) == sample else x

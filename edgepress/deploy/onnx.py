@@ -25,6 +25,7 @@ from edgepress.deploy.check import calibration_inputs, compare
 from edgepress.deploy.layers import layer_names, layer_of, nodes_of, output_layers, typical_magnitude
 from edgepress.errors import EdgepressError, first_line
 from edgepress.formats import artifact_filename, precision_names
+from edgepress.models.source import as_source
 
 ONNX_PRECISIONS = precision_names("onnx")
 OPSET = 17
@@ -85,7 +86,7 @@ def export_onnx(
         check = compare(model, tmp, check_data) if check_data is not None else {}
     inputs, outputs = signature(path)
     return Artifact.record(path, "onnx", precision, inputs=inputs, outputs=outputs, steps=list(steps),
-                           quantization=quantization, check=check)
+                           quantization=quantization, check=check, layout=as_source(model).layout)
 
 
 def signature(path: Path) -> tuple[list[TensorInfo], list[TensorInfo]]:
@@ -104,9 +105,8 @@ def signature(path: Path) -> tuple[list[TensorInfo], list[TensorInfo]]:
 
 
 def _convert(model, out: Path, batch_size: int | None = None) -> None:
-    """The fp32 ONNX file of `model` at `out`: tf2onnx for Keras and SavedModels, a copy for an .onnx model."""
-    from edgepress.models.source import as_source
-
+    """The fp32 ONNX file of `model` at `out`: tf2onnx for Keras and SavedModels, torch.onnx for a PyTorch program,
+    a copy for an .onnx model."""
     try:
         as_source(model).to_onnx(out, batch_size, OPSET)
     except EdgepressError:

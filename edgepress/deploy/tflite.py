@@ -40,6 +40,7 @@ def export_tflite(
     float_layers: Sequence[str] = (),
     sparse: bool = False,
     batch_size: int | None = None,
+    layout: str | None = None,
 ) -> Artifact:
     """Convert `model` to `path` at `precision`; check it against `model` on `check_data`.
 
@@ -52,12 +53,24 @@ def export_tflite(
     `batch_size` fixes the input's batch dimension (default: dynamic). Recurrent layers need it: the
     converter turns a Keras LSTM into its fused UNIDIRECTIONAL_SEQUENCE_LSTM op, and a GRU into a
     WHILE loop, only when the batch and sequence length are static.
-    `model` is a Keras model or a plain SavedModel (`edgepress.models.graphs.SavedModelGraph`).
+    `model` is a Keras model or a plain SavedModel (`edgepress.models.graphs.SavedModelGraph`), or a PyTorch
+    program (`TorchGraph`), converted by litert-torch (`edgepress.deploy.torch_tflite`, where `layout="NHWC"`
+    gives its image input channels last).
     `path` defaults to `edgepress.formats.artifact_filename` of the model's name, in the working directory.
     Writes the file and its manifest atomically and returns the Artifact.
     """
     from edgepress.compat import tensorflow
+    from edgepress.models.source import as_source
 
+    if as_source(model).tflite_route == "litert-torch":  # a PyTorch program: PyTorch's own route to TFLite
+        from edgepress.deploy.torch_tflite import export_torch_tflite
+
+        if float_layers or sparse:
+            raise EdgepressError("float_layers and sparse are options of Keras TFLite exports, not of PyTorch ones.")
+        return export_torch_tflite(model, path, precision, calibration, check_data, steps, batch_size, layout)
+    if layout not in (None, "NHWC"):
+        raise EdgepressError(f"layout {layout}: a TFLite file from a Keras or TensorFlow model takes NHWC images; "
+                             "layout applies to PyTorch models.")
     tf = tensorflow()
     if precision not in TFLITE_PRECISIONS:
         raise EdgepressError(f"Unknown TFLite precision '{precision}'. Use one of: {', '.join(TFLITE_PRECISIONS)}.")
@@ -104,7 +117,7 @@ def export_tflite(
         check = compare(model, tmp, check_data) if check_data is not None else {}
     inputs, outputs = signature(path)
     return Artifact.record(path, "tflite", precision, inputs=inputs, outputs=outputs, steps=list(steps),
-                           quantization=quantization, check=check)
+                           quantization=quantization, check=check, layout=as_source(model).layout)
 
 
 def signature(path: Path) -> tuple[list[TensorInfo], list[TensorInfo]]:

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from edgepress import files
+from edgepress.compat import quiet
 from edgepress.errors import EdgepressError, first_line
 
 # Why an .onnx model has no TFLite export, for the run's notes. It is checked, not assumed: onnx2tf
@@ -35,8 +36,8 @@ from edgepress.errors import EdgepressError, first_line
 TFLITE_FROM_ONNX = (
     "TFLite export from an .onnx model is not available: no maintained ONNX-to-TFLite converter installs "
     "beside edgepress's TensorFlow (onnx2tf 2.x needs Python 3.12+, onnx2tf 1.29 pins TensorFlow 2.19 and "
-    "numpy 1.x). The ONNX exports are made and measured; for a .tflite file, convert the original model "
-    "with its own framework's TFLite exporter."
+    "numpy 1.x). The ONNX exports are made and measured; for a .tflite file from a PyTorch model, pass its "
+    "torch.export program (.pt2, `torch.export.save`) instead: litert-torch converts it to TFLite."
 )
 
 
@@ -57,6 +58,13 @@ class Graph:
     why_no_steps: str = "edgepress's compression steps wrap and retrain Keras layers, and this model has none"
     trainable = False  # the compression steps do not apply
     title = "a model graph"  # how messages name the kind
+    suffix = ""  # of the copy a run keeps in models/ (a SavedModel is a directory)
+    tflite_route = "tensorflow"  # what makes its TFLite exports: the TFLite converter (see tflite_converter)
+
+    @property
+    def layout(self) -> str | None:
+        """The image layout its input takes: NHWC for a TensorFlow model's (N, H, W, C), None for other inputs."""
+        return "NHWC" if len(self.input_shape) == 4 else None
 
     def why_not(self, format: str) -> str | None:
         """Why this model cannot be exported to `format`, or None when it can."""
@@ -73,8 +81,6 @@ class Graph:
     def save(self, path: Path) -> Path:
         """Keep the model where the run keeps its models, in its own format (`path`'s suffix replaced)."""
         return self.save_copy(path.with_suffix(self.suffix))
-
-    suffix = ""
 
     def predict(self, x: np.ndarray, batch_size: int = 256, verbose: int = 0) -> np.ndarray:
         """Float32 outputs for `x` (cast to the model's input dtype), `batch_size` rows at a time."""
@@ -309,6 +315,8 @@ class OnnxGraph(Graph):
     def count_params(self) -> int:
         return int(sum(np.prod(i.dims) for i in self._proto.graph.initializer))
 
+    layout = None  # the file does not say which layout its image input takes
+
     def why_not(self, format: str) -> str | None:
         return TFLITE_FROM_ONNX if format == "tflite" else None
 
@@ -347,8 +355,200 @@ class OnnxGraph(Graph):
         return self._session.run(None, {self.input_name: x})[0]
 
 
+class TorchGraph(Graph):
+    """A PyTorch model as a `torch.export` program (a `.pt2` file written by `torch.export.save`).
+
+    Its TFLite exports go through litert-torch (`edgepress.deploy.torch_tflite`), its ONNX exports through
+    `torch.onnx.export`; both are checked against this program's own outputs. Its input is NCHW for images,
+    PyTorch's layout (`layout`). Loading reads the program's graph (JSON) and raw weight tensors only: a file
+    with anything `torch.export.load` would unpickle is refused first (`check_pt2_is_data`).
+    """
+
+    kind = "torch"
+    title = "a PyTorch program"
+    suffix = ".pt2"
+    tflite_route = "litert-torch"  # its TFLite exports: edgepress.deploy.torch_tflite
+    why_no_steps = (
+        "it is a PyTorch program: pruning and quantization-aware training wrap Keras layers with tfmot, and "
+        "distillation trains a Keras student; compress the model in PyTorch before exporting it, or use the "
+        "post-training quantization of its exports (tflite dynamic / int8, onnx int8_dynamic / int8_static)"
+    )
+
+    def __init__(self, path: str | Path, keep: object | None = None) -> None:
+        import torch
+
+        self.path = Path(path)
+        self.name = self.path.stem
+        self._keep = keep
+        check_pt2_is_data(self.path)
+        try:
+            with quiet():
+                self.program = torch.export.load(str(self.path))
+        except Exception as e:  # a zip error, torch's own deserialization errors
+            raise EdgepressError(
+                f"Cannot load {self.path} as a PyTorch exported program: {first_line(e)}. A .pt2 model is what "
+                "`torch.export.save(torch.export.export(model.eval(), (sample_input,)), 'model.pt2')` writes; "
+                "export the model again that way (or pass an nn.Module and a sample input from Python)."
+            ) from None
+        inputs = [n for n in self.program.graph.nodes
+                  if n.op == "placeholder" and n.name in self.program.graph_signature.user_inputs]
+        if len(inputs) != 1 or not isinstance(getattr(inputs[0].meta.get("val"), "shape", None), torch.Size):
+            raise EdgepressError(
+                f"{self.path} takes {len(inputs)} inputs ({', '.join(n.name for n in inputs)}); edgepress handles "
+                "PyTorch programs with one input tensor."
+            )
+        value = inputs[0].meta["val"]
+        self.input_name = inputs[0].name
+        self.input_dtype = np.dtype(str(value.dtype).removeprefix("torch."))
+        # A symbolic size (torch.export.Dim, e.g. a dynamic batch) is unknown here.
+        self.input_shape = tuple(d if isinstance(d, int) else None for d in value.shape)
+        self.module = self.program.module()
+        for parameter in self.module.parameters():
+            parameter.requires_grad_(False)  # inference only; torch.onnx's tracer refuses grad-carrying constants
+
+    @classmethod
+    def from_module(cls, module, sample_input) -> TorchGraph:
+        """An `nn.Module` and one sample input batch, exported with `torch.export` (dynamic batch) and opened."""
+        keep = tempfile.TemporaryDirectory(prefix="edgepress-torch-")
+        path = Path(keep.name) / f"{type(module).__name__.lower()}.pt2"
+        save_torch_program(module, sample_input, path)
+        return cls(path, keep=keep)
+
+    @property
+    def layout(self) -> str | None:
+        """NCHW for an image input (N, C, H, W), PyTorch's layout; None for any other input."""
+        return "NCHW" if len(self.input_shape) == 4 else None
+
+    def count_params(self) -> int:
+        return int(sum(p.numel() for p in self.program.parameters()))
+
+    def to_onnx(self, out: Path, batch_size: int | None, opset: int) -> None:
+        """The fp32 ONNX file of this program at `out`, with torch.onnx.export (batch dynamic unless fixed)."""
+        import torch
+
+        class _Call(torch.nn.Module):
+            """The program's module, its weights registered (so they become ONNX initializers, which onnxruntime's
+            quantizers need), without passing on the train() calls of the exporter, which that module refuses."""
+
+            def __init__(self, program_module):
+                super().__init__()
+                self.program = program_module
+
+            def train(self, mode: bool = True):
+                return self
+
+            def forward(self, x):
+                return self.program(x)
+
+        sample = torch.zeros((batch_size or 1, *self.input_shape[1:]), dtype=getattr(torch, self.input_dtype.name))
+        axes = None if batch_size else {"input": {0: "batch"}, "output": {0: "batch"}}
+        try:
+            with quiet(), torch.no_grad():
+                torch.onnx.export(_Call(self.module), (sample,), str(out), input_names=["input"],
+                                  output_names=["output"], dynamic_axes=axes, opset_version=opset, dynamo=False)
+        except Exception as e:
+            raise EdgepressError(
+                f"torch.onnx.export could not export {self.path} to ONNX: {first_line(e)}. Check that its ops have "
+                "ONNX exporters (opset 17)."
+            ) from None
+
+    def save_copy(self, path: Path) -> Path:
+        import torch
+
+        with files.atomic_path(path) as tmp:
+            torch.export.save(self.program, str(tmp))
+        return path
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            return self.module(torch.from_numpy(np.ascontiguousarray(x))).numpy()
+
+
+def check_pt2_is_data(path: Path) -> None:
+    """Refuse a .pt2 file unless `torch.export.load` can read it without unpickling anything from it.
+
+    torch.export.load unpickles (`torch.load(weights_only=False)`, `pickle.loads`) weights and constants marked
+    `use_pickle` (tensor subclasses), custom and opaque objects, legacy `.pt` weight files and AOTInductor
+    packages, and falls back to a full unpickle when the sample inputs do not load as plain tensors: any of these
+    could run code from the file. What torch.export.save writes for a plain module has none of them.
+    """
+    import io
+    import json
+    import zipfile
+
+    import torch
+    from torch.export.pt2_archive import constants as names
+
+    def refuse(what: str) -> EdgepressError:
+        return EdgepressError(
+            f"{path} is refused: {what}, which torch.export.load would unpickle, running code from the file. "
+            "edgepress reads .pt2 files that hold a graph and plain tensors only; export the model again with "
+            "`torch.export.save(torch.export.export(model.eval(), (sample_input,)), path)` from plain tensors "
+            "(or pass the nn.Module and a sample input from Python)."
+        )
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.namelist()
+            if not any(n.split("/", 1)[-1] == names.ARCHIVE_FORMAT_PATH for n in entries):
+                raise EdgepressError(
+                    f"Cannot load {path} as a PyTorch exported program: it is a zip file without the archive_format "
+                    "entry torch.export.save writes (an older torch.export file, or a torch.save checkpoint). Export "
+                    "the model again with `torch.export.save(torch.export.export(model.eval(), (sample_input,)), "
+                    "'model.pt2')`."
+                )
+            for name in entries:
+                inner = name.split("/", 1)[-1]
+                if inner.startswith(names.AOTINDUCTOR_DIR):
+                    raise refuse("it holds an AOTInductor package")
+                if inner.startswith((names.WEIGHTS_DIR, names.CONSTANTS_DIR)) and inner.endswith(".pt"):
+                    raise refuse(f"its entry {inner} is a pickled (legacy) weights file")
+                if inner.endswith(("_weights_config.json", "_constants_config.json")):
+                    for key, meta in json.loads(archive.read(name)).get("config", {}).items():
+                        pickled = meta.get("use_pickle") or str(meta.get("path_name", "")).startswith(
+                            (names.CUSTOM_OBJ_FILENAME_PREFIX, names.OPAQUE_OBJ_FILENAME_PREFIX))
+                        if pickled:
+                            raise refuse(f"its weight or constant {key!r} is a pickled object")
+                if inner.startswith(names.SAMPLE_INPUTS_DIR):
+                    try:
+                        torch.load(io.BytesIO(archive.read(name)), weights_only=True)
+                    except Exception:
+                        raise refuse(f"its sample inputs ({inner}) are not plain tensors") from None
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise EdgepressError(
+            f"Cannot load {path} as a PyTorch exported program: {first_line(e)}. A .pt2 model is what "
+            "`torch.export.save(torch.export.export(model.eval(), (sample_input,)), 'model.pt2')` writes."
+        ) from None
+
+
+def save_torch_program(module, sample_input, path: str | Path) -> Path:
+    """`torch.export` `module` (in eval mode) on `sample_input` with a dynamic batch, and save it as .pt2."""
+    import torch
+
+    sample = torch.as_tensor(np.asarray(sample_input)) if not isinstance(sample_input, torch.Tensor) else sample_input
+    module.eval()
+    try:
+        with quiet():
+            batch = torch.export.Dim("batch", min=1)
+            program = torch.export.export(module, (sample,), dynamic_shapes=({0: batch},))
+    except Exception:
+        try:  # a module whose batch cannot be symbolic (it reshapes by a fixed batch): export it as it is
+            with quiet():
+                program = torch.export.export(module, (sample,))
+        except Exception as e:
+            raise EdgepressError(
+                f"torch.export could not export {type(module).__name__} on an input of shape {tuple(sample.shape)}: "
+                f"{first_line(e)}. edgepress takes PyTorch models that torch.export can capture."
+            ) from None
+    with files.atomic_path(path) as tmp:
+        torch.export.save(program, str(tmp))
+    return Path(path)
+
+
 # The graph kinds, by the `kind` each reports.
-GRAPH_KINDS: dict[str, type[Graph]] = {"saved_model": SavedModelGraph, "onnx": OnnxGraph}
+GRAPH_KINDS: dict[str, type[Graph]] = {"saved_model": SavedModelGraph, "onnx": OnnxGraph, "torch": TorchGraph}
 
 
 def open_graph(path: str | Path) -> Graph | None:
@@ -356,6 +556,10 @@ def open_graph(path: str | Path) -> Graph | None:
     from edgepress.models.loading import is_plain_saved_model
 
     path = Path(path)
+    if path.suffix.lower() == ".pt2":
+        if not path.is_file():
+            raise EdgepressError(f"Model not found: {path} does not exist. Pass the path of a .pt2 file.")
+        return TorchGraph(path)
     if path.suffix.lower() == ".onnx":
         if not path.is_file():
             raise EdgepressError(f"Model not found: {path} does not exist. Pass the path of an .onnx file.")
@@ -369,6 +573,11 @@ def from_trained(model, save: Callable[[object, Path], None], kind: str) -> Grap
     """A trained model of another framework (a zoo tf.Module or PyTorch module), saved by `save` and opened."""
     if kind == "saved_model":
         return SavedModelGraph.from_module(model, save)
+    if kind == "torch":
+        keep = tempfile.TemporaryDirectory(prefix="edgepress-torch-")
+        path = Path(keep.name) / "model.pt2"
+        save(model, path)
+        return TorchGraph(path, keep=keep)
     keep = tempfile.TemporaryDirectory(prefix="edgepress-onnx-")
     path = Path(keep.name) / "model.onnx"
     save(model, path)

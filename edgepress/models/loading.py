@@ -19,6 +19,7 @@ must start instantly.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import os
@@ -150,8 +151,9 @@ def _load_with_tf_keras(path: Path, trusted: bool):
         # compile=False: the steps compile the model themselves, and a custom loss or metric in
         # the training setup must not stop the model from loading. Safe mode (tf_keras refuses
         # Python lambdas) is on for untrusted files besides edgepress's own check; load_model's
-        # safe_mode reaches .keras archives only, the scope .h5 files and SavedModels too.
-        with SafeModeScope(not trusted):
+        # safe_mode reaches .keras archives only, the scope .h5 files and SavedModels too. tfmot's
+        # own classes (a run's QAT model) are deserialized through the allow-list scope.
+        with SafeModeScope(not trusted), tfmot_scope(_read_model_config(path) if path.is_file() else None):
             return tf_keras.models.load_model(path, compile=False, safe_mode=not trusted)
     except Exception as error:
         raise _load_error(path, error, "tf_keras (Keras 2)") from error
@@ -171,6 +173,51 @@ def _keras_metadata(path: Path) -> list[dict]:
             f"Cannot load {path}: its keras_metadata.pb cannot be read ({first_line(error)}). The SavedModel may be "
             f"truncated or corrupt; {_SAVE_HINT} again and pass the new file."
         ) from None
+
+
+def tfmot_scope(config: Any) -> contextlib.AbstractContextManager:
+    """The allow-list of tfmot's own classes: a scope that deserializes them, when they are all `config` uses.
+
+    A run's QAT model keeps tfmot's quantize wrappers (they carry the int8 ranges its export needs), so
+    `models/N-qat.keras` names QuantizeWrapperV2, QuantizeLayer, QuantizeAwareActivation and tfmot's quantize
+    configs. These are classes of edgepress's own dependency, looked up by name in tfmot's registries
+    (quantize_scope, prune_scope, cluster_scope), never imported from the module a file names; any other
+    custom object leaves the scope empty and the load refuses it as before.
+    """
+    if config is None or not _custom_classes(config) or not only_tfmot_classes(config):
+        return contextlib.nullcontext()
+    stack = contextlib.ExitStack()
+    for scope in _tfmot_scopes():
+        stack.enter_context(scope)
+    return stack
+
+
+def only_tfmot_classes(config: Any) -> bool:
+    """Whether every custom class `config` names is one of tfmot's registered classes, from tfmot's modules."""
+    known = {name for scope in _tfmot_scopes() for objects in scope.custom_objects for name in objects}
+    return set(_custom_classes(config)) <= known and _modules_are_tfmot(config)
+
+
+def _tfmot_scopes() -> list:
+    import tensorflow_model_optimization as tfmot
+
+    return [tfmot.quantization.keras.quantize_scope(), tfmot.sparsity.keras.prune_scope(),
+            tfmot.clustering.keras.cluster_scope()]
+
+
+def _modules_are_tfmot(config: Any) -> bool:
+    """Every non-Keras module a config names is tfmot's."""
+    if isinstance(config, dict):
+        module = config.get("module")
+        if isinstance(module, str) and not _is_keras_module(module) and module.split(".")[0] != _TFMOT:
+            return False
+        return all(_modules_are_tfmot(value) for value in config.values())
+    if isinstance(config, list):
+        return all(_modules_are_tfmot(value) for value in config)
+    return True
+
+
+_TFMOT = "tensorflow_model_optimization"
 
 
 # --- Reading the file to learn which Keras wrote it ---------------------------------------------
@@ -291,7 +338,8 @@ def check_untrusted(path: Path, configs: list) -> None:
                 entry = f"layer {layer!r} {what}"
                 if entry not in found:  # a SavedModel repeats each layer's config in the model's
                     found.append(entry)
-            custom += _custom_classes(config)
+            # tfmot's own classes (a run's QAT model) are edgepress's dependency's, loaded by name: allowed.
+            custom += [] if only_tfmot_classes(config) else _custom_classes(config)
     except RecursionError:
         raise EdgepressError(
             f"{path} is refused: its saved config is nested too deeply to be checked, which no Keras model needs. "

@@ -30,6 +30,7 @@ class KerasSource:
     title = "a Keras model"
     trainable = True
     why_no_steps = ""
+    tflite_route = "tensorflow"
 
     def __init__(self, model) -> None:
         self.keras = model
@@ -45,6 +46,16 @@ class KerasSource:
     @property
     def input_dtype(self) -> np.dtype:
         return np.dtype(self.keras.inputs[0].dtype.as_numpy_dtype)
+
+    @property
+    def quantize_aware(self) -> bool:
+        """True for a model that went through `qat` (it holds tfmot quantize wrappers)."""
+        return any(type(layer).__name__.startswith("Quantize") for layer in self.keras.layers)
+
+    @property
+    def layout(self) -> str | None:
+        """NHWC for an image input (N, H, W, C), Keras' layout; None for any other input."""
+        return "NHWC" if len(self.input_shape) == 4 else None
 
     def why_not(self, format: str) -> str | None:
         return None

@@ -1,15 +1,17 @@
-"""A PyTorch CNN, trained in PyTorch and exported to ONNX: how PyTorch models come into edgepress.
+"""A PyTorch CNN, trained in PyTorch and exported with torch.export: how PyTorch models come into edgepress.
 
     model = build_torch_cnn()                          # 3x32x32 -> conv+pool, conv+pool -> 2 linear, logits
     train_torch_cnn(model, x_train, y_train, epochs=3) # x: (N, 3, 32, 32) float32, channels first
-    export_torch_onnx(model, "cnn.onnx")               # torch.onnx.export, batch dimension dynamic
+    export_torch_program(model, "cnn.pt2")             # torch.export.save, batch dimension dynamic
+    export_torch_onnx(model, "cnn.onnx")               # or torch.onnx.export, for an ONNX-only run
 
 This is the zoo's `torch_cnn` (the design brief's CNN with its size mistake fixed: after two 2x2
 poolings a 32x32 input is 8x8, so the first linear layer takes 32*8*8 values). edgepress takes the
-.onnx file as model input: ONNX quantization (dynamic, static QDQ) and measurement apply; the
-compression steps do not (they need Keras).
+.pt2 program as model input (`edgepress.models.graphs.TorchGraph`): TFLite through litert-torch
+(`edgepress.deploy.torch_tflite`), ONNX through torch.onnx, post-training quantization and measurement
+apply; the compression steps do not (they need Keras).
 
-PyTorch is not a dependency of edgepress: `pip install torch` (the tests' `dev` extra pins it).
+PyTorch is not a dependency of edgepress: `pip install 'edgepress[torch]'` (torch and litert-torch).
 """
 
 from __future__ import annotations
@@ -87,6 +89,13 @@ def train_torch_cnn(
             on_epoch(epoch, epochs, {"loss": total / len(inputs), "accuracy": correct / len(inputs)})
     model.eval()
     return model
+
+
+def export_torch_program(model, path: str | Path, input_shape: tuple[int, ...] = (3, 32, 32)) -> Path:
+    """Export `model` with torch.export (batch dimension dynamic) and save the program as a .pt2 file."""
+    from edgepress.models.graphs import save_torch_program
+
+    return save_torch_program(model, _torch().zeros((2, *input_shape)), path)
 
 
 def export_torch_onnx(model, path: str | Path, input_shape: tuple[int, ...] = (3, 32, 32)) -> Path:

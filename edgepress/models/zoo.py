@@ -2,9 +2,9 @@
 
 `seed_cnn` and `seed_mlp` are the design brief's seed models. `seed_lstm` reads an image row by row,
 `char_gru` is a character language model, `raw_mlp` is a raw tf.Module (no Keras) and `torch_cnn` a
-PyTorch CNN that comes in as ONNX. All output logits. `train(name, data)` trains any of them;
+PyTorch CNN that comes in as a torch.export program. All output logits. `train(name, data)` trains any of them;
 `raw_mlp` and `torch_cnn` come back as the native model (a tf.Module, a torch module), which the run
-saves as a SavedModel or an .onnx file with the entry's `save`.
+saves as a SavedModel or a .pt2 file with the entry's `save`.
 """
 
 from __future__ import annotations
@@ -115,9 +115,9 @@ def _train_torch_cnn(model, x, y, epochs, batch_size, learning_rate, on_epoch, s
 
 
 def _save_torch_cnn(model, path) -> None:
-    from edgepress.models.torch_cnn import export_torch_onnx
+    from edgepress.models.torch_cnn import export_torch_program
 
-    export_torch_onnx(model, path, ZOO["torch_cnn"].input_shape)
+    export_torch_program(model, path, ZOO["torch_cnn"].input_shape)
 
 
 @dataclass(frozen=True)
@@ -127,7 +127,7 @@ class ZooEntry:
     description: str
     # Models of other frameworks: train(model, x, y, epochs, batch_size, learning_rate, on_epoch, seed)
     # replaces Keras's fit, and save(model, path) writes the file edgepress runs, a `saved_as` kind of
-    # model ("saved_model" directory or "onnx" file). None for Keras models.
+    # model ("saved_model" directory, "onnx" file or "torch" .pt2 program). None for Keras models.
     train: Callable | None = None
     save: Callable | None = None
     saved_as: str | None = None
@@ -145,8 +145,8 @@ ZOO: dict[str, ZooEntry] = {
         _train_raw_mlp, _save_raw_mlp, "saved_model",
     ),
     "torch_cnn": ZooEntry(
-        torch_cnn, (3, 32, 32), "PyTorch CNN for 3x32x32 images, exported to ONNX (needs torch; ~137k parameters)",
-        _train_torch_cnn, _save_torch_cnn, "onnx",
+        torch_cnn, (3, 32, 32), "PyTorch CNN for 3x32x32 images, as a torch.export program (needs torch; ~137k "
+        "parameters)", _train_torch_cnn, _save_torch_cnn, "torch",
     ),
 }
 
