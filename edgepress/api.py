@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from edgepress import files
+from edgepress.compare import add_baseline_gates
+from edgepress.errors import EdgepressError
 from edgepress.recipe import Recipe
 from edgepress.report import (
     BUDGET_GATE,
@@ -78,7 +80,6 @@ def run(recipe: Recipe, run_dir: str | Path | None = None, progress: Progress | 
             checked = entry.result_like(checked, step, **extra)
     if any(e.quantize is not None for e in recipe.exports):
         from edgepress.deploy.accuracy_aware import check_quantizable
-        from edgepress.errors import EdgepressError
 
         check_quantizable(model)
         if any(step.type == "qat" for step in recipe.steps):
@@ -131,27 +132,29 @@ def run(recipe: Recipe, run_dir: str | Path | None = None, progress: Progress | 
     failures: dict[str, str] = {}  # device name -> why it could not be measured
     artifacts = []
     quantized: list = []  # the accuracy-aware quantization results (QuantizeResult), for sensitivity.md
-    made = _exports(model, run_dir, recipe, data, calibration, check_x, chain, progress, quantized)
-    for export, artifact, extra in made:
-        label = f"{export.format} {export.precision}"
-        for device in devices:
-            if not device.runs(export.format) or device.name in failures:
-                continue
-            progress.update(f"measure {label} on {device.name}")
-            try:
-                measured = _measure(artifact, data, recipe, reference, device)
-            except DeviceError as e:
-                # Keep going: the other devices' results still make the report.
-                failures[device.name] = str(e)
-                progress.done(f"{device.name} failed: {e}")
-                continue
+    made = list(_exports(model, run_dir, recipe, data, calibration, check_x, chain, progress, quantized))
+    for device in devices:
+        # Every artifact of a device is timed in the same interleaved rounds (edgepress/deploy/measure.py).
+        todo = [(export, artifact, extra) for export, artifact, extra in made if device.runs(export.format)]
+        if not todo:
+            continue
+        progress.update(f"measure {len(todo)} artifact(s) on {device.name}")
+        try:
+            measured_all = _measure_device([artifact for _, artifact, _ in todo], data, recipe, reference, device)
+        except DeviceError as e:
+            # Keep going: the other devices' results still make the report.
+            failures[device.name] = str(e)
+            progress.done(f"{device.name} failed: {e}")
+            continue
+        for (_, artifact, extra), measured in zip(todo, measured_all, strict=True):
             accuracy = measured["metrics"]["accuracy"]
             measured["metrics"]["accuracy_drop"] = None if accuracy is None else source_accuracy - accuracy
             apply_gates(measured, recipe.gates.model_dump(), device.memory_budget_mb)
             _add_quantize_keys(measured, extra, stages[-1]["accuracy"])
             artifacts.append(measured)
             progress.done(f"{artifact.name} on {device.name}: {artifact.bytes:,} bytes, "
-                          f"accuracy {_percent(accuracy)}, p50 {_ms(measured['latency']['p50'])}")
+                          f"accuracy {_percent(accuracy)}, p50 {_ms(measured['latency']['p50'])} "
+                          f"[{_interval(measured['latency'].get('p50_ci'))}]")
 
     results = {
         "schema_version": SCHEMA_VERSION,
@@ -177,12 +180,18 @@ def run(recipe: Recipe, run_dir: str | Path | None = None, progress: Progress | 
         "quantize": [q.to_dict() for q in quantized],
         "notes": notes,
     }
+    baseline_error = add_baseline_gates(results, recipe.gates.baseline)  # edgepress/compare.py: baseline_* gates
+    if results.get("baseline", {}).get("rows"):  # the new gates change which rows pass
+        results.update(best=choose_best(_delivered(artifacts)),
+                       passed=_passed(artifacts, failures, recipe.gates.require))
     report = Report(results)
     report.save(run_dir)
     if quantized:
         from edgepress.deploy.accuracy_aware import write_sensitivity
 
         write_sensitivity(run_dir, quantized)
+    if baseline_error:  # raised only now, so this run's own results are written (a first CI run has no baseline)
+        raise EdgepressError(baseline_error)
     return report
 
 
@@ -341,11 +350,17 @@ def _passed(artifacts: list[dict], failures: dict[str, str], require: str) -> bo
     return run_passed(delivered, failures, require) and budgets
 
 
-def _measure(artifact, data, recipe: Recipe, reference: np.ndarray, device) -> dict:
-    from edgepress.deploy import measure
+def _measure_device(artifacts: list, data, recipe: Recipe, reference: np.ndarray, device) -> list[dict]:
+    """The report rows of `artifacts` on `device`, measured together (interleaved timing, adaptive runs)."""
+    from edgepress.deploy.measure import measure_many
 
     m = recipe.measure
-    result = measure(artifact, (data.x_test, data.y_test), m.runs, m.warmup, m.threads, reference, device)
+    results = measure_many(artifacts, (data.x_test, data.y_test), device, m.runs, m.warmup, m.threads, reference,
+                           m.run_cap, m.target_ci_width, m.max_seconds)
+    return [_row(artifact, device, result) for artifact, result in zip(artifacts, results, strict=True)]
+
+
+def _row(artifact, device, result: dict) -> dict:
     latency = dict(result["latency_ms"], unit="ms", threads=result["threads"], batch=result["batch"])
     return {
         "name": artifact.name,
@@ -365,7 +380,12 @@ def _measure(artifact, data, recipe: Recipe, reference: np.ndarray, device) -> d
         "load_ms": result["load_ms"],
         "memory": result["memory"],
         "runtime": result["runtime"],
+        "host": result.get("host"),  # CPU, cores, load average before and after timing (the runner's)
     }
+
+
+def _interval(ci: list[float] | None) -> str:
+    return "-" if not ci else f"{ci[0]:.3f}, {ci[1]:.3f}"
 
 
 def _percent(value: float | None) -> str:

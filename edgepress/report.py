@@ -41,6 +41,7 @@ from pathlib import Path
 
 from edgepress import files
 from edgepress.errors import GateFailed
+from edgepress.stats import busy_warnings, rank_best, ratio_interval, tie_notes
 
 SCHEMA_VERSION = 1
 GATE_NAMES = ("max_accuracy_drop", "max_p50_ms", "max_bytes", "max_perplexity")
@@ -73,12 +74,13 @@ def apply_gates(artifact: dict, gates: dict, memory_budget_mb: float | None = No
 
 
 def choose_best(artifacts: list[dict]) -> dict[str, str | None]:
-    """Per device, the fastest artifact (p50) among those that meet every gate; ties go to the smaller file."""
+    """Per device, the fastest artifact (p50) among those that meet every gate; a tie (overlapping p50 intervals)
+    goes to the smaller file, then the more accurate (edgepress/stats.py, rank_best)."""
     best: dict[str, str | None] = {}
     for device in dict.fromkeys(a["device"] for a in artifacts):
         passing = [a for a in artifacts if a["device"] == device and a["passed"]]
         speed = [a for a in passing if a["latency"]["p50"] is not None]
-        best[device] = min(speed, key=lambda a: (a["latency"]["p50"], a["bytes"]))["name"] if speed else None
+        best[device] = rank_best(speed)["name"] if speed else None
     return best
 
 
@@ -173,9 +175,9 @@ class Report:
                     "drop": _or_dash(None if drop is None else drop * 100, "{:+.2f} pt"),
                     "agreement": _or_dash(a["metrics"]["agreement"], "{:.2%}"),
                     "perplexity": _or_dash(a["metrics"].get("perplexity"), "{:.3f}"),
-                    "p50 ms": _or_dash(p50, "{:.3f}"),
+                    "p50 ms": _or_dash(p50, "{:.3f}") + _interval(a["latency"].get("p50_ci")),
                     "p90 ms": _or_dash(a["latency"]["p90"], "{:.3f}"),
-                    "speed-up vs fp32": f"{base_p50 / p50:.2f}x" if base_p50 and p50 else "-",
+                    "speed-up vs fp32": _speed_up(base, a) if base_p50 and p50 else "-",
                     "gates": ("pass" if a["passed"] else "FAIL") if a["gates"] else "-",
                 }
             )
@@ -185,7 +187,7 @@ class Report:
         """What a reader must know to trust the numbers: runtime fallbacks, failed devices."""
         notes = [f"{a['name']} on {a['device']}: {w}" for a in self.artifacts for w in a["runtime"]["warnings"]]
         notes += [f"device {name} failed: {d['error']}" for name, d in self.results["devices"].items() if d["error"]]
-        return notes
+        return notes + busy_warnings(self.results)
 
     def summary(self) -> str:
         src = self.results["source"]
@@ -200,7 +202,7 @@ class Report:
 
     def notes(self) -> list[str]:
         """What the run left out, and why (e.g. steps or exports that do not apply to the model)."""
-        return list(self.results.get("notes", []))
+        return list(self.results.get("notes", [])) + tie_notes(self.results)
 
     def sparse_notes(self) -> list[str]:
         """One sentence per sparse TFLite artifact: its size and p50 against the same export stored dense."""
@@ -332,7 +334,20 @@ def _or_dash(value: float | None, template: str) -> str:
     return "-" if value is None else template.format(value)
 
 
+def _interval(ci: list[float] | None) -> str:
+    """ ' [low, high]': a p50's 95% confidence interval, as the table shows it after the p50."""
+    return f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+
+
+def _speed_up(base: dict, row: dict) -> str:
+    """base p50 / row p50 with its interval (conservative, from both intervals; edgepress/stats.py)."""
+    point, low, high = ratio_interval(base, row)
+    return f"{point:.2f}x" + (f" [{low:.2f}, {high:.2f}]" if (low, high) != (point, point) else "")
+
+
 def _gate_value(name: str, value: float) -> str:
+    if name.startswith("baseline_"):  # edgepress/compare.py: relative changes, accuracy in points
+        return f"{value * 100:.2f} pt" if name == "baseline_accuracy" else f"{value:+.1%}"
     if name in ("max_accuracy_drop", BUDGET_GATE):
         return f"{value * 100:.2f} pt"
     if name == "max_p50_ms":
