@@ -166,25 +166,26 @@ def _cells(r: RowComparison) -> list[str]:
     return [p50(r.old), p50(r.new), change, acc(r.old), acc(r.new), size, verdict]
 
 
-def load_results(path: str | Path) -> dict:
-    """A results.json, checked to be one this edgepress can compare; EdgepressError naming the problem otherwise."""
+def load_results(path: str | Path, what: str = "Baseline") -> dict:
+    """A results.json (`what`: how messages name it), checked to be one this edgepress can compare; EdgepressError
+    naming the problem otherwise."""
     from edgepress.report import SCHEMA_VERSION
 
     path = Path(path)
     if path.is_dir():
         path = path / "results.json"
     if not path.is_file():
-        raise EdgepressError(f"Baseline {path} not found: give a previous run's results.json (a first run has "
-                             "none: keep this run's results.json as the baseline for the next).")
+        raise EdgepressError(f"{what} {path} not found: give a run's results.json (a first run has no baseline: "
+                             "keep its results.json as the baseline for the next).")
     try:
         results = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise EdgepressError(f"Baseline {path} is not a results.json ({e}).") from None
+        raise EdgepressError(f"{what} {path} is not a results.json ({e}).") from None
     if not isinstance(results, dict) or "artifacts" not in results:
-        raise EdgepressError(f"Baseline {path} is not an edgepress results.json (it has no artifacts).")
+        raise EdgepressError(f"{what} {path} is not an edgepress results.json (it has no artifacts).")
     version = results.get("schema_version")
     if version != SCHEMA_VERSION:
-        raise EdgepressError(f"Baseline {path} has schema_version {version}, this edgepress writes {SCHEMA_VERSION}: "
+        raise EdgepressError(f"{what} {path} has schema_version {version}, this edgepress writes {SCHEMA_VERSION}: "
                              "measure the baseline again with this version.")
     return results
 
@@ -279,6 +280,11 @@ def _compare_row(old: dict, new: dict, limits: BaselineSpec) -> RowComparison:
         if row.bytes_change > limits.max_bytes_regression + 1e-12:
             row.regressions.append("bytes")
     return row
+
+
+def compare_files(old: str | Path, new: str | Path, limits: BaselineSpec | dict | None = None) -> Comparison:
+    """`compare` of two results.json files (or run directories), each checked by `load_results`."""
+    return compare(load_results(old), load_results(new, "Results"), limits, baseline=str(old))
 
 
 def add_baseline_gates(results: dict, spec: BaselineSpec | None) -> str | None:

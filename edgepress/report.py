@@ -341,6 +341,8 @@ def _interval(ci: list[float] | None) -> str:
 
 def _speed_up(base: dict, row: dict) -> str:
     """base p50 / row p50 with its interval (conservative, from both intervals; edgepress/stats.py)."""
+    if base is row:
+        return "1.00x"
     point, low, high = ratio_interval(base, row)
     return f"{point:.2f}x" + (f" [{low:.2f}, {high:.2f}]" if (low, high) != (point, point) else "")
 
