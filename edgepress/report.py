@@ -17,15 +17,20 @@ results.json, schema_version 1:
     devices {name: {reach, error}}                      error is null when the device was measured
     artifacts [{name, device, format, precision, path, bytes, gzip_bytes, sha256, steps, quantization, check,
                 metrics {accuracy, accuracy_drop, agreement[, cross_entropy, perplexity]},
-                latency {unit: "ms", p50, p90, p99, mean, std, min, max, runs, warmup, threads, batch},
+                latency {unit: "ms", p50, p90, p99, mean, std, min, max, runs, warmup, threads, batch,
+                         p50_ci, p90_ci [low, high] (bootstrap, `confidence` 0.95), stopped (why the adaptive
+                         runs stopped), times_ms (the per-run times, at most 2,000)},
                 load_ms, memory {baseline_rss_bytes, peak_rss_bytes, model_rss_bytes}, runtime {name, version,
-                providers, warnings}, gates {gate: {limit, value, passed}}, passed}]
+                providers, warnings}, host {cpu, machine, cores, python, numpy, load_before, load_after},
+                gates {gate: {limit, value, passed}}, passed}]
                                                         one entry per artifact and device; a value a device
                                                         could not measure (adb: accuracy) is null; a sparse
                                                         TFLite export has quantization {sparse, sparse_tensors}
     gates {max_accuracy_drop, max_p50_ms, max_bytes, max_perplexity, require},
     notes [...]                                         what the run left out and why (e.g. no TFLite from ONNX)
     best {device: artifact name or null}, passed,
+    baseline {path, limits, flags, regressed, rows} or {path, error}   with gates.baseline (edgepress/compare.py);
+                                                        rows then also have gates baseline_p50/_accuracy/_bytes
     quantize [...]                                      one entry per accuracy-aware export (see sensitivity.json);
                                                         its artifacts' rows also carry float_layers and
                                                         accuracy_aware {role, max_accuracy_drop, budget_met, ...},
