@@ -113,13 +113,16 @@ def loop_overhead(path: str, runs: int, blocks: int) -> dict:
     bare_times: list[float] = []
     loop_times: list[float] = []
     perf = time.perf_counter
-    for _ in range(blocks):
-        for _ in range(per_block):  # the bare loop, inlined: nothing between the clock reads but the runtime
-            start = perf()
-            bare()
-            bare_times.append((perf() - start) * 1000.0)
-        (block,), _ = runner.time_interleaved([timed], per_block)
-        loop_times += block
+    for i in range(blocks):
+        for which in ("bare", "loop") if i % 2 == 0 else ("loop", "bare"):  # either goes first in turn
+            if which == "loop":
+                (block,), _ = runner.time_interleaved([timed], per_block)
+                loop_times += block
+                continue
+            for _ in range(per_block):  # the bare loop, inlined: nothing between the clock reads but the runtime
+                start = perf()
+                bare()
+                bare_times.append((perf() - start) * 1000.0)
     bare_p50, loop_p50 = statistics.median(bare_times), statistics.median(loop_times)
     return {"bare_p50": bare_p50, "loop_p50": loop_p50, "overhead": loop_p50 / bare_p50 - 1, "runs": len(loop_times)}
 
@@ -150,8 +153,8 @@ def render(name: str, agreement: dict, overhead: list[dict], results: dict, seco
         "",
         f"Made by `benchmarks/reproducibility.py` on {dt.date.today().isoformat()} in {seconds / 60:.1f} min: recipe "
         f"`{name}` run twice; then {args.runs} timed runs per loop per artifact in {args.blocks} alternating blocks. "
-        f"{env['cpu']}, {host.get('cores', os.cpu_count())} cores (load average "
-        f"{host.get('load_before', '-')} when the first run's timing began), LiteRT {env.get('ai-edge-litert')}, "
+        f"{env['cpu']}, {host.get('cores', os.cpu_count())} cores (load average {_load(host.get('load_before'))} "
+        f"when the first run's timing began), LiteRT {env.get('ai-edge-litert')}, "
         f"onnxruntime {env.get('onnxruntime')}, 1 thread, batch 1.",
         "",
         f"Two runs: accuracy identical for {agreement['accuracy_equal']} of {agreement['rows']} artifacts; p50 "
@@ -176,6 +179,10 @@ def render(name: str, agreement: dict, overhead: list[dict], results: dict, seco
     ]
     lines += [f"| {o['name']} | {o['bare_p50']:.4f} | {o['loop_p50']:.4f} | {o['overhead']:+.2%} |" for o in overhead]
     return "\n".join(lines) + "\n"
+
+
+def _load(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 if __name__ == "__main__":

@@ -162,7 +162,7 @@ def bench(
             results.append(r)
             lat, peak = r["latency_ms"], r["memory"].get("peak_rss_bytes")
             table.add_row(artifact.name, " ".join([r["runtime"]["name"], *r["runtime"]["providers"][:1]]),
-                          "-" if r["accuracy"] is None else f"{r['accuracy']:.2%}", _num(lat["p50"]),
+                          "-" if r["accuracy"] is None else f"{r['accuracy']:.2%}", _num(lat["p50"]) + _ci(lat),
                           _num(lat["p90"]), _num(lat["mean"]), _num(r["load_ms"]),
                           "-" if peak is None else f"{peak / 2**20:.1f}")
             for warning in r["runtime"]["warnings"]:
@@ -248,6 +248,12 @@ def _dataset_of(data: str) -> tuple[str, str | None]:
 
 def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
+
+
+def _ci(latency: dict) -> str:
+    """' [low, high]': the p50's 95% interval, when the runner measured one."""
+    ci = latency.get("p50_ci")
+    return f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
 
 
 def _run(recipe_path: Path, output: Path | None, data: str | None, model: str | None, baseline: Path | None = None,

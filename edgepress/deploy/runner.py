@@ -187,6 +187,7 @@ class TFLiteRuntime(Runtime):
             raise RunnerError(f"{path} has {len(inputs)} inputs; the runner handles single-input models only.")
         self._input = inputs[0]
         self._output = self._interpreter.get_output_details()[0]
+        self._input_index, self._output_index = self._input["index"], self._output["index"]  # read once: timed path
         # shape_signature keeps -1 for dynamic dims; `shape` shows them as 1.
         self.input_shape = [int(d) for d in self._input.get("shape_signature", self._input["shape"])]
         self.input_dtype = np.dtype(self._input["dtype"]).name
@@ -200,7 +201,7 @@ class TFLiteRuntime(Runtime):
         self._stateful = _has_stateful_ops(self._interpreter)
 
     def _invoke(self, x: np.ndarray) -> np.ndarray:
-        index = self._input["index"]
+        index = self._input_index
         if x.shape != self._allocated_shape:
             # A dynamic dimension changed (usually the batch): resize, then re-plan the tensors.
             self._interpreter.resize_tensor_input(index, list(x.shape))
@@ -210,7 +211,7 @@ class TFLiteRuntime(Runtime):
             self._interpreter.reset_all_variables()
         self._interpreter.set_tensor(index, x)
         self._interpreter.invoke()
-        return self._interpreter.get_tensor(self._output["index"])
+        return self._interpreter.get_tensor(self._output_index)
 
 
 # TFLite ops whose hidden and cell states are variable tensors that outlive an invocation.
