@@ -46,7 +46,7 @@ from pathlib import Path
 
 from edgepress import files
 from edgepress.errors import GateFailed
-from edgepress.stats import busy_warnings, rank_best, ratio_interval, tie_notes
+from edgepress.stats import busy_warnings, rank_best, ratio_interval, speed_verdict, tie_notes
 
 SCHEMA_VERSION = 1
 GATE_NAMES = ("max_accuracy_drop", "max_p50_ms", "max_bytes", "max_perplexity")
@@ -345,11 +345,13 @@ def _interval(ci: list[float] | None) -> str:
 
 
 def _speed_up(base: dict, row: dict) -> str:
-    """base p50 / row p50 with its interval (conservative, from both intervals; edgepress/stats.py)."""
+    """base p50 / row p50 with its interval (conservative, from both intervals), and "tie" when the two p50
+    intervals overlap (edgepress/stats.py)."""
     if base is row:
         return "1.00x"
     point, low, high = ratio_interval(base, row)
-    return f"{point:.2f}x" + (f" [{low:.2f}, {high:.2f}]" if (low, high) != (point, point) else "")
+    interval = f" [{low:.2f}, {high:.2f}]" if (low, high) != (point, point) else ""
+    return f"{point:.2f}x{interval}" + (" tie" if speed_verdict(row, base) == "tie" else "")
 
 
 def _gate_value(name: str, value: float) -> str:

@@ -66,6 +66,19 @@ def runs(tmp_path_factory):
     return out
 
 
+def test_the_report_shows_each_p50_with_its_interval(runs):
+    import re
+
+    from edgepress.report import Report
+
+    report = Report.load(runs["base"].parent)
+    (row,) = report.artifacts
+    low, high = row["latency"]["p50_ci"]
+    (cell,) = [r["p50 ms"] for r in report.table()]
+    assert cell == f"{row['latency']['p50']:.3f} [{low:.3f}, {high:.3f}]"
+    assert re.search(r"\| \d+\.\d{3} \[\d+\.\d{3}, \d+\.\d{3}\] \|", (runs["base"].parent / "report.md").read_text())
+
+
 def test_two_runs_of_the_same_recipe_show_no_regression(runs):
     done = cli.invoke(app, ["compare", str(runs["base"]), str(runs["again"]), "--max-p50-regression", "50%",
                             "--max-accuracy-regression", "5 pt"])
