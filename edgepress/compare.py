@@ -10,8 +10,9 @@ same device and checked on three limits (`BaselineSpec`):
 
 Latencies are compared only when both were measured alike (same CPU, cores, runtime and version,
 threads, batch); otherwise the device is flagged and its latency left out, never silently compared.
-`edgepress run --baseline FILE` adds the verdicts as gates (`baseline_p50`, `baseline_accuracy`,
-`baseline_bytes`) to each row; `edgepress compare OLD NEW` prints them as a Markdown table.
+`edgepress run --baseline FILE` keeps the comparison in results["baseline"] (`compare_with_baseline`) and the
+verdict adds it to each row as gates (`add_baseline_gates`: `baseline_p50`, `baseline_accuracy`,
+`baseline_bytes`); `edgepress compare OLD NEW` prints it as a Markdown table.
 """
 
 from __future__ import annotations
@@ -287,16 +288,13 @@ def compare_files(old: str | Path, new: str | Path, limits: BaselineSpec | dict 
     return compare(load_results(old), load_results(new, "Results"), limits, baseline=str(old))
 
 
-def add_baseline_gates(results: dict, spec: BaselineSpec | None) -> str | None:
-    """Compare `results` with the baseline `spec` names and add the verdicts to each artifact row's gates.
+def compare_with_baseline(results: dict, spec: BaselineSpec | None) -> str | None:
+    """Compare `results` with the baseline `spec` names; the comparison goes into results["baseline"] (its rows
+    become gates in `add_baseline_gates`, called by the verdict), its flags into results["notes"].
 
-    Gates (limit, value, passed) per row that has a baseline row: baseline_p50 (value: the relative
-    change; left out when the latency was not comparable), baseline_accuracy (value: the drop, a
-    fraction), baseline_bytes (value: the relative growth); the row's `passed` is updated. The whole
-    comparison goes into results["baseline"], its flags into results["notes"]. Returns None, or the
-    message of a baseline that could not be used (missing, other schema, other model): then
-    results["baseline"] = {path, error} and no gate is added; the caller saves the results, then
-    raises EdgepressError(message).
+    Returns None, or the message of a baseline that could not be used (missing, other schema, other model):
+    then results["baseline"] = {path, error} and no gate is added; the caller saves the results, then raises
+    EdgepressError(message), so a first run's results can become the next run's baseline.
     """
     if spec is None:
         return None
@@ -305,27 +303,37 @@ def add_baseline_gates(results: dict, spec: BaselineSpec | None) -> str | None:
     except EdgepressError as e:
         results["baseline"] = {"path": spec.path, "error": str(e)}
         return str(e)
-    by_key = {(c.device, c.artifact): c for c in comparison.rows if c.status == "compared"}
-    for row in results["artifacts"]:
-        c = by_key.get((row["device"], row["name"]))
-        if c is None:
-            continue
-        if c.latency_compared and c.p50_change is not None:
-            row["gates"]["baseline_p50"] = {"limit": spec.max_p50_regression, "value": c.p50_change,
-                                            "passed": "p50" not in c.regressions, "significant": c.p50_significant,
-                                            "baseline": c.old["p50"]}
-        if c.old["accuracy"] is not None:
-            drop = None if c.accuracy_change is None else -c.accuracy_change
-            row["gates"]["baseline_accuracy"] = {"limit": spec.max_accuracy_regression, "value": drop,
-                                                 "passed": "accuracy" not in c.regressions,
-                                                 "baseline": c.old["accuracy"]}
-        if c.bytes_change is not None:
-            row["gates"]["baseline_bytes"] = {"limit": spec.max_bytes_regression, "value": c.bytes_change,
-                                              "passed": "bytes" not in c.regressions, "baseline": c.old["bytes"]}
-        row["passed"] = all(g["passed"] for g in row["gates"].values())
     results["baseline"] = comparison.to_dict()
     results.setdefault("notes", []).extend(comparison.flags)
     return None
+
+
+def add_baseline_gates(row: dict, baseline: dict | None) -> None:
+    """Add to an artifact row the gates of its comparison in `baseline` (results["baseline"]), and update `passed`.
+
+    baseline_p50 (value: the relative change; left out when the latency was not comparable),
+    baseline_accuracy (value: the drop, a fraction), baseline_bytes (value: the relative growth); each with
+    its limit, verdict and the baseline's value. A row without a baseline row gets none.
+    """
+    if not baseline or "rows" not in baseline:
+        return
+    c = next((c for c in baseline["rows"] if (c["device"], c["artifact"]) == (row["device"], row["name"])
+              and c["status"] == "compared"), None)
+    if c is None:
+        return
+    limits, failed = baseline["limits"], c["regressions"]
+    if c["latency_compared"] and c["p50_change"] is not None:
+        row["gates"]["baseline_p50"] = {"limit": limits["max_p50_regression"], "value": c["p50_change"],
+                                        "passed": "p50" not in failed, "significant": c["p50_significant"],
+                                        "baseline": c["old"]["p50"]}
+    if c["old"]["accuracy"] is not None:
+        drop = None if c["accuracy_change"] is None else -c["accuracy_change"]
+        row["gates"]["baseline_accuracy"] = {"limit": limits["max_accuracy_regression"], "value": drop,
+                                             "passed": "accuracy" not in failed, "baseline": c["old"]["accuracy"]}
+    if c["bytes_change"] is not None:
+        row["gates"]["baseline_bytes"] = {"limit": limits["max_bytes_regression"], "value": c["bytes_change"],
+                                          "passed": "bytes" not in failed, "baseline": c["old"]["bytes"]}
+    row["passed"] = all(g["passed"] for g in row["gates"].values())
 
 
 def with_baseline(recipe, path: str | Path):

@@ -16,7 +16,7 @@ import yaml
 from typer.testing import CliRunner
 
 from edgepress.cli import app
-from edgepress.compare import BaselineSpec, add_baseline_gates, compare, load_results
+from edgepress.compare import BaselineSpec, add_baseline_gates, compare, compare_with_baseline, load_results
 from edgepress.errors import EdgepressError
 
 cli = CliRunner()
@@ -208,13 +208,25 @@ def test_a_malformed_limit_in_a_recipe_is_refused_before_any_work(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_add_baseline_gates_records_an_unusable_baseline(runs, tmp_path):
+def test_compare_with_baseline_records_an_unusable_baseline(runs, tmp_path):
     results = json.loads(runs["again"].read_text())
-    message = add_baseline_gates(results, BaselineSpec(path=str(tmp_path / "gone.json")))
+    message = compare_with_baseline(results, BaselineSpec(path=str(tmp_path / "gone.json")))
     assert "gone.json" in message and results["baseline"]["error"] == message
-    assert not any(g.startswith("baseline_") for g in results["artifacts"][0]["gates"])
+    row = results["artifacts"][0]
+    gates = dict(row["gates"])
+    add_baseline_gates(row, results["baseline"])
+    assert row["gates"] == gates  # no comparison, no gate
     with pytest.raises(EdgepressError, match="gone.json"):
         load_results(tmp_path / "gone.json")
+
+
+def test_the_baseline_gates_survive_the_verdict_being_computed_again(runs):
+    from edgepress.report import Report
+
+    report = Report.load(runs["slowed"].parent)
+    with pytest.raises(Exception, match="baseline_p50"):  # GateFailed: check() judges the rows again
+        report.check()
+    assert report.artifacts[0]["gates"]["baseline_p50"]["passed"] is False
 
 
 def test_run_with_a_missing_baseline_exits_2_and_keeps_its_results(runs):
