@@ -221,7 +221,17 @@ def compare(old_results: dict, new_results: dict, limits: BaselineSpec | dict | 
                              + "; ".join(differences) + ". Measure the baseline on this machine to compare.")
         rows.append(row)
     rows += [RowComparison(k[0], k[1], "removed", old=_values(r)) for k, r in old_rows.items() if k not in new_rows]
+    flags += _busy_flags(old_results, new_results)
     return Comparison(baseline, rows, flags, limits)
+
+
+def _busy_flags(old: dict, new: dict) -> list[str]:
+    """A flag when either run was measured on a busy machine: between two runs, load moves p50s by more than
+    either run's interval shows (benchmarks/reproducibility.py measures by how much)."""
+    from edgepress.stats import busy_warnings
+
+    found = [f"the baseline: {w}" for w in busy_warnings(old)] + [f"this run: {w}" for w in busy_warnings(new)]
+    return [f"{w} A latency change may be that load." for w in found]
 
 
 def _check_same_job(old: dict, new: dict, baseline: str) -> None:
@@ -267,8 +277,8 @@ def _compare_row(old: dict, new: dict, limits: BaselineSpec) -> RowComparison:
     p50_old, p50_new = row.old["p50"], row.new["p50"]
     if p50_old and p50_new is not None:
         row.p50_change = p50_new / p50_old - 1
-        row.p50_significant = faster(old, new)
-        if row.p50_change > limits.max_p50_regression and row.p50_significant:
+        row.p50_significant = faster(old, new) or faster(new, old)  # the intervals are apart, either way
+        if row.p50_change > limits.max_p50_regression and faster(old, new):
             row.regressions.append("p50")
     acc_old, acc_new = row.old["accuracy"], row.new["accuracy"]
     if acc_old is not None:
