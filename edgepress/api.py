@@ -17,10 +17,12 @@ from pathlib import Path
 import numpy as np
 
 from edgepress import files
+from edgepress.compare import compare_with_baseline
+from edgepress.errors import EdgepressError
 from edgepress.models import training
 from edgepress.plan import Plan, make_plan
 from edgepress.recipe import Recipe
-from edgepress.report import SCHEMA_VERSION, Report, judge, stage_notes
+from edgepress.report import SCHEMA_VERSION, Report, interval_text, judge, stage_notes
 
 
 class Progress:
@@ -48,6 +50,7 @@ def run(recipe: Recipe, run_dir: str | Path | None = None, progress: Progress | 
     made, quantized = _export(plan, model, [s.type for s in plan.steps], progress)
     rows, failures = _measure_all(plan, made, _reference(source, plan.data), progress)
     results = _results(plan, source, stages, rows, failures, quantized, started)
+    baseline_error = compare_with_baseline(results, plan.recipe.gates.baseline)  # results["baseline"], for judge
     results.update(judge(results))
     report = Report(results)
     report.save(plan.run_dir)
@@ -55,6 +58,8 @@ def run(recipe: Recipe, run_dir: str | Path | None = None, progress: Progress | 
         from edgepress.deploy.accuracy_aware import write_sensitivity
 
         write_sensitivity(plan.run_dir, quantized)
+    if baseline_error:  # raised only now, so this run's own results are written (a first CI run has no baseline)
+        raise EdgepressError(baseline_error)
     return report
 
 
@@ -135,24 +140,27 @@ def _export(plan: Plan, model, chain: list[str], progress: Progress) -> tuple[li
 
 
 def _measure_all(plan: Plan, made: list[tuple], reference: np.ndarray, progress: Progress) -> tuple[list, dict]:
-    """Measure each artifact on each device that runs its format; a device that fails is recorded and skipped."""
+    """Measure on each device every artifact whose format it runs, timed together in interleaved rounds
+    (edgepress/deploy/measure.py, measure_many); a device that fails is recorded and skipped."""
     from edgepress.deploy.transports import DeviceError
 
     rows, failures = [], {}  # failures: device name -> why it could not be measured
-    for spec, artifact, extra in made:
-        for device in plan.devices:
-            if not device.runs(spec.format) or device.name in failures:
-                continue
-            progress.update(f"measure {spec.format} {spec.precision} on {device.name}")
-            try:
-                row = _measure(artifact, plan.export_data, plan.recipe, reference, device)
-            except DeviceError as e:  # keep going: the other devices' results still make the report
-                failures[device.name] = str(e)
-                progress.done(f"{device.name} failed: {e}")
-                continue
+    for device in plan.devices:
+        todo = [(spec, artifact, extra) for spec, artifact, extra in made if device.runs(spec.format)]
+        if not todo:
+            continue
+        progress.update(f"measure {len(todo)} artifact(s) on {device.name}")
+        try:
+            measured = _measure(plan, [artifact for _, artifact, _ in todo], reference, device)
+        except DeviceError as e:  # keep going: the other devices' results still make the report
+            failures[device.name] = str(e)
+            progress.done(f"{device.name} failed: {e}")
+            continue
+        for (_, artifact, extra), row in zip(todo, measured, strict=True):
             rows.append({**row, **extra})
             progress.done(f"{artifact.name} on {device.name}: {artifact.bytes:,} bytes, "
-                          f"accuracy {_percent(row['metrics']['accuracy'])}, p50 {_ms(row['latency']['p50'])}")
+                          f"accuracy {_percent(row['metrics']['accuracy'])}, p50 {_ms(row['latency']['p50'])}"
+                          + interval_text(row["latency"]))
     return rows, failures
 
 
@@ -248,11 +256,17 @@ def _stage(name: str, model, scores: dict) -> dict:
     return stage
 
 
-def _measure(artifact, data, recipe: Recipe, reference: np.ndarray, device) -> dict:
-    from edgepress.deploy import measure
+def _measure(plan: Plan, artifacts: list, reference: np.ndarray, device) -> list[dict]:
+    """The report rows of `artifacts` on `device`: scored one by one, timed together (adaptive runs)."""
+    from edgepress.deploy.measure import measure_many
 
-    m = recipe.measure
-    result = measure(artifact, (data.x_test, data.y_test), m.runs, m.warmup, m.threads, reference, device)
+    m, data = plan.recipe.measure, plan.export_data
+    results = measure_many(artifacts, (data.x_test, data.y_test), device, m.runs, m.warmup, m.threads, reference,
+                           m.run_cap, m.target_ci_width, m.max_seconds)
+    return [_row(artifact, device, result) for artifact, result in zip(artifacts, results, strict=True)]
+
+
+def _row(artifact, device, result: dict) -> dict:
     latency = dict(result["latency_ms"], unit="ms", threads=result["threads"], batch=result["batch"])
     return {
         "name": artifact.name,
@@ -273,6 +287,7 @@ def _measure(artifact, data, recipe: Recipe, reference: np.ndarray, device) -> d
         "load_ms": result["load_ms"],
         "memory": result["memory"],
         "runtime": result["runtime"],
+        "host": result.get("host"),  # CPU, cores, load average before and after the timing (the runner's)
     }
 
 

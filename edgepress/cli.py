@@ -54,10 +54,46 @@ def run(
     output: RunDir = None,
     data: Annotated[str | None, typer.Option(help="Override the recipe's data path.")] = None,
     model: Annotated[str | None, typer.Option(help="Override the recipe's model with this file.")] = None,
+    baseline: Annotated[Path | None, typer.Option(
+        help="A previous run's results.json: gate each artifact against it (limits: the recipe's gates.baseline, "
+        "else p50 +10% if significant, accuracy -0.2 pt, bytes +5%).")] = None,
+    junit: Annotated[Path | None, typer.Option(help="Also write the gates as JUnit XML to this file.")] = None,
+    mlflow: Annotated[str | None, typer.Option(
+        help="Log the run to MLflow: a folder for a local store (e.g. mlruns), sqlite:///FILE, or http://HOST:PORT."
+    )] = None,
     trust_model: TrustModel = False,
 ) -> None:
     """Run a recipe: load or train the model, compress, export, measure, and apply the gates."""
-    _run(recipe, output, data, model, trust_model)
+    _run(recipe, output, data, model, trust_model, baseline, junit, mlflow)
+
+
+@app.command()
+def compare(
+    old: Annotated[Path, typer.Argument(help="The baseline: a results.json (or its run directory).")],
+    new: Annotated[Path, typer.Argument(help="The run to check: a results.json (or its run directory).")],
+    max_p50_regression: Annotated[str, typer.Option(help="Largest significant p50 slow-down: 0.1 or 10%.")] = "10%",
+    max_accuracy_regression: Annotated[str, typer.Option(help="Largest accuracy drop: 0.002 or 0.2 pt.")] = "0.2 pt",
+    max_bytes_regression: Annotated[str, typer.Option(help="Largest file growth: 0.05 or 5%.")] = "5%",
+) -> None:
+    """Print how NEW differs from OLD as a Markdown table (for a pull-request comment); exit 1 on a regression."""
+
+    def work():
+        from pydantic import ValidationError
+
+        from edgepress.compare import BaselineSpec, compare_files
+
+        try:
+            limits = BaselineSpec(path=str(old), max_p50_regression=max_p50_regression,
+                                  max_accuracy_regression=max_accuracy_regression,
+                                  max_bytes_regression=max_bytes_regression)
+        except ValidationError as e:
+            raise EdgepressError("; ".join(err["msg"].removeprefix("Value error, ") for err in e.errors())) from None
+        comparison = compare_files(old, new, limits)
+        print(comparison.to_markdown(), end="")
+        if comparison.regressed:
+            raise GateFailed("regression against the baseline: " + "; ".join(comparison.regressions()))
+
+    _guard(work)
 
 
 @app.command()
@@ -113,6 +149,7 @@ def bench(
         from edgepress import files
         from edgepress.deploy import measure
         from edgepress.devices import load_device
+        from edgepress.report import interval_text
 
         target = load_device(device)
         pair = None
@@ -134,7 +171,8 @@ def bench(
             results.append(r)
             lat, peak = r["latency_ms"], r["memory"].get("peak_rss_bytes")
             table.add_row(artifact.name, " ".join([r["runtime"]["name"], *r["runtime"]["providers"][:1]]),
-                          "-" if r["accuracy"] is None else f"{r['accuracy']:.2%}", _num(lat["p50"]),
+                          "-" if r["accuracy"] is None else f"{r['accuracy']:.2%}",
+                          _num(lat["p50"]) + interval_text(lat),
                           _num(lat["p90"]), _num(lat["mean"]), _num(r["load_ms"]),
                           "-" if peak is None else f"{peak / 2**20:.1f}")
             for warning in r["runtime"]["warnings"]:
@@ -230,7 +268,8 @@ def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def _run(recipe_path: Path, output: Path | None, data: str | None, model: str | None, trust_model: bool) -> None:
+def _run(recipe_path: Path, output: Path | None, data: str | None, model: str | None, trust_model: bool = False,
+         baseline: Path | None = None, junit: Path | None = None, mlflow: str | None = None) -> None:
     from edgepress.recipe import Recipe
 
     def work():
@@ -239,9 +278,21 @@ def _run(recipe_path: Path, output: Path | None, data: str | None, model: str | 
         recipe = Recipe.from_yaml(recipe_path).with_overrides(data=data, model=model)
         if trust_model:  # --trust-model is model.trusted: true
             recipe = recipe.model_copy(update={"model": recipe.model.model_copy(update={"trusted": True})})
+        if baseline is not None:
+            from edgepress.compare import with_baseline
+
+            recipe = with_baseline(recipe, baseline)
         with console.status("starting (importing TensorFlow)") as status:
             report = run_recipe(recipe, output, _LiveProgress(status))
         _print_report(report)
+        if junit is not None:
+            from edgepress.junit import write_junit
+
+            console.print(f"JUnit: {write_junit(report.results, junit)}")
+        if mlflow is not None:
+            from edgepress.tracking import log_run
+
+            console.print(f"MLflow run: {log_run(report.results, report.run_dir, mlflow)} ({mlflow})")
         report.check()
 
     _guard(work)

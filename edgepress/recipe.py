@@ -17,6 +17,7 @@ from typing import Annotated, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from edgepress.compare import BaselineSpec
 from edgepress.compress.step import registered
 from edgepress.errors import EdgepressError
 from edgepress.formats import QUANTIZED, precision_names, sparse_precisions
@@ -150,9 +151,32 @@ class ExportSpec(Section):
 class MeasureSpec(Section):
     """How each artifact is timed on each target (batch 1)."""
 
-    runs: int = Field(100, ge=1, description="Timed runs after warm-up.")
+    runs: int = Field(100, ge=1, description="Timed runs after warm-up, at least (spread over interleaved rounds).")
     warmup: int = Field(10, ge=0)
     threads: int | None = Field(None, ge=1, description="Threads on every target; default: each device's own.")
+    # Adaptive runs (edgepress/deploy/runner.py, time_interleaved): more rounds until the interval is narrow enough.
+    max_runs: int | None = Field(None, ge=1, description="Timed runs at most per artifact; default: 2000 (or runs).")
+    target_ci_width: float | None = Field(
+        0.05, gt=0, description="Add runs until the 95% interval of the p50 is at most this fraction of the p50 "
+        "(0.05 or '5%'); null: exactly `runs` runs."
+    )
+    max_seconds: float = Field(10, gt=0, description="Stop adding runs after this many seconds of timing per target.")
+
+    @field_validator("target_ci_width", mode="before")
+    @classmethod
+    def _width(cls, value):
+        return fraction(value)
+
+    @model_validator(mode="after")
+    def _run_range(self) -> MeasureSpec:
+        if self.max_runs is not None and self.max_runs < self.runs:
+            raise ValueError(f"max_runs ({self.max_runs}) must be at least runs ({self.runs})")
+        return self
+
+    @property
+    def run_cap(self) -> int:
+        """max_runs, or its default: 2000, or `runs` when that is more."""
+        return self.max_runs if self.max_runs is not None else max(2000, self.runs)
 
 
 class Target(BaseModel):
@@ -185,6 +209,16 @@ class Gates(Section):
     require: Literal["any", "all"] = Field(
         "any", description="any: every target has an artifact meeting every gate; all: every row must pass."
     )
+    baseline: BaselineSpec | None = Field(
+        None, description="A previous run's results.json to gate against (edgepress/compare.py)."
+    )
+
+    def with_baseline_path(self, resolve) -> Gates:
+        """These gates with the baseline's path passed through `resolve` (relative to the recipe's folder)."""
+        if self.baseline is None:
+            return self
+        baseline = self.baseline.model_copy(update={"path": resolve(self.baseline.path)})
+        return self.model_copy(update={"baseline": baseline})
 
     @field_validator("max_accuracy_drop", mode="before")
     @classmethod
@@ -271,6 +305,7 @@ class Recipe(Section):
             update={
                 "model": self.model.model_copy(update={"path": resolve(self.model.path)}),
                 "data": self.data.model_copy(update={"path": resolve(self.data.path)}),
+                "gates": self.gates.with_baseline_path(resolve),
                 # A step may name files too (distill: its student model and its unlabelled samples).
                 "steps": [s.with_paths_from(resolve) if hasattr(s, "with_paths_from") else s for s in self.steps],
             }

@@ -17,15 +17,20 @@ results.json, schema_version 1:
     devices {name: {reach, error}}                      error is null when the device was measured
     artifacts [{name, device, format, precision, path, bytes, gzip_bytes, sha256, steps, quantization, check,
                 metrics {accuracy, accuracy_drop, agreement[, cross_entropy, perplexity]},
-                latency {unit: "ms", p50, p90, p99, mean, std, min, max, runs, warmup, threads, batch},
+                latency {unit: "ms", p50, p90, p99, mean, std, min, max, runs, warmup, threads, batch,
+                         p50_ci, p90_ci [low, high] (bootstrap, `confidence` 0.95), stopped (why the adaptive
+                         runs stopped), times_ms (the per-run times, at most 2,000)},
                 load_ms, memory {baseline_rss_bytes, peak_rss_bytes, model_rss_bytes}, runtime {name, version,
-                providers, warnings}, gates {gate: {limit, value, passed}}, passed}]
+                providers, warnings}, host {cpu, machine, cores, python, numpy, load_before, load_after},
+                gates {gate: {limit, value, passed}}, passed}]
                                                         one entry per artifact and device; a value a device
                                                         could not measure (adb: accuracy) is null; a sparse
                                                         TFLite export has quantization {sparse, sparse_tensors}
     gates {max_accuracy_drop, max_p50_ms, max_bytes, max_perplexity, require},
     notes [...]                                         what the run left out and why (e.g. no TFLite from ONNX)
     best {device: artifact name or null}, passed,
+    baseline {path, limits, flags, regressed, rows} or {path, error}   with gates.baseline (edgepress/compare.py);
+                                                        rows then also have gates baseline_p50/_accuracy/_bytes
     quantize [...]                                      one entry per accuracy-aware export (see sensitivity.json);
                                                         its artifacts' rows also carry float_layers and
                                                         accuracy_aware {role, max_accuracy_drop, budget_met, ...},
@@ -39,7 +44,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgepress import files
+from edgepress.compare import add_baseline_gates
 from edgepress.errors import GateFailed
+from edgepress.stats import busy_warnings, rank_best, ratio_interval, speed_verdict, tie_notes
 
 SCHEMA_VERSION = 1
 GATE_NAMES = ("max_accuracy_drop", "max_p50_ms", "max_bytes", "max_perplexity")
@@ -100,6 +107,7 @@ def judge(results: dict) -> dict:
     for row in results["artifacts"]:
         budget = devices.get(row["device"], {}).get("memory_budget_mb")
         apply_gates(row, results["gates"], budget, float_accuracy)
+        add_baseline_gates(row, results.get("baseline"))  # edgepress/compare.py: gates.baseline's comparison
     rows = delivered(results["artifacts"])
     failures = {name: d["error"] for name, d in devices.items() if d.get("error")}
     budgets = all(a["gates"][BUDGET_GATE]["passed"] for a in rows if BUDGET_GATE in a["gates"])
@@ -107,12 +115,13 @@ def judge(results: dict) -> dict:
 
 
 def choose_best(artifacts: list[dict]) -> dict[str, str | None]:
-    """Per device, the fastest artifact (p50) among those that meet every gate; ties go to the smaller file."""
+    """Per device, the fastest artifact (p50) among those that meet every gate; a tie (overlapping p50 intervals)
+    goes to the smaller file, then the more accurate (edgepress/stats.py, rank_best)."""
     best: dict[str, str | None] = {}
     for device in dict.fromkeys(a["device"] for a in artifacts):
         passing = [a for a in artifacts if a["device"] == device and a["passed"]]
         speed = [a for a in passing if a["latency"]["p50"] is not None]
-        best[device] = min(speed, key=lambda a: (a["latency"]["p50"], a["bytes"]))["name"] if speed else None
+        best[device] = rank_best(speed)["name"] if speed else None
     return best
 
 
@@ -219,9 +228,9 @@ class Report:
                 "drop": drop_text(a["metrics"]["accuracy_drop"]),
                 "agreement": _or_dash(a["metrics"]["agreement"], "{:.2%}"),
                 "perplexity": _or_dash(a["metrics"].get("perplexity"), "{:.3f}"),
-                "p50 ms": _or_dash(p50, "{:.3f}"),
+                "p50 ms": _or_dash(p50, "{:.3f}") + interval_text(a["latency"]),
                 "p90 ms": _or_dash(a["latency"]["p90"], "{:.3f}"),
-                "speed-up vs fp32": f"{base_p50 / p50:.2f}x" if base_p50 and p50 else "-",
+                "speed-up vs fp32": _speed_up(base, a) if base_p50 and p50 else "-",
                 "gates": ("pass" if a["passed"] else "FAIL") if a["gates"] else "-",
                 "name": a["name"],
                 "best": "yes" if is_best else "",
@@ -233,7 +242,7 @@ class Report:
         """What a reader must know to trust the numbers: runtime fallbacks, failed devices."""
         notes = [f"{a['name']} on {a['device']}: {w}" for a in self.artifacts for w in a["runtime"]["warnings"]]
         notes += [f"device {name} failed: {d['error']}" for name, d in self.results["devices"].items() if d["error"]]
-        return notes
+        return notes + busy_warnings(self.results)
 
     def summary(self) -> str:
         src = self.results["source"]
@@ -248,7 +257,7 @@ class Report:
 
     def notes(self) -> list[str]:
         """What the run left out, and why (e.g. steps or exports that do not apply to the model)."""
-        return list(self.results.get("notes", []))
+        return list(self.results.get("notes", [])) + tie_notes(self.results)
 
     def sparse_notes(self) -> list[str]:
         """One sentence per sparse TFLite artifact: its size and p50 against the same export stored dense."""
@@ -359,7 +368,25 @@ def float_layers_text(artifact: dict) -> str:
     return ", ".join(row["layer"] for row in artifact.get("float_layers", [])) or "none"
 
 
+def interval_text(latency: dict) -> str:
+    """ ' [low, high]': a row's p50 95% confidence interval (ms), as every view shows it after the p50."""
+    ci = latency.get("p50_ci")
+    return f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+
+
+def _speed_up(base: dict, row: dict) -> str:
+    """base p50 / row p50 with its interval (conservative, from both intervals), and "tie" when the two p50
+    intervals overlap (edgepress/stats.py)."""
+    if base is row:
+        return "1.00x"
+    point, low, high = ratio_interval(base, row)
+    interval = f" [{low:.2f}, {high:.2f}]" if (low, high) != (point, point) else ""
+    return f"{point:.2f}x{interval}" + (" tie" if speed_verdict(row, base) == "tie" else "")
+
+
 def _gate_value(name: str, value: float) -> str:
+    if name.startswith("baseline_"):  # edgepress/compare.py: relative changes, accuracy in points
+        return f"{value * 100:.2f} pt" if name == "baseline_accuracy" else f"{value:+.1%}"
     if name in ("max_accuracy_drop", BUDGET_GATE):
         return f"{value * 100:.2f} pt"
     if name == "max_p50_ms":

@@ -64,9 +64,13 @@ def test_fp32_artifacts_match_the_pruned_keras_model(report):
 
 
 def test_gates_pick_the_fastest_passing_artifact(report):
+    from edgepress.stats import faster
+
     passing = [a for a in report.artifacts if a["passed"]]
     assert {a["precision"] for a in passing} <= {"int8", "int8_static"} and passing
-    assert report.best["x86-host"]["name"] == min(passing, key=lambda a: a["latency"]["p50"])["name"]
+    fastest, best = min(passing, key=lambda a: a["latency"]["p50"]), report.best["x86-host"]
+    # The fastest, or one that ties with it (overlapping p50 intervals) and is no larger.
+    assert best is fastest or (not faster(fastest, best) and best["bytes"] <= fastest["bytes"])
     report.check()  # require: any -> passes
     assert "★ best" in (report.run_dir / "report.md").read_text()
 

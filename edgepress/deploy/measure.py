@@ -1,7 +1,12 @@
-"""Measure an artifact on a device: the on-device runner, run there, its JSON brought back.
+"""Measure artifacts on a device: the on-device runner, run there, its JSON brought back.
 
 On this machine the runner runs in its own process, which keeps TensorFlow's threads and memory
 out of the numbers and makes the host measurement the very code that runs on a device.
+
+Several artifacts on one device (`measure_many`) are each run alone first, for their accuracy,
+load time and memory (a process per model, so one model's memory is not another's), then timed
+together in one runner process, interleaved in rounds (runner.time_interleaved): a burst of load
+from elsewhere on the machine then falls on every artifact alike, and their intervals compare.
 """
 
 from __future__ import annotations
@@ -27,45 +32,100 @@ def measure(
     threads: int | None = None,
     reference: np.ndarray | None = None,
     device: Device | str = "x86-host",
+    max_runs: int | None = None,
+    target_ci_width: float | None = None,
+    max_seconds: float | None = None,
 ) -> dict:
-    """Latency, load time, peak memory and (with data) accuracy of `artifact` on `device`.
+    """Latency (with its confidence interval), load time, peak memory and (with data) accuracy of `artifact`.
 
     `data` is a Dataset (its test split is used, fitted to the artifact's input) or an (x, y) pair
-    already fitted (images in the layout of the model the artifact came from: an NHWC artifact of an NCHW
-    PyTorch model gets them moved channels last), or None for latency only. `threads` defaults to the device profile's.
+    already fitted, or None for latency only. `threads` defaults to the device profile's.
     `reference` holds the source model's top-1 predictions on the same samples; when given, the
     result has `agreement`, the fraction of samples where the artifact predicts the same.
+    At least `runs` timed runs; up to `max_runs` until the p50's 95% interval is at most
+    `target_ci_width` of the p50 or `max_seconds` have passed (runner.time_interleaved).
     Returns the runner's JSON (see edgepress/deploy/runner.py) plus `agreement` and `device`.
     Raises DeviceError (an EdgepressError) when the device cannot be reached or cannot run it.
     """
     device = load_device(device) if isinstance(device, str) else device
+    if isinstance(data, Dataset):
+        path = _checked_path(artifact, device)
+        shape = runner.open_model(str(path)).input_shape[1:]
+        data = fit_to_input(data.x_test, tuple(shape), data.name), data.y_test
+    return measure_many([artifact], data, device, runs, warmup, threads, reference, max_runs, target_ci_width,
+                        max_seconds)[0]
+
+
+def measure_many(
+    artifacts: list[Artifact | str | Path],
+    data: tuple[np.ndarray, np.ndarray] | None,
+    device: Device | str = "x86-host",
+    runs: int = 100,
+    warmup: int = 10,
+    threads: int | None = None,
+    reference: np.ndarray | None = None,
+    max_runs: int | None = None,
+    target_ci_width: float | None = None,
+    max_seconds: float | None = None,
+) -> list[dict]:
+    """`measure` for every artifact of `artifacts` on one device, their latencies timed interleaved.
+
+    `data` is an (x, y) pair already fitted to the artifacts' input, or None. Returns one result
+    per artifact, in order. `max_seconds` caps the interleaved timing of all of them together.
+    Over adb (LiteRT's benchmark_model, no per-run times) each artifact is timed alone, `runs`
+    runs, and its p50 interval is a normal approximation from benchmark_model's standard deviation.
+    """
+    device = load_device(device) if isinstance(device, str) else device
+    paths = [_checked_path(a, device) for a in artifacts]
+    threads = threads or device.threads
+    adaptive = {"max_runs": max_runs, "target_ci_width": target_ci_width, "max_seconds": max_seconds}
+    with tempfile.TemporaryDirectory() as work:
+        # Each artifact scored on the data in the layout it takes (an NHWC file from a PyTorch model: channels last).
+        inputs = [None if data is None else _in_artifact_layout(data[0], a) for a in artifacts]
+        evals: list[Path | None] = []
+        for i, x in enumerate(inputs):
+            if x is None or device.reach.kind == "adb":  # benchmark_model times, it does not score
+                evals.append(None)
+                continue
+            evals.append(Path(work) / f"eval{i}.npz")
+            np.savez(evals[-1], x=x.astype(np.float32), y=data[1])
+        if len(paths) == 1 or device.reach.kind == "adb":
+            results = [run_benchmark(device, p, e, runs, warmup, threads, adaptive) for p, e in zip(paths, evals,
+                                                                                                      strict=True)]
+        else:
+            # Scored alone (one timed run: the latency comes from the interleaved rounds below).
+            results = [run_benchmark(device, p, e, 1, warmup, threads) for p, e in zip(paths, evals, strict=True)]
+            latency_npz = None
+            if data is not None and len({x.shape for x in inputs}) == 1:  # else each times a random input
+                latency_npz = Path(work) / "latency.npz"  # the timed input only: the first sample
+                np.savez(latency_npz, x=inputs[0][:1].astype(np.float32))
+            timed = run_benchmark(device, paths, latency_npz, runs, warmup, threads, adaptive)
+            for result, timing in zip(results, timed["artifacts"], strict=True):
+                result["latency_ms"] = timing["latency_ms"]
+                result["host"] = timed["host"]
+    for result in results:
+        result["device"] = device.name
+        if reference is not None and result.get("predictions") is not None:
+            result["agreement"] = float(np.mean(np.asarray(result["predictions"]) == reference))
+    return results
+
+
+def _in_artifact_layout(x: np.ndarray, artifact) -> np.ndarray:
+    """NCHW images moved channels last for an NHWC artifact that takes them so (from a PyTorch model)."""
+    if not isinstance(artifact, Artifact):
+        return x
+    sample = tuple(artifact.inputs[0].shape[1:]) if artifact.inputs else ()
+    if artifact.layout != "NHWC" or x.ndim != 4 or tuple(x.shape[1:]) == sample:
+        return x
+    moved = x.transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(moved) if tuple(moved.shape[1:]) == sample else x
+
+
+def _checked_path(artifact: Artifact | str | Path, device: Device) -> Path:
     path = Path(artifact.path if isinstance(artifact, Artifact) else artifact)
     if not path.is_file():
         raise EdgepressError(f"Artifact {path} not found.")
     if not device.runs(path.suffix.lstrip(".")):
         raise EdgepressError(f"Device '{device.name}' has no runtime for {path.suffix} files (runtimes: "
                              f"{', '.join(device.runtimes)}).")
-    if isinstance(data, Dataset):
-        shape = runner.open_model(str(path)).input_shape[1:]
-        data = fit_to_input(data.x_test, tuple(shape), data.name), data.y_test
-    elif data is not None and isinstance(artifact, Artifact):
-        data = _in_artifact_layout(data[0], artifact), data[1]
-    with tempfile.TemporaryDirectory() as work:
-        eval_npz = None
-        if data is not None and device.reach.kind != "adb":  # benchmark_model times, it does not score
-            eval_npz = Path(work) / "eval.npz"
-            np.savez(eval_npz, x=data[0].astype(np.float32), y=data[1])
-        result = run_benchmark(device, path, eval_npz, runs, warmup, threads or device.threads)
-    result["device"] = device.name
-    if reference is not None and result.get("predictions") is not None:
-        result["agreement"] = float(np.mean(np.asarray(result["predictions"]) == reference))
-    return result
-
-
-def _in_artifact_layout(x: np.ndarray, artifact: Artifact) -> np.ndarray:
-    """NCHW images moved channels last for an NHWC artifact that takes them so (from a PyTorch model)."""
-    sample = tuple(artifact.inputs[0].shape[1:]) if artifact.inputs else ()
-    if artifact.layout != "NHWC" or x.ndim != 4 or tuple(x.shape[1:]) == sample:
-        return x
-    moved = x.transpose(0, 2, 3, 1)
-    return np.ascontiguousarray(moved) if tuple(moved.shape[1:]) == sample else x
+    return path

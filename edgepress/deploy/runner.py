@@ -5,6 +5,13 @@ library, numpy and one runtime; it imports nothing from edgepress and never impo
 unless no other TFLite interpreter exists. It runs on Python 3.9+.
 
     python runner.py model.tflite --data eval.npz --runs 100 --threads 4 --json
+    python runner.py a.tflite b.onnx --runs 100 --max-runs 2000 --target-ci-width 0.05 --json
+
+Latency comes with a bootstrap 95% confidence interval of its p50 and p90. With --max-runs above
+--runs, more runs are added in rounds until the p50 interval is narrower than --target-ci-width
+(a fraction of the p50) or --max-seconds have passed. Several artifacts are timed interleaved:
+each round times every artifact for a block of runs, so a burst of load from elsewhere falls on
+all of them alike; that mode times only (no scoring: run each artifact alone with --data for that).
 
 eval.npz holds `x` (inputs, preprocessed to the model's input shape, float32) and optionally `y`
 (integer labels: one per sample for a classifier, or one per time step, (N, T), for a sequence
@@ -16,6 +23,7 @@ call `open_model(path).predict(x)` to check what an exported file computes.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -28,6 +36,14 @@ from contextlib import contextmanager, nullcontext
 import numpy as np
 
 RUNNER_VERSION = 1
+
+# Bootstrap resamples for the confidence intervals; the seed is fixed so the same times give the same interval.
+BOOTSTRAP_RESAMPLES = 1000
+CONFIDENCE = 0.95
+# The minimum runs are spread over at least this many interleaved rounds.
+MIN_ROUNDS = 5
+# Raw per-run times kept in the result (evenly thinned beyond that), for a distribution plot.
+TIMES_KEPT = 2000
 
 # predict() feeds a dynamic-batch model at most this many rows at a time, to bound memory on a device.
 PREDICT_CHUNK = 256
@@ -122,6 +138,17 @@ class Runtime:
             outs.append(self._invoke(chunk)[:real])
         return np.concatenate(outs)
 
+    def timer(self, x: np.ndarray):
+        """A no-argument callable that runs the model once on `x`: what the timing loop calls.
+
+        When `x` is already in the model's dtype and batch it goes straight to `_invoke`, so the
+        loop times the runtime and not this class's conversions and checks.
+        """
+        x = self.prepare(x)
+        if self.fixed_batch is None or len(x) == self.fixed_batch:
+            return functools.partial(self._invoke, x)
+        return functools.partial(self.run_batch, x)
+
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Float32 first output of the model for a batch `x` of float inputs (any batch size).
 
@@ -160,6 +187,7 @@ class TFLiteRuntime(Runtime):
             raise RunnerError(f"{path} has {len(inputs)} inputs; the runner handles single-input models only.")
         self._input = inputs[0]
         self._output = self._interpreter.get_output_details()[0]
+        self._input_index, self._output_index = self._input["index"], self._output["index"]  # read once: timed path
         # shape_signature keeps -1 for dynamic dims; `shape` shows them as 1.
         self.input_shape = [int(d) for d in self._input.get("shape_signature", self._input["shape"])]
         self.input_dtype = np.dtype(self._input["dtype"]).name
@@ -173,7 +201,7 @@ class TFLiteRuntime(Runtime):
         self._stateful = _has_stateful_ops(self._interpreter)
 
     def _invoke(self, x: np.ndarray) -> np.ndarray:
-        index = self._input["index"]
+        index = self._input_index
         if x.shape != self._allocated_shape:
             # A dynamic dimension changed (usually the batch): resize, then re-plan the tensors.
             self._interpreter.resize_tensor_input(index, list(x.shape))
@@ -183,7 +211,7 @@ class TFLiteRuntime(Runtime):
             self._interpreter.reset_all_variables()
         self._interpreter.set_tensor(index, x)
         self._interpreter.invoke()
-        return self._interpreter.get_tensor(self._output["index"])
+        return self._interpreter.get_tensor(self._output_index)
 
 
 # TFLite ops whose hidden and cell states are variable tensors that outlive an invocation.
@@ -340,19 +368,21 @@ def benchmark(
     batch: int = 1,
     providers: list[str] | None = None,
     with_predictions: bool = False,
+    max_runs: int | None = None,
+    target_ci_width: float | None = None,
+    max_seconds: float | None = None,
 ) -> dict:
-    """Load `path`, time `runs` invocations at batch `batch`, and score it on (`x`, `y`) if given.
+    """Load `path`, time at least `runs` invocations at batch `batch`, and score it on (`x`, `y`) if given.
 
-    Returns a JSON-serialisable dict: artifact, runtime, load_ms, latency_ms (p50/p90/p99/mean/std/
-    min/max of the timed runs), memory, samples, accuracy, per_class, cross_entropy and perplexity
+    More runs, up to `max_runs`, are added until the p50's confidence interval is narrower than
+    `target_ci_width` (a fraction of the p50) or `max_seconds` have passed (see `time_interleaved`).
+    Returns a JSON-serialisable dict: artifact, runtime, load_ms, latency_ms (see `latency_stats`),
+    memory, samples, accuracy, per_class, cross_entropy and perplexity
     (sequence labels only, see `score`), output_checksum, host, and predictions when asked.
     `peak_rss_bytes` is the peak of the whole process, so it means most in a fresh process such as
     the CLI's; `model_rss_bytes` is what the loaded, warmed-up model added.
     """
-    if runs < 1 or warmup < 0 or batch < 1:
-        raise RunnerError(
-            f"runs and batch must be 1 or more and warmup 0 or more (got runs={runs}, batch={batch}, warmup={warmup})."
-        )
+    _check_counts(runs, warmup, batch, max_runs)
     path = str(path)
     if x is not None:
         x = np.asarray(x)
@@ -381,24 +411,12 @@ def benchmark(
     if x is not None:
         _check_fits(model, x)
 
-    # Latency: the first `batch` rows of the data (repeated if there are fewer), else random input.
-    if x is not None and len(x) > 0:
-        latency_x = x[np.arange(batch) % len(x)]
-    else:
-        latency_x = _random_input(model, batch)
-    latency_input = model.prepare(latency_x)
-    if model.fixed_batch is not None and batch != model.fixed_batch:
-        calls = -(-batch // model.fixed_batch)
-        warnings.append(
-            f"the model's batch is fixed at {model.fixed_batch}, so each batch-{batch} run is {calls} invocations"
-        )
+    latency_input = _latency_input(model, x, batch, warnings)
     for _ in range(warmup):
         model.run_batch(latency_input)
-    times_ms = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        model.run_batch(latency_input)
-        times_ms.append((time.perf_counter() - start) * 1000.0)
+    load_before = _load_average()
+    times_ms, stopped = time_interleaved([model.timer(latency_input)], runs, max_runs, target_ci_width, max_seconds)
+    load_after = _load_average()
     model_rss = max(0, _current_rss() - baseline_rss)
 
     # Accuracy: every sample of the data, through predict so quantized models get floats back.
@@ -433,7 +451,7 @@ def benchmark(
         "threads": threads,
         "batch": batch,
         "load_ms": model.load_ms,
-        "latency_ms": _latency_stats(times_ms, warmup),
+        "latency_ms": latency_stats(times_ms[0], warmup, stopped[0]),
         "memory": {
             "baseline_rss_bytes": baseline_rss,
             "peak_rss_bytes": max(_peak_rss(), baseline_rss),
@@ -442,7 +460,7 @@ def benchmark(
         "samples": samples,
         **scores,
         "output_checksum": _checksum(outputs),
-        "host": _host(),
+        "host": _host(load_before, load_after),
     }
     if with_predictions:
         result["predictions"] = predictions
@@ -523,8 +541,162 @@ def _random_input(model: Runtime, batch: int) -> np.ndarray:
     return rng.random(shape, dtype=np.float32)
 
 
-def _latency_stats(times_ms: list[float], warmup: int) -> dict:
+def benchmark_many(
+    paths: list[str],
+    x: np.ndarray | None = None,
+    runs: int = 100,
+    warmup: int = 10,
+    threads: int = 1,
+    batch: int = 1,
+    providers: list[str] | None = None,
+    max_runs: int | None = None,
+    target_ci_width: float | None = None,
+    max_seconds: float | None = None,
+) -> dict:
+    """Load every file of `paths` and time them interleaved (see `time_interleaved`); no scoring.
+
+    The latency input is the first `batch` rows of `x`, else a random input per model. Returns
+    {runner_version, artifacts: [{artifact, runtime, threads, batch, load_ms, latency_ms}], host}.
+    """
+    _check_counts(runs, warmup, batch, max_runs)
+    models, inputs, warnings = [], [], []
+    for path in map(str, paths):
+        model = open_model(path, threads=threads, providers=providers)
+        if x is not None:
+            _check_fits(model, np.asarray(x))
+        notes = list(model.warnings)
+        models.append(model)
+        warnings.append(notes)
+        inputs.append(_latency_input(model, None if x is None else np.asarray(x, dtype=np.float32), batch, notes))
+    for i, model in enumerate(models):
+        for _ in range(warmup):
+            model.run_batch(inputs[i])
+    load_before = _load_average()
+    calls = [model.timer(inputs[i]) for i, model in enumerate(models)]
+    times_ms, stopped = time_interleaved(calls, runs, max_runs, target_ci_width, max_seconds)
+    load_after = _load_average()
+    artifacts = []
+    for i, model in enumerate(models):
+        path = str(paths[i])
+        artifacts.append({
+            "artifact": {"path": path, "sha256": _sha256_file(path), "bytes": os.path.getsize(path)},
+            "runtime": {"name": model.runtime, "version": model.runtime_version, "providers": list(model.providers),
+                        "warnings": warnings[i]},
+            "threads": threads,
+            "batch": batch,
+            "load_ms": model.load_ms,
+            "latency_ms": latency_stats(times_ms[i], warmup, stopped[i]),
+        })
+    return {"runner_version": RUNNER_VERSION, "artifacts": artifacts, "host": _host(load_before, load_after)}
+
+
+def _check_counts(runs: int, warmup: int, batch: int, max_runs: int | None) -> None:
+    if runs < 1 or warmup < 0 or batch < 1 or (max_runs is not None and max_runs < runs):
+        raise RunnerError(
+            f"runs and batch must be 1 or more, warmup 0 or more and max_runs at least runs (got runs={runs}, "
+            f"batch={batch}, warmup={warmup}, max_runs={max_runs})."
+        )
+
+
+def _latency_input(model: Runtime, x: np.ndarray | None, batch: int, warnings: list[str]) -> np.ndarray:
+    """The input every timed run gets, in the model's dtype: the first `batch` rows of the data (repeated if there
+    are fewer), else a random input."""
+    if x is not None and len(x) > 0:
+        latency_x = x[np.arange(batch) % len(x)]
+    else:
+        latency_x = _random_input(model, batch)
+    if model.fixed_batch is not None and batch != model.fixed_batch:
+        calls = -(-batch // model.fixed_batch)
+        warnings.append(
+            f"the model's batch is fixed at {model.fixed_batch}, so each batch-{batch} run is {calls} invocations"
+        )
+    return model.prepare(latency_x)
+
+
+def time_interleaved(
+    calls: list,
+    runs: int,
+    max_runs: int | None = None,
+    target_ci_width: float | None = None,
+    max_seconds: float | None = None,
+    clock=time.perf_counter,
+) -> tuple[list[list[float]], list[str]]:
+    """Time each no-argument callable of `calls` in interleaved rounds; per-run times in milliseconds.
+
+    Each round gives every callable still being timed a block of runs in turn. The first `runs`
+    runs are spread over at least MIN_ROUNDS rounds; after that a callable is timed on (blocks
+    growing by a quarter of its runs, so the interval is checked only a few times) until its p50's
+    confidence interval is at most `target_ci_width` times its p50, it has `max_runs` runs, or
+    `max_seconds` have passed since the first round began. Without `max_runs` above `runs`, exactly
+    `runs` runs. Returns the times per callable and why each stopped: "runs", "target", "max_runs"
+    or "max_seconds".
+    """
+    max_runs = max(runs, max_runs or runs)
+    block = max(1, -(-runs // MIN_ROUNDS))
+    times: list[list[float]] = [[] for _ in calls]
+    stopped = ["runs"] * len(calls)
+    active = list(range(len(calls)))
+    started = clock()
+    while active:
+        for i in active:
+            call, kept = calls[i], times[i]
+            done = len(kept)
+            count = min(block, runs - done) if done < runs else min(max(block, done // 4), max_runs - done)
+            for _ in range(count):
+                start = clock()
+                call()
+                kept.append((clock() - start) * 1000.0)
+        over_time = max_seconds is not None and clock() - started >= max_seconds
+        still = []
+        for i in active:
+            why = _stop_reason(times[i], runs, max_runs, target_ci_width, over_time)
+            if why is None:
+                still.append(i)
+            else:
+                stopped[i] = why
+        active = still
+    return times, stopped
+
+
+def _stop_reason(times: list[float], runs: int, max_runs: int, target: float | None, over_time: bool) -> str | None:
+    if len(times) < runs:
+        return None
+    if max_runs == runs:
+        return "runs"
+    if target is not None:
+        low, high = bootstrap_interval(times, 50)
+        if high - low <= target * float(np.median(times)):
+            return "target"
+    if len(times) >= max_runs:
+        return "max_runs"
+    if over_time:
+        return "max_seconds"
+    return None if target is not None else "runs"
+
+
+def bootstrap_interval(times: list[float], q: float, confidence: float = CONFIDENCE,
+                       resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> tuple[float, float]:
+    """Percentile-bootstrap confidence interval of the `q`-th percentile of `times`."""
+    t = np.asarray(times, dtype=np.float64)
+    if len(t) < 2:
+        return float(t[0]), float(t[0])
+    rng = np.random.default_rng(seed)
+    estimates = []
+    chunk = max(1, 200_000 // len(t))  # bounds the resample matrix to ~1.6 MB on a small device
+    for start in range(0, resamples, chunk):
+        picks = rng.integers(0, len(t), size=(min(chunk, resamples - start), len(t)))
+        estimates.append(np.percentile(t[picks], q, axis=1))
+    estimates = np.concatenate(estimates)
+    tail = (1 - confidence) / 2 * 100
+    return float(np.percentile(estimates, tail)), float(np.percentile(estimates, 100 - tail))
+
+
+def latency_stats(times_ms: list[float], warmup: int, stopped: str = "runs") -> dict:
+    """Statistics of per-run times: p50/p90/p99, mean, std, min, max; p50_ci and p90_ci, bootstrap intervals at
+    `confidence`; `stopped`, why the timing stopped; times_ms, the times themselves (at most TIMES_KEPT, evenly
+    thinned, in the order they were measured)."""
     t = np.asarray(times_ms, dtype=np.float64)
+    kept = t if len(t) <= TIMES_KEPT else t[np.linspace(0, len(t) - 1, TIMES_KEPT).round().astype(int)]
     return {
         "runs": len(t),
         "warmup": warmup,
@@ -535,6 +707,11 @@ def _latency_stats(times_ms: list[float], warmup: int) -> dict:
         "std": float(t.std()),
         "min": float(t.min()),
         "max": float(t.max()),
+        "p50_ci": list(bootstrap_interval(times_ms, 50)),
+        "p90_ci": list(bootstrap_interval(times_ms, 90)),
+        "confidence": CONFIDENCE,
+        "stopped": stopped,
+        "times_ms": [round(float(v), 6) for v in kept],
     }
 
 
@@ -586,13 +763,25 @@ def _peak_rss() -> int:
     return peak if peak is not None else _rusage_peak_bytes()
 
 
-def _host() -> dict:
+def _host(load_before: float | None = None, load_after: float | None = None) -> dict:
+    """What shapes the numbers on this machine: the CPU, its cores, and how busy it was around the timing."""
     return {
         "cpu": cpu_model(),
         "machine": platform.machine(),
+        "cores": os.cpu_count(),
         "python": platform.python_version(),
         "numpy": np.__version__,
+        "load_before": load_before,
+        "load_after": load_after,
     }
+
+
+def _load_average() -> float | None:
+    """The one-minute load average (runnable processes), or None where the system has none (Windows)."""
+    try:
+        return float(os.getloadavg()[0])
+    except (AttributeError, OSError):
+        return None
 
 
 def cpu_model() -> str:
@@ -665,7 +854,9 @@ def _summary(result: dict) -> str:
         f"{result['artifact']['path']}  ({rt['name']} {rt['version']}{providers}, "
         f"{result['threads']} thread(s), batch {result['batch']})",
         f"  load      {result['load_ms']:.1f} ms",
-        f"  latency   p50 {lat['p50']:.3f} ms  p90 {lat['p90']:.3f} ms  p99 {lat['p99']:.3f} ms  ({lat['runs']} runs)",
+        f"  latency   p50 {lat['p50']:.3f} ms [{lat['p50_ci'][0]:.3f}, {lat['p50_ci'][1]:.3f}]  "
+        f"p90 {lat['p90']:.3f} ms  "
+        f"p99 {lat['p99']:.3f} ms  ({lat['runs']} runs, 95% interval of the p50 in brackets)",
         f"  memory    peak {mem['peak_rss_bytes'] / 2**20:.1f} MiB, model +{mem['model_rss_bytes'] / 2**20:.1f} MiB",
     ]
     if result["accuracy"] is not None:
@@ -691,11 +882,16 @@ def _check_copy(path: str, expected: str | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="runner.py", description="Time a .tflite or .onnx model on this device, and score it on data."
+        prog="runner.py", description="Time .tflite or .onnx models on this device, and score one on data."
     )
-    parser.add_argument("artifact", help="the .tflite or .onnx file")
+    parser.add_argument("artifact", nargs="+",
+                        help="the .tflite or .onnx file (several: timed interleaved, not scored)")
     parser.add_argument("--data", help="an .npz with x (preprocessed inputs) and optionally y (integer labels)")
-    parser.add_argument("--runs", type=int, default=100, help="timed runs (default 100)")
+    parser.add_argument("--runs", type=int, default=100, help="timed runs, at least (default 100)")
+    parser.add_argument("--max-runs", type=int, help="timed runs at most, with --target-ci-width (default: --runs)")
+    parser.add_argument("--target-ci-width", type=float,
+                        help="add runs until the p50's 95%% interval is at most this fraction of the p50 (e.g. 0.05)")
+    parser.add_argument("--max-seconds", type=float, help="stop adding runs after this many seconds of timing")
     parser.add_argument("--warmup", type=int, default=10, help="untimed runs first (default 10)")
     parser.add_argument("--threads", type=int, default=1, help="runtime threads (default 1)")
     parser.add_argument("--batch", type=int, default=1, help="batch size of each timed run (default 1)")
@@ -704,29 +900,48 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--predictions", action="store_true", help="include the top-1 prediction of every sample")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
-    parser.add_argument("--expect-sha256", help="refuse to run unless the artifact has this sha256 (copy check)")
+    parser.add_argument("--expect-sha256", action="append", default=[],
+                        help="refuse to run unless the artifact has this sha256 (copy check); once per artifact")
     parser.add_argument("--expect-data-sha256", help="refuse to run unless --data has this sha256 (copy check)")
     args = parser.parse_args(argv)
 
     providers = [p.strip() for p in args.providers.split(",") if p.strip()] if args.providers else None
+    adaptive = {"max_runs": args.max_runs, "target_ci_width": args.target_ci_width, "max_seconds": args.max_seconds}
     try:
-        _check_copy(args.artifact, args.expect_sha256)
+        if args.expect_sha256 and len(args.expect_sha256) != len(args.artifact):
+            raise RunnerError(f"--expect-sha256 was given {len(args.expect_sha256)} times for {len(args.artifact)} "
+                              "artifacts: give it once per artifact, in the same order.")
+        for i, artifact in enumerate(args.artifact):
+            _check_copy(artifact, args.expect_sha256[i] if args.expect_sha256 else None)
         if args.data:
             _check_copy(args.data, args.expect_data_sha256)
         x, y = load_data(args.data) if args.data else (None, None)
         with _stdout_to_stderr() if args.json else nullcontext():
-            result = benchmark(
-                args.artifact, x, y, runs=args.runs, warmup=args.warmup, threads=args.threads,
-                batch=args.batch, providers=providers, with_predictions=args.predictions,
-            )  # fmt: skip
+            if len(args.artifact) == 1:
+                result = benchmark(
+                    args.artifact[0], x, y, runs=args.runs, warmup=args.warmup, threads=args.threads,
+                    batch=args.batch, providers=providers, with_predictions=args.predictions, **adaptive,
+                )  # fmt: skip
+            else:
+                result = benchmark_many(args.artifact, x, runs=args.runs, warmup=args.warmup, threads=args.threads,
+                                        batch=args.batch, providers=providers, **adaptive)
     except RunnerError as e:
         print(f"runner.py: error: {e}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(result))
+    elif "artifacts" in result:
+        print("\n".join(_latency_line(r) for r in result["artifacts"]))
     else:
         print(_summary(result))
     return 0
+
+
+def _latency_line(result: dict) -> str:
+    lat = result["latency_ms"]
+    low, high = lat["p50_ci"]
+    return (f"{result['artifact']['path']}: p50 {lat['p50']:.3f} ms [{low:.3f}, {high:.3f}]  p90 {lat['p90']:.3f} ms  "
+            f"({lat['runs']} runs, stopped: {lat['stopped']})")
 
 
 if __name__ == "__main__":

@@ -35,17 +35,30 @@ class DeviceError(EdgepressError):
 
 
 def run_benchmark(
-    device: Device, artifact: Path, eval_npz: Path | None, runs: int, warmup: int, threads: int
+    device: Device, artifact: Path | list[Path], eval_npz: Path | None, runs: int, warmup: int, threads: int,
+    adaptive: dict | None = None,
 ) -> dict:
-    """Benchmark `artifact` on `device`; return the runner's JSON (or its adb equivalent)."""
+    """Benchmark `artifact` on `device`; return the runner's JSON (or its adb equivalent).
+
+    A list of artifacts is timed interleaved in one runner process (its JSON has `artifacts`, see
+    runner.benchmark_many); adb runs one artifact at a time. `adaptive` holds the runner's max_runs,
+    target_ci_width and max_seconds (None: exactly `runs` runs).
+    """
+    artifacts = list(artifact) if isinstance(artifact, list | tuple) else [artifact]
     if device.reach.kind == "adb":
-        return _adb(device, artifact, runs, warmup, threads)
+        if len(artifacts) != 1:
+            raise DeviceError(f"Device '{device.name}' is reached over adb, which times one artifact at a time.")
+        return _adb(device, artifacts[0], runs, warmup, threads)
     options = ["--runs", str(runs), "--warmup", str(warmup), "--threads", str(threads), "--json", "--predictions"]
-    if artifact.suffix == ".onnx":
+    for flag, value in (adaptive or {}).items():
+        if value is not None:
+            options += [f"--{flag.replace('_', '-')}", str(value)]
+    if any(a.suffix == ".onnx" for a in artifacts):
         options += ["--providers", ",".join(device.execution_providers)]
     if device.reach.kind == "ssh":
-        return _ssh(device, artifact, eval_npz, options)
-    command = [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), runner.__file__, str(artifact), *options]
+        return _ssh(device, artifacts, eval_npz, options)
+    command = [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), runner.__file__, *map(str, artifacts),
+               *options]
     if eval_npz is not None:
         command += ["--data", str(eval_npz)]
     return _result(device, _call(device, command, "run the benchmark", device.reach.timeout_s))
@@ -81,13 +94,17 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 # -- ssh --------------------------------------------------------------------------------------------
 
 
-def _ssh(device: Device, artifact: Path, eval_npz: Path | None, options: list[str]) -> dict:
+def _ssh(device: Device, artifacts: list[Path], eval_npz: Path | None, options: list[str]) -> dict:
     reach = device.reach
     if not reach.host:
         raise DeviceError(f"Device '{device.name}' is reached over ssh but its profile has no reach.host.")
+    if len({a.name for a in artifacts}) != len(artifacts):
+        raise DeviceError(f"Device '{device.name}': artifacts with the same file name cannot share a work folder.")
     folder = f"{reach.workdir.rstrip('/')}/edgepress-{uuid.uuid4().hex[:12]}"
-    files = [Path(runner.__file__), artifact] + ([eval_npz] if eval_npz else [])
-    remote = [*shlex.split(reach.python), "runner.py", artifact.name, *options, "--expect-sha256", _sha256(artifact)]
+    files = [Path(runner.__file__), *artifacts] + ([eval_npz] if eval_npz else [])
+    remote = [*shlex.split(reach.python), "runner.py", *(a.name for a in artifacts), *options]
+    for a in artifacts:
+        remote += ["--expect-sha256", _sha256(a)]
     if eval_npz is not None:
         remote += ["--data", eval_npz.name, "--expect-data-sha256", _sha256(eval_npz)]
     _call(device, _ssh_command(device, f"mkdir -p -- {shlex.quote(folder)}"), "make a work folder", reach.timeout_s)
@@ -188,6 +205,8 @@ def parse_benchmark_model(output: str) -> dict:
         "latency_ms": {
             "runs": int(count), "warmup": None, "mean": ms("avg"), "std": ms("std"), "min": ms("min"),
             "max": ms("max"), "p50": ms("median"), "p90": None, "p95": ms("p95"), "p99": None,
+            "p50_ci": _median_interval(ms("median"), ms("std"), int(count)), "p90_ci": None,
+            "confidence": 0.95, "stopped": "runs", "times_ms": [],
         },
         "memory": {
             "init_mb": init_mb, "overall_mb": overall_mb,
@@ -195,6 +214,15 @@ def parse_benchmark_model(output: str) -> dict:
         },
         "samples": 0, "accuracy": None, "per_class": {},
     }
+
+
+def _median_interval(median: float | None, std: float | None, count: int) -> list[float] | None:
+    """An approximate 95% interval of the median from benchmark_model's summary (it prints no per-run times):
+    the normal approximation, standard error 1.2533 * std / sqrt(n)."""
+    if median is None or std is None or count < 2:
+        return None
+    half = 1.96 * 1.2533 * std / count**0.5
+    return [max(0.0, median - half), median + half]
 
 
 # -- shared -----------------------------------------------------------------------------------------

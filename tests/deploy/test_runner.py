@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -197,7 +198,12 @@ def test_benchmark_reports_sane_numbers(models, name):
     assert abs(result["accuracy"] - models.keras_accuracy) <= 0.03
 
     assert len(result["output_checksum"]) == 64
-    assert set(result["host"]) == {"cpu", "machine", "python", "numpy"} and result["host"]["cpu"]
+    assert set(result["host"]) == {"cpu", "machine", "cores", "python", "numpy", "load_before", "load_after"}
+    assert result["host"]["cpu"] and result["host"]["cores"] == os.cpu_count() and result["host"]["load_after"] >= 0
+    low, high = lat["p50_ci"]
+    assert lat["min"] <= low <= lat["p50"] <= high <= lat["max"] and lat["confidence"] == 0.95
+    assert lat["p90_ci"][0] <= lat["p90"] <= lat["p90_ci"][1]
+    assert len(lat["times_ms"]) == 30 and np.median(lat["times_ms"]) == pytest.approx(lat["p50"], abs=1e-5)
 
 
 def test_benchmark_without_data_times_a_deterministic_random_input(models):
@@ -336,3 +342,68 @@ def test_runner_is_python_3_9_code():
     done = subprocess.run([python39[-1], "-c", f"compile(open({str(RUNNER)!r}).read(), 'runner.py', 'exec')"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+# -- the timing loop: interleaved rounds, adaptive runs, bootstrap intervals -----------------------------------
+
+
+def test_time_interleaved_gives_every_callable_a_block_of_runs_per_round():
+    log = []
+    times, stopped = runner.time_interleaved([lambda: log.append("a"), lambda: log.append("b")], runs=10)
+    assert [len(t) for t in times] == [10, 10] and stopped == ["runs", "runs"]
+    # 10 runs over at least MIN_ROUNDS = 5 rounds: blocks of 2, a then b in each round.
+    assert "".join(log) == "aabb" * 5
+    assert all(t > 0 for t in times[0])
+
+
+def test_time_interleaved_adds_runs_until_the_interval_is_narrow_enough(models):
+    model = runner.open_model(str(models.paths.fp32))
+    call = model.timer(models.x_test[:1])
+    # A loose target is met early, a target no measurement meets runs to max_runs, a time cap stops the rest.
+    (loose,), why_loose = runner.time_interleaved([call], runs=20, max_runs=5000, target_ci_width=0.5)
+    (capped,), why_capped = runner.time_interleaved([call], runs=20, max_runs=300, target_ci_width=1e-9)
+    started = time.perf_counter()
+    (timed,), why_timed = runner.time_interleaved([call], runs=20, max_runs=10**9, target_ci_width=1e-9,
+                                                  max_seconds=0.5)
+    elapsed = time.perf_counter() - started
+    assert why_loose == ["target"] and 20 <= len(loose) < 5000
+    low, high = runner.bootstrap_interval(loose, 50)
+    assert high - low <= 0.5 * np.median(loose)
+    assert why_capped == ["max_runs"] and len(capped) == 300
+    assert why_timed == ["max_seconds"] and 0.5 <= elapsed < 5 and len(timed) > 20
+
+
+def test_bootstrap_interval_holds_the_median_and_narrows_with_more_runs():
+    rng = np.random.default_rng(1)
+    few, many = rng.exponential(1.0, 50) + 1, rng.exponential(1.0, 5000) + 1
+    low_few, high_few = runner.bootstrap_interval(list(few), 50)
+    low_many, high_many = runner.bootstrap_interval(list(many), 50)
+    assert low_few <= np.median(few) <= high_few and low_many <= np.median(many) <= high_many
+    assert high_many - low_many < (high_few - low_few) / 3  # about 1/sqrt(100) as wide
+    assert runner.bootstrap_interval(list(few), 50) == (low_few, high_few)  # a fixed seed: same times, same interval
+
+
+def test_cli_times_several_artifacts_interleaved(models):
+    proc = _run_cli(models.paths.fp32, models.paths.onnx, "--data", models.paths.eval, "--runs", 10, "--warmup", 1,
+                    "--max-runs", 400, "--target-ci-width", 0.3, "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert [a["artifact"]["path"] for a in result["artifacts"]] == [str(models.paths.fp32), str(models.paths.onnx)]
+    assert [a["runtime"]["name"] for a in result["artifacts"]] == ["ai_edge_litert", "onnxruntime"]
+    for a in result["artifacts"]:
+        lat = a["latency_ms"]
+        assert 10 <= lat["runs"] <= 400 and lat["stopped"] in ("target", "max_runs", "max_seconds")
+        assert lat["p50_ci"][0] <= lat["p50"] <= lat["p50_ci"][1] and len(lat["times_ms"]) == lat["runs"]
+    assert result["host"]["cores"] == os.cpu_count()
+
+    text = _run_cli(models.paths.fp32, models.paths.onnx, "--runs", 5)
+    assert text.returncode == 0 and text.stdout.count("p50") == 2 and "[" in text.stdout
+
+
+def test_cli_checks_one_sha256_per_artifact(models):
+    digest = hashlib.sha256(models.paths.fp32.read_bytes()).hexdigest()
+    proc = _run_cli(models.paths.fp32, models.paths.onnx, "--expect-sha256", digest, "--json")
+    assert proc.returncode == 2 and "once per artifact" in proc.stderr
+    proc = _run_cli(models.paths.fp32, models.paths.onnx, "--expect-sha256", digest, "--expect-sha256", digest,
+                    "--json")
+    assert proc.returncode == 2 and "model.onnx" in proc.stderr and "damaged or stale" in proc.stderr

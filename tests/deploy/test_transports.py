@@ -270,6 +270,11 @@ def test_adb_pushes_and_drives_benchmark_model(fake_adb, artifacts, delegate, fl
     assert flag in bench
     assert any(c[2] == "shell" and c[3].startswith("rm -rf") for c in calls)  # cleaned up
     assert result["device"] == "android-arm64" and result["accuracy"] is None and result["latency_ms"]["mean"] > 0
+    # benchmark_model prints no per-run times: the p50 interval is the normal approximation from its std.
+    lat = result["latency_ms"]
+    if lat["p50"] is not None:
+        half = 1.96 * 1.2533 * lat["std"] / lat["runs"] ** 0.5
+        assert lat["p50_ci"] == pytest.approx([lat["p50"] - half, lat["p50"] + half])
 
 
 def test_adb_without_a_device(tmp_path, monkeypatch, artifacts):
@@ -362,6 +367,9 @@ def test_recipe_measures_every_target_and_keeps_results_when_one_fails(ssh_host,
     assert {("x86-host", "tflite"), ("x86-host", "onnx"), ("loopback-ssh", "tflite"), ("loopback-ssh", "onnx")} <= rows
     ssh_rows = [a for a in report.artifacts if a["device"] == "loopback-ssh"]
     assert all(a["latency"]["threads"] == 2 and a["metrics"]["agreement"] is not None for a in ssh_rows)
+    for a in ssh_rows:  # timed interleaved on the device, each with its interval and the device's load
+        assert a["latency"]["p50_ci"][0] <= a["latency"]["p50"] <= a["latency"]["p50_ci"][1]
+        assert a["host"]["cores"] and a["host"]["load_before"] is not None
     assert ("nvidia-gpu", "onnx") in rows and ("nvidia-gpu", "tflite") not in rows  # no TFLite runtime there
     gpu = next(a for a in report.artifacts if a["device"] == "nvidia-gpu")
     assert gpu["runtime"]["providers"] == ["CPUExecutionProvider"]  # no GPU here: the fallback is recorded

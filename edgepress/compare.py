@@ -1,0 +1,355 @@
+"""A run against a stored baseline (a previous run's results.json): what regressed, as gates and as Markdown.
+
+Each (device, artifact) of the new run is matched with the baseline's row of the same name on the
+same device and checked on three limits (`BaselineSpec`):
+
+- p50: a regression when it is slower by more than `max_p50_regression` AND significantly slower
+  (the two p50 intervals do not overlap, see edgepress/stats.py); noise is never a regression;
+- accuracy: a regression when it dropped by more than `max_accuracy_regression` (points);
+- bytes: a regression when the file grew by more than `max_bytes_regression`.
+
+Latencies are compared only when both were measured alike (same CPU, cores, runtime and version,
+threads, batch); otherwise the device is flagged and its latency left out, never silently compared.
+`edgepress run --baseline FILE` keeps the comparison in results["baseline"] (`compare_with_baseline`) and the
+verdict adds it to each row as gates (`add_baseline_gates`: `baseline_p50`, `baseline_accuracy`,
+`baseline_bytes`); `edgepress compare OLD NEW` prints it as a Markdown table.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from edgepress.errors import EdgepressError
+
+# Gate names added to each artifact row by `add_baseline_gates`.
+BASELINE_GATES = ("baseline_p50", "baseline_accuracy", "baseline_bytes")
+# What must be equal for two latencies to be comparable, read from each row.
+_LATENCY_CONDITIONS = {
+    "CPU": lambda r: (r.get("host") or {}).get("cpu"),
+    "cores": lambda r: (r.get("host") or {}).get("cores"),
+    "runtime": lambda r: f"{r['runtime']['name']} {r['runtime']['version']}",
+    "execution providers": lambda r: ", ".join(r["runtime"].get("providers") or []),
+    "threads": lambda r: r["latency"].get("threads"),
+    "batch": lambda r: r["latency"].get("batch"),
+}
+# Versions that shape artifacts and numbers; a difference is flagged (sizes and accuracies are still compared).
+_VERSIONS = ("tensorflow", "tf_keras", "ai-edge-litert", "onnxruntime", "onnx", "tf2onnx", "numpy")
+
+
+def _fraction(value, name: str, points: bool = False):
+    """0.1 or '10%' -> 0.1; for points, also '0.2 pt' -> 0.002 (accuracy is a fraction, a point is 1%)."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        for unit in (("pt", "%") if points else ("%",)):
+            if text.endswith(unit):
+                try:
+                    return float(text[: -len(unit)]) / 100
+                except ValueError:
+                    break
+        example = "0.002 or '0.2 pt'" if points else "0.1 or '10%'"
+        raise ValueError(f"{name} must be a fraction or a percentage ({example}), got {value!r}")
+    if value is None or float(value) < 0:
+        raise ValueError(f"{name} must be 0 or more, got {value!r}")
+    return value
+
+
+class BaselineSpec(BaseModel):
+    """gates.baseline: a previous run's results.json and how far this run may fall behind it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(description="A previous run's results.json (relative to the recipe's folder).")
+    max_p50_regression: float = Field(
+        0.10, description="Largest p50 slow-down, relative (0.1 or '10%'); counts only when significant."
+    )
+    max_accuracy_regression: float = Field(0.002, description="Largest accuracy drop, in points (0.002 or '0.2 pt').")
+    max_bytes_regression: float = Field(0.05, description="Largest growth of the file, relative (0.05 or '5%').")
+
+    @field_validator("max_p50_regression", "max_bytes_regression", mode="before")
+    @classmethod
+    def _relative(cls, value, info):
+        return _fraction(value, info.field_name)
+
+    @field_validator("max_accuracy_regression", mode="before")
+    @classmethod
+    def _points(cls, value, info):
+        return _fraction(value, info.field_name, points=True)
+
+
+@dataclass
+class RowComparison:
+    """One (device, artifact): its baseline and new values, and which limit it broke. status: compared, new
+    (no baseline row), removed (only in the baseline)."""
+
+    device: str
+    artifact: str
+    status: str
+    old: dict | None = None  # {p50, p50_ci, accuracy, bytes}
+    new: dict | None = None
+    p50_change: float | None = None  # relative: +0.12 is 12% slower
+    p50_significant: bool | None = None
+    latency_compared: bool = True
+    accuracy_change: float | None = None  # new - old, a fraction
+    bytes_change: float | None = None  # relative
+    regressions: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Comparison:
+    """Every row compared, what was flagged (environment differences), and the limits used."""
+
+    baseline: str
+    rows: list[RowComparison]
+    flags: list[str]
+    limits: BaselineSpec
+
+    @property
+    def regressed(self) -> bool:
+        return any(r.regressions for r in self.rows)
+
+    def regressions(self) -> list[str]:
+        return [f"{r.artifact} on {r.device}: {', '.join(r.regressions)}" for r in self.rows if r.regressions]
+
+    def to_dict(self) -> dict:
+        return {"path": self.baseline, "limits": self.limits.model_dump(), "flags": self.flags,
+                "regressed": self.regressed, "rows": [asdict(r) for r in self.rows]}
+
+    def to_markdown(self, title: str = "edgepress: changes against the baseline") -> str:
+        """A table ready for a pull-request comment, then the flags and the verdict."""
+        lim = self.limits
+        lines = [
+            f"### {title}",
+            "",
+            f"Limits: p50 +{lim.max_p50_regression:.0%} (significant only), "
+            f"accuracy -{lim.max_accuracy_regression * 100:.2f} pt, bytes +{lim.max_bytes_regression:.0%}. "
+            "p50 in ms with its 95% interval.",
+            "",
+            "| device | artifact | p50 before | p50 now | p50 change | accuracy before | accuracy now | bytes change "
+            "| verdict |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in self.rows:
+            lines.append("| " + " | ".join([r.device, f"`{r.artifact}`", *_cells(r)]) + " |")
+        lines.append("")
+        lines += [f"- ⚠️ {flag}" for flag in self.flags]
+        if self.flags:
+            lines.append("")
+        found = self.regressions()
+        lines.append(f"**{len(found)} regression(s):** " + "; ".join(found) if found else "**No regression.**")
+        return "\n".join(lines) + "\n"
+
+
+def _cells(r: RowComparison) -> list[str]:
+    def p50(v: dict | None) -> str:
+        if not v or v.get("p50") is None:
+            return "-"
+        ci = v.get("p50_ci")
+        return f"{v['p50']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+    def acc(v: dict | None) -> str:
+        return "-" if not v or v.get("accuracy") is None else f"{v['accuracy']:.2%}"
+
+    if r.status != "compared":
+        verdict = "new (no baseline)" if r.status == "new" else "removed (only in the baseline)"
+        return [p50(r.old), p50(r.new), "-", acc(r.old), acc(r.new), "-", verdict]
+    if not r.latency_compared:
+        change = "not compared"
+    elif r.p50_change is None:
+        change = "-"
+    else:
+        change = f"{r.p50_change:+.1%}" + ("" if r.p50_significant else " (within noise)")
+    size = "-" if r.bytes_change is None else f"{r.bytes_change:+.1%}"
+    verdict = "❌ " + ", ".join(r.regressions) if r.regressions else "ok"
+    return [p50(r.old), p50(r.new), change, acc(r.old), acc(r.new), size, verdict]
+
+
+def load_results(path: str | Path, what: str = "Baseline") -> dict:
+    """A results.json (`what`: how messages name it), checked to be one this edgepress can compare; EdgepressError
+    naming the problem otherwise."""
+    from edgepress.report import SCHEMA_VERSION
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "results.json"
+    if not path.is_file():
+        raise EdgepressError(f"{what} {path} not found: give a run's results.json (a first run has no baseline: "
+                             "keep its results.json as the baseline for the next).")
+    try:
+        results = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise EdgepressError(f"{what} {path} is not a results.json ({e}).") from None
+    if not isinstance(results, dict) or "artifacts" not in results:
+        raise EdgepressError(f"{what} {path} is not an edgepress results.json (it has no artifacts).")
+    version = results.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise EdgepressError(f"{what} {path} has schema_version {version}, this edgepress writes {SCHEMA_VERSION}: "
+                             "measure the baseline again with this version.")
+    return results
+
+
+def compare(old_results: dict, new_results: dict, limits: BaselineSpec | dict | None = None,
+            baseline: str = "baseline") -> Comparison:
+    """Compare each (device, artifact) of `new_results` with `old_results`; see the module's docstring.
+
+    Raises EdgepressError when the two runs are of different models or data (their accuracies and
+    sizes would not mean the same thing).
+    """
+    limits = limits if isinstance(limits, BaselineSpec) else BaselineSpec(path=baseline, **(limits or {}))
+    _check_same_job(old_results, new_results, baseline)
+    flags = _version_flags(old_results, new_results)
+    old_rows = {(r["device"], r["name"]): r for r in old_results["artifacts"]}
+    new_rows = {(r["device"], r["name"]): r for r in new_results["artifacts"]}
+    flagged: set[str] = set()
+    rows = []
+    for key, new in new_rows.items():
+        old = old_rows.get(key)
+        if old is None:
+            rows.append(RowComparison(key[0], key[1], "new", new=_values(new)))
+            continue
+        row = _compare_row(old, new, limits)
+        differences = _latency_differences(old, new)
+        if differences:
+            row.latency_compared = False
+            row.regressions = [r for r in row.regressions if r != "p50"]
+            if key[0] not in flagged:
+                flagged.add(key[0])
+                flags.append(f"{key[0]}: latency not compared, the baseline was measured with another "
+                             + "; ".join(differences) + ". Measure the baseline on this machine to compare.")
+        rows.append(row)
+    rows += [RowComparison(k[0], k[1], "removed", old=_values(r)) for k, r in old_rows.items() if k not in new_rows]
+    flags += _busy_flags(old_results, new_results)
+    return Comparison(baseline, rows, flags, limits)
+
+
+def _busy_flags(old: dict, new: dict) -> list[str]:
+    """A flag when either run was measured on a busy machine: between two runs, load moves p50s by more than
+    either run's interval shows (benchmarks/reproducibility.py measures by how much)."""
+    from edgepress.stats import busy_warnings
+
+    found = [f"the baseline: {w}" for w in busy_warnings(old)] + [f"this run: {w}" for w in busy_warnings(new)]
+    return [f"{w} A latency change may be that load." for w in found]
+
+
+def _check_same_job(old: dict, new: dict, baseline: str) -> None:
+    def job(results: dict) -> tuple:
+        data = results.get("data") or {}
+        return (results.get("recipe") or {}).get("name"), data.get("dataset"), data.get("test_samples")
+
+    if job(old) != job(new):
+        (name_o, data_o, n_o), (name_n, data_n, n_n) = job(old), job(new)
+        raise EdgepressError(
+            f"Baseline {baseline} is for another model or data: recipe {name_o!r} on {data_o} ({n_o} test samples), "
+            f"this run is {name_n!r} on {data_n} ({n_n} test samples). Give the baseline of the same recipe."
+        )
+
+
+def _version_flags(old: dict, new: dict) -> list[str]:
+    a, b = old.get("environment") or {}, new.get("environment") or {}
+    changed = [f"{p} {a.get(p)} -> {b.get(p)}" for p in _VERSIONS if a.get(p) != b.get(p)]
+    if not changed:
+        return []
+    return ["the baseline was made with other versions (" + ", ".join(changed) + "): sizes and accuracies may differ "
+            "for that reason alone."]
+
+
+def _latency_differences(old: dict, new: dict) -> list[str]:
+    out = []
+    for what, read in _LATENCY_CONDITIONS.items():
+        if read(old) != read(new):
+            out.append(f"{what} ({read(old)} vs {read(new)})")
+    return out
+
+
+def _values(row: dict) -> dict:
+    latency = row.get("latency") or {}
+    return {"p50": latency.get("p50"), "p50_ci": latency.get("p50_ci"), "accuracy": row["metrics"].get("accuracy"),
+            "bytes": row["bytes"]}
+
+
+def _compare_row(old: dict, new: dict, limits: BaselineSpec) -> RowComparison:
+    from edgepress.stats import faster
+
+    row = RowComparison(new["device"], new["name"], "compared", old=_values(old), new=_values(new))
+    p50_old, p50_new = row.old["p50"], row.new["p50"]
+    if p50_old and p50_new is not None:
+        row.p50_change = p50_new / p50_old - 1
+        row.p50_significant = faster(old, new) or faster(new, old)  # the intervals are apart, either way
+        if row.p50_change > limits.max_p50_regression and faster(old, new):
+            row.regressions.append("p50")
+    acc_old, acc_new = row.old["accuracy"], row.new["accuracy"]
+    if acc_old is not None:
+        row.accuracy_change = None if acc_new is None else acc_new - acc_old
+        # Accuracies are fractions of the same samples: allow float rounding at the limit.
+        if acc_new is None or acc_old - acc_new > limits.max_accuracy_regression + 1e-9:
+            row.regressions.append("accuracy")
+    if row.old["bytes"]:
+        row.bytes_change = row.new["bytes"] / row.old["bytes"] - 1
+        if row.bytes_change > limits.max_bytes_regression + 1e-12:
+            row.regressions.append("bytes")
+    return row
+
+
+def compare_files(old: str | Path, new: str | Path, limits: BaselineSpec | dict | None = None) -> Comparison:
+    """`compare` of two results.json files (or run directories), each checked by `load_results`."""
+    return compare(load_results(old), load_results(new, "Results"), limits, baseline=str(old))
+
+
+def compare_with_baseline(results: dict, spec: BaselineSpec | None) -> str | None:
+    """Compare `results` with the baseline `spec` names; the comparison goes into results["baseline"] (its rows
+    become gates in `add_baseline_gates`, called by the verdict), its flags into results["notes"].
+
+    Returns None, or the message of a baseline that could not be used (missing, other schema, other model):
+    then results["baseline"] = {path, error} and no gate is added; the caller saves the results, then raises
+    EdgepressError(message), so a first run's results can become the next run's baseline.
+    """
+    if spec is None:
+        return None
+    try:
+        comparison = compare(load_results(spec.path), results, spec, baseline=spec.path)
+    except EdgepressError as e:
+        results["baseline"] = {"path": spec.path, "error": str(e)}
+        return str(e)
+    results["baseline"] = comparison.to_dict()
+    results.setdefault("notes", []).extend(comparison.flags)
+    return None
+
+
+def add_baseline_gates(row: dict, baseline: dict | None) -> None:
+    """Add to an artifact row the gates of its comparison in `baseline` (results["baseline"]), and update `passed`.
+
+    baseline_p50 (value: the relative change; left out when the latency was not comparable),
+    baseline_accuracy (value: the drop, a fraction), baseline_bytes (value: the relative growth); each with
+    its limit, verdict and the baseline's value. A row without a baseline row gets none.
+    """
+    if not baseline or "rows" not in baseline:
+        return
+    c = next((c for c in baseline["rows"] if (c["device"], c["artifact"]) == (row["device"], row["name"])
+              and c["status"] == "compared"), None)
+    if c is None:
+        return
+    limits, failed = baseline["limits"], c["regressions"]
+    if c["latency_compared"] and c["p50_change"] is not None:
+        row["gates"]["baseline_p50"] = {"limit": limits["max_p50_regression"], "value": c["p50_change"],
+                                        "passed": "p50" not in failed, "significant": c["p50_significant"],
+                                        "baseline": c["old"]["p50"]}
+    if c["old"]["accuracy"] is not None:
+        drop = None if c["accuracy_change"] is None else -c["accuracy_change"]
+        row["gates"]["baseline_accuracy"] = {"limit": limits["max_accuracy_regression"], "value": drop,
+                                             "passed": "accuracy" not in failed, "baseline": c["old"]["accuracy"]}
+    if c["bytes_change"] is not None:
+        row["gates"]["baseline_bytes"] = {"limit": limits["max_bytes_regression"], "value": c["bytes_change"],
+                                          "passed": "bytes" not in failed, "baseline": c["old"]["bytes"]}
+    row["passed"] = all(g["passed"] for g in row["gates"].values())
+
+
+def with_baseline(recipe, path: str | Path):
+    """`recipe` gated against the results.json at `path` (command-line --baseline): the recipe's own baseline
+    limits if it has them, else the defaults."""
+    gates = recipe.gates
+    resolved = str(Path(path).resolve())
+    baseline = gates.baseline.model_copy(update={"path": resolved}) if gates.baseline else BaselineSpec(path=resolved)
+    return recipe.model_copy(update={"gates": gates.model_copy(update={"baseline": baseline})})
