@@ -23,6 +23,7 @@ from edgepress.compress.structured_prune import StructuredPruneConfig
 from edgepress.deploy.accuracy_aware import QUANTIZED_PRECISION, QuantizeConfig
 from edgepress.deploy.tflite import SPARSE_PRECISIONS
 from edgepress.errors import EdgepressError
+from edgepress.tune.spec import TuneSpec
 
 # The export precisions by format (kept here, not imported from deploy, so the CLI stays light).
 PRECISIONS = {
@@ -194,6 +195,10 @@ class Recipe(Section):
     )
     measure: MeasureSpec = Field(default_factory=MeasureSpec)
     gates: Gates = Field(default_factory=Gates)
+    tune: TuneSpec | None = Field(
+        None, description="`edgepress tune`: search steps and exports for the fastest artifact per target within "
+        "the gates (trials, time_budget, space); `edgepress run` ignores it."
+    )
 
     @field_validator("targets", mode="before")
     @classmethod
