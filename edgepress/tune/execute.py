@@ -14,6 +14,7 @@ over ssh from a worker is measured from that worker.
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from pathlib import Path
@@ -36,7 +37,8 @@ def run_trial(recipe: dict, run_dir: str, probe: dict | None = None, progress=No
     from edgepress.recipe import Recipe
 
     started = time.perf_counter()
-    result: dict = {"status": "complete", "reason": None, "run_dir": str(run_dir), "worker": socket.gethostname()}
+    result: dict = {"status": "complete", "reason": None, "run_dir": str(run_dir),
+                    "worker": f"{socket.gethostname()}:{os.getpid()}"}
     try:
         if probe is not None:
             report = edgepress.run(Recipe.from_dict(probe["recipe"]), Path(run_dir) / "probe", progress)

@@ -6,7 +6,9 @@ tune.json, schema_version 1:
     space {ratio, ratio_step, fine_tune_epochs, distill, round_to, exports {device: [format:precision]}, aware_drop},
     source {accuracy, params, macs, rows [float baseline rows: artifact, device, accuracy, p50_ms, bytes]},
     trials [{number, status (complete, pruned, failed, cached, interrupted), reason, params, key, duration_s,
-             run_dir, models [{stage, accuracy, params, macs}], devices {name: error or null},
+             run_dir, worker (host:pid that ran it), params_count, macs, model_accuracy,
+             chosen {device: {artifact, accuracy, p50_ms, bytes} of the export chosen for it},
+             models [{stage, accuracy, params, macs}], devices {name: error or null},
              rows [{artifact, device, format, precision, accuracy, accuracy_drop, p50_ms, bytes, gzip_bytes, passed}]}],
     pareto {device: [rows]}, best {device: row + {trial, recipe} or null},
     closest {device: row + {misses}} for a device with no artifact within the budgets, passed

@@ -429,7 +429,7 @@ def _tune_json(study, space, budgets, source, names, dropped, duration_s) -> dic
         trials.append({
             "number": t.number, "status": status, "reason": result.get("reason"), "params": t.user_attrs.get(
                 "params", t.params), "key": t.user_attrs.get("key"), "cached_from": result.get("cached_from"),
-            "duration_s": result.get("duration_s"), "run_dir": result.get("run_dir"),
+            "duration_s": result.get("duration_s"), "run_dir": result.get("run_dir"), "worker": result.get("worker"),
             "probe_accuracy": result.get("probe_accuracy"), "models": result.get("models", []),
             "devices": {d: v["error"] for d, v in (result.get("devices") or {}).items()},
             "rows": [out.point_of(r, t.number) for r in result.get("rows", [])] if status == "complete" else [],
