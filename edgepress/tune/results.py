@@ -139,7 +139,7 @@ def svg_plot(points: list[dict], front: list[dict], best: dict | None, budgets: 
     for p in points:
         r = 3 + 5 * math.sqrt(p["bytes"] / big)
         colour = "#2463eb" if (p["trial"], p["artifact"]) in on_front else "#aaa"
-        label = (f"trial {p['trial'] if p['trial'] is not None else 'source'} {p['artifact']}: "
+        label = (("source" if p["trial"] is None else f"trial {p['trial']}") + f" {p['artifact']}: "
                  f"{_pct(p['accuracy'])}, {_num(p['p50_ms'])} ms, {p['bytes']:,} bytes")
         out.append(f"<circle cx='{sx(p['p50_ms']):.1f}' cy='{sy(p['accuracy']):.1f}' r='{r:.1f}' fill='{colour}' "
                    f"fill-opacity='0.6'><title>{html.escape(label)}</title></circle>")

@@ -280,7 +280,8 @@ class _Loop:
         """One fine-tune epoch of the trial's structured_prune, scored before the rest is spent on it."""
         drop, margin = self.budgets["max_accuracy_drop"], self.space.hopeless_margin
         steps = steps_for(params)
-        if drop is None or margin is None or not steps or steps[0]["fine_tune_epochs"] <= 1 and len(steps) == 1:
+        # With one fine-tune epoch the probe would be the trial's first step itself: run the trial.
+        if drop is None or margin is None or not steps or steps[0]["fine_tune_epochs"] <= 1:
             return None
         first = {**steps[0], "fine_tune_epochs": 1}
         recipe = recipe_for(self.base, "probe", [first], [], [self.targets[n] for n in live])

@@ -108,3 +108,19 @@ def test_extending_with_a_device_that_drops_marks_its_trials_and_goes_on(tuned, 
     assert any(t["devices"].get("flaky") for t in new)  # the trial where it dropped names it
     assert new and all(any(p["device"] == "x86-host" for p in t["rows"]) for t in new)  # the other device went on
     assert all(not any(p["device"] == "flaky" for p in t["rows"]) for t in new)
+
+
+def test_a_hopeless_trial_is_stopped_after_one_fine_tune_epoch(tmp_path):
+    # No accuracy may be lost and there is no margin: removing 90% of the channels cannot keep the source's
+    # accuracy after one epoch, so the trial stops there, before its second epoch, exports and measurements.
+    raw = tiny_recipe(1, targets=["x86-host"], hopeless_margin=0.0)
+    raw["gates"] = {"max_accuracy_drop": 0.0}
+    raw["tune"]["space"].update(ratio=[0.9, 0.9], fine_tune_epochs=[4])
+    result = edgepress.tune(edgepress.Recipe.from_dict(raw), tmp_path / "out")
+    (trial,) = result.results["trials"]
+    assert trial["status"] == "pruned", trial
+    assert trial["probe_accuracy"] < result.results["source"]["accuracy"]
+    assert "after one fine-tune epoch" in trial["reason"]
+    trial_dir = tmp_path / "out" / "trials" / "t000"
+    assert (trial_dir / "probe" / "results.json").is_file() and not (trial_dir / "results.json").exists()
+    assert not result.passed and result.results["best"]["x86-host"] is None
