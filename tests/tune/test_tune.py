@@ -123,4 +123,5 @@ def test_a_hopeless_trial_is_stopped_after_one_fine_tune_epoch(tmp_path):
     assert "after one fine-tune epoch" in trial["reason"]
     trial_dir = tmp_path / "out" / "trials" / "t000"
     assert (trial_dir / "probe" / "results.json").is_file() and not (trial_dir / "results.json").exists()
-    assert not result.passed and result.results["best"]["x86-host"] is None
+    # nothing a trial made is within the budget: the best is the source model itself, as float
+    assert result.results["best"]["x86-host"]["trial"] is None
