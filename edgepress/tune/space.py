@@ -54,7 +54,8 @@ class Space:
     exports: dict[str, list[str]]  # device name -> its export choices
     aware_drop: float
     hopeless_margin: float | None = None
-    fixed: dict = field(default_factory=dict)
+    guidance: list[float] = field(default_factory=lambda: [0.0])
+    sensitivity: dict | None = None  # set once measured (tune/sensitivity.py)
 
     @classmethod
     def of(cls, spec: TuneSpec, devices: list, max_accuracy_drop: float | None) -> Space:
@@ -69,12 +70,20 @@ class Space:
             max_accuracy_drop / 2 if max_accuracy_drop is not None else 0.01)
         return cls(tuple(spec.space.ratio), spec.space.ratio_step, sorted(set(spec.space.fine_tune_epochs)),
                    list(dict.fromkeys(spec.space.distill)), round_to_choices(devices, spec), exports, aware,
-                   spec.hopeless_margin)
+                   spec.hopeless_margin, sorted(set(spec.space.layer_guidance)))
 
     def to_dict(self) -> dict:
         return {"ratio": list(self.ratio), "ratio_step": self.ratio_step, "fine_tune_epochs": self.epochs,
                 "distill": self.distill, "round_to": self.round_to, "exports": self.exports,
-                "aware_drop": self.aware_drop}
+                "aware_drop": self.aware_drop, "layer_guidance": self.guidance if self.guided() else [0.0]}
+
+    def guided(self) -> bool:
+        """True when per-layer ratios are part of the space: a measured sensitivity that tells layers apart."""
+        return any(self.guidance) and len((self.sensitivity or {}).get("groups") or []) >= 2
+
+    def steps(self, params: dict) -> list[dict]:
+        """The compression steps of a trial's choices (per-layer ratios from the measured sensitivity)."""
+        return steps_for(params, self.sensitivity)
 
     def suggest(self, trial) -> dict:
         """The trial's choices, asked of Optuna (define-by-run: epochs and distillation only with pruning)."""
@@ -86,6 +95,8 @@ class Space:
             params["distill"] = _categorical(trial, "distill", self.distill)
             if self.round_to:
                 params["round_to"] = _categorical(trial, "round_to", self.round_to)
+            if self.guided():
+                params["layer_guidance"] = _categorical(trial, "layer_guidance", self.guidance)
         for device, choices in self.exports.items():
             params[f"export@{device}"] = _categorical(trial, f"export@{device}", choices)
         return params
@@ -95,11 +106,17 @@ def _categorical(trial, name: str, choices: list):
     return choices[0] if len(choices) == 1 else trial.suggest_categorical(name, choices)
 
 
-def steps_for(params: dict) -> list[dict]:
-    """The compression steps of a trial's choices."""
+def steps_for(params: dict, sensitivity: dict | None = None) -> list[dict]:
+    """The compression steps of a trial's choices; with `layer_guidance` and a measured sensitivity, each layer
+    group gets its own ratio around the global one."""
+    from edgepress.tune.sensitivity import guided_ratios
+
     if not params.get("ratio"):
         return []
     prune = {"type": "structured_prune", "ratio": params["ratio"], "fine_tune_epochs": params["fine_tune_epochs"]}
+    layers = guided_ratios(params["ratio"], params.get("layer_guidance", 0.0), sensitivity)
+    if layers:
+        prune["layers"] = layers
     if params.get("round_to", 1) != 1:
         prune["round_to"] = params["round_to"]
     steps = [prune]

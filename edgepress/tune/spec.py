@@ -39,6 +39,10 @@ class SpaceSpec(BaseModel):
         description="Recover from the source with `distill: {teacher: source}` after pruning (its epochs are the "
         "trial's fine_tune_epochs, so distillation doubles a trial's training).",
     )
+    layer_guidance: list[float] = Field(
+        [0.0, 0.5, 1.0], min_length=1, description="How far each layer group's ratio moves from the global one by "
+        "its measured sensitivity (0: one ratio everywhere; 1: up to the ratio itself, less where pruning hurts more)."
+    )
     round_to: list[int] | None = Field(
         None, description="Channel multiples to round pruned layers to; default: 1 and each device's "
         "channel_multiple (only once structured_prune has round_to).",

@@ -22,7 +22,7 @@ from edgepress import files
 from edgepress.errors import EdgepressError, GateFailed
 from edgepress.tune import results as out
 from edgepress.tune.execute import executor_for
-from edgepress.tune.space import Space, chosen_row, export_of_row, exports_for, key_of, recipe_for, steps_for
+from edgepress.tune.space import Space, chosen_row, export_of_row, exports_for, key_of, recipe_for
 from edgepress.tune.spec import TuneSpec
 
 STUDY_NAME = "edgepress-tune"
@@ -101,8 +101,12 @@ def tune(recipe, run_dir: str | Path, progress=None, ray: str | None = None) -> 
                 f"alone took {source['duration_s']:.0f} s, and a trial exports and measures as much and trains too. "
                 f"Give --time-budget of at least {max(60, 4 * source['duration_s']):.0f}s; what was done is kept in "
                 f"{run_dir}.")
-        study = study or _open_study(db, spec, names, space, budgets)
         base = _base(recipe, source)
+        if space.ratio != (0.0, 0.0) and any(space.guidance):
+            from edgepress.tune.sensitivity import load_or_measure
+
+            space.sensitivity = load_or_measure(run_dir, source["model_path"], base["data"], progress)
+        study = study or _open_study(db, spec, names, space, budgets)
         loop = _Loop(study, space, spec, names, targets, budgets, base, source, run_dir, executor, progress,
                      started, deadline)
         loop.run()
@@ -212,8 +216,8 @@ class _Loop:
                 params = self.space.suggest(trial)
                 live = [n for n in self.names if n not in self.dropped]
                 name = f"t{trial.number:03d}"
-                recipe = recipe_for(self.base, name, steps_for(params), exports_for(params, self.space.aware_drop),
-                                    [self.targets[n] for n in live])
+                exports = exports_for(params, self.space.aware_drop)
+                recipe = recipe_for(self.base, name, self.space.steps(params), exports, [self.targets[n] for n in live])
                 key = key_of(recipe)
                 trial.set_user_attr("params", params)
                 trial.set_user_attr("key", key)
@@ -279,7 +283,7 @@ class _Loop:
     def _probe(self, params: dict, live: list[str]) -> dict | None:
         """One fine-tune epoch of the trial's structured_prune, scored before the rest is spent on it."""
         drop, margin = self.budgets["max_accuracy_drop"], self.space.hopeless_margin
-        steps = steps_for(params)
+        steps = self.space.steps(params)
         # With one fine-tune epoch the probe would be the trial's first step itself: run the trial.
         if drop is None or margin is None or not steps or steps[0]["fine_tune_epochs"] <= 1:
             return None
@@ -366,6 +370,8 @@ def _describe(params: dict) -> str:
         parts.append(f"{params['fine_tune_epochs']} epochs" + (" + distill" if params.get("distill") else ""))
         if params.get("round_to", 1) != 1:
             parts.append(f"round to {params['round_to']}")
+        if params.get("layer_guidance"):
+            parts.append(f"per-layer guidance {params['layer_guidance']:g}")
     parts += [f"{k[7:]} {v}" for k, v in params.items() if k.startswith("export@")]
     return ", ".join(parts)
 
@@ -487,7 +493,7 @@ def _best_recipe(study, point: dict, space: Space, base: dict, target: dict, dev
         steps, row = [], None
     else:
         trial = study.trials[point["trial"]]
-        steps = steps_for(trial.user_attrs["params"])
+        steps = space.steps(trial.user_attrs["params"])
         row = next(r for r in trial.user_attrs["result"]["rows"] if r["name"] == point["artifact"]
                    and r["device"] == device)
     export = export_of_row(row, space.aware_drop) if row else {"format": point["format"], "precision": "fp32"}

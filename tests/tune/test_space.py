@@ -73,3 +73,28 @@ def test_a_recipe_tune_section_validates_and_reads_durations():
         Recipe.from_dict({"model": {"zoo": "seed_cnn"}, "tune": {"trails": 5}})
     with pytest.raises(EdgepressError, match="not a duration"):
         Recipe.from_dict({"model": {"zoo": "seed_cnn"}, "tune": {"time_budget": "soon"}})
+
+
+def test_guided_ratios_prune_sensitive_layer_groups_less():
+    from edgepress.tune.sensitivity import guided_ratios
+
+    sensitivity = {"groups": [{"layers": ["conv"], "drop": 0.30, "min_width": 32},
+                              {"layers": ["a", "b"], "drop": 0.10, "min_width": 16},  # tied: one ratio
+                              {"layers": ["dense"], "drop": 0.02, "min_width": 4}]}
+    layers = guided_ratios(0.5, 1.0, sensitivity)
+    # below the mean drop (0.14) more is pruned, above it less; tied layers share one ratio
+    assert layers["conv"] < 0.5 < layers["a"] == layers["b"] < layers["dense"] <= 0.75  # dense keeps 1 of 4
+    assert guided_ratios(0.5, 0.0, sensitivity) is None
+    assert guided_ratios(0.5, 1.0, {"groups": sensitivity["groups"][:1]}) is None
+    steps = steps_for({"ratio": 0.5, "fine_tune_epochs": 1, "layer_guidance": 1.0}, sensitivity)
+    assert steps[0]["layers"] == layers
+
+
+def test_sensitivity_is_measured_on_a_real_model(trained_cnn, tmp_path):
+    from edgepress.tune.sensitivity import measure_sensitivity
+
+    trained_cnn.save(tmp_path / "cnn.keras")
+    result = measure_sensitivity(str(tmp_path / "cnn.keras"), {"dataset": "digits", "test_size": 300})
+    names = [g["layers"] for g in result["groups"]]
+    assert names == [["conv2d"], ["conv2d_1"], ["conv2d_2"], ["dense"]]  # every hidden layer; never the classifier
+    assert all(-1 <= g["drop"] <= 1 for g in result["groups"]) and len({g["drop"] for g in result["groups"]}) > 1
