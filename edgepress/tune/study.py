@@ -76,7 +76,7 @@ def tune(recipe, run_dir: str | Path, progress=None, ray: str | None = None) -> 
     started = time.monotonic()
     deadline = None if spec.time_budget is None else started + spec.time_budget
     run_dir = Path(run_dir)
-    devices = recipe.devices()
+    devices = [t.device() for t in recipe.targets]
     names = [d.name for d in devices]
     targets = {d.name: t.model_dump(mode="json", exclude_none=True) for d, t in zip(devices, recipe.targets,
                                                                                     strict=True)}
