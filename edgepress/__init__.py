@@ -2,6 +2,7 @@
 
     report = edgepress.run(edgepress.Recipe.from_yaml("recipes/mnist_cnn.yaml"))
     report.check()   # raises GateFailed naming each gate that failed
+    result = edgepress.tune(edgepress.Recipe.from_yaml("my.yaml"), "runs/tune")   # a recipe with a tune: section
 
 The building blocks are `edgepress.compress`, `edgepress.deploy` and `edgepress.models`.
 TensorFlow is imported only when a function needs it.
@@ -13,7 +14,7 @@ from edgepress.errors import EdgepressError, GateFailed
 
 __version__ = "0.1.0"
 
-__all__ = ["Artifact", "EdgepressError", "GateFailed", "Recipe", "Report", "run", "__version__"]
+__all__ = ["Artifact", "EdgepressError", "GateFailed", "Recipe", "Report", "run", "tune", "__version__"]
 
 
 def __getattr__(name: str):
@@ -30,4 +31,8 @@ def __getattr__(name: str):
         from edgepress.api import run
 
         return run
+    if name == "tune":  # edgepress.tune(recipe, run_dir): the subpackage, callable (see edgepress/tune/__init__.py)
+        import edgepress.tune
+
+        return edgepress.tune
     raise AttributeError(f"module 'edgepress' has no attribute {name!r}")

@@ -243,6 +243,71 @@ def quantize(
     _guard(work)
 
 
+@app.command()
+def tune(
+    source: Annotated[str, typer.Argument(help="A trained model (.keras, .h5, SavedModel) or a recipe .yaml, whose "
+                                          "tune: section (optional) sets trials, time budget and space.")],
+    data: Annotated[str | None, typer.Option(
+        help="'digits', an MNIST idx directory or mnist.npz, or an .npz with x, y (a recipe has its own).")] = None,
+    device: Annotated[list[str] | None, typer.Option(
+        help="Device profile to tune for (repeat for several; default: the recipe's targets or x86-host).")] = None,
+    max_accuracy_drop: Annotated[str | None, typer.Option(help="Budget: drop from the source, 0.01 or 1%.")] = None,
+    max_p50_ms: Annotated[float | None, typer.Option(help="Budget: median latency at batch 1, ms.")] = None,
+    max_bytes: Annotated[int | None, typer.Option(help="Budget: artifact file size.")] = None,
+    trials: Annotated[int | None, typer.Option(min=1, help="Finished trials the study holds (default 20).")] = None,
+    time_budget: Annotated[str | None, typer.Option(help="Stop starting trials after this: 30m, 1h, 900s.")] = None,
+    ray: Annotated[str | None, typer.Option(help="Run trials as Ray tasks: 'auto' or the head's HOST:PORT.")] = None,
+    sampler: Annotated[str | None, typer.Option(help="tpe or nsga2.")] = None,
+    output: RunDir = None,
+) -> None:
+    """Search for the fastest artifact per device within the budgets; resume or extend with the same -o."""
+    from edgepress.recipe import Recipe
+
+    def work():
+        from edgepress.tune import tune as run_tune
+
+        recipe = _tune_recipe(source, data, device, max_accuracy_drop, max_p50_ms, max_bytes, trials, time_budget,
+                              sampler)
+        run_dir = output or Path("runs") / f"tune-{recipe.name}"
+        with console.status("starting (importing TensorFlow)") as status:
+            result = run_tune(recipe, run_dir, _LiveProgress(status), ray=ray)
+        for name, best in result.best.items():
+            if best:
+                console.print(f"{escape(name)}: trial {best['trial']} {escape(best['artifact'])}: accuracy "
+                              f"{best['accuracy']:.2%}, p50 {best['p50_ms']:.3f} ms, {best['bytes']:,} bytes -> "
+                              f"{escape(best['recipe'])}")
+        console.print(f"Run directory: {run_dir} (tune.json, tune.html, best-<device>.yaml, study.db)")
+        result.check()
+
+    def _tune_recipe(source, data, devices, drop, p50, size, trials, budget, sampler):
+        if source.endswith((".yaml", ".yml")):
+            recipe = Recipe.from_yaml(source).with_overrides(data=data)
+            raw = recipe.model_dump(mode="json", exclude_unset=False)
+            raw["exports"] = []  # the tune chooses them; the recipe's default ones came from its targets
+        else:
+            if data is None:
+                raise EdgepressError("--data is needed with a model file: 'digits', an MNIST idx directory or "
+                                     "mnist.npz, or an .npz with x and y.")
+            kind, path = _dataset_of(data)
+            raw = {"name": Path(source).stem or "model", "model": {"path": str(Path(source).resolve())},
+                   "data": {"dataset": kind, "path": None if kind == "digits" else str(Path(path).resolve())}}
+        if devices:
+            raw["targets"] = devices
+        gates = dict(raw.get("gates") or {})
+        for key, value in (("max_accuracy_drop", drop), ("max_p50_ms", p50), ("max_bytes", size)):
+            if value is not None:
+                gates[key] = value
+        raw["gates"] = gates
+        spec = dict(raw.get("tune") or {})
+        for key, value in (("trials", trials), ("time_budget", budget), ("sampler", sampler)):
+            if value is not None:
+                spec[key] = value
+        raw["tune"] = spec
+        return Recipe.from_dict(raw, source="for the tune command")
+
+    _guard(work)
+
+
 def _dataset_of(data: str) -> tuple[str, str | None]:
     """The dataset kind of a --data value: digits, an .npz with x and y, or MNIST (idx directory, keras mnist.npz)."""
     if data == "digits":

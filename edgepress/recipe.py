@@ -22,6 +22,7 @@ from edgepress.compress.step import registered
 from edgepress.errors import EdgepressError
 from edgepress.formats import QUANTIZED, precision_names, sparse_precisions
 from edgepress.quantization import QuantizeConfig
+from edgepress.tune.spec import TuneSpec
 from edgepress.values import fraction, plain_path
 
 STEPS = registered()
@@ -246,6 +247,10 @@ class Recipe(Section):
     )
     measure: MeasureSpec = Field(default_factory=MeasureSpec)
     gates: Gates = Field(default_factory=Gates)
+    tune: TuneSpec | None = Field(
+        None, description="`edgepress tune`: search steps and exports for the fastest artifact per target within "
+        "the gates (trials, time_budget, space); `edgepress run` ignores it."
+    )
 
     @field_validator("targets", mode="before")
     @classmethod

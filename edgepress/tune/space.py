@@ -1,0 +1,175 @@
+"""The search space: from the model's recipe and each device profile to a trial's plain recipe.
+
+A trial chooses a structured_prune ratio (0: none, the post-training candidates), its fine-tune epochs, whether
+to recover with distillation from the source, a channel multiple to round to (once structured_prune has
+`round_to` and a device profile names a `channel_multiple`), and per device one export among the precisions
+that device supports, accuracy-aware int8 included. `recipe_for` turns those choices into a plain recipe dict
+that `edgepress run` runs as it is: the tune depends on the recipe schema, not on the run's internals.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+from edgepress.tune.spec import TuneSpec
+
+AWARE = "int8-aware"  # a choice's precision part for accuracy-aware int8 (exports[].quantize)
+_AWARE_FORMATS = {"tflite": "int8", "onnx": "int8_static"}  # the plain precision accuracy-aware int8 starts from
+
+
+def export_choices(device, space_precisions: list[str] | None, accuracy_aware: bool) -> list[str]:
+    """The exports a trial may pick for `device`, as 'format:precision' strings, in the profile's order."""
+    if space_precisions is not None:
+        return [c for c in space_precisions if device.runs(c.split(":")[0])]
+    choices = [f"{c.format}:{c.precision}" for c in device.precisions if device.runs(c.format)]
+    if accuracy_aware:
+        choices += [f"{f}:{AWARE}" for f, p in _AWARE_FORMATS.items() if f"{f}:{p}" in choices]
+    return choices
+
+
+def round_to_choices(devices: list, spec: TuneSpec) -> list[int]:
+    """Channel multiples to try: 1 (no rounding) and each device's `channel_multiple`, when structured_prune can
+    round (its config has `round_to`); [] when it cannot, so the parameter is left out of the space."""
+    from edgepress.compress.structured_prune import StructuredPruneConfig
+
+    if "round_to" not in StructuredPruneConfig.model_fields:
+        return []
+    if spec.space.round_to is not None:
+        return sorted(set(spec.space.round_to))
+    multiples = {getattr(d, "channel_multiple", None) for d in devices} - {None, 0, 1}
+    return sorted({1, *multiples}) if multiples else []
+
+
+@dataclass
+class Space:
+    """The choices of one tune, fixed when the study is made (Optuna needs the same choices for every trial)."""
+
+    ratio: tuple[float, float]
+    ratio_step: float
+    epochs: list[int]
+    distill: list[bool]
+    round_to: list[int]
+    exports: dict[str, list[str]]  # device name -> its export choices
+    aware_drop: float
+    hopeless_margin: float | None = None
+    guidance: list[float] = field(default_factory=lambda: [0.0])
+    sensitivity: dict | None = None  # set once measured (tune/sensitivity.py)
+
+    @classmethod
+    def of(cls, spec: TuneSpec, devices: list, max_accuracy_drop: float | None) -> Space:
+        from edgepress.errors import EdgepressError
+
+        exports = {d.name: export_choices(d, spec.space.precisions, spec.space.accuracy_aware) for d in devices}
+        empty = [name for name, choices in exports.items() if not choices]
+        if empty:
+            raise EdgepressError(f"No export to try on {', '.join(empty)}: tune.space.precisions has none of the "
+                                 "formats these devices run; add one (e.g. tflite:fp32) or remove the list.")
+        aware = spec.aware_drop if spec.aware_drop is not None else (
+            max_accuracy_drop / 2 if max_accuracy_drop is not None else 0.01)
+        return cls(tuple(spec.space.ratio), spec.space.ratio_step, sorted(set(spec.space.fine_tune_epochs)),
+                   list(dict.fromkeys(spec.space.distill)), round_to_choices(devices, spec), exports, aware,
+                   spec.hopeless_margin, sorted(set(spec.space.layer_guidance)))
+
+    def to_dict(self) -> dict:
+        return {"ratio": list(self.ratio), "ratio_step": self.ratio_step, "fine_tune_epochs": self.epochs,
+                "distill": self.distill, "round_to": self.round_to, "exports": self.exports,
+                "aware_drop": self.aware_drop, "layer_guidance": self.guidance if self.guided() else [0.0]}
+
+    def guided(self) -> bool:
+        """True when per-layer ratios are part of the space: a measured sensitivity that tells layers apart."""
+        return any(self.guidance) and len((self.sensitivity or {}).get("groups") or []) >= 2
+
+    def steps(self, params: dict) -> list[dict]:
+        """The compression steps of a trial's choices (per-layer ratios from the measured sensitivity)."""
+        return steps_for(params, self.sensitivity)
+
+    def suggest(self, trial) -> dict:
+        """The trial's choices, asked of Optuna (define-by-run: epochs and distillation only with pruning)."""
+        low, high = self.ratio
+        ratio = low if low == high else trial.suggest_float("ratio", low, high, step=self.ratio_step)
+        params = {"ratio": round(ratio, 6)}
+        if ratio > 0:
+            params["fine_tune_epochs"] = _categorical(trial, "fine_tune_epochs", self.epochs)
+            params["distill"] = _categorical(trial, "distill", self.distill)
+            if self.round_to:
+                params["round_to"] = _categorical(trial, "round_to", self.round_to)
+            if self.guided():
+                params["layer_guidance"] = _categorical(trial, "layer_guidance", self.guidance)
+        for device, choices in self.exports.items():
+            params[f"export@{device}"] = _categorical(trial, f"export@{device}", choices)
+        return params
+
+
+def _categorical(trial, name: str, choices: list):
+    return choices[0] if len(choices) == 1 else trial.suggest_categorical(name, choices)
+
+
+def steps_for(params: dict, sensitivity: dict | None = None) -> list[dict]:
+    """The compression steps of a trial's choices; with `layer_guidance` and a measured sensitivity, each layer
+    group gets its own ratio around the global one."""
+    from edgepress.tune.sensitivity import guided_ratios
+
+    if not params.get("ratio"):
+        return []
+    prune = {"type": "structured_prune", "ratio": params["ratio"], "fine_tune_epochs": params["fine_tune_epochs"]}
+    layers = guided_ratios(params["ratio"], params.get("layer_guidance", 0.0), sensitivity)
+    if layers:
+        prune["layers"] = layers
+    if params.get("round_to", 1) != 1:
+        prune["round_to"] = params["round_to"]
+    steps = [prune]
+    if params.get("distill"):
+        steps.append({"type": "distill", "teacher": "source", "epochs": params["fine_tune_epochs"]})
+    return steps
+
+
+def export_for(choice: str, aware_drop: float) -> dict:
+    """The recipe export of a 'format:precision' choice."""
+    fmt, precision = choice.split(":", 1)
+    if precision == AWARE:
+        return {"format": fmt, "quantize": {"precision": "int8", "max_accuracy_drop": aware_drop}}
+    return {"format": fmt, "precision": precision}
+
+
+def exports_for(params: dict, aware_drop: float, devices: list[str] | None = None) -> list[dict]:
+    """Each chosen export once (of `devices` only, when given). An accuracy-aware int8 export writes the fully
+    quantized artifact first, under the plain int8 file name, so it stands for a plain int8 choice too."""
+    chosen = [v for k, v in params.items() if k.startswith("export@") and (devices is None or k[7:] in devices)]
+    chosen = list(dict.fromkeys(chosen))
+    covered = {f"{c.split(':')[0]}:{_AWARE_FORMATS[c.split(':')[0]]}" for c in chosen if c.endswith(f":{AWARE}")}
+    return [export_for(c, aware_drop) for c in chosen if c not in covered]
+
+
+def export_of_row(row: dict, aware_drop: float) -> dict:
+    """The recipe export that makes the artifact of a report row (an accuracy-aware int8 one re-runs its search,
+    which is deterministic, so it ends at the same artifact)."""
+    aware = row.get("accuracy_aware")
+    if aware and aware["role"] == "final" and row.get("float_layers"):
+        return export_for(f"{row['format']}:{AWARE}", aware_drop)
+    return {"format": row["format"], "precision": row["precision"]}
+
+
+def recipe_for(base: dict, name: str, steps: list[dict], exports: list[dict], targets: list[dict]) -> dict:
+    """A plain recipe (dict): the base recipe's model, data, measure and gates with these steps, exports, targets."""
+    return {"name": name, **base, "steps": steps, "exports": exports, "targets": targets}
+
+
+def key_of(recipe: dict) -> str:
+    """The cache key of a trial: what makes its artifacts (steps and exports), not its name."""
+    return hashlib.sha256(json.dumps([recipe["steps"], recipe["exports"]], sort_keys=True).encode()).hexdigest()
+
+
+def chosen_row(rows: list[dict], device: str, choice: str) -> dict | None:
+    """The row of `device`'s chosen export among a trial's rows."""
+    fmt, precision = choice.split(":", 1)
+    for row in rows:
+        if row["device"] != device or row["format"] != fmt:
+            continue
+        aware = row.get("accuracy_aware")
+        if precision == AWARE and aware and aware["role"] == "final":
+            return row
+        if precision != AWARE and row["precision"] == precision and not (aware and row.get("float_layers")):
+            return row
+    return None

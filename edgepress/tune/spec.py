@@ -1,0 +1,101 @@
+"""`TuneSpec`: the `tune:` section of a recipe (how many trials, how long, which search space).
+
+The budgets are the recipe's `gates` (max_accuracy_drop, max_p50_ms, max_bytes): a tune looks for the fastest
+artifact per device that meets them. Pure schema: pydantic only, no TensorFlow or Optuna import.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def parse_duration(value) -> float | None:
+    """Seconds from 90, '90s', '30m' or '1.5h' (None stays None)."""
+    if value is None or isinstance(value, int | float):
+        return None if value is None else float(value)
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", str(value))
+    if not match:
+        raise ValueError(f"'{value}' is not a duration: give seconds (90) or a number with s, m or h (30m, 1.5h)")
+    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+
+
+class SpaceSpec(BaseModel):
+    """What a trial may choose. Each device's precisions come from its profile unless `precisions` lists some."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ratio: tuple[float, float] = Field(
+        (0.0, 0.9), description="structured_prune ratio range (0 = no structured pruning: post-training only)."
+    )
+    ratio_step: float = Field(0.05, gt=0, le=0.5)
+    fine_tune_epochs: list[int] = Field([1, 2, 4, 8, 12], min_length=1, description="Epochs after pruning.")
+    distill: list[bool] = Field(
+        [False, True], min_length=1,
+        description="Recover from the source with `distill: {teacher: source}` after pruning (its epochs are the "
+        "trial's fine_tune_epochs, so distillation doubles a trial's training).",
+    )
+    layer_guidance: list[float] = Field(
+        [0.0, 0.5, 1.0], min_length=1, description="How far each layer group's ratio moves from the global one by "
+        "its measured sensitivity (0: one ratio everywhere; 1: up to the ratio itself, less where pruning hurts more)."
+    )
+    round_to: list[int] | None = Field(
+        None, description="Channel multiples to round pruned layers to; default: 1 and each device's "
+        "channel_multiple (only once structured_prune has round_to).",
+    )
+    precisions: list[str] | None = Field(
+        None, description="Exports to choose from, as 'format:precision' (e.g. tflite:int8); default: each device's "
+        "profile precisions. 'tflite:int8-aware' / 'onnx:int8-aware' is accuracy-aware int8.",
+    )
+    accuracy_aware: bool = Field(True, description="Add accuracy-aware int8 to each device's precisions.")
+
+    @model_validator(mode="after")
+    def _ratio_range(self) -> SpaceSpec:
+        low, high = self.ratio
+        if not 0 <= low <= high < 1:
+            raise ValueError(f"ratio must be [low, high] with 0 <= low <= high < 1, not {list(self.ratio)}")
+        return self
+
+    @field_validator("fine_tune_epochs")
+    @classmethod
+    def _positive(cls, value: list[int]) -> list[int]:
+        if any(e < 1 for e in value):
+            raise ValueError("every fine_tune_epochs choice must be at least 1")
+        return value
+
+
+class TuneSpec(BaseModel):
+    """A search for the fastest artifact per device within the recipe's gates (`edgepress tune`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    trials: int = Field(20, ge=1, description="Finished trials the study should hold (a resumed tune counts "
+                        "the ones it has; raise it to extend a finished tune).")
+    time_budget: float | None = Field(
+        None, gt=0, description="Wall-time limit of this invocation, seconds or '30m': no trial starts after it "
+        "(a trial under way finishes)."
+    )
+    sampler: Literal["tpe", "nsga2"] = Field("tpe", description="Optuna multi-objective sampler.")
+    seed: int = 0
+    parallel: int | None = Field(
+        None, ge=1, description="Trials at once; default 1 locally (latency is measured on this machine), the "
+        "cluster's CPUs with Ray."
+    )
+    hopeless_margin: float | None = Field(
+        0.10, ge=0, le=1, description="Stop a trial whose accuracy after one fine-tune epoch is more than this "
+        "below the accuracy budget (a fraction); null: never stop a trial early.",
+    )
+    aware_drop: float | None = Field(
+        None, ge=0, le=1, description="Accuracy-aware int8's budget from the float model it quantizes; default: "
+        "half of gates.max_accuracy_drop (1% without one).",
+    )
+    space: SpaceSpec = Field(default_factory=SpaceSpec)
+
+    @field_validator("time_budget", mode="before")
+    @classmethod
+    def _duration(cls, value):
+        return parse_duration(value)

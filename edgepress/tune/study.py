@@ -1,0 +1,504 @@
+"""`tune(recipe)`: an Optuna study over plain recipes, each trial run and measured on every target device.
+
+    result = edgepress.tune(edgepress.Recipe.from_yaml("my.yaml"), "runs/tune")   # the recipe has a tune: section
+    result.best["x86-host"]   # the fastest artifact within the recipe's gates, and its best-x86-host.yaml
+
+The study is multi-objective (accuracy up; p50 on each device and bytes down), the recipe's gates are its
+constraints, and its storage is `study.db` (SQLite) in the run directory: a killed tune resumes where it
+stopped with the same run directory, and a finished one is extended by asking for more trials. The source model
+is measured once (`source/`); a trial whose accuracy after one fine-tune epoch is hopeless is stopped there;
+a trial identical to one already measured (same steps and exports) is not run again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgepress import files
+from edgepress.errors import EdgepressError, GateFailed
+from edgepress.tune import results as out
+from edgepress.tune.execute import executor_for
+from edgepress.tune.space import Space, chosen_row, export_of_row, exports_for, key_of, recipe_for
+from edgepress.tune.spec import TuneSpec
+
+STUDY_NAME = "edgepress-tune"
+PENALTY = 1e9  # an objective a trial could not measure (its device dropped): worse than anything measured
+
+
+@dataclass
+class TuneResult:
+    """What a tune found: the content of tune.json and the run directory holding it."""
+
+    results: dict
+    run_dir: Path
+
+    @property
+    def best(self) -> dict[str, dict | None]:
+        """Per device, the recommended artifact (the fastest within the budgets, ties to the smaller) or None."""
+        return self.results["best"]
+
+    @property
+    def passed(self) -> bool:
+        return self.results["passed"]
+
+    def check(self) -> None:
+        """Raise GateFailed naming, for each device without an artifact within the budgets, the closest one."""
+        if self.passed:
+            return
+        lines = []
+        for device, point in self.results["closest"].items():
+            over = ", ".join(f"{gate} by {miss:.0%}" for gate, miss in point["misses"].items() if miss > 0)
+            lines.append(f"{device}: no artifact within the budgets; closest: trial {point['trial']} "
+                         f"{point['artifact']} (accuracy {out._pct(point['accuracy'])}, p50 {out._num(point['p50_ms'])}"
+                         f" ms, {point['bytes']:,} bytes; over {over or 'nothing measured'})")
+        lines += [f"device {d} failed: {why}" for d, why in self.results["dropped"].items()]
+        raise GateFailed("the tune found no artifact within the budgets on every device:\n  " + "\n  ".join(lines))
+
+
+def tune(recipe, run_dir: str | Path, progress=None, ray: str | None = None) -> TuneResult:
+    """Search, for each of the recipe's targets, the fastest artifact within its gates; see the module doc.
+
+    `recipe.tune` (a TuneSpec; default TuneSpec()) sets trials, time budget and space; the recipe's steps must be
+    empty (the tune chooses them). `ray`: 'auto' or a Ray head's HOST:PORT to run trials as Ray tasks.
+    Everything is written into `run_dir`; run it again with the same `run_dir` to resume or extend.
+    """
+    from edgepress.api import Progress
+
+    progress = progress or Progress()
+    spec: TuneSpec = recipe.tune or TuneSpec()
+    if recipe.steps:
+        raise EdgepressError("A recipe with a tune: section gets its steps from the tune; remove `steps:` (or run "
+                             "the recipe with `edgepress run` instead).")
+    started = time.monotonic()
+    deadline = None if spec.time_budget is None else started + spec.time_budget
+    run_dir = Path(run_dir)
+    devices = [t.device() for t in recipe.targets]
+    names = [d.name for d in devices]
+    targets = {d.name: t.model_dump(mode="json", exclude_none=True) for d, t in zip(devices, recipe.targets,
+                                                                                    strict=True)}
+    gates = recipe.gates
+    budgets = {"max_accuracy_drop": gates.max_accuracy_drop, "max_p50_ms": gates.max_p50_ms,
+               "max_bytes": gates.max_bytes}
+    space = Space.of(spec, devices, gates.max_accuracy_drop)
+    db = run_dir / "study.db"
+    # A corrupt study file stops the tune before any work.
+    study = _open_study(db, spec, names, space, budgets) if db.exists() else None
+
+    executor = executor_for(ray, spec.parallel, progress)
+    try:
+        source = _measure_source(recipe, run_dir, targets, devices, executor, progress)
+        if source["source"]["kind"] != "keras" and space.ratio != (0.0, 0.0):
+            progress.done(f"the source is a {source['source']['kind']} model: no step applies, the tune tries "
+                          "post-training exports only")
+            space.ratio = (0.0, 0.0)
+        if deadline is not None and deadline - time.monotonic() < source["duration_s"]:
+            raise EdgepressError(
+                f"The time budget ({spec.time_budget:.0f} s) is too small for one trial: measuring the source model "
+                f"alone took {source['duration_s']:.0f} s, and a trial exports and measures as much and trains too. "
+                f"Give --time-budget of at least {max(60, 4 * source['duration_s']):.0f}s; what was done is kept in "
+                f"{run_dir}.")
+        base = _base(recipe, source)
+        if space.ratio != (0.0, 0.0) and any(space.guidance):
+            from edgepress.tune.sensitivity import load_or_measure
+
+            space.sensitivity = load_or_measure(run_dir, source["model_path"], base["data"], progress)
+        study = study or _open_study(db, spec, names, space, budgets)
+        loop = _Loop(study, space, spec, names, targets, budgets, base, source, run_dir, executor, progress,
+                     started, deadline)
+        loop.run()
+    finally:
+        executor.close()
+    results = summarize(study, space, budgets, source, names, loop.dropped, base, targets, run_dir,
+                        time.monotonic() - started)
+    return TuneResult(results, run_dir)
+
+
+def _open_study(db: Path, spec: TuneSpec, names: list[str], space: Space, budgets: dict):
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    directions = ["maximize", *["minimize"] * len(names), "minimize"]
+    existed = db.exists()
+    db.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        study = optuna.create_study(storage=f"sqlite:///{db}", study_name=STUDY_NAME, directions=directions,
+                                    load_if_exists=True)
+    except Exception as e:  # not SQLite, or SQLite without Optuna's tables, or a schema Optuna cannot read
+        raise EdgepressError(f"The study file {db} cannot be read as an Optuna study ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0][:200]}). It was left as it is: move it away to start a new "
+                             "study in this directory, or give another -o.") from None
+    if not existed or "devices" not in study.user_attrs:
+        study.set_user_attr("devices", names)
+        study.set_user_attr("space", space.to_dict())
+        study.set_user_attr("budgets", budgets)
+    elif study.user_attrs["devices"] != names:
+        raise EdgepressError(f"The study in {db.parent} was made for devices {', '.join(study.user_attrs['devices'])},"
+                             f" not {', '.join(names)}: give the same devices to resume it, or another -o.")
+    elif study.user_attrs["space"]["exports"] != space.exports:
+        raise EdgepressError(f"The study in {db.parent} was made with other export choices "
+                             f"({study.user_attrs['space']['exports']}); resume it with the same space, or give "
+                             "another -o.")
+    elif study.user_attrs.get("budgets") != budgets:
+        raise EdgepressError(f"The study in {db.parent} was made with the budgets {study.user_attrs.get('budgets')}, "
+                             f"not {budgets}: its trials were judged by those; resume it with the same budgets, or "
+                             "give another -o.")
+    return study
+
+
+def _measure_source(recipe, run_dir: Path, targets: dict, devices: list, executor, progress) -> dict:
+    """The source model exported as float (each format a device runs) and measured on every device, once per
+    run directory; for a zoo model this is where it is trained, and the trials start from the file it saved."""
+    saved = run_dir / "source" / "tune-source.json"
+    if saved.exists():
+        return json.loads(saved.read_text())
+    formats = [f for f in ("tflite", "onnx") if any(d.runs(f) for d in devices)]
+    base = recipe.model_dump(mode="json", exclude={"tune"})
+    plan = {**base, "name": "source", "steps": [], "exports": [{"format": f, "precision": "fp32"} for f in formats],
+            "targets": list(targets.values())}
+    progress.update("measuring the source model (float) on every device")
+    result = _wait(executor, executor.submit(plan, str(run_dir / "source"), None, label="source"))
+    if result["status"] != "complete":
+        raise EdgepressError(f"Measuring the source model failed: {result['reason']}")
+    failed = {d: v["error"] for d, v in result["devices"].items() if v["error"]}
+    if failed:
+        raise EdgepressError("Could not measure the source model on " + "; ".join(
+            f"{d}: {why}" for d, why in failed.items()) + ". Check the device (`edgepress bench`) and start again.")
+    src = result["models"][0]
+    result["source"].update(accuracy=src["accuracy"], macs=src["macs"])
+    result["model_path"] = recipe.model.path or str((run_dir / "source" / "models" / "0-source.keras").resolve())
+    files.write_text(saved, json.dumps(result, indent=1))
+    progress.done(f"source: accuracy {src['accuracy']:.2%}, {src['params']:,} parameters, "
+                  + ", ".join(f"{r['name']} on {r['device']} p50 {out._num(r['latency']['p50'])} ms"
+                              for r in result["rows"]))
+    return result
+
+
+def _wait(executor, handle) -> dict:
+    while True:
+        for _, result in executor.wait([handle], timeout=5):
+            return result
+
+
+def _base(recipe, source: dict) -> dict:
+    """The recipe every trial shares: the source model file (a zoo model trained once), data, measure, gates."""
+    base = recipe.model_dump(mode="json", exclude={"tune", "steps", "exports", "targets", "name"})
+    base["model"] = {"path": source["model_path"], **(
+        {"input_shape": recipe.model.input_shape} if recipe.model.input_shape else {})}
+    return base
+
+
+class _Loop:
+    """Ask Optuna for trials, run them (a few at once with Ray), tell it what they measured."""
+
+    def __init__(self, study, space, spec, names, targets, budgets, base, source, run_dir, executor, progress,
+                 started, deadline) -> None:
+        self.study, self.space, self.spec, self.names, self.targets = study, space, spec, names, targets
+        self.budgets, self.base, self.source, self.run_dir = budgets, base, source, run_dir
+        self.executor, self.progress, self.started, self.deadline = executor, progress, started, deadline
+        self.dropped: dict[str, str] = {}
+        self.study.sampler = _sampler(spec, len(study.trials))
+
+    def run(self) -> None:
+        self._requeue_interrupted()
+        done = self._finished()
+        pending: list[tuple] = []  # (handle, trial, params, key)
+        if done >= self.spec.trials:
+            self.progress.done(f"the study already has {done} finished trials (--trials {self.spec.trials}); "
+                               "raise --trials to extend it")
+        while True:
+            while (len(pending) < self.executor.parallel and done + len(pending) < self.spec.trials
+                   and not self._out_of_time() and len(self.dropped) < len(self.names)):
+                trial = self.study.ask()
+                params = self.space.suggest(trial)
+                live = [n for n in self.names if n not in self.dropped]
+                name = f"t{trial.number:03d}"
+                exports = exports_for(params, self.space.aware_drop)
+                recipe = recipe_for(self.base, name, self.space.steps(params), exports, [self.targets[n] for n in live])
+                key = key_of(recipe)
+                trial.set_user_attr("params", params)
+                trial.set_user_attr("key", key)
+                cached = self._cached(key)
+                if cached is not None:
+                    self._finish(trial, params, {**cached.user_attrs["result"], "cached_from": cached.number})
+                    done += 1
+                    continue
+                self.progress.update(f"{self._status(done)}: trial {trial.number} {_describe(params)}")
+                handle = self.executor.submit(recipe, str(self.run_dir / "trials" / name), self._probe(params, live),
+                                              label=f"trial {trial.number}")
+                pending.append((handle, trial, params, key))
+            if not pending:
+                break
+            finished = self.executor.wait([p[0] for p in pending], timeout=5)
+            for handle, result in finished:
+                entry = next(p for p in pending if p[0] is handle)
+                pending.remove(entry)
+                self._finish(entry[1], entry[2], result)
+                done += 1
+        if self._out_of_time() and done < self.spec.trials:
+            self.progress.done(f"time budget reached after {done} of {self.spec.trials} trials; run the same command "
+                               "again to go on")
+
+    def _status(self, done: int) -> str:
+        text = f"trial {done}/{self.spec.trials} done"
+        if self.deadline is not None:
+            text += f", {max(0, self.deadline - time.monotonic()) / 60:.1f} min left"
+        return text
+
+    def _out_of_time(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    def _finished(self) -> int:
+        from optuna.trial import TrialState
+
+        finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+        return sum(1 for t in self.study.get_trials(deepcopy=False, states=finished)
+                   if not t.user_attrs.get("interrupted"))
+
+    def _requeue_interrupted(self) -> None:
+        """A trial left running by a killed tune: mark it interrupted (failed, not counted) and ask for it again."""
+        import optuna
+        from optuna.trial import TrialState
+
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            # Trial(study, id) is Optuna's handle for a trial of a study; FrozenTrial keeps the id as _trial_id.
+            optuna.trial.Trial(self.study, t._trial_id).set_user_attr("interrupted", True)
+            self.study.tell(t.number, state=TrialState.FAIL)
+            if t.params:
+                self.study.enqueue_trial(t.params, skip_if_exists=False)
+            self.progress.done(f"trial {t.number} was interrupted by a stopped tune: asked again")
+
+    def _cached(self, key: str):
+        from optuna.trial import TrialState
+
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if t.user_attrs.get("key") == key and "result" in t.user_attrs and "cached_from" not in t.user_attrs[
+                    "result"]:
+                return t
+        return None
+
+    def _probe(self, params: dict, live: list[str]) -> dict | None:
+        """One fine-tune epoch of the trial's structured_prune, scored before the rest is spent on it."""
+        drop, margin = self.budgets["max_accuracy_drop"], self.space.hopeless_margin
+        steps = self.space.steps(params)
+        # With one fine-tune epoch the probe would be the trial's first step itself: run the trial.
+        if drop is None or margin is None or not steps or steps[0]["fine_tune_epochs"] <= 1:
+            return None
+        first = {**steps[0], "fine_tune_epochs": 1}
+        recipe = recipe_for(self.base, "probe", [first], [], [self.targets[n] for n in live])
+        return {"recipe": recipe, "floor": self.source["source"]["accuracy"] - drop - margin}
+
+    def _finish(self, trial, params: dict, result: dict) -> None:
+        from optuna.trial import TrialState
+
+        for device, state in (result.get("devices") or {}).items():
+            if state["error"] and device not in self.dropped:
+                self.dropped[device] = state["error"]
+                self.progress.done(f"device {device} dropped: {state['error']}; its trials are marked, the others "
+                                   "go on")
+        trial.set_user_attr("result", result)
+        status = result["status"]
+        if status == "complete" and not result["rows"]:
+            status, result["reason"] = "failed", "no artifact was measured on any device"
+            trial.set_user_attr("result", {**result, "status": status})
+        if status == "complete":
+            values, constraints = self._objectives(params, result)
+            _constrain(trial, constraints)
+            self.study.tell(trial, values)
+        elif status == "pruned":
+            _constrain(trial, {name: 1.0 for name in self._constraint_names()})
+            self.study.tell(trial, state=TrialState.PRUNED)
+        else:
+            self.study.tell(trial, state=TrialState.FAIL)
+        _write(self)
+        self.progress.done(f"trial {trial.number} {_describe(params)}: {status}"
+                           + (f" ({result['reason']})" if result.get("reason") else "")
+                           + (f" (same as trial {result['cached_from']})" if "cached_from" in result else "")
+                           + f"; {self._status(self._finished())}; best so far: {self._best_so_far()}")
+
+    def _constraint_names(self) -> list[str]:
+        b = self.budgets
+        return ((["max_accuracy_drop"] if b["max_accuracy_drop"] is not None else [])
+                + ([f"max_p50_ms@{n}" for n in self.names] if b["max_p50_ms"] is not None else [])
+                + (["max_bytes"] if b["max_bytes"] is not None else []))
+
+    def _objectives(self, params: dict, result: dict) -> tuple[list[float], dict[str, float]]:
+        """accuracy (the least accurate chosen artifact), p50 of each device's chosen artifact, bytes (the
+        largest chosen artifact); constraints: how far over each budget, relative to it (<= 0 within)."""
+        chosen = {d: chosen_row(result["rows"], d, params[f"export@{d}"]) for d in self.names}
+        accuracies = [r["metrics"]["accuracy"] for r in chosen.values() if r and r["metrics"]["accuracy"] is not None]
+        accuracy = min(accuracies) if accuracies else result["models"][-1]["accuracy"]
+        p50 = [r["latency"]["p50"] if r and r["latency"]["p50"] is not None else PENALTY for r in chosen.values()]
+        size = max((r["bytes"] for r in chosen.values() if r), default=PENALTY)
+        b, constraints = self.budgets, {}
+        if b["max_accuracy_drop"] is not None:
+            constraints["max_accuracy_drop"] = self.source["source"]["accuracy"] - accuracy - b["max_accuracy_drop"]
+        if b["max_p50_ms"] is not None:
+            constraints.update({f"max_p50_ms@{n}": (v - b["max_p50_ms"]) / b["max_p50_ms"]
+                                for n, v in zip(self.names, p50, strict=True)})
+        if b["max_bytes"] is not None:
+            constraints["max_bytes"] = (size - b["max_bytes"]) / b["max_bytes"]
+        return [accuracy, *p50, float(size)], constraints
+
+    def _best_so_far(self) -> str:
+        best = _best_points(self.study, self.source, self.names)
+        return "; ".join(f"{d} {p['artifact']} {out._num(p['p50_ms'])} ms {out._pct(p['accuracy'])} "
+                         f"{p['bytes']:,} B" if p else f"{d} none within the budgets" for d, p in best.items())
+
+
+def _constrain(trial, constraints: dict[str, float]) -> None:
+    """The budgets as Optuna constraints (feasible when every value is <= 0): the samplers prefer feasible trials."""
+    for name, value in constraints.items():
+        trial.set_constraint(name, float(value))
+
+
+def _sampler(spec: TuneSpec, n_trials: int):
+    import optuna
+
+    seed = spec.seed + n_trials  # a resumed tune does not replay the random start of the first one
+    if spec.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(population_size=max(4, min(20, spec.trials // 3)), seed=seed)
+    return optuna.samplers.TPESampler(n_startup_trials=max(2, min(10, spec.trials // 3)), seed=seed)
+
+
+def _describe(params: dict) -> str:
+    parts = [f"ratio {params['ratio']:g}"] if params.get("ratio") else ["no pruning"]
+    if params.get("ratio"):
+        parts.append(f"{params['fine_tune_epochs']} epochs" + (" + distill" if params.get("distill") else ""))
+        if params.get("round_to", 1) != 1:
+            parts.append(f"round to {params['round_to']}")
+        if params.get("layer_guidance"):
+            parts.append(f"per-layer guidance {params['layer_guidance']:g}")
+    parts += [f"{k[7:]} {v}" for k, v in params.items() if k.startswith("export@")]
+    return ", ".join(parts)
+
+
+# -- what the study holds, as tune.json, tune.html and best-<device>.yaml -----------------------------------------
+
+def _trial_rows(study) -> list[tuple[object, dict]]:
+    """(trial, raw row) for every artifact measured by a trial (not counting a cached repeat twice)."""
+    from optuna.trial import TrialState
+
+    rows = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        result = t.user_attrs.get("result", {})
+        if "cached_from" in result:
+            continue
+        rows += [(t, r) for r in result.get("rows", []) if (r.get("accuracy_aware") or {}).get("role") != "tried"]
+    return rows
+
+
+def _best_points(study, source: dict, names: list[str]) -> dict[str, dict | None]:
+    from edgepress.report import choose_best
+
+    raw = [(None, r) for r in source["rows"]] + _trial_rows(study)
+    best = choose_best([r for _, r in raw])
+    by_name = {(r["device"], r["name"]): (t, r) for t, r in raw}
+    points = {}
+    for device in names:
+        found = by_name.get((device, best.get(device)))
+        points[device] = None if found is None else out.point_of(found[1], None if found[0] is None else
+                                                                 found[0].number)
+    return points
+
+
+def summarize(study, space: Space, budgets: dict, source: dict, names: list[str], dropped: dict, base: dict,
+              targets: dict, run_dir: Path, duration_s: float) -> dict:
+    """Write tune.json, tune.html and best-<device>.yaml from the study, and return tune.json's content."""
+    results = _tune_json(study, space, budgets, source, names, dropped, duration_s)
+    for device, point in results["best"].items():
+        if point is None:
+            continue
+        path = run_dir / f"best-{device}.yaml"
+        files.write_text(path, _best_recipe(study, point, space, base, targets[device], device))
+        point["recipe"] = str(path)
+    files.write_text(run_dir / "tune.json", json.dumps(results, indent=1) + "\n")
+    out.write_html(run_dir / "tune.html", results)
+    return results
+
+
+def _write(loop: _Loop) -> None:
+    """tune.json after each trial, so a long tune can be followed and a killed one shows what it had."""
+    results = _tune_json(loop.study, loop.space, loop.budgets, loop.source, loop.names, loop.dropped,
+                         time.monotonic() - loop.started)
+    files.write_text(loop.run_dir / "tune.json", json.dumps(results, indent=1) + "\n")
+
+
+def _tune_json(study, space, budgets, source, names, dropped, duration_s) -> dict:
+    trials = []
+    for t in study.get_trials(deepcopy=False):
+        result = t.user_attrs.get("result", {})
+        status = ("interrupted" if t.user_attrs.get("interrupted") else "running" if not result
+                  else "cached" if "cached_from" in result else result["status"])
+        trials.append({
+            "number": t.number, "status": status, "reason": result.get("reason"), "params": t.user_attrs.get(
+                "params", t.params), "key": t.user_attrs.get("key"), "cached_from": result.get("cached_from"),
+            "duration_s": result.get("duration_s"), "run_dir": result.get("run_dir"), "worker": result.get("worker"),
+            "probe_accuracy": result.get("probe_accuracy"), "models": result.get("models", []),
+            "devices": {d: v["error"] for d, v in (result.get("devices") or {}).items()},
+            "rows": [out.point_of(r, t.number) for r in result.get("rows", [])] if status == "complete" else [],
+            **_chosen(t, result, names),
+        })
+    source_points = [out.point_of(r, None) for r in source["rows"]]
+    all_points = source_points + [out.point_of(r, t.number) for t, r in _trial_rows(study)]
+    best = _best_points(study, source, names)
+    closest = {}
+    for device in names:
+        if best[device] is None:
+            mine = [p for p in all_points if p["device"] == device]
+            if mine:
+                pick = min(mine, key=lambda p: (sum(out.misses(p, budgets).values()), p["p50_ms"] or out.math.inf))
+                closest[device] = {**pick, "misses": out.misses(pick, budgets)}
+    src = source["source"]
+    return {
+        "schema_version": 1,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "duration_s": round(duration_s, 1),
+        "objectives": ["accuracy (max)", *[f"p50 ms on {n} (min)" for n in names], "bytes (min)"],
+        "budgets": budgets,
+        "space": space.to_dict(),
+        "source": {"model": src["model"], "accuracy": src["accuracy"], "params": src["params"], "macs": src["macs"],
+                   "rows": source_points},
+        "trials": trials,
+        "pareto": {d: out.pareto_front([p for p in all_points if p["device"] == d]) for d in names},
+        "best": best,
+        "closest": closest,
+        "dropped": dropped,
+        "passed": all(best[d] is not None for d in names) and not dropped,
+    }
+
+
+def _chosen(trial, result: dict, names: list[str]) -> dict:
+    """A trial's headline numbers: its final model's params, MACs and accuracy, and per device the chosen
+    export's accuracy, p50 and bytes."""
+    model = (result.get("models") or [{}])[-1]
+    params = trial.user_attrs.get("params", {})
+    chosen = {}
+    for device in names:
+        row = chosen_row(result.get("rows", []), device, params.get(f"export@{device}", ":"))
+        chosen[device] = None if row is None else {k: out.point_of(row, trial.number)[k] for k in (
+            "artifact", "accuracy", "p50_ms", "bytes")}
+    return {"params_count": model.get("params"), "macs": model.get("macs"), "model_accuracy": model.get("accuracy"),
+            "chosen": chosen}
+
+
+def _best_recipe(study, point: dict, space: Space, base: dict, target: dict, device: str) -> str:
+    """best-<device>.yaml: the steps of the trial that made the artifact and the one export that makes it."""
+    import yaml
+
+    if point["trial"] is None:
+        steps, row = [], None
+    else:
+        trial = study.trials[point["trial"]]
+        steps = space.steps(trial.user_attrs["params"])
+        row = next(r for r in trial.user_attrs["result"]["rows"] if r["name"] == point["artifact"]
+                   and r["device"] == device)
+    export = export_of_row(row, space.aware_drop) if row else {"format": point["format"], "precision": "fp32"}
+    recipe = recipe_for(base, f"best-{device}", steps, [export], [target])
+    header = (f"# Made by `edgepress tune`: trial {point['trial']}'s artifact {point['artifact']} on {device} "
+              f"(accuracy {out._pct(point['accuracy'])}, p50 {out._num(point['p50_ms'])} ms, {point['bytes']:,} "
+              "bytes).\n# `edgepress run` on this file makes it again.\n")
+    return header + yaml.safe_dump(recipe, sort_keys=False)

@@ -1,0 +1,100 @@
+"""The search space from device profiles and the tune: section of a recipe (no TensorFlow work)."""
+
+from types import SimpleNamespace
+
+import pytest
+
+from edgepress.devices import load_device
+from edgepress.errors import EdgepressError
+from edgepress.recipe import Recipe
+from edgepress.tune.space import Space, chosen_row, export_choices, exports_for, key_of, round_to_choices, steps_for
+from edgepress.tune.spec import TuneSpec
+
+
+def test_each_device_offers_its_profile_precisions_and_accuracy_aware_int8():
+    rpi4 = load_device("rpi4")
+    assert export_choices(rpi4, None, True) == ["tflite:fp32", "tflite:dynamic", "tflite:int8", "onnx:int8_static",
+                                                "tflite:int8-aware", "onnx:int8-aware"]
+    assert "tflite:int8-aware" not in export_choices(rpi4, None, False)
+
+
+def test_a_listed_precision_is_offered_only_where_its_format_runs():
+    android = load_device("android-arm64")  # benchmark_model: TFLite only
+    assert export_choices(android, ["tflite:int8", "onnx:fp32"], True) == ["tflite:int8"]
+    with pytest.raises(EdgepressError, match="No export to try on android-arm64"):
+        Space.of(TuneSpec(space={"precisions": ["onnx:fp32"]}), [android], None)
+
+
+def test_round_to_comes_from_the_devices_channel_multiple_once_structured_prune_rounds():
+    from edgepress.compress.structured_prune import StructuredPruneConfig
+
+    devices = [SimpleNamespace(channel_multiple=8), SimpleNamespace(channel_multiple=None), SimpleNamespace()]
+    expected = [1, 8] if "round_to" in StructuredPruneConfig.model_fields else []
+    assert round_to_choices(devices, TuneSpec()) == expected
+    assert round_to_choices([SimpleNamespace()], TuneSpec()) == []
+
+
+def test_steps_and_exports_of_a_trial():
+    params = {"ratio": 0.5, "fine_tune_epochs": 4, "distill": True, "export@a": "tflite:int8",
+              "export@b": "tflite:int8-aware", "export@c": "onnx:fp32"}
+    assert steps_for(params) == [{"type": "structured_prune", "ratio": 0.5, "fine_tune_epochs": 4},
+                                 {"type": "distill", "teacher": "source", "epochs": 4}]
+    # accuracy-aware int8 writes the plain int8 artifact first, so plain tflite int8 is not exported twice
+    assert exports_for(params, 0.01) == [{"format": "tflite", "quantize": {"precision": "int8",
+                                                                           "max_accuracy_drop": 0.01}},
+                                         {"format": "onnx", "precision": "fp32"}]
+    assert steps_for({"ratio": 0.0, "export@a": "tflite:fp32"}) == []
+
+
+def test_the_cache_key_is_steps_and_exports_not_the_name():
+    a = {"name": "t001", "steps": [{"type": "structured_prune", "ratio": 0.5}], "exports": [{"format": "tflite"}]}
+    assert key_of(a) == key_of({**a, "name": "t007"})
+    assert key_of(a) != key_of({**a, "exports": [{"format": "onnx"}]})
+
+
+def test_the_chosen_row_of_an_accuracy_aware_export_is_its_final_artifact():
+    rows = [{"device": "d", "format": "tflite", "precision": "int8", "accuracy_aware": {"role": "full"},
+             "float_layers": [], "name": "full"},
+            {"device": "d", "format": "tflite", "precision": "int8", "accuracy_aware": {"role": "final"},
+             "float_layers": ["dense"], "name": "final"}]
+    assert chosen_row(rows, "d", "tflite:int8-aware")["name"] == "final"
+    assert chosen_row(rows, "d", "tflite:int8")["name"] == "full"
+    assert chosen_row(rows, "other", "tflite:int8") is None
+
+
+def test_a_recipe_tune_section_validates_and_reads_durations():
+    recipe = Recipe.from_dict({"model": {"zoo": "seed_cnn"}, "tune": {"trials": 5, "time_budget": "30m",
+                                                                      "space": {"ratio": [0.2, 0.8]}}})
+    assert recipe.tune.trials == 5 and recipe.tune.time_budget == 1800
+    assert TuneSpec(time_budget="1.5h").time_budget == 5400 and TuneSpec(time_budget=90).time_budget == 90
+    with pytest.raises(EdgepressError, match="tune.space: ratio must be"):
+        Recipe.from_dict({"model": {"zoo": "seed_cnn"}, "tune": {"space": {"ratio": [0.8, 0.2]}}})
+    with pytest.raises(EdgepressError, match="unknown key 'tune.trails'"):
+        Recipe.from_dict({"model": {"zoo": "seed_cnn"}, "tune": {"trails": 5}})
+    with pytest.raises(EdgepressError, match="not a duration"):
+        Recipe.from_dict({"model": {"zoo": "seed_cnn"}, "tune": {"time_budget": "soon"}})
+
+
+def test_guided_ratios_prune_sensitive_layer_groups_less():
+    from edgepress.tune.sensitivity import guided_ratios
+
+    sensitivity = {"groups": [{"layers": ["conv"], "drop": 0.30, "min_width": 32},
+                              {"layers": ["a", "b"], "drop": 0.10, "min_width": 16},  # tied: one ratio
+                              {"layers": ["dense"], "drop": 0.02, "min_width": 4}]}
+    layers = guided_ratios(0.5, 1.0, sensitivity)
+    # below the mean drop (0.14) more is pruned, above it less; tied layers share one ratio
+    assert layers["conv"] < 0.5 < layers["a"] == layers["b"] < layers["dense"] <= 0.75  # dense keeps 1 of 4
+    assert guided_ratios(0.5, 0.0, sensitivity) is None
+    assert guided_ratios(0.5, 1.0, {"groups": sensitivity["groups"][:1]}) is None
+    steps = steps_for({"ratio": 0.5, "fine_tune_epochs": 1, "layer_guidance": 1.0}, sensitivity)
+    assert steps[0]["layers"] == layers
+
+
+def test_sensitivity_is_measured_on_a_real_model(trained_cnn, tmp_path):
+    from edgepress.tune.sensitivity import measure_sensitivity
+
+    trained_cnn.save(tmp_path / "cnn.keras")
+    result = measure_sensitivity(str(tmp_path / "cnn.keras"), {"dataset": "digits", "test_size": 300})
+    names = [g["layers"] for g in result["groups"]]
+    assert names == [["conv2d"], ["conv2d_1"], ["conv2d_2"], ["dense"]]  # every hidden layer; never the classifier
+    assert all(-1 <= g["drop"] <= 1 for g in result["groups"]) and len({g["drop"] for g in result["groups"]}) > 1
