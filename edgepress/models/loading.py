@@ -194,12 +194,16 @@ def tfmot_scope(config: Any) -> contextlib.AbstractContextManager:
 
 def only_tfmot_classes(config: Any) -> bool:
     """Whether every custom class `config` names is one of tfmot's registered classes, from tfmot's modules."""
+    custom = set(_custom_classes(config))
+    if not custom:
+        return True  # nothing to look up: tfmot (and TensorFlow) stay unimported
     known = {name for scope in _tfmot_scopes() for objects in scope.custom_objects for name in objects}
-    return set(_custom_classes(config)) <= known and _modules_are_tfmot(config)
+    return custom <= known and _modules_are_tfmot(config)
 
 
 def _tfmot_scopes() -> list:
-    import tensorflow_model_optimization as tfmot
+    with quiet():  # tfmot imports TensorFlow, whose native start-up lines are not asked for
+        import tensorflow_model_optimization as tfmot
 
     return [tfmot.quantization.keras.quantize_scope(), tfmot.sparsity.keras.prune_scope(),
             tfmot.clustering.keras.cluster_scope()]
