@@ -134,15 +134,42 @@ def _refused_layers(model, config: QatConfig) -> tuple[list[str], object]:
         except (ValueError, RuntimeError) as e:
             found = _REFUSED.search(str(e))
             name = found.group(1) if found else None
-            if name is None or name not in names or name in refused:
+            if name in names and name not in refused:
+                refused.append(name)
+                continue
+            layer = _unquantizable_activation(model) if "activation" in str(e).lower() else None
+            if layer is not None:
                 raise EdgepressError(
-                    f"qat: tfmot could not make '{model.name}' quantization-aware: {first_line(e)}. tfmot "
-                    "quantizes Sequential and functional Keras models of built-in layers; drop the qat step "
-                    "(post-training quantization in the exports still applies) or simplify the model."
+                    f"qat: tfmot has no quantizer for the activation '{layer.activation.__name__}' of layer "
+                    f"'{layer.name}' ({type(layer).__name__}). Give it one tfmot quantizes "
+                    f"({', '.join(_ACTIVATION_LAYER_ACTIVATIONS)}), or drop the qat step (post-training "
+                    "quantization in the exports still applies)."
                 ) from None
-            refused.append(name)
-            continue
+            raise EdgepressError(
+                f"qat: tfmot could not make '{model.name}' quantization-aware: {first_line(e)}. tfmot "
+                "quantizes Sequential and functional Keras models of built-in layers; drop the qat step "
+                "(post-training quantization in the exports still applies) or simplify the model."
+            ) from None
         return refused, (aware if not refused else None)
+
+
+# The activations tfmot fake-quantizes: in a layer's `activation` (Dense, Conv2D...), and as an Activation layer.
+_LAYER_ACTIVATIONS = ("linear", "relu", "swish", "gelu", "softmax", "sigmoid", "tanh")
+_ACTIVATION_LAYER_ACTIVATIONS = (*_LAYER_ACTIVATIONS, "relu6")
+
+
+def _unquantizable_activation(model):
+    """The first layer of `model` whose activation tfmot has no quantizer for, or None.
+
+    tfmot's error about it names no layer, and leaving the layer out does not help: tfmot still wraps a
+    layer whose output feeds a quantized one, activation included.
+    """
+    for layer in model.layers:
+        activation = getattr(getattr(layer, "activation", None), "__name__", None)
+        allowed = _ACTIVATION_LAYER_ACTIVATIONS if type(layer).__name__ == "Activation" else _LAYER_ACTIVATIONS
+        if activation is not None and activation not in allowed:
+            return layer
+    return None
 
 
 def _quantize_aware(model, config: QatConfig, leave: Sequence[str] = ()):

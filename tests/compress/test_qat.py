@@ -45,6 +45,14 @@ def test_qat_names_every_layer_tfmot_refuses_at_once():
         check_quantizable(model, QatConfig())
 
 
+def test_qat_names_a_layer_whose_activation_tfmot_cannot_quantize():
+    k = keras()
+    model = k.Sequential([k.layers.Input((8,)), k.layers.Dense(8, activation="elu", name="hidden"),
+                          k.layers.Dense(2, name="out")])
+    with pytest.raises(EdgepressError, match=r"activation 'elu' of layer 'hidden' \(Dense\).*relu"):
+        check_quantizable(model, QatConfig())
+
+
 def test_qat_on_named_layers_only(prelu_cnn, digits):
     aware = qat(prelu_cnn, digits.x_train, digits.y_train, fine_tune_epochs=1, layers=["conv", "logits"])
     wrapped = {layer.layer.name for layer in aware.layers if hasattr(layer, "layer")}
