@@ -24,6 +24,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from edgepress.compress.step import Step, register
 from edgepress.errors import EdgepressError, first_line
 from edgepress.models import training
 
@@ -84,6 +85,10 @@ def check_quantizable(model, config: QatConfig) -> None:
 
 def _checked_aware(model, config: QatConfig):
     """The quantize-aware copy of `model`, or EdgepressError naming the layers tfmot refuses and what to do."""
+    if is_quantize_aware(model):
+        raise EdgepressError(
+            f"qat: '{model.name}' is already quantization-aware (it went through qat): run the qat step once."
+        )
     by_name = {layer.name: layer for layer in model.layers}
     unknown = [n for n in config.layers or [] if n not in by_name]
     if unknown:
@@ -213,3 +218,22 @@ def _has_zeros(model) -> bool:
 def is_quantize_aware(model) -> bool:
     """True for a model that went through `qat` (it holds tfmot quantize wrappers)."""
     return any(type(layer).__name__.startswith("Quantize") for layer in model.layers)
+
+
+@register
+class Qat(Step):
+    config = QatConfig
+    not_after_qat = None  # check_quantizable refuses a model that is already quantization-aware
+    # A QAT model already carries int8 ranges: quantizing it again, or exporting it as float, is wrong
+    # (onnx fp32 keeps the ranges as QDQ pairs).
+    exports_after = frozenset({("tflite", "int8"), ("tflite", "dynamic"), ("onnx", "fp32")})
+    needs = "tfmot quantization-aware training wraps Keras layers and retrains them"
+
+    def resolve(self, config, before):
+        return resolve_preserve(config, before)
+
+    def check(self, model, config, context):
+        check_quantizable(model, config)
+
+    def run(self, model, x, y, config, context):
+        return qat(model, x, y, config, on_epoch=context.on_epoch, after=context.before), {}

@@ -53,6 +53,14 @@ def test_qat_names_a_layer_whose_activation_tfmot_cannot_quantize():
         check_quantizable(model, QatConfig())
 
 
+def test_qat_refuses_a_model_that_is_already_quantization_aware():
+    k = keras()
+    model = k.Sequential([k.layers.Input((8,)), k.layers.Dense(4), k.layers.Dense(2)], name="twice")
+    aware = qat(model, np.zeros((8, 8)), np.zeros(8))
+    with pytest.raises(EdgepressError, match=r"'twice' is already quantization-aware.*once"):
+        check_quantizable(aware, QatConfig())
+
+
 def test_qat_on_named_layers_only(prelu_cnn, digits):
     aware = qat(prelu_cnn, digits.x_train, digits.y_train, fine_tune_epochs=1, layers=["conv", "logits"])
     wrapped = {layer.layer.name for layer in aware.layers if hasattr(layer, "layer")}
