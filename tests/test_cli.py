@@ -4,6 +4,7 @@ Commands run in-process through typer's runner (TensorFlow is imported once per 
 `--help` runs in a real subprocess to show it starts without TensorFlow.
 """
 
+import re
 import subprocess
 import sys
 
@@ -90,7 +91,10 @@ def test_layer_tfmot_cannot_handle_is_named(tmp_path, prelu_cnn, step):
     exports = [{"format": "tflite", "precision": "int8"}]
     recipe = _recipe(tmp_path, steps=[{"type": step}], exports=exports)
     message = _run_refused(tmp_path, recipe, "--model", str(tmp_path / "prelu.keras"))
-    assert "'prelu' (PReLU)" in message and "layers: [conv, logits]" in message
+    # prune suggests the layers it can prune; qat every layer but the one tfmot refuses (they stay float).
+    suggested = re.search(r"layers: \[([^\]]*)\]", message).group(1).split(", ")
+    assert "'prelu' (PReLU)" in message and suggested[0] == "conv" and suggested[-1] == "logits"
+    assert "prelu" not in suggested and len(suggested) == (2 if step == "prune" else 4)
     assert not (tmp_path / "run").exists()  # refused before anything was written
 
 

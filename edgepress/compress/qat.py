@@ -4,6 +4,10 @@
 
 The result keeps tfmot's quantize wrappers: they carry the learned ranges that the TFLite
 converter (int8 export) and tf2onnx (QuantizeLinear/DequantizeLinear pairs) turn into an int8 model.
+tfmot decides what it quantizes: its transforms fake-quantize a Conv2D/DepthwiseConv2D + BatchNormalization
+(+ ReLU/ReLU6) as one unit, which the converter folds into one int8 op, and quantize residual Adds, so
+Conv-BN-ReLU and residual models go through whole. Only the layers
+tfmot itself refuses (PReLU, say) are refused here, each by name, with the `layers:` list that leaves them out.
 
 Plain QAT trains every weight freely, so it undoes what a step before it made: the zeros of `prune`
 and the shared values of `cluster`. tfmot's collaborative schemes keep them: `preserve: sparsity`
@@ -13,6 +17,7 @@ the zeros when the clustered model has any). `preserve: auto` picks from the ste
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Literal
 
@@ -63,29 +68,135 @@ def qat(model, x: np.ndarray, y: np.ndarray, config: QatConfig | None = None, on
     `after` names the steps that made `model`, in order (e.g. ["prune"]): `preserve: auto` looks at the last.
     """
     config = resolve_preserve(config or QatConfig(**options), after)
-    check_quantizable(model, config)
-    aware = _quantize_aware(model, config)
+    aware = _checked_aware(model, config)
     training.fit(aware, x, y, config.fine_tune_epochs, config.batch_size, config.learning_rate, on_epoch=on_epoch)
     return aware
 
 
-def _quantize_aware(model, config: QatConfig):
-    """`model` (a copy) wrapped for quantization-aware training with the scheme `config.preserve` asks for."""
+def check_quantizable(model, config: QatConfig) -> None:
+    """Raise EdgepressError naming each layer of `model` that `config` asks for and tfmot refuses to quantize.
+
+    tfmot is asked: it wraps a copy of the model (a second or so, no training). Its transforms take more
+    than its per-layer registry says (a BatchNormalization after a convolution, which the registry alone
+    refuses), so its registry is not consulted here.
+    """
+    _checked_aware(model, config)
+
+
+def _checked_aware(model, config: QatConfig):
+    """The quantize-aware copy of `model`, or EdgepressError naming the layers tfmot refuses and what to do."""
+    if is_quantize_aware(model):
+        raise EdgepressError(
+            f"qat: '{model.name}' is already quantization-aware (it went through qat): run the qat step once."
+        )
+    by_name = {layer.name: layer for layer in model.layers}
+    unknown = [n for n in config.layers or [] if n not in by_name]
+    if unknown:
+        raise EdgepressError(
+            f"qat: no layer named {', '.join(unknown)} in the model. Its layers: {', '.join(by_name)}."
+        )
+    refused, aware = _refused_layers(model, config)
+    if not refused:
+        return aware
+    described = ", ".join(f"'{name}' ({type(by_name[name]).__name__})" for name in refused)
+    asked = config.layers if config.layers is not None else [
+        layer.name for layer in model.layers if type(layer).__name__ != "InputLayer"
+    ]
+    others = [name for name in asked if name not in refused]
+    scheme = {"sparsity": "sparsity-preserving QAT", "clusters": "cluster-preserving QAT"}.get(config.preserve)
+    if scheme:
+        # The preserving schemes take fewer layer types than plain QAT (Conv2D, Dense, DepthwiseConv2D...).
+        plain_refuses, _ = _refused_layers(model, config.model_copy(update={"preserve": "none"}))
+        plain = [name for name in refused if name not in plain_refuses]
+        also = f" or set `preserve: none` (plain QAT takes {', '.join(plain)})" if plain else ""
+        raise EdgepressError(
+            f"qat: tfmot's {scheme} cannot quantize layer {described}. Quantize only the other layers with "
+            f"`layers: [{', '.join(others)}]` in the qat step (the refused ones stay float){also}, "
+            "or drop the step."
+        )
+    raise EdgepressError(
+        f"qat: tfmot cannot quantize layer {described}. Quantize only the layers it supports with "
+        f"`layers: [{', '.join(others)}]` in the qat step (the refused ones stay float), or drop the step; "
+        "post-training quantization in the exports (tflite int8 / dynamic, onnx int8) still applies to this model."
+    )
+
+
+# tfmot's words for a layer it has no quantize config for: "Layer prelu:<class '...PReLU'> is not supported."
+_REFUSED = re.compile(r"Layer (\S+):<class [^>]*> is not supported")
+
+
+def _refused_layers(model, config: QatConfig) -> tuple[list[str], object]:
+    """(names of the layers tfmot refuses, the quantize-aware model of the others; None if any is refused).
+
+    tfmot stops at the first layer it refuses: wrap again without it until it takes the rest, so every
+    refused layer is named at once.
+    """
+    refused: list[str] = []
+    names = {layer.name for layer in model.layers}
+    while True:
+        try:
+            aware = _quantize_aware(model, config, leave=refused)
+        except (ValueError, RuntimeError) as e:
+            found = _REFUSED.search(str(e))
+            name = found.group(1) if found else None
+            if name in names and name not in refused:
+                refused.append(name)
+                continue
+            layer = _unquantizable_activation(model) if "activation" in str(e).lower() else None
+            if layer is not None:
+                raise EdgepressError(
+                    f"qat: tfmot has no quantizer for the activation '{layer.activation.__name__}' of layer "
+                    f"'{layer.name}' ({type(layer).__name__}). Give it one tfmot quantizes "
+                    f"({', '.join(_ACTIVATION_LAYER_ACTIVATIONS)}), or drop the qat step (post-training "
+                    "quantization in the exports still applies)."
+                ) from None
+            raise EdgepressError(
+                f"qat: tfmot could not make '{model.name}' quantization-aware: {first_line(e)}. tfmot "
+                "quantizes Sequential and functional Keras models of built-in layers; drop the qat step "
+                "(post-training quantization in the exports still applies) or simplify the model."
+            ) from None
+        return refused, (aware if not refused else None)
+
+
+# The activations tfmot fake-quantizes: in a layer's `activation` (Dense, Conv2D...), and as an Activation layer.
+_LAYER_ACTIVATIONS = ("linear", "relu", "swish", "gelu", "softmax", "sigmoid", "tanh")
+_ACTIVATION_LAYER_ACTIVATIONS = (*_LAYER_ACTIVATIONS, "relu6")
+
+
+def _unquantizable_activation(model):
+    """The first layer of `model` whose activation tfmot has no quantizer for, or None.
+
+    tfmot's error about it names no layer, and leaving the layer out does not help: tfmot still wraps a
+    layer whose output feeds a quantized one, activation included.
+    """
+    for layer in model.layers:
+        activation = getattr(getattr(layer, "activation", None), "__name__", None)
+        allowed = _ACTIVATION_LAYER_ACTIVATIONS if type(layer).__name__ == "Activation" else _LAYER_ACTIVATIONS
+        if activation is not None and activation not in allowed:
+            return layer
+    return None
+
+
+def _quantize_aware(model, config: QatConfig, leave: Sequence[str] = ()):
+    """`model` (a copy) wrapped for quantization-aware training with the scheme `config.preserve` asks for.
+
+    The layers named in `leave` (and, when `config.layers` is set, every layer not in it) stay unwrapped.
+    """
     import tensorflow_model_optimization as tfmot
 
     from edgepress.compat import keras, quiet
 
     quantization = tfmot.quantization.keras
     # Annotating reuses the layers it is given: annotate a copy so the caller's model is left as it was.
-    if config.layers is None:
+    if config.layers is None and not leave:
         annotated = quantization.quantize_annotate_model(training.copy_model(model))
     else:
-        selected = set(config.layers)
+        selected = set(config.layers) if config.layers is not None else None
 
         def annotate(layer):
-            if layer.name in selected:
-                return quantization.quantize_annotate_layer(layer)
-            return layer
+            if layer.name in leave or (selected is not None and layer.name not in selected):
+                return layer
+            return quantization.quantize_annotate_layer(layer)
 
         annotated = keras().models.clone_model(training.copy_model(model), clone_function=annotate)
     if config.preserve == "sparsity":
@@ -96,17 +207,8 @@ def _quantize_aware(model, config: QatConfig):
         scheme = tfmot.experimental.combine.Default8BitClusterPreserveQuantizeScheme(preserve_sparsity=keep_zeros)
     else:
         scheme = quantization.default_8bit.Default8BitQuantizeScheme()
-    try:
-        with quiet():  # CQAT warns for each kernel it finds too many distinct values in to keep
-            return quantization.quantize_apply(annotated, scheme)
-    except (ValueError, RuntimeError) as e:
-        if config.preserve in ("none", "auto"):
-            raise
-        # The preserving schemes take fewer layer types than plain QAT (Conv2D, Dense, DepthwiseConv2D).
-        raise EdgepressError(
-            f"qat: tfmot's {config.preserve}-preserving QAT cannot quantize this model: {first_line(e)}. Quantize "
-            "only the layers it supports with `layers: [...]` in the qat step, or set `preserve: none`."
-        ) from None
+    with quiet():  # CQAT warns for each kernel it finds too many distinct values in to keep
+        return quantization.quantize_apply(annotated, scheme)
 
 
 def _has_zeros(model) -> bool:
@@ -118,39 +220,6 @@ def is_quantize_aware(model) -> bool:
     from edgepress.models.source import KerasSource
 
     return KerasSource(model).quantize_aware
-
-
-def check_quantizable(model, config: QatConfig) -> None:
-    """Raise EdgepressError naming each layer of `model` that `config` asks for and tfmot cannot quantize."""
-    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
-        default_8bit_quantize_registry,
-    )
-
-    names = config.layers
-    registry = default_8bit_quantize_registry.Default8BitQuantizeRegistry()
-    by_name = {layer.name: layer for layer in model.layers}
-    unknown = [n for n in names or [] if n not in by_name]
-    if unknown:
-        raise EdgepressError(
-            f"qat: no layer named {', '.join(unknown)} in the model. Its layers: {', '.join(by_name)}."
-        )
-    layers = [by_name[n] for n in names] if names is not None else model.layers
-    unsupported = [
-        layer for layer in layers
-        if type(layer).__name__ != "InputLayer" and not registry.supports(layer)
-    ]
-    if unsupported:
-        described = ", ".join(f"'{layer.name}' ({type(layer).__name__})" for layer in unsupported)
-        supported = [layer.name for layer in model.layers if layer.trainable_weights and registry.supports(layer)]
-        raise EdgepressError(
-            f"qat: tfmot cannot quantize layer {described}. Quantize only the layers it supports with "
-            f"`layers: [{', '.join(supported)}]` in the qat step, or drop the step; post-training "
-            "quantization in the exports (tflite int8 / dynamic, onnx int8) still applies to this model."
-        )
-    if config.preserve in ("sparsity", "clusters"):
-        # The preserving schemes take fewer layers, and only wrapping tells which (BatchNormalization passes
-        # through tfmot's own transforms): wrap once without training, which refuses in a second or so.
-        _quantize_aware(model, config)
 
 
 @register
