@@ -17,6 +17,8 @@ class Precision:
     description: str
     calibrated: bool = False  # needs calibration samples (activation ranges)
     sparse: bool = False  # its weights may be stored as sparse tensors (tflite `sparse: true`)
+    weight_only: bool = False  # weights quantized after a float export (edgepress.deploy.weight_only)
+    block_sizes: tuple[int, ...] = ()  # the `block_size` values it takes (blockwise weights)
 
 
 PRECISIONS: dict[str, dict[str, Precision]] = {
@@ -27,12 +29,18 @@ PRECISIONS: dict[str, dict[str, Precision]] = {
         Precision("dynamic", "dynamic-range quantization: int8 weights, float activations"),
         Precision("int8", "full-integer: int8 weights, activations, input and output", calibrated=True),
         Precision("int16x8", "int16 activations, int8 weights; float input and output", calibrated=True),
+        Precision("int8_weight", "int8 weights per channel (LiteRT's quantizer), float compute", weight_only=True),
+        # Blockwise int4 runs as a dynamic-range kernel, computed right by XNNPACK only (LiteRT 2.3).
+        Precision("int4_weight", "int4 weights per channel, or blockwise with block_size (LiteRT's quantizer)",
+                  weight_only=True, block_sizes=(32, 64, 128, 256)),
     )},
     "onnx": {p.name: p for p in (
         Precision("fp32", "tf2onnx conversion (or the .onnx file as given)"),
         Precision("fp16", "float16 weights and compute, float32 input and output (for GPUs)"),
         Precision("int8_dynamic", "int8 weights, activations quantized at run time"),
         Precision("int8_static", "int8 weights and activations as QDQ pairs, calibrated", calibrated=True),
+        Precision("int4_weight", "int4 MatMul weights in blocks (MatMulNBits, default block_size 32)",
+                  weight_only=True, block_sizes=(16, 32, 64, 128, 256)),
     )},
 }
 FORMATS = tuple(PRECISIONS)
@@ -49,6 +57,10 @@ def sparse_precisions(format: str = "tflite") -> tuple[str, ...]:
     return tuple(p.name for p in PRECISIONS[format].values() if p.sparse)
 
 
+def weight_only_precisions(format: str) -> tuple[str, ...]:
+    return tuple(p.name for p in PRECISIONS[format].values() if p.weight_only)
+
+
 def is_calibrated(format: str, precision: str) -> bool:
     """True when an export at `precision` needs calibration samples."""
     known = PRECISIONS.get(format, {}).get(precision)
@@ -56,9 +68,10 @@ def is_calibrated(format: str, precision: str) -> bool:
 
 
 def artifact_filename(stem: str, format: str, precision: str, batch_size: int | None = None, sparse: bool = False,
-                      trial: int | None = None, layout: str | None = None) -> str:
-    """The file name of an artifact: <stem>_<precision>[_b<batch>][_sparse][_<layout>][_try<i>].<format>."""
+                      trial: int | None = None, layout: str | None = None, block_size: int | None = None) -> str:
+    """The file name of an artifact: <stem>_<precision>[_block<n>][_b<batch>][_sparse][_<layout>][_try<i>].<format>."""
+    block = f"_block{block_size}" if block_size else ""
     batch = f"_b{batch_size}" if batch_size else ""
     tried = f"_try{trial}" if trial else ""
     chosen = f"_{layout.lower()}" if layout else ""
-    return f"{stem}_{precision}{batch}{'_sparse' if sparse else ''}{chosen}{tried}.{format}"
+    return f"{stem}_{precision}{block}{batch}{'_sparse' if sparse else ''}{chosen}{tried}.{format}"

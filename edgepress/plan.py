@@ -64,6 +64,8 @@ class PlannedExport:
             options["sparse"] = True
         if self.spec.layout is not None:  # tflite from a PyTorch model (the plan checks it)
             options["layout"] = self.spec.layout
+        if self.spec.block_size is not None:  # int4_weight (the recipe checks it)
+            options["block_size"] = self.spec.block_size
         return options
 
 
@@ -118,7 +120,7 @@ def make_plan(recipe: Recipe, run_dir: str | os.PathLike | None = None, progress
     calibration = _calibration(recipe, export_data)
     exports = tuple(
         PlannedExport(e, run_dir / "artifacts" / artifact_filename(
-            recipe.name, e.format, e.precision, e.batch_size, e.sparse, layout=e.layout))
+            recipe.name, e.format, e.precision, e.batch_size, e.sparse, layout=e.layout, block_size=e.block_size))
         for e in recipe.exports
     )
     _check_names(exports)

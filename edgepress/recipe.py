@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from edgepress.compare import BaselineSpec
 from edgepress.compress.step import registered
 from edgepress.errors import EdgepressError
-from edgepress.formats import QUANTIZED, precision_names, sparse_precisions
+from edgepress.formats import PRECISIONS, QUANTIZED, precision_names, sparse_precisions
 from edgepress.quantization import QuantizeConfig
 from edgepress.tune.spec import TuneSpec
 from edgepress.values import fraction, plain_path
@@ -115,6 +115,23 @@ class ExportSpec(Section):
         False, description="tflite fp32 / fp16: store mostly-zero weights (after prune, e.g. sparsity_m_by_n [2, 4]) "
         "as sparse tensors for XNNPACK's sparse inference; the report compares it with the same export dense."
     )
+    block_size: int | None = Field(
+        None, description="int4_weight: quantize weights in blocks of this many (tflite 32, 64, 128 or 256, Dense "
+        "layers, default per channel; onnx 16 to 256, default 32)."
+    )
+
+    @model_validator(mode="after")
+    def _block_size_fits(self) -> ExportSpec:
+        if self.block_size is None:
+            return self
+        sizes = PRECISIONS[self.format][self.precision].block_sizes if self.precision in PRECISIONS[self.format] \
+            else ()
+        if self.block_size not in sizes:
+            takes = [f"{f} {p.name} ({', '.join(map(str, p.block_sizes))})" for f in PRECISIONS
+                     for p in PRECISIONS[f].values() if p.block_sizes]
+            raise ValueError(f"block_size {self.block_size} does not apply to {self.format} {self.precision}; "
+                             f"it is for: {'; '.join(takes)}")
+        return self
 
     @model_validator(mode="after")
     def _sparse_tflite_float(self) -> ExportSpec:

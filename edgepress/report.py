@@ -186,7 +186,7 @@ class Report:
     # -- the table every view shows -------------------------------------------------------------
 
     COLUMNS = (
-        "device", "artifact", "format", "precision", "float layers", "runtime", "bytes", "gzip bytes",
+        "device", "artifact", "format", "precision", "int8 MACs", "float layers", "runtime", "bytes", "gzip bytes",
         "size vs fp32", "accuracy", "drop", "agreement", "perplexity", "p50 ms", "p90 ms", "speed-up vs fp32", "gates",
     )
 
@@ -231,6 +231,7 @@ class Report:
                 "p50 ms": _or_dash(p50, "{:.3f}") + interval_text(a["latency"]),
                 "p90 ms": _or_dash(a["latency"]["p90"], "{:.3f}"),
                 "speed-up vs fp32": _speed_up(base, a) if base_p50 and p50 else "-",
+                "int8 MACs": _or_dash((a.get("quantization") or {}).get("int8_macs"), "{:.0%}"),
                 "gates": ("pass" if a["passed"] else "FAIL") if a["gates"] else "-",
                 "name": a["name"],
                 "best": "yes" if is_best else "",

@@ -33,6 +33,7 @@ RAW = {
     "perplexity": lambda a: a["metrics"].get("perplexity"),
     "p50 ms": lambda a: a["latency"]["p50"],
     "p90 ms": lambda a: a["latency"]["p90"],
+    "int8 MACs": lambda a: (a.get("quantization") or {}).get("int8_macs"),
 }
 RATIOS = ("size vs fp32", "speed-up vs fp32")  # formatted "1.23x"
 
@@ -383,6 +384,9 @@ after the warm-up runs.</dd>
 (★) is, per device, the fastest (p50) that passes; ties go to the smaller file.</dd>
 <dt>float layers</dt><dd>For accuracy-aware quantization: the layers a try kept in float (<q>none</q>: fully
 int8). Tries other than the final one are reported, not recommended.</dd>
+<dt>int8 MACs</dt><dd>Share of the model's multiply-accumulates that the runtime runs in integer kernels, read
+from the ops the file really executes (for ONNX, the graph onnxruntime optimizes): a dequantize before a float
+kernel does not count, nor does a dynamic-range (hybrid) op.</dd>
 </dl></section>"""
 
 CSS = """

@@ -24,7 +24,7 @@ from edgepress.compat import quiet
 from edgepress.deploy.check import calibration_inputs, compare
 from edgepress.deploy.layers import layer_names, layer_of, nodes_of, output_layers, typical_magnitude
 from edgepress.errors import EdgepressError, first_line
-from edgepress.formats import artifact_filename, precision_names
+from edgepress.formats import artifact_filename, precision_names, weight_only_precisions
 from edgepress.models.source import as_source
 
 ONNX_PRECISIONS = precision_names("onnx")
@@ -45,6 +45,7 @@ def export_onnx(
     activation_type: str = "uint8",
     weight_type: str = "int8",
     batch_size: int | None = None,
+    block_size: int | None = None,
 ) -> Artifact:
     """Convert `model` to ONNX at `path` in `precision`; check it against `model` on `check_data`.
 
@@ -56,10 +57,16 @@ def export_onnx(
     `activation_type` and `weight_type` are uint8 or int8.
     `model` is a Keras model, a plain SavedModel (`edgepress.models.graphs.SavedModelGraph`, converted
     by tf2onnx) or an .onnx model (`OnnxGraph`: its file is the fp32 export, the others start from it).
+    `block_size` (int4_weight) is the MatMulNBits block (default 32).
     `batch_size` fixes the input's batch dimension (default: dynamic; not for an .onnx model).
     `path` defaults to `edgepress.formats.artifact_filename` of the model's name, in the working directory.
     Writes the file and its manifest atomically and returns the Artifact.
     """
+    if precision in weight_only_precisions("onnx"):  # MatMul weights quantized after a float export
+        from edgepress.deploy.weight_only import export_weight_only
+
+        path = Path(path or artifact_filename(model.name, "onnx", precision, batch_size))
+        return export_weight_only(model, path, "onnx", precision, block_size, check_data, steps, batch_size)
     if precision not in ONNX_PRECISIONS:
         raise EdgepressError(f"Unknown ONNX precision '{precision}'. Use one of: {', '.join(ONNX_PRECISIONS)}.")
     static = dict(calibration_method=calibration_method, per_channel=per_channel, quant_format=quant_format,

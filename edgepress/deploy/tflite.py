@@ -21,7 +21,13 @@ from edgepress.compat import quiet
 from edgepress.deploy.check import calibration_inputs, compare
 from edgepress.deploy.layers import layer_names, layer_of, nodes_of, output_layers, typical_magnitude
 from edgepress.errors import EdgepressError, first_line
-from edgepress.formats import artifact_filename, is_calibrated, precision_names, sparse_precisions
+from edgepress.formats import (
+    artifact_filename,
+    is_calibrated,
+    precision_names,
+    sparse_precisions,
+    weight_only_precisions,
+)
 
 TFLITE_PRECISIONS = precision_names("tflite")
 CALIBRATED = tuple(p for p in TFLITE_PRECISIONS if is_calibrated("tflite", p))
@@ -41,6 +47,7 @@ def export_tflite(
     sparse: bool = False,
     batch_size: int | None = None,
     layout: str | None = None,
+    block_size: int | None = None,
 ) -> Artifact:
     """Convert `model` to `path` at `precision`; check it against `model` on `check_data`.
 
@@ -50,6 +57,7 @@ def export_tflite(
     `sparse` (fp32, fp16) stores weights that are mostly zeros (pruned, e.g. 2:4) as sparse tensors with
     DENSIFY ops (the converter's EXPERIMENTAL_SPARSITY): smaller files, and XNNPACK can run some
     architectures sparsely; the manifest counts the sparse tensors.
+    `block_size` (int4_weight) quantizes Dense weights in blocks of that many (default: per channel).
     `batch_size` fixes the input's batch dimension (default: dynamic). Recurrent layers need it: the
     converter turns a Keras LSTM into its fused UNIDIRECTIONAL_SEQUENCE_LSTM op, and a GRU into a
     WHILE loop, only when the batch and sequence length are static.
@@ -62,6 +70,11 @@ def export_tflite(
     from edgepress.compat import tensorflow
     from edgepress.models.source import as_source
 
+    if precision in weight_only_precisions("tflite"):  # weights quantized after a float export
+        from edgepress.deploy.weight_only import export_weight_only
+
+        path = Path(path or artifact_filename(model.name, "tflite", precision, batch_size))
+        return export_weight_only(model, path, "tflite", precision, block_size, check_data, steps, batch_size)
     if as_source(model).tflite_route == "litert-torch":  # a PyTorch program: PyTorch's own route to TFLite
         from edgepress.deploy.torch_tflite import export_torch_tflite
 

@@ -36,10 +36,11 @@ from edgepress import files
 from edgepress.artifact import Artifact
 from edgepress.compat import quiet
 from edgepress.errors import EdgepressError, first_line
+from edgepress.formats import FORMATS, PRECISIONS, weight_only_precisions
 
-WEIGHT_ONLY_PRECISIONS = {"tflite": ("int8_weight", "int4_weight"), "onnx": ("int4_weight",)}
-TFLITE_BLOCK_SIZES = (32, 64, 128, 256)
-ONNX_BLOCK_SIZES = (16, 32, 64, 128, 256)
+WEIGHT_ONLY_PRECISIONS = {f: weight_only_precisions(f) for f in FORMATS}
+TFLITE_BLOCK_SIZES = PRECISIONS["tflite"]["int4_weight"].block_sizes
+ONNX_BLOCK_SIZES = PRECISIONS["onnx"]["int4_weight"].block_sizes
 _BITS = {"int8_weight": 8, "int4_weight": 4}
 
 
