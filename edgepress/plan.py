@@ -114,6 +114,7 @@ def make_plan(recipe: Recipe, run_dir: str | os.PathLike | None = None, progress
     data = data.fit_to(tuple(source.input_shape[1:]))
     _check_data_fits(source, data, source_name)
     recipe, notes = _applicable(source, recipe)
+    notes += _kernel_notes(recipe, devices)
     steps, final = _steps(recipe, source, data)
     _check_exports(recipe, source, final)
     export_data = data if final is source else data.fit_to(tuple(final.input_shape[1:]))
@@ -358,6 +359,21 @@ def _check_exports(recipe: Recipe, source, final) -> None:
 
         for e in calibrated:
             check_calibratable(final, e.precision, e.batch_size)
+
+
+def _kernel_notes(recipe: Recipe, devices: list) -> list[str]:
+    """Where a device's runtime has no right kernel for an export's precision (said, not hidden)."""
+    notes = []
+    for e in recipe.exports:
+        if e.format == "tflite" and e.precision == "int4_weight" and e.block_size:
+            for d in devices:
+                if d.runs("tflite") and d.delegate != "xnnpack":
+                    notes.append(
+                        f"tflite int4_weight with block_size {e.block_size} on {d.name}: LiteRT 2.3 computes "
+                        f"blockwise int4 right only with the XNNPACK delegate, and {d.name} uses {d.delegate}; its "
+                        "accuracy there is not the model's. Use int4_weight per channel (no block_size) or int8_weight."
+                    )
+    return notes
 
 
 def _check_names(exports: tuple[PlannedExport, ...]) -> None:
