@@ -170,3 +170,35 @@ def test_litert_computes_blockwise_int4_right_only_under_xnnpack(fp32, digits, t
 
     assert agreement(run(OpResolverType.AUTO)) >= 0.95  # XNNPACK
     assert agreement(run(OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)) < 0.95
+
+
+def test_a_recipe_makes_weight_only_exports_and_reports_their_int8_macs(tmp_path):
+    import edgepress
+
+    recipe = edgepress.Recipe.from_dict({
+        "name": "wo", "model": {"zoo": "seed_mlp", "train_epochs": 1},
+        "data": {"dataset": "digits", "train_size": 300, "test_size": 60, "calibration_samples": 20},
+        "exports": [{"format": "tflite", "precision": "fp32"}, {"format": "tflite", "precision": "int8_weight"},
+                    {"format": "tflite", "precision": "int4_weight", "block_size": 32},
+                    {"format": "onnx", "precision": "fp32"}, {"format": "onnx", "precision": "int4_weight"}],
+        "measure": {"runs": 3, "warmup": 1},
+    })
+    report = edgepress.run(recipe, tmp_path / "run")
+    rows = {(a["format"], a["precision"]): a for a in report.artifacts}
+    assert set(rows) == {("tflite", "fp32"), ("tflite", "int8_weight"), ("tflite", "int4_weight"),
+                         ("onnx", "fp32"), ("onnx", "int4_weight")}
+    assert rows[("tflite", "int4_weight")]["name"] == "wo_int4_weight_block32.tflite"
+    for format in ("tflite", "onnx"):
+        assert rows[(format, "int4_weight")]["bytes"] < 0.5 * rows[(format, "fp32")]["bytes"]
+        assert rows[(format, "int4_weight")]["metrics"]["agreement"] >= 0.9
+    assert rows[("tflite", "fp32")]["quantization"]["int8_macs"] == 0
+    assert "| int8 MACs |" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_block_size_is_refused_where_it_does_not_apply():
+    from edgepress.recipe import Recipe
+
+    for export, message in (({"format": "tflite", "precision": "int8", "block_size": 32}, "does not apply"),
+                            ({"format": "tflite", "precision": "int4_weight", "block_size": 48}, "does not apply")):
+        with pytest.raises(EdgepressError, match=message):
+            Recipe.from_dict({"model": {"zoo": "seed_mlp"}, "exports": [export]})
