@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from edgepress.compress.cluster import ClusterConfig
 from edgepress.compress.distill import DistillConfig
+from edgepress.compress.equalize import EqualizeConfig
 from edgepress.compress.prune import PruneConfig
 from edgepress.compress.qat import QatConfig, resolve_preserve
 from edgepress.compress.structured_prune import StructuredPruneConfig
@@ -75,7 +76,8 @@ class DataSpec(Section):
 
 
 Step = Annotated[
-    PruneConfig | QatConfig | StructuredPruneConfig | ClusterConfig | DistillConfig, Field(discriminator="type")
+    PruneConfig | QatConfig | StructuredPruneConfig | ClusterConfig | DistillConfig | EqualizeConfig,
+    Field(discriminator="type"),
 ]
 
 
@@ -358,7 +360,7 @@ def _fields_at(loc: tuple) -> list[str]:
             model = _section(model.model_fields[part].annotation)
         else:  # a discriminated union's tag, e.g. 'prune' under steps.0
             model = {"prune": PruneConfig, "qat": QatConfig, "structured_prune": StructuredPruneConfig,
-                     "cluster": ClusterConfig, "distill": DistillConfig}.get(part)
+                     "cluster": ClusterConfig, "distill": DistillConfig, "equalize": EqualizeConfig}.get(part)
     return list(model.model_fields) if model else []
 
 

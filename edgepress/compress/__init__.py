@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from edgepress.compress.cluster import ClusterConfig, cluster, layers_to_cluster
 from edgepress.compress.distill import DistillConfig, check_distillable, distill, distill_and_score, student_like
+from edgepress.compress.equalize import EqualizeConfig, check_equalizable, equalize, equalize_notes
 from edgepress.compress.prune import PruneConfig, layers_to_prune, prune, sparsity
 from edgepress.compress.qat import QatConfig, check_quantizable, qat
 from edgepress.compress.structured_prune import (
@@ -47,9 +48,10 @@ STEPS = {
     "cluster": Step(cluster, layers_to_cluster),
     "distill": Step(distill, check_distillable, result_like=student_like, scored=distill_and_score,
                     needs_source=True),
+    "equalize": Step(equalize, check_equalizable, equalize_notes),
 }
 
 __all__ = [
-    "STEPS", "ClusterConfig", "DistillConfig", "PruneConfig", "QatConfig", "Step", "StructuredPruneConfig", "cluster",
-    "distill", "prune", "qat", "sparsity", "structured_prune",
+    "STEPS", "ClusterConfig", "DistillConfig", "EqualizeConfig", "PruneConfig", "QatConfig", "Step",
+    "StructuredPruneConfig", "cluster", "distill", "equalize", "prune", "qat", "sparsity", "structured_prune",
 ]

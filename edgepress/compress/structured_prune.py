@@ -401,9 +401,9 @@ class _Graph:
             unknown(cannot)
 
 
-def _calls(model) -> tuple[list[tuple], list[Key], list[Key], dict[Key, tuple | None]]:
+def _calls(model, step: str = "structured_prune") -> tuple[list[tuple], list[Key], list[Key], dict]:
     """The layer calls of `model` in order (layer, input tensors, output tensors, shared), its input
-    and output tensors, and the shape of every tensor."""
+    and output tensors, and the shape of every tensor. `step` names the step in error messages."""
     keras = _keras()
     shapes: dict[Key, tuple | None] = {}
     if isinstance(model, keras.Sequential):
@@ -418,7 +418,7 @@ def _calls(model) -> tuple[list[tuple], list[Key], list[Key], dict[Key, tuple | 
         return calls, [first], [key], shapes
     if not getattr(model, "_is_graph_network", False):
         raise EdgepressError(
-            f"structured_prune cannot follow the channels of '{model.name}': it is a subclassed Keras model, "
+            f"{step} cannot follow the channels of '{model.name}': it is a subclassed Keras model, "
             "whose structure is its Python code. Build it as a Sequential or functional model, or leave out "
             "this step (prune and the quantized exports still apply)."
         )
@@ -428,7 +428,7 @@ def _calls(model) -> tuple[list[tuple], list[Key], list[Key], dict[Key, tuple | 
         layer = model.get_layer(entry["config"]["name"])
         nodes = entry["inbound_nodes"] or [[]]  # an InputLayer has no inbound node
         for index, node in enumerate(nodes):
-            inputs, extra = _node_inputs(node)
+            inputs, extra = _node_inputs(node, step)
             out_shapes = layer.get_output_shape_at(index) if inputs or extra else layer.output_shape
             out_shapes = out_shapes if isinstance(out_shapes, list) else [out_shapes]
             outputs = [(layer.name, index, t) for t in range(len(out_shapes))]
@@ -450,7 +450,7 @@ def _calls(model) -> tuple[list[tuple], list[Key], list[Key], dict[Key, tuple | 
                 pending.remove(item)
                 progressed = True
         if not progressed:
-            raise EdgepressError(f"structured_prune could not order the layers of '{model.name}'.")
+            raise EdgepressError(f"{step} could not order the layers of '{model.name}'.")
     inputs = [tuple(k) for k in config["input_layers"]]
     outputs = [tuple(k) for k in config["output_layers"]]
     return calls, inputs, outputs, shapes
@@ -463,12 +463,12 @@ class _Opaque:
         self.name, self.weights = layer.name, layer.weights
 
 
-def _node_inputs(node) -> tuple[list[Key], list[Key]]:
+def _node_inputs(node, step: str = "structured_prune") -> tuple[list[Key], list[Key]]:
     """Input tensors of one call in a functional config: [[layer, node, tensor, kwargs], ...]."""
     inputs, extra = [], []
     for item in node:
         if not (isinstance(item, list | tuple) and len(item) >= 3 and isinstance(item[0], str)):
-            raise EdgepressError(f"structured_prune cannot read a layer call in this model's config: {item!r}.")
+            raise EdgepressError(f"{step} cannot read a layer call in this model's config: {item!r}.")
         inputs.append((item[0], int(item[1]), int(item[2])))
         if len(item) > 3:
             extra += _tensor_refs(item[3])
