@@ -310,7 +310,8 @@ def _exports(model, run_dir: Path, recipe: Recipe, data, calibration, check_x, c
             yield export, trial.artifact, {
                 "float_layers": result.float_layer_rows(trial),
                 "accuracy_aware": {"role": result.role(trial), "max_accuracy_drop": result.budget,
-                                   "budget_met": result.budget_met, "accuracy_drop_from_float": trial.accuracy_drop},
+                                   "budget_met": result.budget_met, "accuracy_drop_from_float": trial.accuracy_drop,
+                                   "remedy": trial.remedy},
             }
 
 

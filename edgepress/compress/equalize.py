@@ -289,6 +289,10 @@ def _pair_from(layer, outs: list[Key], shared: bool, readers: dict, outputs: set
             repeat, channels = math.prod(int(d) for d in shape[1:-1]), int(shape[-1])
             positions = [p % channels for p in range(repeat * channels)]  # channels last: channel is fastest
             passed = True
+        elif kind in ACTIVATION_LAYERS:
+            clip = f", max_value {nxt.max_value:g}" if getattr(nxt, "max_value", None) is not None else ""
+            return (f"it feeds '{nxt.name}' ({kind}{clip}), which does not commute with a per-channel scale "
+                    "(f(a x) != a f(x); ReLU6's clip at 6 does not scale)")
         else:
             return f"it feeds '{nxt.name}' ({kind}), which does not commute with a per-channel scale"
         key = nouts[0]
