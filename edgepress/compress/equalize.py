@@ -146,7 +146,8 @@ def equalize(model, x: np.ndarray, y: np.ndarray | None = None, config: Equalize
 def equalize_for_quantization(model, calibration: np.ndarray) -> tuple[object, Details]:
     """Equalization and absorption for int8, without bias correction: (a new model, what was done).
 
-    Never raises for a model with no pair: the model comes back as a copy, with `details.pairs` empty.
+    A model with no pair comes back as a copy, with `details.pairs` empty (and `details.left` saying why);
+    only a model the walker cannot read at all (a subclassed model) raises EdgepressError.
     """
     from edgepress.models import training
 

@@ -509,6 +509,8 @@ def _equalized(model, calibration) -> tuple[object | None, dict | None, str]:
     """(the model cross-layer equalized, what was done, "") or (None, details or None, why not)."""
     from edgepress.compress.equalize import equalize_for_quantization
 
+    if not hasattr(model, "get_layer"):  # a plain SavedModel graph: no Keras layers to rescale
+        return None, None, f"'{model.name}' is not a Keras model, so its layers cannot be rescaled."
     try:
         equalized, details = equalize_for_quantization(model, calibration)
     except EdgepressError as e:  # a model the walker cannot follow (subclassed, ...): say so, go on
