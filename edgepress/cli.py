@@ -180,7 +180,7 @@ def quantize(
             raise EdgepressError(f"--format {fmt}: {e}.") from None
         kind, path = (dataset, data) if dataset else _dataset_of(data)
         recipe = Recipe.from_dict({
-            "name": model.stem or "model",
+            "name": _run_name(model.stem),
             "model": {"path": str(model)},
             "data": {"dataset": kind, "path": None if kind == "digits" else path, "test_size": test_size,
                      "calibration_samples": calibration_samples},
@@ -208,6 +208,13 @@ def _dataset_of(data: str) -> tuple[str, str | None]:
 
     with np.load(data) as npz:  # keras' mnist.npz has x_train / y_train / x_test / y_test, a user's x and y
         return ("mnist" if "x_train" in npz.files else "npz"), data
+
+
+def _run_name(stem: str) -> str:
+    """A recipe name from a model file's name: the characters a name may have, the rest as '_'."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]", "_", stem).lstrip("._-")[:100] or "model"
 
 
 def _num(value: float | None) -> str:

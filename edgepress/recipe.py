@@ -2,34 +2,33 @@
 
     recipe = Recipe.from_yaml("recipes/mnist_cnn.yaml")
 
+A pure schema: validating reads no file (device profiles, models and data are read by `edgepress.plan`).
 Every section forbids unknown keys, so a typo is an error that names the key and the valid ones.
 Relative paths in a recipe file are relative to that file. `edgepress schema` prints the JSON Schema.
+The steps are the registered ones (`edgepress.compress.step`), the precisions those of `edgepress.formats`.
 """
 
 from __future__ import annotations
 
 import typing
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from edgepress.compress.cluster import ClusterConfig
-from edgepress.compress.distill import DistillConfig
-from edgepress.compress.equalize import EqualizeConfig
-from edgepress.compress.prune import PruneConfig
-from edgepress.compress.qat import QatConfig, resolve_preserve
-from edgepress.compress.structured_prune import StructuredPruneConfig
-from edgepress.deploy.accuracy_aware import QUANTIZED_PRECISION, QuantizeConfig
-from edgepress.deploy.tflite import SPARSE_PRECISIONS
+from edgepress.compress.step import registered
 from edgepress.errors import EdgepressError
+from edgepress.formats import QUANTIZED, precision_names, sparse_precisions
+from edgepress.quantization import QuantizeConfig
+from edgepress.values import fraction, plain_path
 
-# The export precisions by format (kept here, not imported from deploy, so the CLI stays light).
-PRECISIONS = {
-    "tflite": ("fp32", "fp16", "dynamic", "int8", "int16x8"),
-    "onnx": ("fp32", "fp16", "int8_dynamic", "int8_static"),
-}
+STEPS = registered()
+SPARSE_PRECISIONS = sparse_precisions("tflite")
+# Limits past which a value can only be a mistake (a typo that would train for days or fail deep in numpy).
+MAX_SEED = 2**32 - 1
+MAX_EPOCHS = 10_000
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED, description="Random seed, 0 to 2**32 - 1.")]
 
 
 class Section(BaseModel):
@@ -48,10 +47,15 @@ class ModelSpec(Section):
         None, description="One sample's input shape, without the batch, for a model whose input has unknown "
         "dimensions (e.g. [28, 28] for an LSTM built on (None, 28)): data, calibration and TFLite need them fixed."
     )
-    train_epochs: int = Field(5, ge=1, description="Training epochs for a zoo model.")
+    train_epochs: int = Field(5, ge=1, le=MAX_EPOCHS, description="Training epochs for a zoo model.")
     batch_size: int = Field(128, ge=1)
     learning_rate: float = Field(1e-3, gt=0)
-    seed: int = 0
+    seed: Seed = 0
+
+    @field_validator("path")
+    @classmethod
+    def _a_path(cls, value):
+        return plain_path(value)
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:
@@ -72,13 +76,16 @@ class DataSpec(Section):
     test_size: int | None = Field(None, ge=1, description="Samples for testing (from the end of the data).")
     calibration_samples: int = Field(200, ge=1, description="Training samples that calibrate quantization.")
     check_samples: int = Field(200, ge=1, description="Test samples each export is checked on against its model.")
-    seed: int = 0
+    seed: Seed = 0
+
+    @field_validator("path")
+    @classmethod
+    def _a_path(cls, value):
+        return plain_path(value)
 
 
-Step = Annotated[
-    PruneConfig | QatConfig | StructuredPruneConfig | ClusterConfig | DistillConfig | EqualizeConfig,
-    Field(discriminator="type"),
-]
+# One config per registered step, told apart by its `type`.
+Step = Annotated[Union[tuple(step.config for step in STEPS.values())], Field(discriminator="type")]  # noqa: UP007
 
 
 class ExportSpec(Section):
@@ -111,9 +118,10 @@ class ExportSpec(Section):
 
     @model_validator(mode="after")
     def _known_precision(self) -> ExportSpec:
-        if self.precision not in PRECISIONS[self.format]:
+        if self.precision not in precision_names(self.format):
             raise ValueError(
-                f"{self.format} has no precision '{self.precision}'; use one of: {', '.join(PRECISIONS[self.format])}"
+                f"{self.format} has no precision '{self.precision}'; use one of: "
+                f"{', '.join(precision_names(self.format))}"
             )
         return self
 
@@ -122,7 +130,7 @@ class ExportSpec(Section):
         if self.quantize is None:
             return self
         self.quantize.check_format(self.format)
-        wanted = QUANTIZED_PRECISION[self.format]
+        wanted = QUANTIZED[self.format]
         if "precision" in self.model_fields_set and self.precision != wanted:
             raise ValueError(
                 f"quantize makes {self.format} {wanted} artifacts; leave out precision or set it to {wanted}"
@@ -173,22 +181,22 @@ class Gates(Section):
     @field_validator("max_accuracy_drop", mode="before")
     @classmethod
     def _percent(cls, value):
-        if isinstance(value, str) and value.strip().endswith("%"):
-            value = float(value.strip()[:-1]) / 100
-        if value is not None and not 0 <= float(value) <= 1:
-            raise ValueError("must be between 0 and 1 (or 0% and 100%)")
-        return value
+        return fraction(value)
 
 
 class Recipe(Section):
     """A compression and deployment job: model -> steps -> exports -> measurements -> gates."""
 
-    name: str = "edgepress"
+    name: str = Field(
+        "edgepress", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$",
+        description="The run's name, used in its folder and artifact names: letters, digits, '.', '_' and '-', "
+        "at most 100 characters (a name, not a path).",
+    )
     model: ModelSpec
     data: DataSpec = Field(default_factory=DataSpec)
     steps: list[Step] = Field(default_factory=list, description="Compression steps, applied in order.")
     exports: list[ExportSpec] = Field(
-        default_factory=list, description="Artifacts to make; default: the precisions the targets prefer."
+        default_factory=list, description="Artifacts to make; default (empty): the precisions the targets prefer."
     )
     targets: list[Target] = Field(
         default_factory=lambda: [Target(name="x86-host")],
@@ -202,82 +210,37 @@ class Recipe(Section):
     def _target_names(cls, value):
         return [{"name": t} if isinstance(t, str) else t for t in value] if isinstance(value, list) else value
 
-    def devices(self) -> list:
-        """The target Device profiles, with the recipe's overrides applied."""
-        return [target.device() for target in self.targets]
-
     @model_validator(mode="after")
-    def _structured_prune_before_qat(self) -> Recipe:
+    def _steps_in_an_order_that_works(self) -> Recipe:
         types = [step.type for step in self.steps]
-        if "qat" in types and "structured_prune" in types[types.index("qat"):]:
-            raise ValueError(
-                "structured_prune must come before qat: it rebuilds plain Keras layers, and after qat every "
-                "layer is wrapped for quantization-aware training"
-            )
+        if "qat" in types:
+            late = [t for t in types[types.index("qat") + 1 :] if STEPS[t].not_after_qat]
+            if late:
+                raise ValueError(f"{late[0]} must come before qat: {STEPS[late[0]].not_after_qat}")
+        # Choices that depend on the steps before (qat's preserve: auto); the resolved recipe shows them.
+        self.steps = [STEPS[step.type].resolve(step, types[:i]) for i, step in enumerate(self.steps)]
         return self
 
     @model_validator(mode="after")
-    def _cluster_and_distill_before_qat(self) -> Recipe:
-        types = [step.type for step in self.steps]
-        late = [t for t in types[types.index("qat") + 1 :] if t in ("cluster", "distill")] if "qat" in types else []
-        if late:
-            raise ValueError(
-                f"{late[0]} must come before qat: after qat every layer is wrapped for quantization-aware "
-                "training, and a step after it would undo or lose the learned int8 ranges"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _qat_preserves_the_step_before(self) -> Recipe:
-        # preserve: auto becomes what the step right before each qat calls for (the resolved recipe shows it).
-        types = [step.type for step in self.steps]
-        self.steps = [
-            resolve_preserve(step, types[:i]) if isinstance(step, QatConfig) else step
-            for i, step in enumerate(self.steps)
-        ]
-        return self
-
-    @model_validator(mode="after")
-    def _exports_fit_targets_and_steps(self) -> Recipe:
-        try:
-            devices = self.devices()
-        except EdgepressError as e:
-            raise ValueError(str(e)) from None
-        names = [d.name for d in devices]
-        if len(set(names)) < len(names):
-            raise ValueError(f"targets must have different names, got {', '.join(names)}; give one a `label`")
-        explicit = "exports" in self.model_fields_set  # read before assigning: assignment marks it set
-        if not explicit:
-            # The targets' preferred precisions, in order, each once.
-            wanted = {(c.format, c.precision): None for d in devices for c in d.precisions if d.runs(c.format)}
-            self.exports = [ExportSpec(format=f, precision=p) for f, p in wanted]
-        if any(step.type == "qat" for step in self.steps):
-            # A QAT model already carries int8 ranges; quantizing it again or exporting it as float is wrong.
-            allowed = {("tflite", "int8"), ("tflite", "dynamic"), ("onnx", "fp32")}
-            if not explicit:
-                self.exports = [e for e in self.exports if (e.format, e.precision) in allowed] or [
-                    ExportSpec(format=f, precision=p) for f, p in sorted(allowed, reverse=True)
-                ]
-            bad = [f"{e.format} {e.precision}" for e in self.exports if (e.format, e.precision) not in allowed]
+    def _exports_fit_the_steps(self) -> Recipe:
+        for step in self.steps:
+            allowed = STEPS[step.type].exports_after
+            bad = [f"{e.format} {e.precision}" for e in self.exports if allowed and (e.format, e.precision)
+                   not in allowed]
             if bad:
                 raise ValueError(
-                    f"after a qat step the model is already quantization-aware; export it as tflite int8 or "
-                    f"dynamic, or onnx fp32 (which keeps the QAT ranges as QDQ pairs), not: {', '.join(bad)}"
+                    f"after a {step.type} step the model is already quantization-aware; export it as "
+                    f"{_choices(allowed)}, not: {', '.join(bad)}"
                 )
         return self
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> Recipe:
         """Read and validate a recipe file; relative paths in it are taken relative to the file."""
+        from edgepress.yamlfile import read_mapping
+
         path = Path(path)
-        if not path.is_file():
-            raise EdgepressError(f"Recipe file {path} not found.")
-        try:
-            raw = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as e:
-            raise EdgepressError(f"Recipe {path} is not valid YAML: {e}") from None
-        if not isinstance(raw, dict):
-            raise EdgepressError(f"Recipe {path} must be a YAML mapping with at least a `model:` section.")
+        raw = read_mapping(path, "Recipe")
         return cls.from_dict(raw, base=path.parent, source=str(path))
 
     @classmethod
@@ -300,8 +263,8 @@ class Recipe(Section):
             update={
                 "model": self.model.model_copy(update={"path": resolve(self.model.path)}),
                 "data": self.data.model_copy(update={"path": resolve(self.data.path)}),
-                # A distill step names files too: its student model and its unlabelled samples.
-                "steps": [s.with_paths_from(resolve) if isinstance(s, DistillConfig) else s for s in self.steps],
+                # A step may name files too (distill: its student model and its unlabelled samples).
+                "steps": [s.with_paths_from(resolve) if hasattr(s, "with_paths_from") else s for s in self.steps],
             }
         )
 
@@ -359,8 +322,7 @@ def _fields_at(loc: tuple) -> list[str]:
         if part in model.model_fields:
             model = _section(model.model_fields[part].annotation)
         else:  # a discriminated union's tag, e.g. 'prune' under steps.0
-            model = {"prune": PruneConfig, "qat": QatConfig, "structured_prune": StructuredPruneConfig,
-                     "cluster": ClusterConfig, "distill": DistillConfig, "equalize": EqualizeConfig}.get(part)
+            model = STEPS[part].config if part in STEPS else None
     return list(model.model_fields) if model else []
 
 
@@ -372,3 +334,11 @@ def _section(annotation) -> type[BaseModel] | None:
         if found:
             return found
     return None
+
+
+def _choices(pairs) -> str:
+    """'tflite int8 or dynamic, or onnx fp32' for a set of (format, precision) pairs."""
+    by_format: dict[str, list[str]] = {}
+    for format, precision in sorted(pairs, reverse=True):
+        by_format.setdefault(format, []).append(precision)
+    return ", or ".join(f"{f} {' or '.join(p)}" for f, p in by_format.items())

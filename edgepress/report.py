@@ -48,11 +48,14 @@ GATE_NAMES = ("max_accuracy_drop", "max_p50_ms", "max_bytes", "max_perplexity")
 BUDGET_GATE = "quantize_max_accuracy_drop"
 
 
-def apply_gates(artifact: dict, gates: dict, memory_budget_mb: float | None = None) -> None:
+def apply_gates(artifact: dict, gates: dict, memory_budget_mb: float | None = None,
+                float_accuracy: float | None = None) -> None:
     """Record in `artifact` each gate's limit, measured value and verdict, and whether all passed.
 
     A value the device could not measure (adb's benchmark_model scores no accuracy) fails its gate:
-    a gate only passes on a measured number. A device's memory budget is a gate on that device.
+    a gate only passes on a measured number. A device's memory budget is a gate on that device. An
+    accuracy-aware export's artifact also has its budget as a gate (BUDGET_GATE): the drop from the
+    exported float model (`float_accuracy`), as measured on this device.
     """
     peak = artifact["memory"].get("peak_rss_bytes")
     values = {
@@ -69,7 +72,39 @@ def apply_gates(artifact: dict, gates: dict, memory_budget_mb: float | None = No
         for name in (*GATE_NAMES, "max_memory_mb")
         if limits.get(name) is not None
     }
+    aware = artifact.get("accuracy_aware")
+    if aware:
+        accuracy, limit = artifact["metrics"]["accuracy"], aware["max_accuracy_drop"]
+        value = None if accuracy is None or float_accuracy is None else float_accuracy - accuracy
+        # Accuracies are fractions of the same samples: allow float rounding at the limit.
+        artifact["gates"][BUDGET_GATE] = {"limit": limit, "value": value,
+                                          "passed": value is not None and value <= limit + 1e-9}
     artifact["passed"] = all(g["passed"] for g in artifact["gates"].values())
+
+
+def delivered(artifacts: list[dict]) -> list[dict]:
+    """The rows of the artifacts the exports deliver: an accuracy-aware export delivers its final artifact;
+    the others it tried are reported (with their gates) but neither recommended nor judged."""
+    return [a for a in artifacts if a.get("accuracy_aware", {}).get("role", "final") == "final"]
+
+
+def judge(results: dict) -> dict:
+    """The verdict, computed from the rows in one place: each row's gates and `passed` (set in the rows), and
+    {"best": the recommended artifact per device, "passed": the run's verdict}.
+
+    The run passes when, over the delivered artifacts, `gates.require` holds (any: every measured device has
+    an artifact meeting every gate; all: every row does), every device was measured, and every accuracy-aware
+    budget was met.
+    """
+    float_accuracy = results["models"][-1]["accuracy"] if results.get("models") else None
+    devices = results.get("devices", {})
+    for row in results["artifacts"]:
+        budget = devices.get(row["device"], {}).get("memory_budget_mb")
+        apply_gates(row, results["gates"], budget, float_accuracy)
+    rows = delivered(results["artifacts"])
+    failures = {name: d["error"] for name, d in devices.items() if d.get("error")}
+    budgets = all(a["gates"][BUDGET_GATE]["passed"] for a in rows if BUDGET_GATE in a["gates"])
+    return {"best": choose_best(rows), "passed": run_passed(rows, failures, results["gates"]["require"]) and budgets}
 
 
 def choose_best(artifacts: list[dict]) -> dict[str, str | None]:
@@ -113,7 +148,12 @@ class Report:
         return self.results["passed"]
 
     def check(self) -> None:
-        """Raise GateFailed, naming each gate that failed (with the artifacts that failed it) and each failed device."""
+        """Raise GateFailed, naming each gate that failed (with the artifacts that failed it) and each failed device.
+
+        The verdict is computed again from the rows and the gates (`judge`), so results whose gates were
+        changed are judged by the new gates, never by a stored `passed`.
+        """
+        self.results.update(judge(self.results))
         if self.passed:
             return
         failing: dict[str, list[str]] = {}

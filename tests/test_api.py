@@ -6,7 +6,7 @@ import pytest
 
 import edgepress
 from edgepress.errors import GateFailed
-from edgepress.report import Report
+from edgepress.report import Report, judge
 
 SMALL = {
     "name": "small",
@@ -72,11 +72,27 @@ def test_gates_pick_the_fastest_passing_artifact(report):
 
 
 def test_require_all_fails_naming_the_gate_and_the_artifacts(report):
-    results = dict(report.results, passed=False, gates=dict(report.results["gates"], require="all"))
+    # The verdict is computed from the rows: the same rows pass with require: any and fail with require: all.
+    results = json.loads(json.dumps(report.results))
+    assert judge(results)["passed"]
+    results["gates"]["require"] = "all"
+    assert not judge(results)["passed"]
     with pytest.raises(GateFailed) as e:
         Report(results).check()
     assert "max_bytes" in str(e.value) and "small_fp32.tflite on x86-host" in str(e.value)
     assert "max_accuracy_drop" not in str(e.value)
+
+
+def test_the_verdict_follows_the_gates_not_a_stored_passed(report):
+    results = json.loads(json.dumps(report.results))
+    results["gates"]["max_bytes"] = None  # without the size gate every artifact within 5% passes
+    verdict = judge(results)
+    assert verdict["passed"] and all(a["passed"] for a in results["artifacts"])
+    results["gates"].update(max_bytes=1, require="any")  # no file is one byte: no device has a passing artifact
+    results["passed"] = True  # a stored verdict is not trusted
+    with pytest.raises(GateFailed, match="max_bytes"):
+        Report(results).check()
+    assert results["best"] == {"x86-host": None}
 
 
 def test_report_md_has_one_row_per_artifact(report):

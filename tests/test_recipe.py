@@ -4,7 +4,9 @@ import sys
 
 import pytest
 
+from edgepress.devices import load_device
 from edgepress.errors import EdgepressError
+from edgepress.plan import with_default_exports
 from edgepress.recipe import Recipe, schema
 from tests.conftest import MNIST, REPO
 
@@ -50,9 +52,23 @@ def test_gates_take_percentages():
 
 
 def test_qat_without_exports_gets_the_exports_that_fit_it():
+    # The defaults come from the target profiles, which the plan reads (the recipe reads no file).
     recipe = Recipe.from_dict({"model": {"zoo": "seed_cnn"}, "steps": [{"type": "qat"}]})
+    recipe = with_default_exports(recipe, [load_device("x86-host")])
     assert {(e.format, e.precision) for e in recipe.exports} == {("tflite", "int8"), ("tflite", "dynamic"),
                                                                  ("onnx", "fp32")}
+
+
+def test_validating_a_recipe_reads_no_file_and_imports_no_tensorflow():
+    code = ("import sys, builtins; opened = []; real = builtins.open\n"
+            "builtins.open = lambda f, *a, **k: (opened.append(str(f)), real(f, *a, **k))[1]\n"
+            "from edgepress.recipe import Recipe\n"
+            "Recipe.from_dict({'model': {'zoo': 'seed_cnn'}, 'targets': ['rpi4', 'x86-host'], "
+            "'steps': [{'type': 'prune'}, {'type': 'qat'}]})\n"
+            "loaded = [m for m in sys.modules if m.startswith(('tensorflow', 'edgepress.deploy', 'tf_keras'))]\n"
+            "print(len(opened), loaded)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["0", "[]"]
 
 
 def test_overrides_replace_model_and_data(tmp_path):

@@ -15,6 +15,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from edgepress.compress.step import Step, register
 from edgepress.errors import EdgepressError
 from edgepress.models import training
 
@@ -144,3 +145,15 @@ def unique_values(model) -> dict[str, int]:
     return {
         layer.name: int(np.unique(layer.kernel.numpy()).size) for layer in model.layers if hasattr(layer, "kernel")
     }
+
+
+@register
+class Cluster(Step):
+    config = ClusterConfig
+    needs = "tfmot weight clustering wraps Keras layers and fine-tunes them"
+
+    def check(self, model, config, context):
+        layers_to_cluster(model, config)
+
+    def run(self, model, x, y, config, context):
+        return cluster(model, x, y, config, on_epoch=context.on_epoch), {}

@@ -28,6 +28,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from edgepress.compress.step import Step, register
 from edgepress.errors import EdgepressError
 from edgepress.models import training
 from edgepress.models.datasets import fit_to_input
@@ -375,3 +376,19 @@ def _shifted(on_epoch, config: DistillConfig, done: int):
         return None
     total = config.epochs * (2 if config.compare_scratch else 1)
     return lambda epoch, _, logs: on_epoch(done + epoch, total, logs)
+
+
+@register
+class Distill(Step):
+    config = DistillConfig
+    needs = "it trains a Keras student model on the model's outputs"
+
+    def check(self, model, config, context):
+        check_distillable(model, config, source=context.source)
+
+    def result_like(self, model, config, context):
+        return student_like(model, config, source=context.source)
+
+    def run(self, model, x, y, config, context):
+        # The details: the teacher's and the students' scores on the test split.
+        return distill_and_score(model, x, y, config, context.on_epoch, test=context.test, source=context.source)

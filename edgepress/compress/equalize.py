@@ -55,6 +55,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from edgepress.compress.step import Step, register
 from edgepress.compress.structured_prune import PASS_THROUGH, Key, _axis, _calls, _keras, _name
 from edgepress.errors import EdgepressError
 
@@ -515,3 +516,22 @@ def _correct(model, details: Details, x: np.ndarray) -> None:
         # With a BatchNormalization the error is of the folded kernel, so in the units of its output: beta.
         _add_bias(model, layer.name, bn, -mean)
         details.corrected.append(layer.name)
+
+
+@register
+class Equalize(Step):
+    config = EqualizeConfig
+    not_after_qat = "after qat every layer is wrapped for quantization-aware training; equalize before qat"
+    needs = "it rescales the weights of Keras layers"
+
+    def check(self, model, config, context):
+        check_equalizable(model, config)
+
+    def notes(self, model, config):
+        return equalize_notes(model, config)
+
+    def run(self, model, x, y, config, context):
+        result, details = _equalize(model, x, config)
+        for note in details.notes():
+            log.info("equalize: %s", note)
+        return result, {}

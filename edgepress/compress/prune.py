@@ -18,6 +18,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from edgepress.compress.step import Step, register
 from edgepress.errors import EdgepressError
 from edgepress.models import training
 
@@ -110,10 +111,10 @@ def prune(model, x: np.ndarray, y: np.ndarray, config: PruneConfig | None = None
 
 
 def sparsity(model) -> float:
-    """Fraction of zeros over the kernels (weight matrices, not biases) of `model`."""
-    kernels = [w.numpy() for layer in model.layers for w in layer.weights if "kernel" in w.name]
-    total = sum(k.size for k in kernels)
-    return float(sum(int((k == 0).sum()) for k in kernels) / total) if total else 0.0
+    """Fraction of zeros over the kernels (weight matrices, not biases) of `model` (`edgepress.models.stats`)."""
+    from edgepress.models.stats import sparsity as kernel_sparsity
+
+    return kernel_sparsity(model)
 
 
 def layers_to_prune(model, config: PruneConfig) -> set[str]:
@@ -163,3 +164,16 @@ def _check_m_by_n(model, layers: list, m_by_n: tuple[int, int]) -> None:
             f"{described}. Choose the layers with `layers: [{', '.join(fitting)}]` in the prune step, or drop "
             "sparsity_m_by_n for unstructured pruning."
         )
+
+
+@register
+class Prune(Step):
+    config = PruneConfig
+    not_after_qat = None  # layers_to_prune refuses a quantization-aware model by name
+    needs = "tfmot magnitude pruning wraps Keras layers and fine-tunes them"
+
+    def check(self, model, config, context):
+        layers_to_prune(model, config)
+
+    def run(self, model, x, y, config, context):
+        return prune(model, x, y, config, on_epoch=context.on_epoch), {}

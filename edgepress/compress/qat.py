@@ -19,6 +19,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from edgepress.compress.step import Step, register
 from edgepress.errors import EdgepressError, first_line
 from edgepress.models import training
 
@@ -148,3 +149,22 @@ def check_quantizable(model, config: QatConfig) -> None:
         # The preserving schemes take fewer layers, and only wrapping tells which (BatchNormalization passes
         # through tfmot's own transforms): wrap once without training, which refuses in a second or so.
         _quantize_aware(model, config)
+
+
+@register
+class Qat(Step):
+    config = QatConfig
+    not_after_qat = None  # check_quantizable refuses a model that is already quantization-aware
+    # A QAT model already carries int8 ranges: quantizing it again, or exporting it as float, is wrong
+    # (onnx fp32 keeps the ranges as QDQ pairs).
+    exports_after = frozenset({("tflite", "int8"), ("tflite", "dynamic"), ("onnx", "fp32")})
+    needs = "tfmot quantization-aware training wraps Keras layers and retrains them"
+
+    def resolve(self, config, before):
+        return resolve_preserve(config, before)
+
+    def check(self, model, config, context):
+        check_quantizable(model, config)
+
+    def run(self, model, x, y, config, context):
+        return qat(model, x, y, config, on_epoch=context.on_epoch, after=context.before), {}

@@ -43,6 +43,7 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from edgepress.compress.step import Step, register
 from edgepress.errors import EdgepressError, first_line
 from edgepress.models import training
 
@@ -644,3 +645,21 @@ def _keras():
     from edgepress.compat import keras
 
     return keras()
+
+
+@register
+class StructuredPrune(Step):
+    config = StructuredPruneConfig
+    not_after_qat = (
+        "it rebuilds plain Keras layers, and after qat every layer is wrapped for quantization-aware training"
+    )
+    needs = "it removes channels from Keras layers and rebuilds the Keras model"
+
+    def check(self, model, config, context):
+        check_structured_prunable(model, config)
+
+    def notes(self, model, config):
+        return plan_notes(model, config)
+
+    def run(self, model, x, y, config, context):
+        return structured_prune(model, x, y, config, on_epoch=context.on_epoch), {}

@@ -34,124 +34,20 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from edgepress import files
 from edgepress.artifact import Artifact
 from edgepress.errors import EdgepressError
+from edgepress.formats import QUANTIZED, artifact_filename
+from edgepress.quantization import PRESETS, CalibrationConfig, QuantizeConfig, parse_config  # noqa: F401 (API)
 
-# ONNX static quantization settings per target, after optimum's AutoQuantizationConfig (static, QDQ).
-# uint8 activations everywhere; int8 weights, except AVX2 without VNNI, where u8 x s8 products can
-# saturate (VPMADDUBSW), so weights are uint8 too.
-PRESETS: dict[str, dict] = {
-    "default": {"calibration_method": "minmax", "per_channel": True, "quant_format": "qdq",
-                "activation_type": "uint8", "weight_type": "int8"},
-    "x86-avx2": {"calibration_method": "minmax", "per_channel": True, "quant_format": "qdq",
-                 "activation_type": "uint8", "weight_type": "uint8"},
-    "x86-avx512-vnni": {"calibration_method": "minmax", "per_channel": True, "quant_format": "qdq",
-                        "activation_type": "uint8", "weight_type": "int8"},
-    "arm64": {"calibration_method": "minmax", "per_channel": True, "quant_format": "qdq",
-              "activation_type": "uint8", "weight_type": "int8"},
-}
-QUANTIZED_PRECISION = {"tflite": "int8", "onnx": "int8_static"}
+QUANTIZED_PRECISION = QUANTIZED
 # What the TFLite converter does (it has no options for it), for the report.
 _TFLITE_CALIBRATION = {"calibration_method": "minmax", "per_channel": True}
 # Float comparisons of accuracies that are fractions of the same sample count.
 _TOLERANCE = 1e-9
-
-
-class CalibrationConfig(BaseModel):
-    """How activation ranges are calibrated. Only `samples` applies to TFLite (its converter calibrates min-max)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    samples: int | None = Field(None, ge=1, description="Calibration samples; default: all the data gives.")
-    preset: Literal["default", "x86-avx2", "x86-avx512-vnni", "arm64"] = Field(
-        "default", description="ONNX: the target's settings (method, per-channel, format, types); fields set here win."
-    )
-    method: Literal["minmax", "entropy", "percentile"] | None = Field(
-        None, description="ONNX: how activation ranges are chosen from the calibration data."
-    )
-    per_channel: bool | None = Field(None, description="ONNX: weights quantized per output channel (else per tensor).")
-    format: Literal["qdq", "qoperator"] | None = Field(
-        None, description="ONNX: QuantizeLinear/DequantizeLinear pairs (qdq) or quantized operators (qoperator)."
-    )
-
-    def onnx_options(self) -> dict:
-        """The export_onnx keywords: the preset, with the fields set here replacing its values."""
-        options = dict(PRESETS[self.preset])
-        for key, option in (("method", "calibration_method"), ("per_channel", "per_channel"),
-                            ("format", "quant_format")):
-            if getattr(self, key) is not None:
-                options[option] = getattr(self, key)
-        return options
-
-
-class QuantizeConfig(BaseModel):
-    """Quantize to int8 within an accuracy budget, keeping the most sensitive layers in float if needed."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    precision: Literal["int8"] = Field("int8", description="int8: TFLite int8 or ONNX int8_static.")
-    max_accuracy_drop: float = Field(
-        description="Largest accuracy drop allowed from the Keras float model being exported, as a fraction (0.005) "
-        "or a percentage ('0.5%')."
-    )
-    search: Literal["linear", "bisect"] = Field(
-        "linear", description="linear: keep 1, 2, 3... most sensitive layers in float; bisect: halve the range."
-    )
-    max_float_layers: int | None = Field(
-        None, ge=1, description="At most this many layers in float; default: all but one quantized layer."
-    )
-    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
-    equalize: bool = Field(
-        True, description="Before keeping layers in float, try the model cross-layer equalized (the equalize step, "
-        "without bias correction), fully quantized."
-    )
-
-    @field_validator("max_accuracy_drop", mode="before")
-    @classmethod
-    def _percent(cls, value):
-        given = value
-        if isinstance(value, str):  # '0.5%' or '0.005' (the command line gives strings)
-            text = value.strip()
-            try:
-                value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
-            except ValueError:
-                raise ValueError(f"'{given}' is not a number or a percentage such as '0.5%'") from None
-        if isinstance(value, int | float) and not 0 <= float(value) <= 1:
-            raise ValueError(f"must be between 0 and 1 (or 0% and 100%), got {given}")
-        return value
-
-    def check_format(self, format: str) -> None:
-        """Raise ValueError when an option does not apply to `format`."""
-        if format not in QUANTIZED_PRECISION:
-            raise ValueError(f"accuracy-aware quantization exports tflite or onnx, not '{format}'")
-        c = self.calibration
-        onnx_only = [f"calibration.{n}" for n in ("method", "per_channel", "format") if getattr(c, n) is not None]
-        onnx_only += ["calibration.preset"] if c.preset != "default" else []
-        if format == "tflite" and onnx_only:
-            raise ValueError(
-                f"{', '.join(onnx_only)}: these apply to ONNX static quantization only; the TFLite converter "
-                "calibrates min-max with per-channel weights (for tflite, set only calibration.samples)"
-            )
-
-
-def parse_config(config: QuantizeConfig | dict | None = None, **options) -> QuantizeConfig:
-    """A validated QuantizeConfig from a config, a dict, or keywords; bad values raise EdgepressError."""
-    if isinstance(config, QuantizeConfig):
-        return config
-    try:
-        return QuantizeConfig.model_validate({**(config or {}), **options})
-    except ValidationError as e:
-        problems = []
-        for error in e.errors():
-            where = ".".join(str(p) for p in error["loc"]) or "options"
-            problems.append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
-        raise EdgepressError("Accuracy-aware quantization options are invalid: " + "; ".join(problems) + ".") from None
 
 
 @dataclass
@@ -211,6 +107,15 @@ class QuantizeResult:
 
     def errors(self) -> dict[str, float]:
         return {s.layer: s.error for s in self.sensitivity}
+
+    def row_keys(self, trial: Trial) -> dict:
+        """What the report rows of `trial`'s artifact carry besides their measurements."""
+        return {
+            "float_layers": self.float_layer_rows(trial),
+            "accuracy_aware": {"role": self.role(trial), "max_accuracy_drop": self.budget,
+                               "budget_met": self.budget_met, "accuracy_drop_from_float": trial.accuracy_drop,
+                               "remedy": trial.remedy},
+        }
 
     def float_layer_rows(self, trial: Trial) -> list[dict]:
         """The layers `trial` left in float, each with its measured error after quantization and, when the
@@ -391,8 +296,7 @@ def quantize_to_budget(
         for t in trials:
             if set(t.float_layers) == set(float_layers) and t.remedy == remedy:
                 return t
-        suffix = ("_equalized" if remedy == "equalize" and not float_layers else f"_try{len(trials)}") if trials else ""
-        path = out_dir / f"{stem}_{precision}{suffix}.{format}"
+        path = out_dir / artifact_filename(stem, format, precision, trial=len(trials))
         made_by = [*steps, "equalize"] if remedy == "equalize" else steps
         artifact = _export(models[remedy], format, path, calibration, check_data, made_by, float_layers, onnx_options)
         accuracy = _accuracy(artifact, x_eval, y_eval)

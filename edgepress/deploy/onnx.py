@@ -24,8 +24,9 @@ from edgepress.compat import quiet
 from edgepress.deploy.check import calibration_inputs, compare
 from edgepress.deploy.layers import layer_names, layer_of, nodes_of, output_layers, typical_magnitude
 from edgepress.errors import EdgepressError, first_line
+from edgepress.formats import artifact_filename, precision_names
 
-ONNX_PRECISIONS = ("fp32", "fp16", "int8_dynamic", "int8_static")
+ONNX_PRECISIONS = precision_names("onnx")
 OPSET = 17
 
 
@@ -55,8 +56,7 @@ def export_onnx(
     `model` is a Keras model, a plain SavedModel (`edgepress.models.graphs.SavedModelGraph`, converted
     by tf2onnx) or an .onnx model (`OnnxGraph`: its file is the fp32 export, the others start from it).
     `batch_size` fixes the input's batch dimension (default: dynamic; not for an .onnx model).
-    `path` defaults to <model name>_<precision>.<format> in the working directory (`_b<batch_size>`
-    before the extension when the batch is fixed).
+    `path` defaults to `edgepress.formats.artifact_filename` of the model's name, in the working directory.
     Writes the file and its manifest atomically and returns the Artifact.
     """
     if precision not in ONNX_PRECISIONS:
@@ -66,7 +66,7 @@ def export_onnx(
     _check_static_options(precision, float_layers, static)
     samples = calibration_inputs(model, calibration, "ONNX int8_static") if precision == "int8_static" else None
     quantization: dict = {}
-    path = Path(path or f"{model.name}_{precision}{f'_b{batch_size}' if batch_size else ''}.onnx")
+    path = Path(path or artifact_filename(model.name, "onnx", precision, batch_size))
     with tempfile.TemporaryDirectory() as work, files.atomic_path(path) as tmp:
         fp32 = Path(work) / "fp32.onnx"
         with quiet():
@@ -105,26 +105,12 @@ def signature(path: Path) -> tuple[list[TensorInfo], list[TensorInfo]]:
 
 def _convert(model, out: Path, batch_size: int | None = None) -> None:
     """The fp32 ONNX file of `model` at `out`: tf2onnx for Keras and SavedModels, a copy for an .onnx model."""
-    import tf2onnx
+    from edgepress.models.source import as_source
 
-    from edgepress.compat import tensorflow
-    from edgepress.models.graphs import OnnxGraph, SavedModelGraph, input_dtype
-
-    if isinstance(model, OnnxGraph):
-        if batch_size is not None:
-            raise EdgepressError(
-                f"batch_size applies to models edgepress converts; {model.path} is already ONNX and keeps its own "
-                "input shape. Remove batch_size from its ONNX exports."
-            )
-        model.save_copy(out)
-        return
-    tf = tensorflow()
-    spec = (tf.TensorSpec((batch_size, *model.input_shape[1:]), tf.as_dtype(input_dtype(model)), name="input"),)
     try:
-        if isinstance(model, SavedModelGraph):
-            tf2onnx.convert.from_function(model.tf_function(), input_signature=spec, opset=OPSET, output_path=str(out))
-        else:
-            tf2onnx.convert.from_keras(model, input_signature=spec, opset=OPSET, output_path=str(out))
+        as_source(model).to_onnx(out, batch_size, OPSET)
+    except EdgepressError:
+        raise
     except Exception as e:  # tf2onnx raises plain Exceptions for unsupported ops
         raise EdgepressError(
             f"tf2onnx could not convert '{model.name}' to ONNX (opset {OPSET}): {first_line(e)}. "

@@ -21,12 +21,13 @@ from edgepress.compat import quiet
 from edgepress.deploy.check import calibration_inputs, compare
 from edgepress.deploy.layers import layer_names, layer_of, nodes_of, output_layers, typical_magnitude
 from edgepress.errors import EdgepressError, first_line
+from edgepress.formats import artifact_filename, is_calibrated, precision_names, sparse_precisions
 
-TFLITE_PRECISIONS = ("fp32", "fp16", "dynamic", "int8", "int16x8")
-CALIBRATED = ("int8", "int16x8")
+TFLITE_PRECISIONS = precision_names("tflite")
+CALIBRATED = tuple(p for p in TFLITE_PRECISIONS if is_calibrated("tflite", p))
 # Precisions whose weights can be stored as sparse tensors (`sparse=True`). Measured with LiteRT 2.3: sparse
 # dynamic and int8 files are larger than the dense ones, and its XNNPACK delegate fails to prepare them.
-SPARSE_PRECISIONS = ("fp32", "fp16")
+SPARSE_PRECISIONS = sparse_precisions("tflite")
 
 
 def export_tflite(
@@ -52,8 +53,7 @@ def export_tflite(
     converter turns a Keras LSTM into its fused UNIDIRECTIONAL_SEQUENCE_LSTM op, and a GRU into a
     WHILE loop, only when the batch and sequence length are static.
     `model` is a Keras model or a plain SavedModel (`edgepress.models.graphs.SavedModelGraph`).
-    `path` defaults to <model name>_<precision>.<format> in the working directory (`_b<batch_size>`
-    before the extension when the batch is fixed).
+    `path` defaults to `edgepress.formats.artifact_filename` of the model's name, in the working directory.
     Writes the file and its manifest atomically and returns the Artifact.
     """
     from edgepress.compat import tensorflow
@@ -98,8 +98,7 @@ def export_tflite(
 
     if sparse:
         quantization.update(sparse=True, sparse_tensors=_sparse_tensors(data))
-    batch = f"_b{batch_size}" if batch_size else ""
-    path = Path(path or f"{model.name}_{precision}{'_sparse' if sparse else ''}{batch}.tflite")
+    path = Path(path or artifact_filename(model.name, "tflite", precision, batch_size, sparse))
     with files.atomic_path(path) as tmp:
         tmp.write_bytes(data)
         check = compare(model, tmp, check_data) if check_data is not None else {}
@@ -134,11 +133,12 @@ def _sparse_tensors(data: bytes) -> int:
 
 
 def _check_source(model, batch_size: int | None) -> None:
-    """Refuse what no TFLite export can come from: an .onnx model, a batch size below 1."""
-    from edgepress.models.graphs import TFLITE_FROM_ONNX, OnnxGraph
+    """Refuse what no TFLite export can come from: a model with no TFLite path, a batch size below 1."""
+    from edgepress.models.source import as_source
 
-    if isinstance(model, OnnxGraph):
-        raise EdgepressError(f"{model.path}: {TFLITE_FROM_ONNX}")
+    why = as_source(model).why_not("tflite")
+    if why:
+        raise EdgepressError(f"{model.path}: {why}")
     if batch_size is not None and batch_size < 1:
         raise EdgepressError(f"batch_size must be 1 or more (or None for a dynamic batch), got {batch_size}.")
 
@@ -151,9 +151,9 @@ def check_calibratable(model, precision: str, batch_size: int | None = None) -> 
     no error could be reported once it starts. Keras layers are checked by type; a SavedModel is
     converted at fp32 first and its ops are checked.
     """
-    from edgepress.models.graphs import SavedModelGraph
+    from edgepress.models.source import as_source
 
-    if isinstance(model, SavedModelGraph):
+    if not as_source(model).trainable:  # a graph: its ops tell, not its layers
         from ai_edge_litert.interpreter import Interpreter
 
         from edgepress.compat import tensorflow
@@ -193,17 +193,10 @@ def _looping_layers(model) -> list:
 
 
 def _source_converter(tf, model, batch_size: int | None):
-    """A plain TFLiteConverter for a Keras model or a SavedModelGraph, its batch fixed to `batch_size` if given."""
-    from edgepress.models.graphs import SavedModelGraph, input_dtype
+    """A plain TFLiteConverter for `model` (any source kind), its batch fixed to `batch_size` if given."""
+    from edgepress.models.source import as_source
 
-    if isinstance(model, SavedModelGraph):
-        return model.tflite_converter(batch_size)
-    if batch_size is None:
-        return tf.lite.TFLiteConverter.from_keras_model(model)
-    # A concrete function of the model at a fully static input shape: what makes recurrent layers convertible.
-    spec = tf.TensorSpec((batch_size, *model.input_shape[1:]), tf.as_dtype(input_dtype(model)), name="input")
-    function = tf.function(lambda input: model(input, training=False)).get_concrete_function(spec)
-    return tf.lite.TFLiteConverter.from_concrete_functions([function], model)
+    return as_source(model).tflite_converter(batch_size)
 
 
 def _converter(tf, model, precision: str, calibration: np.ndarray | None, batch_size: int | None = None):

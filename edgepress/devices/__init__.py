@@ -16,8 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edgepress.errors import EdgepressError
 
@@ -53,6 +52,15 @@ class ExportChoice(BaseModel):
 
     format: Literal["tflite", "onnx"]
     precision: str
+
+    @model_validator(mode="after")
+    def _known_precision(self) -> ExportChoice:
+        from edgepress.formats import precision_names
+
+        if self.precision not in precision_names(self.format):
+            raise ValueError(f"{self.format} has no precision '{self.precision}'; use one of: "
+                             f"{', '.join(precision_names(self.format))}")
+        return self
 
 
 class Device(BaseModel):
@@ -112,11 +120,9 @@ def load_device(name_or_path: str) -> Device:
             f"Unknown device '{name_or_path}'. Shipped profiles: {', '.join(sorted(shipped))}; "
             "or give the path of your own profile file (.yaml)."
         )
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise EdgepressError(f"Device profile {path} is not valid YAML: {e}") from None
-    return _validate(raw, f"device profile {path}")
+    from edgepress.yamlfile import read_mapping
+
+    return _validate(read_mapping(path, "Device profile"), f"device profile {path}")
 
 
 def _validate(raw, source: str) -> Device:

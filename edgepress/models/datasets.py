@@ -14,6 +14,7 @@ import gzip
 import os
 import struct
 import sysconfig
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -176,13 +177,17 @@ def _load_digits(seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _load_mnist(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if path.is_file() and path.suffix == ".npz":
-        with np.load(path) as f:
-            if "x_test" not in f:
-                raise EdgepressError(f"{path} is not a keras mnist.npz file (no 'x_test' array).")
-            # The keras file holds both splits; edgepress splits the concatenation itself.
-            x = np.concatenate([f["x_train"], f["x_test"]])
-            y = np.concatenate([f["y_train"], f["y_test"]])
-        return (x / 255.0).astype(np.float32), y.astype(np.int64)
+        try:
+            with np.load(path) as f:
+                if not {"x_train", "y_train", "x_test", "y_test"} <= set(f.files):
+                    raise EdgepressError(f"{path} is not a keras mnist.npz file (it needs x_train, y_train, x_test "
+                                         f"and y_test; it has {', '.join(sorted(f.files)) or 'no arrays'}).")
+                # The keras file holds both splits; edgepress splits the concatenation itself.
+                x = np.concatenate([f["x_train"], f["x_test"]])
+                y = np.concatenate([f["y_train"], f["y_test"]])
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+            raise EdgepressError(f"{path} is not a readable .npz file ({e}).") from None
+        return checked_inputs(x / 255.0, f"{path}: x"), checked_labels(y, len(x), f"{path}: y")
     if not path.is_dir():
         raise EdgepressError(
             f"MNIST data not found at {path}: give a directory with idx files or a keras mnist.npz file."
@@ -237,12 +242,43 @@ def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
                     f"missing: {', '.join(missing)}."
                 )
             x, y = f["x"], f["y"]
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # also object (pickled) arrays: refused
         raise EdgepressError(f"{path} is not a readable .npz file ({e}).") from None
-    if len(x) != len(y):
-        raise EdgepressError(f"{path}: 'x' has {len(x)} samples but 'y' has {len(y)}; they must match.")
     # A user's arrays are used as given: they are already preprocessed the way their model expects.
-    return x.astype(np.float32), y.astype(np.int64)
+    return checked_inputs(x, f"{path}: 'x'"), checked_labels(y, len(x), f"{path}: 'y'")
+
+
+def checked_inputs(x: np.ndarray, what: str) -> np.ndarray:
+    """`x` as float32 model inputs, refused (naming how) when it cannot be: not numbers, no sample axis, NaN, Inf."""
+    if x.ndim == 0:
+        raise EdgepressError(f"{what} is a single value (a 0-d array); give one row per sample, e.g. (N, 28, 28).")
+    if np.iscomplexobj(x) or x.dtype.kind not in "biuf":
+        raise EdgepressError(f"{what} holds {x.dtype} values; model inputs must be real numbers (float or integer).")
+    x = x.astype(np.float32)
+    bad = ~np.isfinite(x)
+    if bad.any():
+        nan, inf = int(np.isnan(x).sum()), int(np.isinf(x).sum())
+        first = int(np.argwhere(bad.reshape(len(x), -1).any(axis=1))[0][0])
+        raise EdgepressError(f"{what} has {nan} NaN and {inf} infinite values (the first in sample {first}); "
+                             "inputs must be finite numbers: clean or drop those samples.")
+    return x
+
+
+def checked_labels(y: np.ndarray, samples: int, what: str) -> np.ndarray:
+    """`y` as int64 class labels, one per sample (or one per time step), refused when they are not such labels."""
+    if y.ndim == 0 or len(y) != samples:
+        count = 0 if y.ndim == 0 else len(y)
+        raise EdgepressError(f"{what} has {count} labels for {samples} samples; they must match.")
+    if np.iscomplexobj(y) or y.dtype.kind not in "biuf":
+        raise EdgepressError(f"{what} holds {y.dtype} values; labels must be integer class indices 0, 1, 2, ...")
+    if y.dtype.kind == "f" and not (np.isfinite(y).all() and np.array_equal(y, np.round(y))):
+        sample = y[np.flatnonzero(~np.isfinite(y) | (y != np.round(y)))[0]] if y.ndim == 1 else "fractions"
+        raise EdgepressError(f"{what} holds fractional values (e.g. {sample}); labels must be integer class "
+                             "indices 0, 1, 2, ... (for probabilities or one-hot rows, give their argmax).")
+    if (y < 0).any():
+        raise EdgepressError(f"{what} has negative labels (e.g. {int(y.min())}); labels must be class indices 0, 1, "
+                             "2, ... (relabel, or drop unlabelled samples).")
+    return y.astype(np.int64)
 
 
 # python_source: the vocabulary is fixed, so every file maps to the same ids and a model trained on one

@@ -55,6 +55,25 @@ class Graph:
 
     # What a compression step would need and this model lacks; the run refuses steps with it.
     why_no_steps: str = "edgepress's compression steps wrap and retrain Keras layers, and this model has none"
+    trainable = False  # the compression steps do not apply
+
+    def why_not(self, format: str) -> str | None:
+        """Why this model cannot be exported to `format`, or None when it can."""
+        return None
+
+    def takes_batch_size(self, format: str) -> bool:
+        """Whether an export to `format` can fix the batch dimension."""
+        return True
+
+    def stats(self) -> dict:
+        """Parameters; MACs and sparsity are counted over Keras layers, which a graph has none of."""
+        return {"params": self.count_params(), "macs": None, "sparsity": None}
+
+    def save(self, path: Path) -> Path:
+        """Keep the model where the run keeps its models, in its own format (`path`'s suffix replaced)."""
+        return self.save_copy(path.with_suffix(self.suffix))
+
+    suffix = ""
 
     def predict(self, x: np.ndarray, batch_size: int = 256, verbose: int = 0) -> np.ndarray:
         """Float32 outputs for `x` (cast to the model's input dtype), `batch_size` rows at a time."""
@@ -179,6 +198,15 @@ class SavedModelGraph(Graph):
             [self.tf_function().get_concrete_function(spec)], self._loaded
         )
 
+    def to_onnx(self, out: Path, batch_size: int | None, opset: int) -> None:
+        import tf2onnx
+
+        from edgepress.compat import tensorflow
+
+        tf = tensorflow()
+        spec = (tf.TensorSpec((batch_size, *self.input_shape[1:]), tf.as_dtype(self.input_dtype), name="input"),)
+        tf2onnx.convert.from_function(self.tf_function(), input_signature=spec, opset=opset, output_path=str(out))
+
     def save_copy(self, path: Path) -> Path:
         with files.atomic_path(path) as tmp:
             shutil.copytree(self.path, tmp)
@@ -198,6 +226,7 @@ class OnnxGraph(Graph):
     """An .onnx file, run by onnxruntime. External data files must sit in the model's folder."""
 
     kind = "onnx"
+    suffix = ".onnx"
     why_no_steps = (
         "it is an ONNX graph: pruning and quantization-aware training wrap Keras layers with tfmot, and "
         "distillation trains a Keras student; compress the model in its own framework before exporting it, "
@@ -230,11 +259,34 @@ class OnnxGraph(Graph):
         tensor = inputs[0].type.tensor_type
         self.input_name = inputs[0].name
         self.input_dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type))
+        if self.input_dtype.kind not in "biuf":
+            raise EdgepressError(
+                f"{self.path} takes {onnx.TensorProto.DataType.Name(tensor.elem_type).lower()} input "
+                f"'{self.input_name}'; edgepress feeds models numeric arrays (float or integer ids)."
+            )
         self.input_shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim)
         self._session = None
 
     def count_params(self) -> int:
         return int(sum(np.prod(i.dims) for i in self._proto.graph.initializer))
+
+    def why_not(self, format: str) -> str | None:
+        return TFLITE_FROM_ONNX if format == "tflite" else None
+
+    def takes_batch_size(self, format: str) -> bool:
+        return False  # the file keeps its own input shape
+
+    def tflite_converter(self, batch_size: int | None = None):
+        raise EdgepressError(f"{self.path}: {TFLITE_FROM_ONNX}")
+
+    def to_onnx(self, out: Path, batch_size: int | None, opset: int) -> None:
+        """The fp32 export is the file itself."""
+        if batch_size is not None:
+            raise EdgepressError(
+                f"batch_size applies to models edgepress converts; {self.path} is already ONNX and keeps its own "
+                "input shape. Remove batch_size from its ONNX exports."
+            )
+        self.save_copy(out)
 
     def save_copy(self, path: Path) -> Path:
         """The model as one self-contained .onnx file (external data, if any, written inline)."""
@@ -254,6 +306,10 @@ class OnnxGraph(Graph):
                 self._proto.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"]
             )
         return self._session.run(None, {self.input_name: x})[0]
+
+
+# The graph kinds, by the `kind` each reports.
+GRAPH_KINDS: dict[str, type[Graph]] = {"saved_model": SavedModelGraph, "onnx": OnnxGraph}
 
 
 def open_graph(path: str | Path) -> Graph | None:
@@ -282,7 +338,7 @@ def from_trained(model, save: Callable[[object, Path], None], kind: str) -> Grap
 
 def input_dtype(model) -> np.dtype:
     """The input dtype of a Keras model or a Graph (float32 for most; int32 for token ids)."""
-    if isinstance(model, Graph):
+    if hasattr(model, "input_dtype"):  # a Graph, or a model behind the source interface
         return model.input_dtype
     return np.dtype(model.inputs[0].dtype.as_numpy_dtype)
 

@@ -1,92 +1,137 @@
-"""The model a run starts from: its input made fully known, and the recipe reduced to what applies to it.
+"""The model a run starts from, behind one interface, whatever its kind.
 
-A Keras model takes every step. A graph (`edgepress.models.graphs`: a plain TF SavedModel or an .onnx
-file) is exported and measured only: its steps are refused before any work, naming each and why, and
-exports it cannot have are left out with a note for the report.
+    model = as_source(keras_model)   # or a Graph: edgepress.models.graphs (a plain SavedModel, an .onnx file)
+    model.trainable, model.why_not("tflite"), model.stats(), model.with_input_shape([28, 28]), model.save(path)
+
+The three kinds answer the same questions: `kind`, `name`, `input_shape` (batch first, None where
+unknown), `trainable` (the compression steps apply) and `why_no_steps`, `why_not(format)` (None when
+it can be exported to that format), `takes_batch_size(format)`, `stats()` (params, MACs, sparsity),
+`predict(x)`, `save(path)`, `tflite_converter(batch_size)`, `to_onnx(out, batch_size, opset)`.
+`as_source` is the one place that tells a Keras model from a graph. This module imports nothing above
+`edgepress.models`; TensorFlow is imported inside the methods that need it.
 """
 
 from __future__ import annotations
 
-from edgepress.recipe import Recipe
+from collections.abc import Sequence
+from pathlib import Path
 
-# What each compression step needs from the model, for the message that refuses it on a graph.
-_STEP_NEEDS = {
-    "prune": "tfmot magnitude pruning wraps Keras layers and fine-tunes them",
-    "structured_prune": "it removes channels from Keras layers and rebuilds the Keras model",
-    "qat": "tfmot quantization-aware training wraps Keras layers and retrains them",
-    "distill": "it trains a Keras student model on the model's outputs",
-    "cluster": "tfmot weight clustering wraps Keras layers and fine-tunes them",
-}
+import numpy as np
+
+from edgepress.errors import EdgepressError
+from edgepress.models.graphs import Graph
 
 
-def applicable(model, recipe: Recipe) -> tuple[Recipe, list[str]]:
-    """The recipe reduced to what applies to `model`, and notes on what was left out.
+class KerasSource:
+    """A Keras model (tf_keras: the steps' Keras) as a source: every step and every format applies."""
 
-    A graph (plain SavedModel, .onnx) has no Keras layers: its steps and accuracy-aware exports are
-    refused (EdgepressError, before any work), and an .onnx model's TFLite exports are left out with a
-    note, since no ONNX-to-TFLite converter is available. A Keras model's calibrated TFLite exports are
-    refused when its layers would crash the calibrator (see check_calibratable).
-    """
-    from edgepress.deploy.tflite import CALIBRATED, check_calibratable
-    from edgepress.errors import EdgepressError
-    from edgepress.models.graphs import TFLITE_FROM_ONNX, Graph
+    kind = "keras"
+    trainable = True
+    why_no_steps = ""
 
-    if not isinstance(model, Graph):
-        if not any(step.type == "distill" for step in recipe.steps):  # a student has layers of its own
-            for e in recipe.exports:
-                if e.format == "tflite" and e.precision in CALIBRATED:
-                    check_calibratable(model, e.precision, e.batch_size)
-        return recipe, []
-    refused = [f"{s.type} ({_STEP_NEEDS.get(s.type, 'it needs a Keras model')})" for s in recipe.steps]
-    refused += [f"exports[{i}].quantize (accuracy-aware quantization keeps chosen Keras layers in float)"
-                for i, e in enumerate(recipe.exports) if e.quantize is not None]
-    if refused:
-        raise EdgepressError(
-            f"Not applicable to {model.path}: {'; '.join(refused)}. They need a Keras model, and "
-            f"{model.why_no_steps}. Remove them from the recipe; its exports (post-training quantization included) "
-            "and measurements apply."
-        )
-    notes = []
-    exports = recipe.exports
-    fixed = [f"onnx {e.precision}" for e in exports if model.kind == "onnx" and e.format == "onnx" and e.batch_size]
-    if fixed:
-        raise EdgepressError(
-            f"batch_size on {', '.join(fixed)}: {model.path} is already ONNX and keeps its own input shape "
-            f"{shape_text(model.input_shape)}. Remove batch_size from its ONNX exports."
-        )
-    if model.kind == "onnx" and any(e.format == "tflite" for e in exports):
-        left_out = ", ".join(f"tflite {e.precision}" for e in exports if e.format == "tflite")
-        notes.append(f"Left out {left_out}: {TFLITE_FROM_ONNX}")
-        exports = [e for e in exports if e.format != "tflite"]
-        if not exports:
-            raise EdgepressError(
-                f"{model.path} is an ONNX model and the recipe asks for TFLite exports only. {TFLITE_FROM_ONNX} "
-                "Ask for ONNX exports: {format: onnx, precision: fp32 | fp16 | int8_dynamic | int8_static}."
-            )
-    return recipe.model_copy(update={"exports": exports}), notes
+    def __init__(self, model) -> None:
+        self.keras = model
+
+    @property
+    def name(self) -> str:
+        return self.keras.name
+
+    @property
+    def input_shape(self) -> tuple:
+        return tuple(self.keras.input_shape)
+
+    @property
+    def input_dtype(self) -> np.dtype:
+        return np.dtype(self.keras.inputs[0].dtype.as_numpy_dtype)
+
+    def why_not(self, format: str) -> str | None:
+        return None
+
+    def takes_batch_size(self, format: str) -> bool:
+        return True
+
+    def stats(self) -> dict:
+        from edgepress.models.stats import macs, sparsity
+
+        return {"params": int(self.keras.count_params()), "macs": macs(self.keras), "sparsity": sparsity(self.keras)}
+
+    def predict(self, x: np.ndarray, batch_size: int = 256, verbose: int = 0) -> np.ndarray:
+        from edgepress.models import training
+
+        return training.predict(self.keras, x)
+
+    def with_input_shape(self, sample_shape: Sequence[int]) -> KerasSource:
+        """The same layers and weights on an Input whose unknown sample dimensions are fixed to `sample_shape`."""
+        from edgepress.compat import keras
+
+        model = self.keras
+        fixed_input = keras().Input(tuple(sample_shape), dtype=model.inputs[0].dtype)
+        fixed = keras().models.clone_model(model, input_tensors=fixed_input)
+        fixed.set_weights(model.get_weights())
+        return KerasSource(fixed)
+
+    def save(self, path: Path, scope=None) -> Path:
+        """Write the model as `path` (.keras), atomically, inside `scope` (the custom objects it needs)."""
+        import contextlib
+
+        from edgepress import files
+
+        with scope or contextlib.nullcontext(), files.atomic_path(path) as tmp:
+            self.keras.save(tmp)
+        return path
+
+    def tflite_converter(self, batch_size: int | None = None):
+        """A plain TFLiteConverter, the input's batch fixed to `batch_size` if given."""
+        from edgepress.compat import tensorflow
+
+        tf = tensorflow()
+        if batch_size is None:
+            return tf.lite.TFLiteConverter.from_keras_model(self.keras)
+        # A concrete function at a fully static input shape: what makes recurrent layers convertible.
+        model = self.keras
+        spec = tf.TensorSpec((batch_size, *model.input_shape[1:]), tf.as_dtype(self.input_dtype), name="input")
+        function = tf.function(lambda input: model(input, training=False)).get_concrete_function(spec)
+        return tf.lite.TFLiteConverter.from_concrete_functions([function], model)
+
+    def to_onnx(self, out: Path, batch_size: int | None, opset: int) -> None:
+        import tf2onnx
+
+        from edgepress.compat import tensorflow
+
+        tf = tensorflow()
+        spec = (tf.TensorSpec((batch_size, *self.input_shape[1:]), tf.as_dtype(self.input_dtype), name="input"),)
+        tf2onnx.convert.from_keras(self.keras, input_signature=spec, opset=opset, output_path=str(out))
+
+
+def as_source(model) -> KerasSource | Graph:
+    """`model` behind the source interface: a Graph as it is, a Keras model wrapped."""
+    if isinstance(model, Graph | KerasSource):
+        return model
+    return KerasSource(model)
+
+
+def unwrap(model):
+    """The Keras model behind a KerasSource (what the steps and the Keras-layer tools take), else `model`."""
+    return model.keras if isinstance(model, KerasSource) else model
 
 
 def fixed_input(model, input_shape: list[int] | None, what: str):
     """`model` with every input dimension but the batch known: as it is, or fixed to the recipe's input_shape."""
-    from edgepress.errors import EdgepressError
-    from edgepress.models.graphs import Graph
-
-    sample = tuple(model.input_shape[1:])
+    source = as_source(model)
+    sample = tuple(source.input_shape[1:])
     unknown = [i for i, d in enumerate(sample, start=1) if d is None]
     if input_shape is None:
         if unknown:
             example = "[" + ", ".join("N" if d is None else str(d) for d in sample) + "]"
             plural = len(unknown) > 1
             raise EdgepressError(
-                f"The input of {what} has shape {shape_text(model.input_shape)}: dimension{'s' if plural else ''} "
+                f"The input of {what} has shape {shape_text(source.input_shape)}: dimension{'s' if plural else ''} "
                 f"{', '.join(map(str, unknown))} (after the batch, dimension 0) {'are' if plural else 'is'} "
                 "unknown, and the data, the calibration and the TFLite converter need every dimension but the batch "
                 f"fixed. Set them in the recipe: `model: {{input_shape: {example}}}` with N the size your data has "
                 "(one sample's shape, no batch), or build the model with a fixed input shape."
             )
         return model
-    if isinstance(model, Graph):
-        return model.with_inputshape_text(input_shape)
     fits = len(input_shape) == len(sample)
     if not fits or any(d is not None and d != s for d, s in zip(sample, input_shape, strict=True)):
         raise EdgepressError(
@@ -95,21 +140,9 @@ def fixed_input(model, input_shape: list[int] | None, what: str):
         )
     if not unknown:
         return model
-    from edgepress.compat import keras
-
-    # The same layers and weights on a fixed-shape Input.
-    fixed_input = keras().Input(tuple(input_shape), dtype=model.inputs[0].dtype)
-    fixed = keras().models.clone_model(model, input_tensors=fixed_input)
-    fixed.set_weights(model.get_weights())
-    return fixed
+    return unwrap(source.with_input_shape(input_shape))
 
 
 def shape_text(shape) -> str:
     """(?, 28, 28) for a shape with unknown dimensions."""
     return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
-
-
-def kind(model) -> str:
-    from edgepress.models.graphs import Graph
-
-    return model.kind if isinstance(model, Graph) else "keras"

@@ -47,16 +47,14 @@ def sparsity(model) -> float:
 
 
 def _kernels(model) -> list[np.ndarray]:
+    """The kernel variables (weight matrices and filters, not biases) of `model`, by name: a tfmot wrapper
+    (QuantizeWrapper) swaps its layer's `kernel` attribute for a fake-quantized tensor, but keeps the variable."""
     kernels = []
     for layer in model.layers:
         if hasattr(layer, "layers") and hasattr(layer, "inputs"):
             kernels += _kernels(layer)
             continue
-        inner = _unwrapped(layer)
-        for name in ("kernel", "depthwise_kernel", "pointwise_kernel"):
-            value = getattr(inner, name, None)
-            if value is not None and hasattr(value, "numpy"):
-                kernels.append(value.numpy())
+        kernels += [w.numpy() for w in layer.weights if "kernel" in w.name.split("/")[-1]]
     return kernels
 
 

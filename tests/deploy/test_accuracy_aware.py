@@ -131,7 +131,7 @@ def test_equalization_is_tried_before_float_layers_and_keeps_every_layer_int8(ou
     assert ("hidden", "mid") in {tuple(p) for p in result.equalized["pairs"]}
     assert "after cross-layer equalization" in result.summary()
     manifest = Artifact.load(chosen.artifact.path)
-    assert "equalize" in manifest.steps and manifest.name.endswith("_equalized." + fmt)
+    assert "equalize" in manifest.steps and manifest.name.endswith("_try1." + fmt)
     got = training.accuracy(open_model(str(chosen.artifact.path)).predict(digits8.x_test), digits8.y_test)
     assert got == pytest.approx(chosen.accuracy)
     payload = result.to_dict()

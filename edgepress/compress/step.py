@@ -1,0 +1,99 @@
+"""The step protocol: what a compression step declares, and the registry the recipe, the plan and the run read.
+
+A step is one module of `edgepress.compress`: a pydantic config whose `type` field is a Literal (the
+recipe's tag), and a `Step` subclass registered with `@register`:
+
+    @register
+    class Prune(Step):
+        config = PruneConfig
+
+        def check(self, model, config, context):      # refuse a model before any work
+            layers_to_prune(model, config)
+
+        def run(self, model, x, y, config, context):  # the work: a new Keras model and report details
+            return prune(model, x, y, config, on_epoch=context.on_epoch), {}
+
+The recipe schema, `edgepress schema`, the plan's refusals and the run pick the step up from the
+registry; nothing else names it. Heavy imports stay inside the step's functions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import BaseModel
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What a step may use besides its model and config."""
+
+    source: Any = None  # the run's original model (distill's `teacher: source`)
+    before: tuple[str, ...] = ()  # the types of the steps before this one, in order
+    test: tuple[np.ndarray, np.ndarray] | None = None  # the test split, shaped for the model entering the step
+    on_epoch: Callable[[int, int, dict], None] | None = None
+
+
+class Step:
+    """One compression transformation: Keras model in, Keras model out. Subclasses set `config` and `run`."""
+
+    config: ClassVar[type[BaseModel]]
+    # Why it cannot follow a qat step (the recipe is refused with it); None: it can, or its own check decides.
+    not_after_qat: ClassVar[str | None] = (
+        "after qat every layer is wrapped for quantization-aware training, and a step after it would undo or lose "
+        "the learned int8 ranges"
+    )
+    # The (format, precision) exports a model that went through this step can have; None: any.
+    exports_after: ClassVar[frozenset[tuple[str, str]] | None] = None
+    # Why a model with no Keras layers (a plain SavedModel, an ONNX file) cannot take this step.
+    needs: ClassVar[str] = "it needs a Keras model"
+
+    @classmethod
+    def type(cls) -> str:
+        return cls.config.model_fields["type"].default
+
+    def resolve(self, config: BaseModel, before: Sequence[str]) -> BaseModel:
+        """The config with choices that depend on the steps before it made (qat's `preserve: auto`)."""
+        return config
+
+    def check(self, model, config: BaseModel, context: StepContext) -> None:
+        """Raise EdgepressError if the step cannot apply to `model` (names what is at fault and what to do)."""
+
+    def result_like(self, model, config: BaseModel, context: StepContext):
+        """A model shaped like the step's result, for checking the steps after it (default: `model` itself)."""
+        return model
+
+    def notes(self, model, config: BaseModel) -> list[str]:
+        """Lines for the run log before the step runs (e.g. the layers it leaves whole)."""
+        return []
+
+    def run(self, model, x: np.ndarray, y: np.ndarray, config: BaseModel, context: StepContext) -> tuple[Any, dict]:
+        """The compressed Keras model, and details for the step's row of the report."""
+        raise NotImplementedError
+
+
+STEPS: dict[str, Step] = {}
+
+
+def register(cls: type[Step]) -> type[Step]:
+    """Register a Step subclass under its config's `type`."""
+    name = cls.type()
+    if name in STEPS:
+        raise ValueError(f"two compression steps are registered as '{name}'")
+    STEPS[name] = cls()
+    return cls
+
+
+def registered() -> dict[str, Step]:
+    """Every step, after importing each module of `edgepress.compress` (a new module is found by itself)."""
+    import importlib
+    import pkgutil
+
+    import edgepress.compress as package
+
+    for module in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"{package.__name__}.{module.name}")
+    return STEPS

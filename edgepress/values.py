@@ -1,0 +1,35 @@
+"""Values users write by hand in recipes and on the command line, read in one place."""
+
+from __future__ import annotations
+
+
+def fraction(value):
+    """A fraction given as a number (0.01) or a percentage string ('1%'); anything else is refused, saying why."""
+    import re
+
+    if value is None or isinstance(value, bool):
+        if isinstance(value, bool):
+            raise ValueError("must be a number such as 0.01 or a percentage such as '1%', not true/false")
+        return value
+    if isinstance(value, str):
+        text = value.strip()
+        match = re.fullmatch(r"([0-9]*\.?[0-9]+)(%?)", text)
+        if not match:
+            raise ValueError(f"'{value}' is not a number such as 0.01 or a percentage such as '1%' (no space before %)")
+        value = float(match.group(1)) / (100 if match.group(2) else 1)
+    elif not isinstance(value, int | float):
+        raise ValueError(f"must be a number such as 0.01 or a percentage such as '1%', not a {type(value).__name__}")
+    if not 0 <= float(value) <= 1:
+        raise ValueError("must be between 0 and 1 (or 0% and 100%)")
+    return float(value)
+
+
+def plain_path(value: str | None) -> str | None:
+    """A file path as given, refused when no file system takes it (a NUL byte, a name part over 255 bytes)."""
+    if value is None:
+        return value
+    if "\0" in value:
+        raise ValueError("a path cannot contain a NUL byte")
+    if any(len(part.encode()) > 255 for part in value.split("/")):
+        raise ValueError("a path part (folder or file name) is at most 255 bytes")
+    return value
