@@ -42,7 +42,7 @@ def run(recipe: Recipe, run_dir: str | Path | None = None, progress: Progress | 
     progress = progress or Progress()
     started = time.perf_counter()
     plan = make_plan(recipe, run_dir, progress)
-    _start(plan)
+    _start(plan, progress)
     source = _train_source(plan, progress)
     stages, model = _run_steps(plan, source, progress)
     made, quantized = _export(plan, model, [s.type for s in plan.steps], progress)
@@ -61,9 +61,12 @@ def run(recipe: Recipe, run_dir: str | Path | None = None, progress: Progress | 
 # -- the stages of a run, each reading the plan ------------------------------------------------------
 
 
-def _start(plan: Plan) -> None:
-    """Make the run directory and keep the resolved recipe in it."""
-    plan.run_dir.mkdir(parents=True, exist_ok=True)
+def _start(plan: Plan, progress: Progress) -> None:
+    """Make the run directory (a killed run's temporaries removed, an earlier run moved aside) and keep the
+    resolved recipe in it."""
+    moved = files.prepare_run_dir(plan.run_dir)
+    if moved is not None:
+        progress.done(f"the earlier run in {plan.run_dir} was moved to {moved}")
     files.write_text(plan.run_dir / "recipe.yaml", plan.recipe.to_yaml())
 
 

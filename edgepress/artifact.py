@@ -46,7 +46,7 @@ class Artifact:
     outputs: list[TensorInfo] = field(default_factory=list)
     steps: list[str] = field(default_factory=list)  # the compression steps that made the source model
     quantization: dict[str, Any] = field(default_factory=dict)  # exporter options that shaped the file
-    check: dict[str, Any] = field(default_factory=dict)  # agreement with the source model
+    check: dict[str, Any] = field(default_factory=dict)  # agreement with the model the file was exported from
 
     @property
     def name(self) -> str:

@@ -1,7 +1,8 @@
 """The `edgepress` command: builds a Recipe or a call, then calls the API.
 
 TensorFlow is imported only inside commands that need it, so `edgepress --help` is instant.
-Exit codes: 0 ok, 1 a gate failed, 2 bad input (the message says what to fix).
+Exit codes: 0 ok, 1 a gate failed, 2 bad input (the message says what to fix), 70 a bug in edgepress (the
+traceback is saved to a file), 130 interrupted (Ctrl-C). `_guard` is the one place that decides them.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from typer.exceptions import TyperException
 
 from edgepress import compat  # noqa: F401  (sets TF_USE_LEGACY_KERAS before any TF import)
 from edgepress.errors import EdgepressError, GateFailed
@@ -25,12 +27,17 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Click's plain help, not rich's panels: rich squeezes its five-column option table to fit the terminal and
+    # cuts long option names (`--max-accuracy-…` at 80 columns); click writes each name whole and wraps the help.
+    rich_markup_mode=None,
 )
 # Logs and CI are not terminals: give them wide lines so table rows stay whole.
 console = Console(log_path=False, width=None if sys.stdout.isatty() else 160)
 errors = Console(stderr=True)
 
 RunDir = Annotated[Path | None, typer.Option("--output", "-o", help="Run directory (default: runs/<name>-<time>).")]
+TrustModel = Annotated[bool, typer.Option(
+    "--trust-model", help="Trust the model file: let code saved in it (Lambda layers) run when it is loaded.")]
 
 
 @app.command()
@@ -38,7 +45,7 @@ def demo(output: RunDir = None) -> None:
     """Train the seed CNN on scikit-learn's digits, compress, export and measure it (no download)."""
     recipe_file = resources.files("edgepress") / "demo.yaml"
     with resources.as_file(recipe_file) as path:
-        _run(path, output, None, None)
+        _run(path, output, None, None, trust_model=False)
 
 
 @app.command()
@@ -47,9 +54,10 @@ def run(
     output: RunDir = None,
     data: Annotated[str | None, typer.Option(help="Override the recipe's data path.")] = None,
     model: Annotated[str | None, typer.Option(help="Override the recipe's model with this file.")] = None,
+    trust_model: TrustModel = False,
 ) -> None:
     """Run a recipe: load or train the model, compress, export, measure, and apply the gates."""
-    _run(recipe, output, data, model)
+    _run(recipe, output, data, model, trust_model)
 
 
 @app.command()
@@ -161,6 +169,7 @@ def quantize(
     search: Annotated[str, typer.Option(help="linear or bisect.")] = "linear",
     max_float_layers: Annotated[int | None, typer.Option(min=1, help="Keep at most this many layers float.")] = None,
     runs: Annotated[int, typer.Option(min=1, help="Timed runs per artifact.")] = 100,
+    trust_model: TrustModel = False,
 ) -> None:
     """Quantize MODEL to int8 within an accuracy budget, keeping the most sensitive layers in float if needed."""
     from edgepress.deploy.accuracy_aware import parse_config
@@ -181,7 +190,7 @@ def quantize(
         kind, path = (dataset, data) if dataset else _dataset_of(data)
         recipe = Recipe.from_dict({
             "name": _run_name(model.stem),
-            "model": {"path": str(model)},
+            "model": {"path": str(model), "trusted": trust_model},
             "data": {"dataset": kind, "path": None if kind == "digits" else path, "test_size": test_size,
                      "calibration_samples": calibration_samples},
             # fp32 beside it: the baseline for the table's size and speed-up columns.
@@ -221,13 +230,15 @@ def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def _run(recipe_path: Path, output: Path | None, data: str | None, model: str | None) -> None:
+def _run(recipe_path: Path, output: Path | None, data: str | None, model: str | None, trust_model: bool) -> None:
     from edgepress.recipe import Recipe
 
     def work():
         from edgepress.api import run as run_recipe
 
         recipe = Recipe.from_yaml(recipe_path).with_overrides(data=data, model=model)
+        if trust_model:  # --trust-model is model.trusted: true
+            recipe = recipe.model_copy(update={"model": recipe.model.model_copy(update={"trusted": True})})
         with console.status("starting (importing TensorFlow)") as status:
             report = run_recipe(recipe, output, _LiveProgress(status))
         _print_report(report)
@@ -250,35 +261,87 @@ class _LiveProgress:
 
 
 def _print_report(report) -> None:
-    columns = [c for c in report.columns() if c not in ("format", "precision")]
-    table = Table(title=report.summary(), title_justify="left")
-    for column in columns:
-        table.add_column(column, justify="left" if column == "artifact" else "right")
-    for row in report.table():
-        table.add_row(*(row[c] for c in columns), style="bold green" if "★" in row["artifact"] else None)
-    console.print(table)
-    console.print(report.verdict())
-    for note in report.notes():
-        console.print(f"Note: {escape(note)}")
-    for note in report.quantize_notes():
-        console.print(f"Accuracy-aware quantization: {escape(note)}")
-    console.print(f"Run directory: {report.run_dir} (results.json, report.md, report.html)")
+    from edgepress.console import print_report
+
+    print_report(report, console)
+    console.print(f"Run directory: {report.run_dir} (results.json, report.md, report.html)", highlight=False)
+
+
+# Exit codes (README "Exit codes"): 1 a gate failed, 2 bad input, 70 a bug in edgepress (EX_SOFTWARE in sysexits.h:
+# never 1, which CI would read as a gate), 130 interrupted by Ctrl-C (the shell's code for SIGINT).
+EXIT_GATES, EXIT_BAD_INPUT, EXIT_BUG, EXIT_INTERRUPTED = 1, 2, 70, 130
 
 
 def _guard(work) -> None:
-    """Run `work`, turning edgepress's errors into a message and an exit code instead of a traceback."""
+    """Run `work`: the one boundary between edgepress and the terminal. Every failure becomes a short message and
+    an exit code, never a traceback; an unexpected one (a bug) has its traceback saved to a file."""
+    from edgepress import files
+
+    before = files.current_run_dir()
     try:
         work()
     except EdgepressError as e:
         errors.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
-        raise typer.Exit(2) from None
+        raise typer.Exit(EXIT_BAD_INPUT) from None
     except GateFailed as e:
         errors.print(f"[bold red]gates failed:[/] {escape(str(e))}", highlight=False)
-        raise typer.Exit(1) from None
+        raise typer.Exit(EXIT_GATES) from None
+    except KeyboardInterrupt:
+        errors.print("[bold red]interrupted[/] (Ctrl-C): the run stopped; every file it wrote is complete.",
+                     highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except (typer.Exit, typer.Abort, TyperException):  # the CLI's own exits and usage errors: typer shows them
+        raise
+    except Exception as e:  # the boundary: anything else is a bug, reported, not shown as a traceback
+        run_dir = files.current_run_dir()
+        _report_bug(e, run_dir if run_dir is not before else None)  # `is`: the directory this work prepared
+        raise typer.Exit(EXIT_BUG) from None
+
+
+def _report_bug(error: BaseException, run_dir: Path | None) -> None:
+    """Save the traceback of an unexpected error (in the run directory, else the temp dir) and say how to report
+    it, in a few lines on stderr."""
+    import datetime as dt
+    import platform
+    import shlex
+    import tempfile
+    import traceback
+    from importlib import metadata
+
+    from edgepress import files
+    from edgepress.errors import first_line
+
+    try:
+        version = metadata.version("edgepress")
+    except metadata.PackageNotFoundError:
+        version = "(not installed)"
+    text = (f"edgepress {version}, Python {platform.python_version()}, {platform.platform()}\n"
+            f"command: {shlex.join(sys.argv)}\n\n" + "".join(traceback.format_exception(error)))
+    name = f"edgepress-error-{dt.datetime.now():%Y%m%d-%H%M%S-%f}.txt"
+    saved = None
+    for folder in [run_dir, Path(tempfile.gettempdir())]:
+        if folder is None:
+            continue
+        try:
+            saved = files.write_text(folder / name, text)
+            break
+        except OSError:
+            continue
+    where = f"The full traceback is in {saved}" if saved else "The traceback could not be saved (no writable folder)"
+    errors.print(
+        f"[bold red]internal error:[/] {escape(type(error).__name__)}: {escape(first_line(error))}.\n"
+        f"This is a bug in edgepress, not in your input. {escape(where)}.\n"
+        "Please report it: open an issue in edgepress's repository with that file attached and the command you ran.",
+        highlight=False, soft_wrap=True,  # soft_wrap: the file's path stays whole, to copy
+    )
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except Exception as e:  # a command without _guard, or the CLI itself: still no traceback
+        _report_bug(e, None)
+        sys.exit(EXIT_BUG)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ PRECISIONS: dict[str, dict[str, Precision]] = {
     )},
 }
 FORMATS = tuple(PRECISIONS)
+TITLES = {"tflite": "TFLite", "onnx": "ONNX"}  # how a format is written in messages
 # What accuracy-aware quantization (`exports[].quantize`) makes in each format.
 QUANTIZED = {"tflite": "int8", "onnx": "int8_static"}
 

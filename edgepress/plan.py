@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel
 
+from edgepress import files
 from edgepress.errors import EdgepressError
-from edgepress.formats import artifact_filename, is_calibrated
+from edgepress.formats import FORMATS, TITLES, artifact_filename, is_calibrated, precision_names
 from edgepress.recipe import ExportSpec, Recipe
 
 
@@ -118,6 +119,7 @@ def make_plan(recipe: Recipe, run_dir: str | os.PathLike | None = None, progress
             recipe.name, e.format, e.precision, e.batch_size, e.sparse))
         for e in recipe.exports
     )
+    _check_names(exports)
     return Plan(recipe, run_dir, tuple(devices), data, source, source_name, train, steps, exports, export_data,
                 calibration, tuple(notes))
 
@@ -144,6 +146,7 @@ def _checked_run_dir(recipe: Recipe, run_dir) -> Path:
     if not os.access(existing, os.W_OK | os.X_OK) or str(existing.resolve()).startswith(("/proc", "/sys")):
         raise EdgepressError(f"The run directory {path} cannot be written ({existing} is not writable). "
                              "Give -o a folder you can write to.")
+    files.check_run_dir(path)  # a folder of other files, not an earlier run
     return path
 
 
@@ -197,7 +200,7 @@ def _source(recipe: Recipe, data, progress) -> tuple[Any, str, Callable | None]:
 
         if progress:
             progress.update(f"load {spec.path}")
-        model = graphs.open_graph(spec.path) or load_model(spec.path)
+        model = graphs.open_graph(spec.path) or load_model(spec.path, trusted=spec.trusted)
         return fixed_input(model, spec.input_shape, spec.path), spec.path, None
     name = f"zoo:{spec.zoo}"
     entry = zoo.ZOO.get(spec.zoo)
@@ -296,8 +299,10 @@ def _applicable(model, recipe: Recipe) -> tuple[Recipe, list[str]]:
         left = [e for e in exports if e.format == format]
         exports = [e for e in exports if e.format != format]
         if not exports:
-            raise EdgepressError(f"{model.path} is a {source.kind} model and the recipe asks for {format} exports "
-                                 f"only. {why} Ask for exports in another format.")
+            others = "; ".join(f"{{format: {f}, precision: {' | '.join(precision_names(f))}}}" for f in FORMATS
+                               if source.why_not(f) is None)
+            raise EdgepressError(f"{model.path} is {source.title} and the recipe asks for {TITLES[format]} exports "
+                                 f"only. {why} Ask for exports it can have: {others}.")
         notes.append(f"Left out {', '.join(f'{e.format} {e.precision}' for e in left)}: {why}")
     return recipe.model_copy(update={"exports": exports}), notes
 
@@ -339,6 +344,20 @@ def _check_exports(recipe: Recipe, source, final) -> None:
 
         for e in calibrated:
             check_calibratable(final, e.precision, e.batch_size)
+
+
+def _check_names(exports: tuple[PlannedExport, ...]) -> None:
+    """Refuse two exports that would write the same file (the second would overwrite the first)."""
+    seen: dict[str, int] = {}
+    for i, export in enumerate(exports):
+        name = export.path.name
+        if name in seen:
+            raise EdgepressError(
+                f"exports[{seen[name]}] and exports[{i}] would both write {name}; an accuracy-aware export (quantize:) "
+                f"writes {export.spec.format} {export.spec.precision} files itself. Remove one of the two, or make "
+                "them differ (batch_size, sparse)."
+            )
+        seen[name] = i
 
 
 def _calibration(recipe: Recipe, data) -> np.ndarray | None:

@@ -47,6 +47,10 @@ class ModelSpec(Section):
         None, description="One sample's input shape, without the batch, for a model whose input has unknown "
         "dimensions (e.g. [28, 28] for an LSTM built on (None, 28)): data, calibration and TFLite need them fixed."
     )
+    trusted: bool = Field(
+        False, description="Trust the model file: allow code saved in it (Lambda layers, Python functions) to run "
+        "when it is loaded. Off, such a file is refused before anything in it runs; set it only for files you trust."
+    )
     train_epochs: int = Field(5, ge=1, le=MAX_EPOCHS, description="Training epochs for a zoo model.")
     batch_size: int = Field(128, ge=1)
     learning_rate: float = Field(1e-3, gt=0)

@@ -34,7 +34,6 @@ results.json, schema_version 1:
 
 from __future__ import annotations
 
-import html
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,47 +177,56 @@ class Report:
     # -- the table every view shows -------------------------------------------------------------
 
     COLUMNS = (
-        "device", "artifact", "format", "precision", "runtime", "bytes", "gzip bytes", "size vs fp32", "accuracy",
-        "drop", "agreement", "perplexity", "p50 ms", "p90 ms", "speed-up vs fp32", "gates",
+        "device", "artifact", "format", "precision", "float layers", "runtime", "bytes", "gzip bytes",
+        "size vs fp32", "accuracy", "drop", "agreement", "perplexity", "p50 ms", "p90 ms", "speed-up vs fp32", "gates",
     )
 
     def columns(self) -> list[str]:
-        """COLUMNS, without perplexity unless the model is a sequence model (a language model) that has one."""
+        """COLUMNS, without perplexity unless the model is a sequence model (a language model) that has one, and
+        without float layers unless an accuracy-aware export tried artifacts with layers kept in float."""
         perplexity = any(a["metrics"].get("perplexity") is not None for a in self.artifacts)
-        return [c for c in self.COLUMNS if c != "perplexity" or perplexity]
+        aware = any(a.get("accuracy_aware") for a in self.artifacts)
+        return [c for c in self.COLUMNS if (c != "perplexity" or perplexity) and (c != "float layers" or aware)]
 
     def table(self) -> list[dict[str, str]]:
         """One row per artifact and device, formatted; size and speed are relative to the fp32 of the same
-        format on the same device."""
+        format on the same device. Besides the columns, each row has `name` (the artifact's file name), `best`
+        ("yes" for the recommended artifact of its device) and `role` (an accuracy-aware try: full, tried or final)."""
+        return [row for _, row in self.rows()]
+
+    def rows(self) -> list[tuple[dict, dict[str, str]]]:
+        """(artifact, its formatted row) for each artifact and device, grouped by device: see table()."""
         fp32 = {(a["device"], a["format"]): a for a in self.artifacts if a["precision"] == "fp32" and not _sparse(a)}
         best = {(device, name) for device, name in self.results["best"].items()}
         order = {device: i for i, device in enumerate(self.results["devices"])}
         rows = []
         for a in sorted(self.artifacts, key=lambda a: order.get(a["device"], len(order))):  # grouped by device
             base = fp32.get((a["device"], a["format"]))
-            drop = a["metrics"]["accuracy_drop"]
             p50, base_p50 = a["latency"]["p50"], base and base["latency"]["p50"]
             runtime = a["runtime"]
-            rows.append(
-                {
-                    "device": a["device"],
-                    "artifact": a["name"] + (" ★ best" if (a["device"], a["name"]) in best else ""),
-                    "format": a["format"],
-                    "precision": a["precision"] + (" sparse" if _sparse(a) else ""),
-                    "runtime": " ".join([runtime["name"], *runtime["providers"][:1]]),
-                    "bytes": f"{a['bytes']:,}",
-                    "gzip bytes": f"{a['gzip_bytes']:,}",
-                    "size vs fp32": f"{a['bytes'] / base['bytes']:.2f}x" if base else "-",
-                    "accuracy": _or_dash(a["metrics"]["accuracy"], "{:.2%}"),
-                    "drop": _or_dash(None if drop is None else drop * 100, "{:+.2f} pt"),
-                    "agreement": _or_dash(a["metrics"]["agreement"], "{:.2%}"),
-                    "perplexity": _or_dash(a["metrics"].get("perplexity"), "{:.3f}"),
-                    "p50 ms": _or_dash(p50, "{:.3f}"),
-                    "p90 ms": _or_dash(a["latency"]["p90"], "{:.3f}"),
-                    "speed-up vs fp32": f"{base_p50 / p50:.2f}x" if base_p50 and p50 else "-",
-                    "gates": ("pass" if a["passed"] else "FAIL") if a["gates"] else "-",
-                }
-            )
+            is_best = (a["device"], a["name"]) in best
+            rows.append((a, {
+                "device": a["device"],
+                "artifact": a["name"] + (" ★ best" if is_best else ""),
+                "format": a["format"],
+                "precision": a["precision"] + (" sparse" if _sparse(a) else ""),
+                "float layers": float_layers_text(a),
+                "runtime": " ".join([runtime["name"], *runtime["providers"][:1]]),
+                "bytes": f"{a['bytes']:,}",
+                "gzip bytes": f"{a['gzip_bytes']:,}",
+                "size vs fp32": f"{a['bytes'] / base['bytes']:.2f}x" if base else "-",
+                "accuracy": _or_dash(a["metrics"]["accuracy"], "{:.2%}"),
+                "drop": drop_text(a["metrics"]["accuracy_drop"]),
+                "agreement": _or_dash(a["metrics"]["agreement"], "{:.2%}"),
+                "perplexity": _or_dash(a["metrics"].get("perplexity"), "{:.3f}"),
+                "p50 ms": _or_dash(p50, "{:.3f}"),
+                "p90 ms": _or_dash(a["latency"]["p90"], "{:.3f}"),
+                "speed-up vs fp32": f"{base_p50 / p50:.2f}x" if base_p50 and p50 else "-",
+                "gates": ("pass" if a["passed"] else "FAIL") if a["gates"] else "-",
+                "name": a["name"],
+                "best": "yes" if is_best else "",
+                "role": (a.get("accuracy_aware") or {}).get("role", ""),
+            }))
         return rows
 
     def warnings(self) -> list[str]:
@@ -303,23 +311,10 @@ class Report:
         return "\n".join(lines) + "\n"
 
     def to_html(self) -> str:
-        head = "".join(f"<th>{html.escape(c)}</th>" for c in self.columns())
-        body = "".join(
-            "<tr>" + "".join(f"<td>{html.escape(r[c])}</td>" for c in self.columns()) + "</tr>" for r in self.table()
-        )
-        title = html.escape(self.results["recipe"]["name"])
-        return (
-            f"<!doctype html><html><head><meta charset='utf-8'><title>edgepress: {title}</title>"
-            "<style>body{font-family:sans-serif}td,th{padding:4px 8px;border-bottom:1px solid #ddd;"
-            "text-align:right}</style></head><body>"
-            f"<h1>edgepress report: {title}</h1><p>{html.escape(self.summary())}</p>"
-            f"<table><tr>{head}</tr>{body}</table><p>{html.escape(self.verdict())}</p>"
-            + "".join(f"<p>accuracy-aware quantization: {html.escape(n)}</p>" for n in self.quantize_notes())
-            + "".join(f"<p>note: {html.escape(n)}</p>" for n in self.notes())
-            + "".join(f"<p>sparse tensors: {html.escape(n)}</p>" for n in self.sparse_notes())
-            + "".join(f"<p>warning: {html.escape(w)}</p>" for w in self.warnings())
-            + "<img src='plots/size_latency.png' alt='size vs latency'></body></html>\n"
-        )
+        """One self-contained page (plots inline as SVG, no external file or network): see report_html.py."""
+        from edgepress.report_html import render
+
+        return render(self)
 
     def verdict(self) -> str:
         gates = {k: v for k, v in self.results["gates"].items() if k in GATE_NAMES and v is not None}
@@ -332,44 +327,36 @@ class Report:
     # -- files ---------------------------------------------------------------------------------
 
     def save(self, run_dir: str | Path) -> None:
-        """Write results.json, report.md, report.html and plots/size_latency.png into `run_dir`."""
+        """Write results.json, report.md and report.html (its plots inline) into `run_dir`."""
         run_dir = Path(run_dir)
         self.run_dir = run_dir
         files.write_text(run_dir / "results.json", json.dumps(self.results, indent=2) + "\n")
         files.write_text(run_dir / "report.md", self.to_markdown())
         files.write_text(run_dir / "report.html", self.to_html())
-        self._plot(run_dir / "plots" / "size_latency.png")
 
     @classmethod
     def load(cls, run_dir: str | Path) -> Report:
         run_dir = Path(run_dir)
         return cls(json.loads((run_dir / "results.json").read_text()), run_dir)
 
-    def _plot(self, path: Path) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        for a in self.artifacts:
-            if a["latency"]["p50"] is None:
-                continue
-            ax.scatter(a["bytes"] / 1024, a["latency"]["p50"], marker="o" if a["format"] == "tflite" else "s")
-            label = f"{a['format']} {a['precision']}" + (" sparse" if _sparse(a) else "")
-            label += f" @{a['device']}" if len(self.results["devices"]) > 1 else ""
-            ax.annotate(label, (a["bytes"] / 1024, a["latency"]["p50"]), fontsize=8)
-        ax.set_xlabel("file size (KiB)")
-        ax.set_ylabel("p50 latency at batch 1 (ms)")
-        ax.set_title(f"{self.results['recipe']['name']}: size vs latency")
-        ax.grid(alpha=0.3)
-        with files.atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-        plt.close(fig)
-
 
 def _or_dash(value: float | None, template: str) -> str:
     return "-" if value is None else template.format(value)
+
+
+def drop_text(drop: float | None) -> str:
+    """An accuracy drop (a fraction) in percentage points; a gain reads as a gain: "0.50 pt", "+0.28 pt gain"."""
+    if drop is None:
+        return "-"
+    points = round(drop * 100, 2) + 0.0  # + 0.0: -0.0 reads 0.00
+    return f"+{-points:.2f} pt gain" if points < 0 else f"{points:.2f} pt"
+
+
+def float_layers_text(artifact: dict) -> str:
+    """The layers an accuracy-aware try kept in float ("none": fully int8); "-" for any other artifact."""
+    if not artifact.get("accuracy_aware"):
+        return "-"
+    return ", ".join(row["layer"] for row in artifact.get("float_layers", [])) or "none"
 
 
 def _gate_value(name: str, value: float) -> str:

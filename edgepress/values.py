@@ -7,6 +7,7 @@ def fraction(value):
     """A fraction given as a number (0.01) or a percentage string ('1%'); anything else is refused, saying why."""
     import re
 
+    given = value
     if value is None or isinstance(value, bool):
         if isinstance(value, bool):
             raise ValueError("must be a number such as 0.01 or a percentage such as '1%', not true/false")
@@ -20,7 +21,7 @@ def fraction(value):
     elif not isinstance(value, int | float):
         raise ValueError(f"must be a number such as 0.01 or a percentage such as '1%', not a {type(value).__name__}")
     if not 0 <= float(value) <= 1:
-        raise ValueError("must be between 0 and 1 (or 0% and 100%)")
+        raise ValueError(f"must be between 0 and 1 (or 0% and 100%), got {given!r}")
     return float(value)
 
 

@@ -33,7 +33,7 @@ def report(tmp_path_factory):
 
 def test_run_writes_every_file(report):
     names = {p.relative_to(report.run_dir).as_posix() for p in report.run_dir.rglob("*") if p.is_file()}
-    assert {"recipe.yaml", "results.json", "report.md", "report.html", "plots/size_latency.png",
+    assert {"recipe.yaml", "results.json", "report.md", "report.html",
             "models/0-source.keras", "models/1-prune.keras"} <= names
     for a in report.artifacts:
         assert a["path"].endswith(a["name"]) and f"artifacts/{a['name']}.json" in names

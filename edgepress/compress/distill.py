@@ -41,6 +41,9 @@ class StudentSpec(BaseModel):
 
     zoo: str | None = Field(None, description="Zoo architecture, trained from scratch (see `edgepress models`).")
     path: str | None = Field(None, description=".keras / .h5 file or SavedModel; trained from the weights it holds.")
+    trusted: bool = Field(
+        False, description="Trust the student file: allow code saved in it (Lambda layers) to run when it is loaded."
+    )
     width: float | None = Field(
         None, gt=0, le=1, description="The teacher's architecture with round(width x channels) in each Conv and Dense "
         "layer but the classifier, with fresh weights."
@@ -231,7 +234,7 @@ def make_student(teacher, spec: StudentSpec):
     if spec.path is not None:
         from edgepress.models.loading import load_model
 
-        return load_model(spec.path)
+        return load_model(spec.path, trusted=spec.trusted)
     return width_scaled(teacher, spec.width)
 
 

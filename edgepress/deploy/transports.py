@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -44,10 +45,37 @@ def run_benchmark(
         options += ["--providers", ",".join(device.execution_providers)]
     if device.reach.kind == "ssh":
         return _ssh(device, artifact, eval_npz, options)
-    command = [sys.executable, runner.__file__, str(artifact), *options]
+    command = [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), runner.__file__, str(artifact), *options]
     if eval_npz is not None:
         command += ["--data", str(eval_npz)]
     return _result(device, _call(device, command, "run the benchmark", device.reach.timeout_s))
+
+
+# The local runner must die with edgepress, even with a SIGKILL that no handler sees (a killed run would leave it
+# measuring). On Linux the kernel kills it when its parent dies (PR_SET_PDEATHSIG), armed here, after exec: a
+# preexec_fn would run Python between fork and exec, which is unsafe in a process with TensorFlow's threads.
+# (The signal follows the parent *thread* that started the child: that thread waits in subprocess.run, so it
+# outlives the child.) Elsewhere a thread polls for the parent. Then runner.py runs as a script would (its folder
+# first on sys.path).
+_DIE_WITH_PARENT = """\
+import os, runpy, sys
+parent = int(sys.argv.pop(1))
+if sys.platform.startswith("linux"):
+    import ctypes, signal
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+else:
+    import threading, time
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+    threading.Thread(target=watch, daemon=True).start()
+if os.getppid() != parent:  # the parent died before it was armed
+    os._exit(1)
+del sys.argv[0]
+sys.path[0] = os.path.dirname(os.path.abspath(sys.argv[0]))
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
 
 
 # -- ssh --------------------------------------------------------------------------------------------
@@ -64,8 +92,10 @@ def _ssh(device: Device, artifact: Path, eval_npz: Path | None, options: list[st
         remote += ["--data", eval_npz.name, "--expect-data-sha256", _sha256(eval_npz)]
     _call(device, _ssh_command(device, f"mkdir -p -- {shlex.quote(folder)}"), "make a work folder", reach.timeout_s)
     try:
-        target = f"{_destination(device)}:{folder}/"
-        _call(device, ["scp", "-q", *_ssh_options(device), "-P", str(reach.port), *map(str, files), target],
+        host = f"[{reach.host}]" if ":" in reach.host else reach.host  # scp reads host:path, so an IPv6 address
+        target = f"{reach.user}@{host}:{folder}/" if reach.user else f"{host}:{folder}/"
+        # `--` ends the options: no file name or destination is ever read as one.
+        _call(device, ["scp", "-q", *_ssh_options(device), "-P", str(reach.port), "--", *map(str, files), target],
               "copy the runner, artifact and data", reach.timeout_s)
         command = f"cd {shlex.quote(folder)} && " + " ".join(shlex.quote(a) for a in remote)
         return _result(device, _call(device, _ssh_command(device, command), "run the benchmark", reach.timeout_s))
@@ -97,7 +127,9 @@ def _destination(device: Device) -> str:
 
 
 def _ssh_command(device: Device, remote: str) -> list[str]:
-    return ["ssh", *_ssh_options(device), "-p", str(device.reach.port), _destination(device), remote]
+    # `--` ends the options: the destination is never read as one (the profile's check of host and user is the
+    # first guard; this one holds for a Device built without it).
+    return ["ssh", *_ssh_options(device), "-p", str(device.reach.port), "--", _destination(device), remote]
 
 
 # -- adb --------------------------------------------------------------------------------------------

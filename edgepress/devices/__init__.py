@@ -12,16 +12,24 @@ shipped one in the recipe (`targets: [{name: rpi4, reach: {host: 10.0.0.5, user:
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgepress.errors import EdgepressError
 
 TFLITE_RUNTIMES = ("ai_edge_litert", "tflite_runtime", "tf.lite", "benchmark_model")
 ONNX_RUNTIMES = ("onnxruntime",)
+# ssh gets host and user as arguments: a value starting with '-' would be read as an option (-oProxyCommand=...
+# runs a command), and shell characters have no place in either. Host: DNS labels (letters, digits, '-', not
+# first or last) joined by dots, or an IP address. User: what POSIX allows in a login name.
+_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+_HOSTNAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
+_USER = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]{0,63}")
 
 
 class Reach(BaseModel):
@@ -31,9 +39,9 @@ class Reach(BaseModel):
 
     kind: Literal["local", "ssh", "adb"] = "local"
     # ssh
-    host: str | None = None
-    port: int = 22
-    user: str | None = None
+    host: str | None = Field(None, description="Host name or IP address of the device.")
+    port: int = Field(22, ge=1, le=65535)
+    user: str | None = Field(None, description="Login name on the device; default: ssh's (yours, or ~/.ssh/config's).")
     key: str | None = Field(None, description="Private key file; default: ssh's own (agent, ~/.ssh/id_*).")
     known_hosts: str | None = Field(None, description="known_hosts file to check the host key against; default ssh's.")
     check_host_key: bool = Field(True, description="Refuse hosts whose key is not in known_hosts (recommended).")
@@ -45,6 +53,29 @@ class Reach(BaseModel):
     benchmark_model: str = Field("/data/local/tmp/benchmark_model", description="Path of LiteRT's benchmark_model.")
     # every step: copying, running, cleaning up
     timeout_s: float = Field(600, gt=0, description="Limit for each step on the device.")
+
+    @field_validator("host")
+    @classmethod
+    def _host_name(cls, host: str | None) -> str | None:
+        if host is None:
+            return None
+        try:
+            ipaddress.ip_address(host)
+            return host
+        except ValueError:
+            pass
+        if len(host) > 253 or not _HOSTNAME.fullmatch(host):
+            raise ValueError(f"{host!r} is not a host name or IP address (letters, digits, '-', '_' and '.' "
+                             "only, not starting with '-')")
+        return host
+
+    @field_validator("user")
+    @classmethod
+    def _user_name(cls, user: str | None) -> str | None:
+        if user is not None and not _USER.fullmatch(user):
+            raise ValueError(f"{user!r} is not a login name (letters, digits, '_', '.' and '-' only, not starting "
+                             "with '-', at most 64 characters)")
+        return user
 
 
 class ExportChoice(BaseModel):
@@ -129,5 +160,6 @@ def _validate(raw, source: str) -> Device:
     try:
         return Device.model_validate(raw)
     except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or '(top level)'}: {err['msg']}" for err in e.errors())
+        problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or '(top level)'}: "
+                             f"{err['msg'].removeprefix('Value error, ')}" for err in e.errors())
         raise EdgepressError(f"{source} is invalid: {problems}.") from None

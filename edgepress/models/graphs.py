@@ -56,6 +56,7 @@ class Graph:
     # What a compression step would need and this model lacks; the run refuses steps with it.
     why_no_steps: str = "edgepress's compression steps wrap and retrain Keras layers, and this model has none"
     trainable = False  # the compression steps do not apply
+    title = "a model graph"  # how messages name the kind
 
     def why_not(self, format: str) -> str | None:
         """Why this model cannot be exported to `format`, or None when it can."""
@@ -116,6 +117,7 @@ class SavedModelGraph(Graph):
     """A TensorFlow SavedModel without a Keras model in it, called through its serving signature."""
 
     kind = "saved_model"
+    title = "a plain TensorFlow SavedModel"
     why_no_steps = (
         "it is a plain TensorFlow SavedModel (tf.Variables and a tf.function, no Keras layers): pruning and "
         "quantization-aware training wrap Keras layers with tfmot, and distillation trains a Keras student"
@@ -128,6 +130,7 @@ class SavedModelGraph(Graph):
         self.path = Path(path)
         self.name = self.path.name
         self._keep = keep  # a TemporaryDirectory that holds the files, when edgepress saved them
+        check_python_ops(self.path)
         try:
             with quiet():
                 self._loaded = tf.saved_model.load(str(self.path))
@@ -220,12 +223,48 @@ class SavedModelGraph(Graph):
 
 
 SERVING = "serving_default"
+# Ops that call back into Python (tf.py_function, tf.numpy_function). The SavedModel holds no Python: the op names
+# a function registered in the process that saved the model, so here it can only fail when the model is called.
+PYTHON_OPS = ("EagerPyFunc", "PyFunc", "PyFuncStateless")
+
+
+def check_python_ops(path: Path) -> None:
+    """Refuse a SavedModel whose graph calls Python: its functions cannot run outside the process that saved it.
+
+    A SavedModel is graphs (GraphDefs and their function library) and variables, no pickled Python objects;
+    loading it with tf.saved_model.load runs no code from the file, and this check names the one kind of op
+    that would need Python the file does not have.
+    """
+    from google.protobuf import text_format
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel()
+    try:
+        if (path / "saved_model.pb").exists():
+            proto.ParseFromString((path / "saved_model.pb").read_bytes())
+        else:
+            text_format.Parse((path / "saved_model.pbtxt").read_text(), proto)
+    except Exception:
+        return  # tf.saved_model.load, next, says what is wrong with the file
+    for meta_graph in proto.meta_graphs:
+        graphs = [("the graph", meta_graph.graph_def.node)]
+        graphs += [(f"function {f.signature.name}", f.node_def) for f in meta_graph.graph_def.library.function]
+        for where, nodes in graphs:
+            for node in nodes:
+                if node.op in PYTHON_OPS:
+                    raise EdgepressError(
+                        f"{path} is refused: {where} calls Python through the op {node.op} (tf.py_function or "
+                        "tf.numpy_function), and a SavedModel does not hold that Python function: it existed only "
+                        "in the process that saved the model. Write that part with TensorFlow ops and save the "
+                        "model again."
+                    )
 
 
 class OnnxGraph(Graph):
     """An .onnx file, run by onnxruntime. External data files must sit in the model's folder."""
 
     kind = "onnx"
+    title = "an ONNX model"
     suffix = ".onnx"
     why_no_steps = (
         "it is an ONNX graph: pruning and quantization-aware training wrap Keras layers with tfmot, and "

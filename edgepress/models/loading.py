@@ -7,6 +7,12 @@ file is loaded by Keras 3, its config is translated into the Keras 2 format, the
 is rebuilt in tf_keras, the weights are copied layer by layer, and the two models must then give
 the same outputs on a fixed input.
 
+A model file is data: unless the caller says the file is trusted, its saved config (the .h5 file's
+model_config, the archive's config.json, a SavedModel's keras_metadata.pb) is read and checked before
+anything is deserialized, and a file that would run Python while loading (a Lambda layer, a serialized
+lambda, a module outside Keras) is refused; Keras's own safe mode is on as well. Plain TF SavedModels
+and .onnx files never come here: edgepress.models.graphs loads them as graphs, which hold no Python.
+
 TensorFlow and both Kerases are imported inside functions only: the CLI imports this module and
 must start instantly.
 """
@@ -20,7 +26,7 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgepress.compat import keras
+from edgepress.compat import keras, quiet
 from edgepress.errors import EdgepressError, first_line
 
 KERAS_SUFFIXES = (".keras",)
@@ -48,7 +54,11 @@ _BASE_LAYER_KWARGS = {
     "implementation",
 }
 _MODEL_CLASSES = ("Sequential", "Functional", "Model")
-# Parts of a saved config that load_model(compile=False) never deserializes.
+# tf_keras's layers for TensorFlow calls in a functional model (x + 1, tf.reshape(x, ...), x[:, :2]): built in,
+# though not in tf_keras.layers.
+_TF_OP_LAYERS = ("TFOpLambda", "SlicingOpLambda")
+# Parts of a saved model's top-level config that load_model(compile=False) never deserializes. Only there: Keras 3
+# compiles a nested model from its own compile_config whatever `compile` says.
 _SKIPPED_CONFIG_KEYS = ("compile_config", "training_config")
 
 if TYPE_CHECKING:
@@ -65,18 +75,20 @@ class _RebuildError(Exception):
         self.reason = reason
 
 
-def load_model(path: str | os.PathLike) -> tf_keras.Model:
+def load_model(path: str | os.PathLike, trusted: bool = False) -> tf_keras.Model:
     """Load a trained Keras model for edgepress's steps and exporters, whichever Keras wrote it.
 
     Accepts .keras and .h5 files written by tf_keras (Keras 2) or Keras 3, and SavedModel
     directories written by tf_keras. Always returns a tf_keras model; raises EdgepressError on any
-    input it cannot turn into one.
+    input it cannot turn into one. Unless `trusted`, a file whose loading would run Python code
+    from it (a Lambda layer, a serialized function, a module outside Keras) is refused before
+    anything in it is deserialized.
     """
     path = Path(path)
     if not path.exists():
         raise EdgepressError(f"Model not found: {path} does not exist. Pass the path of {_ACCEPTED}.")
     if path.is_dir():
-        return _load_saved_model(path)
+        return _load_saved_model(path, trusted)
 
     suffix = path.suffix.lower()
     if suffix in KERAS_SUFFIXES:
@@ -90,9 +102,11 @@ def load_model(path: str | os.PathLike) -> tf_keras.Model:
             f"to convert a model from elsewhere, {_SAVE_HINT}."
         )
 
+    if not trusted:
+        check_untrusted(path, [_model_config(path)])
     if _major(version) >= 3:
-        return _load_keras3_file(path)
-    return _load_with_tf_keras(path)
+        return _load_keras3_file(path, trusted)
+    return _load_with_tf_keras(path, trusted)
 
 
 def is_plain_saved_model(path: str | os.PathLike) -> bool:
@@ -110,7 +124,7 @@ def is_plain_saved_model(path: str | os.PathLike) -> bool:
 # --- Keras 2 files and SavedModels -------------------------------------------------------------
 
 
-def _load_saved_model(path: Path):
+def _load_saved_model(path: Path, trusted: bool):
     if is_plain_saved_model(path):
         raise EdgepressError(
             f"Cannot load {path}: it is a plain TensorFlow SavedModel (written by "
@@ -123,17 +137,40 @@ def _load_saved_model(path: Path):
             f"Cannot load {path}: it is a directory but not a SavedModel (it has no saved_model.pb). "
             f"Pass {_ACCEPTED}."
         )
-    return _load_with_tf_keras(path)
+    if not trusted:
+        check_untrusted(path, _keras_metadata(path))
+    return _load_with_tf_keras(path, trusted)
 
 
-def _load_with_tf_keras(path: Path):
+def _load_with_tf_keras(path: Path, trusted: bool):
     tf_keras = keras()
+    from tf_keras.src.saving.serialization_lib import SafeModeScope
+
     try:
         # compile=False: the steps compile the model themselves, and a custom loss or metric in
-        # the training setup must not stop the model from loading.
-        return tf_keras.models.load_model(path, compile=False)
+        # the training setup must not stop the model from loading. Safe mode (tf_keras refuses
+        # Python lambdas) is on for untrusted files besides edgepress's own check; load_model's
+        # safe_mode reaches .keras archives only, the scope .h5 files and SavedModels too.
+        with SafeModeScope(not trusted):
+            return tf_keras.models.load_model(path, compile=False, safe_mode=not trusted)
     except Exception as error:
         raise _load_error(path, error, "tf_keras (Keras 2)") from error
+
+
+def _keras_metadata(path: Path) -> list[dict]:
+    """The layer and model configs in a tf_keras SavedModel's keras_metadata.pb, one per saved object."""
+    keras()  # tf_keras's protobuf module imports tf_keras, which must come through compat
+    from tf_keras.protobuf import saved_metadata_pb2
+
+    metadata = saved_metadata_pb2.SavedMetadata()
+    try:
+        metadata.ParseFromString((path / "keras_metadata.pb").read_bytes())
+        return [json.loads(node.metadata) for node in metadata.nodes if node.metadata]
+    except Exception as error:  # protobuf's DecodeError, invalid JSON, OSError
+        raise EdgepressError(
+            f"Cannot load {path}: its keras_metadata.pb cannot be read ({first_line(error)}). The SavedModel may be "
+            f"truncated or corrupt; {_SAVE_HINT} again and pass the new file."
+        ) from None
 
 
 # --- Reading the file to learn which Keras wrote it ---------------------------------------------
@@ -185,18 +222,163 @@ def _major(version: str) -> int:
 def _read_model_config(path: Path) -> dict | None:
     """The model config stored in a .keras or .h5 file, or None if it cannot be read."""
     try:
+        return _model_config(path)
+    except EdgepressError:
+        return None
+
+
+def _model_config(path: Path) -> Any:
+    """The model config stored in a .keras archive (config.json) or a .h5 file (model_config), as JSON.
+
+    Read as text, nothing deserialized: this is what the untrusted-file check looks at.
+    """
+    try:
         if path.suffix.lower() in KERAS_SUFFIXES:
             with zipfile.ZipFile(path) as archive:
                 return json.loads(archive.read("config.json"))
-        if path.suffix.lower() in H5_SUFFIXES:
-            import h5py
+        import h5py
 
-            with h5py.File(path, "r") as h5:
-                config = h5.attrs["model_config"]
-            return json.loads(config.decode() if isinstance(config, bytes) else config)
-    except Exception:
+        with h5py.File(path, "r") as h5:
+            config = h5.attrs["model_config"]
+        return json.loads(config.decode() if isinstance(config, bytes) else config)
+    except Exception as error:  # a missing member or attribute, invalid JSON, a corrupt archive
+        raise EdgepressError(
+            f"Cannot load {path}: its model config cannot be read ({first_line(error)}). The file may be truncated or "
+            f"corrupt; {_SAVE_HINT} again and pass the new file."
+        ) from None
+
+
+# --- Untrusted files: what in a saved config would run Python ----------------------------------
+
+TRUST_HINT = (
+    "If you trust this file and whoever wrote it, allow its code with `model.trusted: true` in the recipe "
+    "(`trusted: true` beside a distill student's `path`), `--trust-model` on the command line, or "
+    "`load_model(path, trusted=True)` in Python"
+)
+# Keras namespaces whose objects a config may name (module "keras.layers", "keras.src.ops.numpy",
+# "tf_keras.src.engine.functional", ...): layers, models and their parts, nothing that reads files or imports.
+_KERAS_NAMESPACES = (
+    "layers", "models", "engine", "ops", "initializers", "regularizers", "constraints", "activations",
+    "dtype_policies", "quantizers", "random", "losses", "metrics", "optimizers",
+)
+# tf_keras records a TensorFlow call in a functional model (x + 1, tf.nn.relu(x)) as a TFOpLambda layer naming
+# the function; it runs that TF function when the model is built and called. Math namespaces only: not tf.io
+# (files), tf.compat, tf.raw_ops, nor the top-level functions below that print, load libraries or call Python.
+_TF_OP_NAMESPACES = ("math", "nn", "linalg", "__operators__", "image", "signal", "bitwise", "random", "dtypes")
+_TF_NOT_OPS = {
+    "print", "py_function", "numpy_function", "load_op_library", "load_library", "function", "map_fn",
+    "vectorized_map", "while_loop", "cond", "case", "switch_case", "foldl", "foldr", "scan", "custom_gradient",
+    "recompute_grad", "init_scope", "device", "control_dependencies", "name_scope", "Module", "Variable",
+}
+# tf_keras layers that call a TensorFlow method named in the config, or build any raw TF op (a TF1 NodeDef, file
+# writes included): refused in an untrusted file rather than checked name by name.
+_TF_CALL_LAYERS = ("ClassMethod", "InstanceMethod", "InstanceProperty", "TensorFlowOpLayer")
+
+
+def check_untrusted(path: Path, configs: list) -> None:
+    """Refuse an untrusted model whose saved `configs` would run Python when deserialized.
+
+    `configs` are read as JSON only (nothing deserialized): a Lambda layer (its marshalled bytecode or named
+    function runs when the model is built), a serialized lambda anywhere, a Keras module outside the layer
+    namespaces, a TFOpLambda outside TensorFlow's math ops, and custom objects (classes or functions from a
+    module outside Keras, which Keras 3 would import) are refused, naming the layer.
+    """
+    found: list[str] = []
+    custom: list[str] = []
+    try:
+        for config in configs:
+            for layer, what in _code_in_config(config):
+                entry = f"layer {layer!r} {what}"
+                if entry not in found:  # a SavedModel repeats each layer's config in the model's
+                    found.append(entry)
+            custom += _custom_classes(config)
+    except RecursionError:
+        raise EdgepressError(
+            f"{path} is refused: its saved config is nested too deeply to be checked, which no Keras model needs. "
+            f"The file may be corrupt or crafted; {_SAVE_HINT} again and pass the new file."
+        ) from None
+    if found:
+        raise EdgepressError(
+            f"{path} is refused: {'; '.join(found)}. A model file is data, and edgepress runs no code from it "
+            f"unless told the file is trusted. {TRUST_HINT}; otherwise replace the layer with built-in Keras "
+            f"layers and {_SAVE_HINT} again."
+        )
+    if custom and path.is_file():  # a SavedModel revives a custom layer from its graph, running no Python
+        raise _custom_objects_error(path, custom)
+
+
+def _code_in_config(config: Any) -> list[tuple[str, str]]:
+    """(layer name, what it would run) for each part of a saved config that runs Python when deserialized."""
+    found: list[tuple[str, str]] = []
+
+    def visit(value: Any, layer: str) -> None:
+        if isinstance(value, list):
+            for item in value:
+                visit(item, layer)
+            return
+        if not isinstance(value, dict):
+            return
+        what = _runs_python(value)
+        if what:
+            found.append((layer, what))
+            return
+        for key, item in value.items():
+            if value is config and key in _SKIPPED_CONFIG_KEYS:
+                continue
+            if key == "layers" and isinstance(item, list):
+                for entry in item:
+                    visit(entry, _layer_name(entry) or layer)
+            else:
+                visit(item, layer)
+
+    visit(config, _layer_name(config) or "?")
+    return found
+
+
+def _layer_name(entry: Any) -> str | None:
+    if not isinstance(entry, dict):
         return None
+    inner = entry.get("config")
+    name = entry.get("name") or (inner.get("name") if isinstance(inner, dict) else None)
+    return name if isinstance(name, str) else None
+
+
+def _runs_python(value: dict) -> str | None:
+    """What Python the serialized object `value` would run when deserialized, or None."""
+    class_name = value.get("class_name")
+    if class_name == "Lambda":
+        return "is a Lambda layer, whose Python function (saved in the file) runs when the model is loaded"
+    if class_name == "__lambda__" or "function_type" in value:
+        return "holds a serialized Python function (marshalled bytecode) that runs when the model is loaded"
+    inner = value.get("config")
+    if class_name in _TF_OP_LAYERS:
+        function = inner.get("function") if isinstance(inner, dict) else None
+        if not _is_tf_math_op(function):
+            return f"calls tf.{function}, which is not one of TensorFlow's math or neural-network ops"
+    if class_name in _TF_CALL_LAYERS:
+        return f"is a {class_name} layer, which calls the TensorFlow method or op its config names"
+    module = value.get("module")
+    if isinstance(module, str) and _is_keras_module(module):
+        if not _is_layer_namespace(module) or not (isinstance(class_name, str) and class_name.isidentifier()):
+            return f"names {module}.{class_name}, which is not a Keras layer or one of its parts"
     return None
+
+
+def _is_layer_namespace(module: str) -> bool:
+    """keras, keras.layers, keras.src.ops.numpy, tf_keras.src.engine.functional: yes; keras.src.utils: no."""
+    parts = module.split(".")[1:]
+    if parts[:1] == ["src"]:
+        parts = parts[1:]
+        if not parts:
+            return False
+    return not parts or parts[0] in _KERAS_NAMESPACES
+
+
+def _is_tf_math_op(function: Any) -> bool:
+    if not isinstance(function, str) or not all(part.isidentifier() for part in function.split(".")):
+        return False
+    namespace, _, rest = function.partition(".")
+    return namespace in _TF_OP_NAMESPACES if rest else function not in _TF_NOT_OPS
 
 
 # --- Errors --------------------------------------------------------------------------------------
@@ -234,18 +416,18 @@ def _custom_classes(config: Any) -> list[str]:
             class_name = value.get("class_name")
             module = value.get("module")
             if isinstance(class_name, str):
-                if module is not None and not _is_keras_module(module):
+                if module is not None and not (isinstance(module, str) and _is_keras_module(module)):
                     # Keras 3 stores a custom function as class "function" with its name as config.
                     found.append(value.get("config") if class_name == "function" else class_name)
                 elif (
                     module is None
                     and is_layer_entry
-                    and class_name not in _MODEL_CLASSES
+                    and class_name not in _MODEL_CLASSES + _TF_OP_LAYERS
                     and not hasattr(tf_keras.layers, class_name)
                 ):
                     found.append(class_name)  # Legacy .h5 configs name layers without a module.
             for key, item in value.items():
-                if key in _SKIPPED_CONFIG_KEYS:
+                if value is config and key in _SKIPPED_CONFIG_KEYS:
                     continue
                 if key == "layers" and isinstance(item, list):
                     for entry in item:
@@ -267,9 +449,10 @@ def _is_keras_module(module: str) -> bool:
 # --- Keras 3 files: load with Keras 3, rebuild in tf_keras ---------------------------------------
 
 
-def _load_keras3_file(path: Path):
+def _load_keras3_file(path: Path, trusted: bool):
     try:
-        import keras as keras3
+        with quiet():  # importing Keras 3 may import TensorFlow, whose native start-up lines are noise
+            import keras as keras3
     except ImportError as error:
         raise EdgepressError(
             f"Cannot load {path}: it was written by Keras 3, and reading it needs the `keras` "
@@ -286,7 +469,8 @@ def _load_keras3_file(path: Path):
         # cannot rebuild it.
         raise _custom_objects_error(path, custom)
     try:
-        source = keras3.models.load_model(path, compile=False)
+        with quiet():
+            source = keras3.models.load_model(path, compile=False, safe_mode=not trusted)
     except Exception as error:
         raise _load_error(path, error, "Keras 3") from error
 
@@ -325,12 +509,14 @@ def _rebuild_in_tf_keras(source):
     """Build the same architecture in tf_keras from the Keras 3 model's config, then copy weights."""
     tf_keras = keras()
     config = source.get_config()
+    # A Lambda layer (only in a trusted file) is rebuilt around the function Keras 3 already loaded.
+    functions = {layer.name: layer.function for layer in _all_layers(source) if type(layer).__name__ == "Lambda"}
     if _is_sequential(source):
-        translated = _translate_model_config(config, functional=False)
+        translated = _with_functions(_translate_model_config(config, functional=False), functions)
         _check_layers_deserialize(translated)
         rebuilt = tf_keras.Sequential.from_config(translated)
     elif "input_layers" in config and "output_layers" in config:
-        translated = _translate_model_config(config, functional=True)
+        translated = _with_functions(_translate_model_config(config, functional=True), functions)
         _check_layers_deserialize(translated)
         _check_node_references(translated)
         rebuilt = tf_keras.Model.from_config(translated)
@@ -343,6 +529,24 @@ def _rebuild_in_tf_keras(source):
         )
     _copy_weights(source, rebuilt)
     return rebuilt
+
+
+def _all_layers(model) -> list:
+    """The layers of `model`, those of nested models included."""
+    found = []
+    for layer in model.layers:
+        found += [layer, *_all_layers(layer)] if hasattr(layer, "layers") else [layer]
+    return found
+
+
+def _with_functions(model_config: dict, functions: dict) -> dict:
+    """`model_config` with each Lambda layer given the Python function of the Keras 3 layer of its name."""
+    for entry in model_config["layers"]:
+        if entry["class_name"] in _MODEL_CLASSES:
+            _with_functions(entry["config"], functions)
+        elif entry["class_name"] == "Lambda":
+            entry["config"]["function"] = functions[entry["config"]["name"]]
+    return model_config
 
 
 def _is_sequential(model) -> bool:
@@ -414,6 +618,8 @@ def _translate_layer(entry: dict, functional: bool, offsets: dict[str, int]) -> 
                 + (" (a keras.ops call in the model)" if module.startswith("keras.src.ops") else ""),
             )
         translated = {"class_name": class_name, "config": _translate_config(layer_class, config)}
+        if class_name == "Lambda":
+            translated["config"] = _lambda_config(name, class_name, config, translated["config"])
 
     if functional:
         translated["name"] = name
@@ -421,6 +627,20 @@ def _translate_layer(entry: dict, functional: bool, offsets: dict[str, int]) -> 
             _translate_node(name, class_name, node, offsets) for node in entry["inbound_nodes"]
         ]
     return translated
+
+
+def _lambda_config(name: str, class_name: str, config: dict, translated: dict) -> dict:
+    """A Keras 3 Lambda's config for tf_keras; _with_functions then puts in the function itself ("raw")."""
+    output_shape = config.get("output_shape")
+    if isinstance(output_shape, dict) or config.get("mask") is not None:
+        raise _RebuildError(name, class_name, "its output_shape or mask is a function, which the rebuild cannot carry")
+    return {
+        **{key: value for key, value in translated.items() if key not in ("function", "output_shape", "mask")},
+        "function": None,
+        "function_type": "raw",
+        "output_shape": output_shape,
+        "output_shape_type": "raw",
+    }
 
 
 def _translate_config(cls: type, config: dict) -> dict:

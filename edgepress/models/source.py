@@ -3,10 +3,11 @@
     model = as_source(keras_model)   # or a Graph: edgepress.models.graphs (a plain SavedModel, an .onnx file)
     model.trainable, model.why_not("tflite"), model.stats(), model.with_input_shape([28, 28]), model.save(path)
 
-The three kinds answer the same questions: `kind`, `name`, `input_shape` (batch first, None where
-unknown), `trainable` (the compression steps apply) and `why_no_steps`, `why_not(format)` (None when
-it can be exported to that format), `takes_batch_size(format)`, `stats()` (params, MACs, sparsity),
-`predict(x)`, `save(path)`, `tflite_converter(batch_size)`, `to_onnx(out, batch_size, opset)`.
+The three kinds answer the same questions: `kind`, `title` (for messages), `name`, `input_shape`
+(batch first, None where unknown), `trainable` (the compression steps apply) and `why_no_steps`,
+`why_not(format)` (None when it can be exported to that format), `takes_batch_size(format)`,
+`stats()` (params, MACs, sparsity), `predict(x)`, `save(path)`, `tflite_converter(batch_size)`,
+`to_onnx(out, batch_size, opset)`.
 `as_source` is the one place that tells a Keras model from a graph. This module imports nothing above
 `edgepress.models`; TensorFlow is imported inside the methods that need it.
 """
@@ -26,6 +27,7 @@ class KerasSource:
     """A Keras model (tf_keras: the steps' Keras) as a source: every step and every format applies."""
 
     kind = "keras"
+    title = "a Keras model"
     trainable = True
     why_no_steps = ""
 

@@ -1,7 +1,8 @@
-"""Benchmarking on other devices: a real OpenSSH server on 127.0.0.1, and adb replayed from captures.
+"""Benchmarking on other devices: a real SSH server on 127.0.0.1, and adb replayed from captures.
 
-The ssh tests start their own sshd (from Debian's openssh-server, which .ci/run installs) on a free
-loopback port with a throwaway host key and user key, and benchmark through it for real.
+The ssh tests start their own SSH server (asyncssh's, from pip: tests/deploy/ssh_server.py) on a free
+loopback port with a throwaway host key and user key; edgepress reaches it with the system's `ssh` and
+`scp` clients, as it reaches a real board, and benchmarks through it for real.
 No Android phone exists here: the adb tests put a stand-in `adb` on PATH that replays real
 benchmark_model output (tests/deploy/fixtures); the device part of the adb path is not exercised.
 """
@@ -21,9 +22,12 @@ import pytest
 from edgepress.deploy import export_onnx, export_tflite, measure
 from edgepress.deploy.transports import DeviceError, parse_benchmark_model
 from edgepress.devices import load_device
+from tests.deploy import ssh_server
 
 FIXTURES = Path(__file__).parent / "fixtures"
-SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+# edgepress drives the system's OpenSSH client. A machine without it fails here (not skips): a green run must mean
+# the ssh transport was exercised, and the message says how to get the client.
+CLIENT_MISSING = [tool for tool in ("ssh", "scp") if shutil.which(tool) is None]
 
 
 def _free_port() -> int:
@@ -32,50 +36,38 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _keygen(path: Path) -> None:
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+def _start_server(d: Path, host: str = "127.0.0.1") -> tuple[subprocess.Popen, int]:
+    """The test SSH server on a free port of `host` serving the keys in `d`, once it listens."""
+    server = subprocess.Popen([sys.executable, ssh_server.__file__, str(d), host], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    line = server.stdout.readline()  # the port, printed once it listens (or nothing if it failed to start)
+    if not line.strip().isdigit():
+        server.kill()
+        pytest.fail(f"the test SSH server did not start: {server.stderr.read()}")
+    return server, int(line)
 
 
 @pytest.fixture(scope="module")
-def sshd(tmp_path_factory):
-    """A real OpenSSH server on 127.0.0.1 that accepts one throwaway key, for the current user."""
-    if not Path(SSHD).exists():
-        pytest.fail("the OpenSSH server is not installed: `apt-get install openssh-server` (.ci/run does this)")
-    d = tmp_path_factory.mktemp("sshd")
-    _keygen(d / "host_key")
-    _keygen(d / "user_key")
-    _keygen(d / "stranger_key")
-    shutil.copy(d / "user_key.pub", d / "authorized_keys")
-    port = _free_port()
-    (d / "sshd_config").write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d / 'host_key'}\nAuthorizedKeysFile {d / 'authorized_keys'}\n"
-        f"PidFile {d / 'sshd.pid'}\nStrictModes no\nUsePAM no\nPasswordAuthentication no\n"
-        "KbdInteractiveAuthentication no\nPubkeyAuthentication yes\nPermitRootLogin prohibit-password\n"
-        "Subsystem sftp internal-sftp\nLogLevel ERROR\n"
-    )
-    os.makedirs("/run/sshd", exist_ok=True)  # sshd's privilege separation directory, when run as root
-    server = subprocess.Popen([SSHD, "-D", "-e", "-f", str(d / "sshd_config")], stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            assert server.poll() is None, server.stderr.read().decode()
-            time.sleep(0.1)
-    host_key = (d / "host_key.pub").read_text().split()
-    (d / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_key[0]} {host_key[1]}\n")
+def ssh_host(tmp_path_factory):
+    """A real SSH server on 127.0.0.1 that accepts one throwaway key."""
+    if CLIENT_MISSING:
+        pytest.fail(f"the OpenSSH client ({', '.join(CLIENT_MISSING)}) is not installed; edgepress uses it to reach "
+                    "ssh devices: `apt-get install openssh-client` (Debian, Ubuntu) or your system's equivalent")
+    d = tmp_path_factory.mktemp("ssh")
+    ssh_server.keys(d)
+    server, port = _start_server(d)
+    (d / "known_hosts").write_text(ssh_server.known_hosts_line(d, port))
     (d / "empty_known_hosts").write_text("")
     (d / "remote").mkdir()
     yield {"dir": d, "port": port}
-    server.terminate()
+    server.kill()
     server.wait(timeout=10)
 
 
-def _ssh_device(sshd, **reach):
+def _ssh_device(ssh_host, **reach):
     """The x86-host profile, reached over ssh at the test's server (this machine plays the device)."""
-    d = sshd["dir"]
-    defaults = {"kind": "ssh", "host": "127.0.0.1", "port": sshd["port"], "user": getpass.getuser(),
+    d = ssh_host["dir"]
+    defaults = {"kind": "ssh", "host": "127.0.0.1", "port": ssh_host["port"], "user": getpass.getuser(),
                 "key": str(d / "user_key"), "known_hosts": str(d / "known_hosts"), "python": sys.executable,
                 "workdir": str(d / "remote"), "timeout_s": 60}
     return load_device("x86-host").with_overrides({"name": "loopback-ssh", "reach": {**defaults, **reach}})
@@ -91,10 +83,10 @@ def artifacts(trained_cnn, digits, tmp_path_factory):
 
 
 @pytest.mark.parametrize("fmt", ["tflite", "onnx"])
-def test_ssh_benchmark_matches_the_local_one(sshd, artifacts, digits, fmt):
+def test_ssh_benchmark_matches_the_local_one(ssh_host, artifacts, digits, fmt):
     data = (digits.x_test[:100], digits.y_test[:100])
 
-    remote = measure(artifacts[fmt], data, runs=20, warmup=2, device=_ssh_device(sshd))
+    remote = measure(artifacts[fmt], data, runs=20, warmup=2, device=_ssh_device(ssh_host))
     local = measure(artifacts[fmt], data, runs=20, warmup=2, device="x86-host")
 
     assert remote["device"] == "loopback-ssh" and local["device"] == "x86-host"
@@ -102,7 +94,7 @@ def test_ssh_benchmark_matches_the_local_one(sshd, artifacts, digits, fmt):
     assert remote["output_checksum"] == local["output_checksum"]
     assert remote["artifact"]["sha256"] == artifacts[fmt].sha256
     assert 0 < remote["latency_ms"]["p50"] <= remote["latency_ms"]["p99"]
-    assert list((sshd["dir"] / "remote").iterdir()) == []  # the device's work folder was removed
+    assert list((ssh_host["dir"] / "remote").iterdir()) == []  # the device's work folder was removed
 
 
 def _refused(device, artifacts, digits) -> str:
@@ -111,22 +103,22 @@ def _refused(device, artifacts, digits) -> str:
     return str(e.value)
 
 
-def test_unreachable_host(sshd, artifacts, digits):
-    message = _refused(_ssh_device(sshd, port=_free_port(), connect_timeout_s=3), artifacts, digits)
+def test_unreachable_host(ssh_host, artifacts, digits):
+    message = _refused(_ssh_device(ssh_host, port=_free_port(), connect_timeout_s=3), artifacts, digits)
     assert "loopback-ssh" in message and "unreachable" in message
 
 
-def test_refused_authentication(sshd, artifacts, digits):
-    message = _refused(_ssh_device(sshd, key=str(sshd["dir"] / "stranger_key")), artifacts, digits)
+def test_refused_authentication(ssh_host, artifacts, digits):
+    message = _refused(_ssh_device(ssh_host, key=str(ssh_host["dir"] / "stranger_key")), artifacts, digits)
     assert "authentication was refused" in message
 
 
-def test_unknown_host_key_is_refused_by_default(sshd, artifacts, digits):
-    message = _refused(_ssh_device(sshd, known_hosts=str(sshd["dir"] / "empty_known_hosts")), artifacts, digits)
+def test_unknown_host_key_is_refused_by_default(ssh_host, artifacts, digits):
+    message = _refused(_ssh_device(ssh_host, known_hosts=str(ssh_host["dir"] / "empty_known_hosts")), artifacts, digits)
     assert "host key" in message
 
 
-def test_device_without_a_runtime(sshd, artifacts, digits, tmp_path):
+def test_device_without_a_runtime(ssh_host, artifacts, digits, tmp_path):
     # A Python on the "device" that has numpy and nothing else: -S drops site-packages, PYTHONPATH adds numpy only.
     only_numpy = tmp_path / "only_numpy"
     only_numpy.mkdir()
@@ -135,22 +127,90 @@ def test_device_without_a_runtime(sshd, artifacts, digits, tmp_path):
         if entry.name == "numpy" or entry.name.startswith("numpy.libs") or entry.name.startswith("numpy-"):
             (only_numpy / entry.name).symlink_to(entry)
     python = f"env PYTHONPATH={only_numpy} {sys.executable} -S"
-    message = _refused(_ssh_device(sshd, python=python), artifacts, digits)
+    message = _refused(_ssh_device(ssh_host, python=python), artifacts, digits)
     assert "the runner refused" in message and "pip install" in message
 
 
-def test_a_run_that_times_out(sshd, artifacts, digits):
-    message = _refused(_ssh_device(sshd, python="sh -c 'sleep 30'", timeout_s=4), artifacts, digits)
+def test_a_run_that_times_out(ssh_host, artifacts, digits):
+    message = _refused(_ssh_device(ssh_host, python="sh -c 'sleep 30'", timeout_s=4), artifacts, digits)
     assert "within 4 s" in message
 
 
-def test_a_device_that_drops_mid_run(sshd, artifacts, digits):
-    # The "runner" kills the sshd process serving its connection ("sshd: user@notty", found by walking up
-    # its ancestors; never the listening sshd): the connection drops while the run is under way.
-    python = ("sh -c 'p=$PPID; while [ \"$p\" -gt 1 ]; do case \"$(ps -o args= -p $p)\" in *@notty*) "
-              "kill -9 $p; exit;; esac; p=$(ps -o ppid= -p $p | tr -d \" \"); done'")
-    message = _refused(_ssh_device(sshd, python=python), artifacts, digits)
+def test_a_device_that_drops_mid_run(ssh_host, artifacts, digits):
+    # A server of its own, which the "runner" kills: the connection drops while the run is under way.
+    server, port = _start_server(ssh_host["dir"])
+    try:
+        known_hosts = ssh_host["dir"] / f"known_hosts_{port}"
+        known_hosts.write_text(ssh_server.known_hosts_line(ssh_host["dir"], port))
+        device = _ssh_device(ssh_host, port=port, known_hosts=str(known_hosts), python=f"sh -c 'kill -9 {server.pid}'")
+        message = _refused(device, artifacts, digits)
+    finally:
+        server.kill()
+        server.wait(timeout=10)
     assert "loopback-ssh" in message and "dropped" in message
+
+
+# -- host and user are names, never options or shell ----------------------------------------------------
+
+INJECTIONS = ["127.0.0.1; touch {marker}", "$(touch {marker})", "-oProxyCommand=touch {marker}"]
+
+
+@pytest.mark.parametrize("field", ["host", "user"])
+@pytest.mark.parametrize("injection", INJECTIONS)
+def test_a_host_or_user_that_is_not_a_name_is_refused(tmp_path, field, injection):
+    import yaml
+
+    import edgepress
+    from edgepress.errors import EdgepressError
+    from edgepress.plan import make_plan
+
+    marker = tmp_path / "marker"
+    value = injection.format(marker=marker)
+    expected = rf"reach\.{field}: .* is not a (host name|login name)"
+    recipe = edgepress.Recipe.from_dict({"model": {"zoo": "seed_mlp"},
+                                         "targets": [{"name": "rpi4", "reach": {field: value}}]})
+    with pytest.raises(EdgepressError, match=expected):  # a recipe's override of a shipped profile: in the plan
+        make_plan(recipe, tmp_path / "run")
+    profile = load_device("rpi4").model_dump()
+    profile["reach"][field] = value
+    (tmp_path / "board.yaml").write_text(yaml.safe_dump(profile))
+    with pytest.raises(EdgepressError, match=expected):  # a profile file
+        load_device(str(tmp_path / "board.yaml"))
+    assert not marker.exists() and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("field", ["host", "user"])
+def test_ssh_never_reads_the_destination_as_an_option(ssh_host, artifacts, digits, tmp_path, field):
+    from edgepress.deploy import transports
+
+    # A Device changed after validation (pydantic does not check assignments): `--` before the destination still
+    # keeps ssh from reading it as -oProxyCommand. The marker folder stays empty (`touch` would also have made
+    # "marker@127.0.0.1" from the user's value).
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    device = _ssh_device(ssh_host, user=None) if field == "host" else _ssh_device(ssh_host)
+    setattr(device.reach, field, f"-oProxyCommand=touch {markers / 'marker'}")
+    _refused(device, artifacts, digits)
+    # A one-word remote command, which ssh would otherwise take for the destination (and then run the proxy).
+    subprocess.run(transports._ssh_command(device, "true"), capture_output=True, stdin=subprocess.DEVNULL, timeout=30)
+    assert list(markers.iterdir()) == []
+
+
+def test_ssh_to_an_ipv6_address(ssh_host, artifacts, digits):
+    try:
+        socket.socket(socket.AF_INET6).bind(("::1", 0))
+    except OSError:
+        pytest.skip("this machine has no IPv6 loopback (::1)")
+    server, port = _start_server(ssh_host["dir"], "::1")
+    try:
+        known_hosts = ssh_host["dir"] / f"known_hosts_{port}"
+        known_hosts.write_text(ssh_server.known_hosts_line(ssh_host["dir"], port, "::1"))
+        device = _ssh_device(ssh_host, host="::1", port=port, known_hosts=str(known_hosts))
+        result = measure(artifacts["tflite"], (digits.x_test[:20], digits.y_test[:20]), runs=2, warmup=0, device=device)
+    finally:
+        server.kill()
+        server.wait(timeout=10)
+    assert result["samples"] == 20 and result["accuracy"] is not None
 
 
 # -- adb: no phone here; a stand-in adb replays real benchmark_model output ---------------------------
@@ -222,16 +282,68 @@ def test_adb_without_a_device(tmp_path, monkeypatch, artifacts):
         measure(artifacts["tflite"], device="android-arm64")
 
 
+# -- local: the runner dies with edgepress -------------------------------------------------------------
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has died (this container's init may never reap it)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc (the guard itself is portable)")
+def test_a_killed_parent_takes_the_local_runner_with_it(artifacts, tmp_path):
+    # A parent that measures for a long time (10 million runs); SIGKILL it while its runner is measuring.
+    code = ("import sys; from pathlib import Path; from edgepress.deploy.transports import run_benchmark; "
+            "from edgepress.devices import load_device; "
+            "run_benchmark(load_device('x86-host'), Path(sys.argv[1]), None, 10**7, 0, 1)")
+    parent = subprocess.Popen([sys.executable, "-c", code, str(artifacts["tflite"].path)],
+                              env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    try:
+        runner, deadline = None, time.monotonic() + 60
+        while runner is None and time.monotonic() < deadline and parent.poll() is None:
+            runner = next((c for c in _children(parent.pid)
+                           if "runner.py" in Path(f"/proc/{c}/cmdline").read_bytes().decode(errors="replace")), None)
+            time.sleep(0.05)
+        assert runner is not None, "the runner never started"
+        time.sleep(1)  # well into its timed runs
+        assert _alive(runner)
+        parent.kill()
+        parent.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while _alive(runner) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(runner), "the runner outlived the killed edgepress process"
+    finally:
+        parent.kill()
+        if runner is not None and _alive(runner):
+            os.kill(runner, 9)
+
+
 # -- a recipe with several targets -------------------------------------------------------------------
 
 
-def test_recipe_measures_every_target_and_keeps_results_when_one_fails(sshd, tmp_path):
+def test_recipe_measures_every_target_and_keeps_results_when_one_fails(ssh_host, tmp_path):
     import edgepress
     from edgepress.errors import GateFailed
 
-    d = sshd["dir"]
+    d = ssh_host["dir"]
     loopback = {"name": "x86-host", "label": "loopback-ssh", "threads": 2, "reach": {
-        "kind": "ssh", "host": "127.0.0.1", "port": sshd["port"], "user": getpass.getuser(),
+        "kind": "ssh", "host": "127.0.0.1", "port": ssh_host["port"], "user": getpass.getuser(),
         "key": str(d / "user_key"), "known_hosts": str(d / "known_hosts"), "python": sys.executable,
         "workdir": str(d / "remote")}}
     recipe = edgepress.Recipe.from_dict({
