@@ -72,6 +72,10 @@ class QuantizeConfig(BaseModel):
         None, ge=1, description="At most this many layers in float; default: all but one quantized layer."
     )
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
+    equalize: bool = Field(
+        True, description="Before keeping layers in float, try the model cross-layer equalized (the equalize step, "
+        "without bias correction), fully quantized."
+    )
 
     @field_validator("max_accuracy_drop", mode="before")
     @classmethod

@@ -26,6 +26,19 @@ def test_shipped_profiles_validate_and_say_how_to_reach_them():
     assert ("onnx", "fp16") in {(c.format, c.precision) for c in gpu.precisions} and not gpu.runs("tflite")
 
 
+def test_shipped_profiles_name_a_channel_multiple_with_its_reason():
+    multiples = {name: load_device(name).channel_multiple for name in ISSUE_PROFILES}
+    assert multiples == {"android-arm64": 8, "rpi4": 8, "rpi5": 8, "jetson-orin": 32, "nvidia-gpu": 16, "x86-host": 8}
+    for name in ISSUE_PROFILES:  # the hardware reason sits beside the value
+        lines = shipped_profiles()[name].read_text().splitlines()
+        assert lines[lines.index(f"channel_multiple: {multiples[name]}") - 1].startswith("#")
+    mine = load_device("x86-host").model_dump()
+    del mine["channel_multiple"]
+    assert type(load_device("x86-host")).model_validate(mine).channel_multiple == 1  # a user's profile: no preference
+    with pytest.raises(EdgepressError, match="channel_multiple"):
+        load_device("x86-host").with_overrides({"channel_multiple": 0})
+
+
 def test_a_users_profile_file_and_overrides(tmp_path):
     profile = load_device("rpi4").model_dump()
     profile.update(name="my-board", threads=2)

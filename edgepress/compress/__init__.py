@@ -10,13 +10,14 @@ Each step is one module registered with `edgepress.compress.step.register`; `reg
 
 from edgepress.compress.cluster import ClusterConfig, cluster
 from edgepress.compress.distill import DistillConfig, distill
+from edgepress.compress.equalize import EqualizeConfig, equalize
 from edgepress.compress.prune import PruneConfig, prune, sparsity
 from edgepress.compress.qat import QatConfig, qat
 from edgepress.compress.step import STEPS, Step, StepContext, register, registered
 from edgepress.compress.structured_prune import StructuredPruneConfig, structured_prune
 
 __all__ = [
-    "STEPS", "ClusterConfig", "DistillConfig", "PruneConfig", "QatConfig", "Step", "StepContext",
-    "StructuredPruneConfig", "cluster", "distill", "prune", "qat", "register", "registered", "sparsity",
+    "STEPS", "ClusterConfig", "DistillConfig", "EqualizeConfig", "PruneConfig", "QatConfig", "Step", "StepContext",
+    "StructuredPruneConfig", "cluster", "distill", "equalize", "prune", "qat", "register", "registered", "sparsity",
     "structured_prune",
 ]

@@ -5,6 +5,11 @@
     result.chosen.artifact, result.chosen.float_layers, result.budget_met
 
 1. Export the model fully quantized (TFLite int8 / ONNX int8_static) and measure its accuracy.
+1b. If it misses the budget, try the cheaper remedy first: the model cross-layer equalized
+   (compress/equalize.py: per-channel weight scales moved between consecutive layers, high biases
+   absorbed; the float model computes the same), fully quantized. Outlier channels, which are what
+   breaks per-tensor int8, are evened out, so every layer can stay int8. The search below continues
+   from whichever of the two was more accurate; each trial records its remedy ("none" or "equalize").
 2. Measure each layer's quantization error (sensitivity), even when the budget already holds:
    TFLite with the converter's quantization debugger (each op run in int8 and in float on the same
    inputs), ONNX with onnxruntime's QDQ debugging tools (every activation of the QDQ model against
@@ -69,6 +74,7 @@ class Trial:
     accuracy: float
     accuracy_drop: float  # from the Keras float model
     meets_budget: bool
+    remedy: str = "none"  # "none": the model as given; "equalize": the model cross-layer equalized first
 
 
 @dataclass
@@ -87,6 +93,12 @@ class QuantizeResult:
     budget_met: bool
     search: str = "linear"
     notes: list[str] = field(default_factory=list)
+    equalized: dict | None = None  # what equalization did (compress.equalize.Details.to_dict), when it was tried
+
+    @property
+    def remedy(self) -> str:
+        """The remedy of the chosen artifact: "none" or "equalize"."""
+        return self.chosen.remedy
 
     @property
     def full(self) -> Trial:
@@ -101,7 +113,8 @@ class QuantizeResult:
         return {
             "float_layers": self.float_layer_rows(trial),
             "accuracy_aware": {"role": self.role(trial), "max_accuracy_drop": self.budget,
-                               "budget_met": self.budget_met, "accuracy_drop_from_float": trial.accuracy_drop},
+                               "budget_met": self.budget_met, "accuracy_drop_from_float": trial.accuracy_drop,
+                               "remedy": trial.remedy},
         }
 
     def float_layer_rows(self, trial: Trial) -> list[dict]:
@@ -110,7 +123,8 @@ class QuantizeResult:
         errors, rows = self.errors(), []
         for layer in trial.float_layers:
             rest = set(trial.float_layers) - {layer}
-            put_back = next((t.accuracy for t in self.trials if set(t.float_layers) == rest), None)
+            put_back = next((t.accuracy for t in self.trials
+                             if set(t.float_layers) == rest and t.remedy == trial.remedy), None)
             rows.append({"layer": layer, "error": _finite(errors.get(layer)), "accuracy_if_int8": put_back})
         return rows
 
@@ -124,12 +138,16 @@ class QuantizeResult:
         """One plain sentence: was the budget met, by which artifact, with which layers in float."""
         chosen, label = self.chosen, f"{self.format} {self.precision}"
         kept = _layers_text(chosen.float_layers, self.errors())
-        if self.budget_met and not chosen.float_layers:
+        if self.budget_met and chosen is self.full:
             return (f"{label}: fully quantized {chosen.artifact.name} meets the budget "
                     f"(drop {_pt(chosen.accuracy_drop)} <= {_pt(self.budget)} from the float model).")
+        how = " after cross-layer equalization" if chosen.remedy == "equalize" else ""
+        if self.budget_met and not chosen.float_layers:
+            return (f"{label}: full int8 drops {_pt(self.full.accuracy_drop)} (budget {_pt(self.budget)}); "
+                    f"{chosen.artifact.name}, fully quantized{how}, meets it (drop {_pt(chosen.accuracy_drop)}).")
         if self.budget_met:
             return (f"{label}: full int8 drops {_pt(self.full.accuracy_drop)} (budget {_pt(self.budget)}); "
-                    f"{chosen.artifact.name} meets it with {len(chosen.float_layers)} layer(s) in float: {kept} "
+                    f"{chosen.artifact.name}{how} meets it with {len(chosen.float_layers)} layer(s) in float: {kept} "
                     f"(drop {_pt(chosen.accuracy_drop)}).")
         return (f"{label}: BUDGET NOT MET: no artifact tried keeps the drop within {_pt(self.budget)}; full int8 drops "
                 f"{_pt(self.full.accuracy_drop)}, the best found is {chosen.artifact.name} "
@@ -147,6 +165,8 @@ class QuantizeResult:
             "calibration": self.options,
             "summary": self.summary(),
             "chosen": self.chosen.artifact.name,
+            "remedy": self.remedy,
+            "equalized": self.equalized,
             "full": self.full.artifact.name,
             "sensitivity": [{k: _finite(v) for k, v in asdict(s).items()} for s in self.sensitivity],
             "trials": [
@@ -154,6 +174,7 @@ class QuantizeResult:
                     "artifact": t.artifact.name,
                     "path": str(t.artifact.path),
                     "role": self.role(t),
+                    "remedy": t.remedy,
                     "bytes": t.artifact.bytes,
                     "accuracy": t.accuracy,
                     "accuracy_drop": t.accuracy_drop,
@@ -194,13 +215,13 @@ class QuantizeResult:
             "",
             "Artifacts tried:",
             "",
-            "| artifact | role | float layers | accuracy | drop | bytes | meets budget |",
-            "|---|---|---|---|---|---|---|",
+            "| artifact | role | remedy | float layers | accuracy | drop | bytes | meets budget |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for t in self.trials:
             meets = "yes" if t.meets_budget else "no"
             lines.append(
-                f"| {t.artifact.name} | {self.role(t)} | {_layers_text(t.float_layers, errors) or '-'} | "
+                f"| {t.artifact.name} | {self.role(t)} | {t.remedy} | {_layers_text(t.float_layers, errors) or '-'} | "
                 f"{t.accuracy:.2%} | {_pt(t.accuracy_drop)} | {t.artifact.bytes:,} | {meets} |"
             )
         put_back = [r for r in self.float_layer_rows(self.chosen) if r["accuracy_if_int8"] is not None]
@@ -267,27 +288,51 @@ def quantize_to_budget(
     float_accuracy = training.accuracy(training.predict(model, x_eval), y_eval)
     trials: list[Trial] = []
 
+    models = {"none": model}  # remedy -> the Keras model its artifacts are exported from
+    remedy = "none"  # the remedy the float-layer search works on
+
     def attempt(float_layers: Sequence[str]) -> Trial:
-        """Export with `float_layers` in float (once per set), measure accuracy, record the trial."""
+        """Export with `float_layers` in float (once per set and remedy), measure accuracy, record the trial."""
         for t in trials:
-            if set(t.float_layers) == set(float_layers):
+            if set(t.float_layers) == set(float_layers) and t.remedy == remedy:
                 return t
         path = out_dir / artifact_filename(stem, format, precision, trial=len(trials))
-        artifact = _export(model, format, path, calibration, check_data, steps, float_layers, onnx_options)
+        made_by = [*steps, "equalize"] if remedy == "equalize" else steps
+        artifact = _export(models[remedy], format, path, calibration, check_data, made_by, float_layers, onnx_options)
         accuracy = _accuracy(artifact, x_eval, y_eval)
         drop = float_accuracy - accuracy
-        trial = Trial(artifact, list(float_layers), accuracy, drop, drop <= config.max_accuracy_drop + _TOLERANCE)
+        trial = Trial(artifact, list(float_layers), accuracy, drop, drop <= config.max_accuracy_drop + _TOLERANCE,
+                      remedy)
         trials.append(trial)
         kept = f"{len(float_layers)} layer(s) in float ({', '.join(float_layers)})" if float_layers else "full int8"
+        kept += ", equalized" if remedy == "equalize" else ""
         say(f"{artifact.name}: {kept}, accuracy {accuracy:.2%}, drop {_pt(drop)} "
             f"({'meets' if trial.meets_budget else 'misses'} the {_pt(config.max_accuracy_drop)} budget)")
         return trial
 
     full = attempt([])
     sensitivity = _sensitivity(model, format, full.artifact, calibration, onnx_options)
-    candidates = [s.layer for s in sensitivity if s.is_layer and s.error > 0]
     notes: list[str] = []
-    if not full.meets_budget:
+    equalized_details = None
+    if not full.meets_budget and config.equalize:
+        # The cheaper remedy before any float layer: the same function with its channel ranges evened out.
+        equalized, equalized_details, why = _equalized(model, calibration)
+        if equalized is None:
+            notes.append(f"Cross-layer equalization was not tried: {why}")
+        else:
+            models["equalize"], remedy = equalized, "equalize"
+            balanced = attempt([])
+            pairs = ", ".join(f"{first} -> {second}" for first, second in equalized_details["pairs"])
+            notes.append(f"Cross-layer equalization of {pairs}: full int8 accuracy {full.accuracy:.2%} -> "
+                         f"{balanced.accuracy:.2%}.")
+            if not balanced.meets_budget and balanced.accuracy > full.accuracy:
+                # Layers of the equalized model are kept in float from here: rank them by their own errors.
+                sensitivity = _sensitivity(equalized, format, balanced.artifact, calibration, onnx_options)
+            elif not balanced.meets_budget:
+                remedy = "none"  # equalizing did not help: keep layers of the model as given in float
+    start = next(t for t in trials if t.remedy == remedy and not t.float_layers)
+    candidates = [s.layer for s in sensitivity if s.is_layer and s.error > 0]
+    if not start.meets_budget:
         limit = min(config.max_float_layers or len(candidates) - 1, len(candidates) - 1)
         if limit < 1:
             notes.append(f"'{model.name}' has {len(candidates)} quantized layer(s); keeping it in float would leave "
@@ -300,14 +345,15 @@ def quantize_to_budget(
                 notes.append(f"Even the {limit} most sensitive layer(s) in float miss the budget.")
     passing = [t for t in trials if t.meets_budget]
     if passing:
-        chosen = min(passing, key=lambda t: (len(t.float_layers), t.artifact.bytes))
+        # Fewest float layers, then the cheaper remedy (the model as given), then the smaller file.
+        chosen = min(passing, key=lambda t: (len(t.float_layers), t.remedy != "none", t.artifact.bytes))
     else:
         chosen = max(trials, key=lambda t: (t.accuracy, -len(t.float_layers), -t.artifact.bytes))
     return QuantizeResult(
         format=format, precision=precision, budget=config.max_accuracy_drop, float_accuracy=float_accuracy,
         eval_samples=len(x_eval), options={"samples": len(calibration), **(onnx_options or _TFLITE_CALIBRATION)},
         sensitivity=sensitivity, trials=trials, chosen=chosen, budget_met=bool(passing), search=config.search,
-        notes=notes,
+        notes=notes, equalized=equalized_details,
     )
 
 
@@ -361,6 +407,22 @@ def _shrink(kept: list[str], attempt: Callable[[Sequence[str]], Trial]) -> list[
             if rest and attempt(rest).meets_budget:
                 kept, changed = rest, True
     return kept
+
+
+def _equalized(model, calibration) -> tuple[object | None, dict | None, str]:
+    """(the model cross-layer equalized, what was done, "") or (None, details or None, why not)."""
+    from edgepress.compress.equalize import equalize_for_quantization
+
+    if not hasattr(model, "get_layer"):  # a plain SavedModel graph: no Keras layers to rescale
+        return None, None, f"'{model.name}' is not a Keras model, so its layers cannot be rescaled."
+    try:
+        equalized, details = equalize_for_quantization(model, calibration)
+    except EdgepressError as e:  # a model the walker cannot follow (subclassed, ...): say so, go on
+        return None, None, str(e)
+    if not details.pairs:
+        why = "; ".join(f"'{n}' {w}" for n, w in details.left.items()) or "no Conv / Dense layer"
+        return None, details.to_dict(), f"'{model.name}' has no pair of layers to equalize ({why})."
+    return equalized, details.to_dict(), ""
 
 
 def _export(model, format, path, calibration, check_data, steps, float_layers, onnx_options) -> Artifact:

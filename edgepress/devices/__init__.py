@@ -2,7 +2,8 @@
 
 A profile says what the device is (architecture), what runs models there (runtimes and TFLite
 delegate or ONNX execution providers, in order of preference), with how many threads, which
-precisions are worth trying there, its memory budget, and how to reach it: `local` (this machine),
+precisions are worth trying there, its memory budget, the channel multiple its kernels prefer, and
+how to reach it: `local` (this machine),
 `ssh` (copy the runner over and run it there) or `adb` (drive LiteRT's benchmark_model on a phone).
 
 Users add their own profile file (`targets: [path/to/my-board.yaml]`) or override fields of a
@@ -109,6 +110,10 @@ class Device(BaseModel):
     threads: int = Field(1, ge=1)
     precisions: list[ExportChoice] = Field(description="The exports worth trying on this device.")
     memory_budget_mb: float | None = Field(None, gt=0, description="Artifacts using more memory fail this device.")
+    channel_multiple: int = Field(
+        1, ge=1, description="Channel counts the device's kernels run best on are multiples of this (their vector "
+        "width or tile); structured_prune's round_to takes it. 1: no preference."
+    )
     reach: Reach = Field(default_factory=Reach)
 
     def runs(self, format: str) -> bool:

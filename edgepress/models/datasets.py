@@ -124,6 +124,10 @@ def fit_to_input(x: np.ndarray, input_shape: tuple[int | None, ...], dataset: st
         # C times, then move channels first.
         resized = _resize(x, (target[1], target[2], 1))
         return np.ascontiguousarray(np.repeat(resized, target[0], axis=-1).transpose(0, 3, 1, 2))
+    if len(sample) in (2, 3) and _channels(sample) == 1 and len(target) == 3 and target[2] == 3 and target[0] > 3:
+        # Gray images for a channels-last RGB model (keras.applications, e.g. MobileNetV2): resize, repeat the
+        # gray channel three times.
+        return np.repeat(_resize(x, (target[0], target[1], 1)), 3, axis=-1)
     raise EdgepressError(
         f"The samples of '{dataset}' have shape {_shape(sample)}, which does not fit the model's input "
         f"{_shape(target)}. Give data with {_shape(target)} samples (or the same number of values), "

@@ -1,6 +1,7 @@
 """The model zoo: small reference architectures with a documented train function.
 
-`seed_cnn` and `seed_mlp` are the design brief's seed models. `seed_lstm` reads an image row by row,
+`seed_cnn` and `seed_mlp` are the design brief's seed models. `mobilenet_v2` is keras.applications'
+MobileNetV2 (width 0.35, 32x32x3, untrained). `seed_lstm` reads an image row by row,
 `char_gru` is a character language model, `raw_mlp` is a raw tf.Module (no Keras) and `torch_cnn` a
 PyTorch CNN that comes in as a torch.export program. All output logits. `train(name, data)` trains any of them;
 `raw_mlp` and `torch_cnn` come back as the native model (a tf.Module, a torch module), which the run
@@ -82,6 +83,18 @@ def char_gru(input_shape: tuple[int, ...] = (64,), num_classes: int = 97):
     )
 
 
+def mobilenet_v2(input_shape: tuple[int, ...] = (32, 32, 3), num_classes: int = 10):
+    """keras.applications MobileNetV2, width 0.35, untrained (weights=None: nothing is downloaded), logits.
+
+    Depthwise convolutions, BatchNormalization, ReLU6 and residual Adds: the zoo's model for structured
+    pruning with channel rounding and for equalization on a real architecture. Gray images are resized and
+    repeated to its 32x32x3 input.
+    """
+    return _keras().applications.MobileNetV2(
+        input_shape=input_shape, alpha=0.35, weights=None, classes=num_classes, classifier_activation=None
+    )
+
+
 def raw_mlp(input_shape: tuple[int, ...] = (784,), num_classes: int = 10):
     """784-64-64-10 MLP as a raw tf.Module (tf.Variables, a tf.function forward pass); see models/raw_module.py."""
     from edgepress.models.raw_module import build_raw_mlp
@@ -139,6 +152,10 @@ ZOO: dict[str, ZooEntry] = {
     "seed_lstm": ZooEntry(seed_lstm, (28, 28), "LSTM 64 reading 28x28 digits row by row (~24k parameters)"),
     "char_gru": ZooEntry(
         char_gru, (64,), "character language model, Embedding-GRU 128-Dense, 64 characters (~78k parameters)"
+    ),
+    "mobilenet_v2": ZooEntry(
+        mobilenet_v2, (32, 32, 3), "keras.applications MobileNetV2, alpha 0.35, for 32x32x3 images; gray digits are "
+        "resized and repeated to RGB (~0.4M parameters)"
     ),
     "raw_mlp": ZooEntry(
         raw_mlp, (784,), "784-64-64-10 MLP as a raw tf.Module, saved as a SavedModel (no Keras; ~55k parameters)",

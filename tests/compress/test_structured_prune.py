@@ -171,6 +171,70 @@ def test_pruned_models_export_to_tflite_and_run(residual_cnn, digits, tmp_path):
         assert training.accuracy(outputs, digits.y_test) >= keras_accuracy - 0.05
 
 
+@pytest.mark.parametrize("channels, removed, multiple, expected", [
+    (100, 33, 8, 28),  # keeps 67 -> 72
+    (48, 14, 8, 8),  # keeps 34 -> 40
+    (16, 15, 8, 8),  # keeps 1 -> never below 8
+    (6, 4, 8, 0),  # fewer channels than 8: all kept
+    (16, 0, 8, 0),  # nothing asked, nothing removed
+    (64, 32, None, 32),  # no rounding
+])
+def test_round_to_rounds_the_kept_count_up_to_a_multiple(channels, removed, multiple, expected):
+    from edgepress.compress.structured_prune import _rounded
+
+    assert _rounded(channels, removed, multiple) == expected
+
+
+def test_round_to_keeps_multiples_and_the_model_still_runs_and_exports(residual_cnn, digits, tmp_path):
+    from edgepress.deploy import export_onnx, export_tflite
+
+    unrounded = plan(residual_cnn, ratio=0.6)
+    rounded = plan(residual_cnn, ratio=0.6, round_to=4)
+    assert any(after % 4 for _, after in unrounded.widths.values())  # without it: odd counts (3, 2, 6)
+    for name, (before, after) in rounded.widths.items():
+        if name in rounded.removed:
+            assert after % 4 == 0 and 4 <= after < before, name
+        assert after >= unrounded.widths[name][1]  # rounded up, never down
+    assert rounded.widths["head"] == (16, 8) and rounded.widths["side"] == (6, 4)
+
+    smaller = structured_prune(residual_cnn, digits.x_train, digits.y_train, ratio=0.6, round_to=4,
+                               fine_tune_epochs=1)
+    widths = {layer.name: layer.get_weights()[0].shape[-1] for layer in smaller.layers
+              if type(layer).__name__ in ("Conv2D", "Dense")}
+    assert widths == {name: after for name, (_, after) in rounded.widths.items()}
+    tflite = export_tflite(smaller, tmp_path / "small.tflite", "fp32", check_data=digits.x_test[:50])
+    onnx = export_onnx(smaller, tmp_path / "small.onnx", "fp32", check_data=digits.x_test[:50])
+    assert tflite.check["top1_agreement"] == 1.0 and onnx.check["top1_agreement"] == 1.0
+
+
+def test_mobilenet_v2_from_the_zoo_prunes_with_rounding_and_exports(tmp_path):
+    from edgepress.deploy import export_tflite
+    from edgepress.models import zoo
+    from edgepress.models.datasets import load_dataset
+
+    data = load_dataset("digits", train_size=64, test_size=32).fit_to(zoo.ZOO["mobilenet_v2"].input_shape)
+    assert data.x_train.shape[1:] == (32, 32, 3)  # gray 8x8 digits, resized and repeated to RGB
+    model = zoo.build("mobilenet_v2")
+    assert _names(model, "DepthwiseConv2D") and _names(model, "Add") and _names(model, "BatchNormalization")
+
+    smaller = structured_prune(model, data.x_train, data.y_train, ratio=0.3, round_to=8, fine_tune_epochs=0)
+    assert smaller.count_params() < 0.7 * model.count_params()
+
+    def width(m, name):
+        return m.get_layer(name).get_weights()[0].shape[-1]
+
+    convs = _names(model, "Conv2D")
+    changed = [n for n in convs if width(smaller, n) != width(model, n)]
+    assert len(changed) > 10  # expand convs, and the project convs tied by the residual Adds
+    assert all(width(smaller, n) % 8 == 0 for n in changed)
+    # The project convs of one stage are tied by their Adds: they keep the same number of channels.
+    assert width(smaller, "block_14_project") == width(smaller, "block_15_project") < width(model, "block_14_project")
+    dw = smaller.get_layer("block_14_depthwise").get_weights()[0].shape[-2]
+    assert dw == width(smaller, "block_14_expand")  # the depthwise conv follows its expand conv
+    artifact = export_tflite(smaller, tmp_path / "mnv2.tflite", "fp32", check_data=data.x_test[:16])
+    assert artifact.check["top1_agreement"] == 1.0
+
+
 def _reshape_cnn():
     """conv 'a' feeds a Reshape (which pruning cannot follow); conv 'b' and dense 'hidden' can be pruned."""
     k = _keras()
@@ -248,6 +312,8 @@ def test_config_refuses_bad_values():
         StructuredPruneConfig(schedule="gradual", rounds=3, fine_tune_epochs=2)
     with pytest.raises(ValidationError):
         StructuredPruneConfig(criterion="l3")
+    with pytest.raises(ValidationError, match="round_to"):
+        StructuredPruneConfig(round_to=0)
 
 
 # -- in a recipe ------------------------------------------------------------------------------------

@@ -73,12 +73,16 @@ def outlier_cnn(digits8):
     return model
 
 
-@pytest.mark.parametrize("fmt, calibration", [("tflite", {}), ("onnx", {"format": "qoperator"})])
+@pytest.mark.parametrize("fmt, calibration, search", [("tflite", {}, "linear"),
+                                                       ("onnx", {"format": "qoperator"}, "bisect")])
 def test_full_int8_breaks_and_a_few_named_float_layers_recover_the_budget(outlier_cnn, digits8, tmp_path, fmt,
-                                                                          calibration):
+                                                                          calibration, search):
+    # equalize: false, so the float fallback itself is what is tested (equalization fixes this model alone).
     lines = []
     result = quantize_to_budget(outlier_cnn, fmt, tmp_path, digits8.calibration(100), digits8.x_test, digits8.y_test,
-                                max_accuracy_drop="1%", calibration=calibration, on_trial=lines.append)
+                                max_accuracy_drop="1%", calibration=calibration, on_trial=lines.append,
+                                equalize=False, search=search)
+    assert {t.remedy for t in result.trials} == {"none"} and result.equalized is None
 
     full, chosen = result.full, result.chosen
     assert full.float_layers == [] and full.accuracy_drop > 0.3  # full int8 demonstrably breaks the model
@@ -112,6 +116,29 @@ def test_full_int8_breaks_and_a_few_named_float_layers_recover_the_budget(outlie
         assert any(op == "Gemm" and "/hidden/" in name for name, op in ops.items())  # hidden stayed float
 
 
+@pytest.mark.parametrize("fmt, calibration", [("tflite", {}), ("onnx", {"format": "qoperator"})])
+def test_equalization_is_tried_before_float_layers_and_keeps_every_layer_int8(outlier_cnn, digits8, tmp_path, fmt,
+                                                                              calibration):
+    lines = []
+    result = quantize_to_budget(outlier_cnn, fmt, tmp_path, digits8.calibration(100), digits8.x_test, digits8.y_test,
+                                max_accuracy_drop="1%", calibration=calibration, on_trial=lines.append)
+    full, chosen = result.full, result.chosen
+    assert full.remedy == "none" and full.accuracy_drop > 0.3  # the model as given still breaks
+    # The equalized model, fully quantized, is the second artifact tried, and it is enough: no float layer.
+    assert result.trials[1] is chosen and chosen.remedy == "equalize" == result.remedy
+    assert chosen.float_layers == [] and result.budget_met and chosen.accuracy_drop <= 0.01
+    assert len(result.trials) == len(lines) == 2 and "equalized" in lines[1]
+    assert ("hidden", "mid") in {tuple(p) for p in result.equalized["pairs"]}
+    assert "after cross-layer equalization" in result.summary()
+    manifest = Artifact.load(chosen.artifact.path)
+    assert "equalize" in manifest.steps and manifest.name.endswith("_try1." + fmt)
+    got = training.accuracy(open_model(str(chosen.artifact.path)).predict(digits8.x_test), digits8.y_test)
+    assert got == pytest.approx(chosen.accuracy)
+    payload = result.to_dict()
+    assert payload["remedy"] == "equalize" and [t["remedy"] for t in payload["trials"]] == ["none", "equalize"]
+    assert "| equalize |" in result.to_markdown()
+
+
 def test_cli_quantize_meets_the_budget_and_reports_every_artifact(outlier_cnn, tmp_path):
     model, out = tmp_path / "outlier.keras", tmp_path / "run"
     outlier_cnn.save(model)
@@ -121,18 +148,17 @@ def test_cli_quantize_meets_the_budget_and_reports_every_artifact(outlier_cnn, t
         "--preset", "arm64", "--runs", "3", "-o", str(out),
     ])
     assert result.exit_code == 0, result.output
-    assert "meets it with" in result.output and "Traceback" not in result.output
+    assert "equalization" in result.output and "Traceback" not in result.output
 
     results = json.loads((out / "results.json").read_text())
     rows = [a for a in results["artifacts"] if "accuracy_aware" in a]
     roles = [a["accuracy_aware"]["role"] for a in rows]
-    assert roles[0] == "full" and roles.count("final") == 1 and len(rows) >= 3
+    assert roles[0] == "full" and roles.count("final") == 1 and len(rows) == 2
     for row in rows:  # each artifact tried: accuracy, size and latency, measured
         assert row["metrics"]["accuracy"] is not None and row["bytes"] > 0 and row["latency"]["p50"] > 0
         assert (out / "artifacts" / row["name"]).is_file()
     final = rows[roles.index("final")]
-    assert {r["layer"] for r in final["float_layers"]} >= {"hidden", "mid"}
-    assert all(r["error"] > 0 for r in final["float_layers"])
+    assert final["float_layers"] == [] and final["accuracy_aware"]["remedy"] == "equalize"  # every layer int8
     assert final["gates"]["quantize_max_accuracy_drop"]["passed"] and results["passed"]
     assert not rows[0]["gates"]["quantize_max_accuracy_drop"]["passed"]  # full int8 misses it
     assert results["best"]["x86-host"] in (final["name"], "outlier_fp32.onnx")  # never a discarded try
@@ -140,6 +166,7 @@ def test_cli_quantize_meets_the_budget_and_reports_every_artifact(outlier_cnn, t
 
     sensitivity = json.loads((out / "sensitivity.json").read_text())["exports"][0]
     assert sensitivity["chosen"] == final["name"] and sensitivity["budget_met"]
+    assert sensitivity["remedy"] == "equalize" and "after cross-layer equalization" in sensitivity["summary"]
     assert LAYERS <= {s["layer"] for s in sensitivity["sensitivity"]}
     text = (out / "sensitivity.md").read_text()
     assert "| hidden |" in text and "Artifacts tried" in text
@@ -154,7 +181,8 @@ def test_a_budget_that_cannot_be_met_fails_the_run_and_reports_the_best_found(ou
         "model": {"path": str(model)},
         "data": {"dataset": "digits", "test_size": 300, "calibration_samples": 100, "check_samples": 50},
         # One float layer is not enough for this model.
-        "exports": [{"format": "onnx", "quantize": {"max_accuracy_drop": 0.01, "max_float_layers": 1}}],
+        "exports": [{"format": "onnx", "quantize": {"max_accuracy_drop": 0.01, "max_float_layers": 1,
+                                                    "equalize": False}}],
         "measure": {"runs": 3, "warmup": 1},
     })
     report = edgepress.run(recipe, tmp_path / "run")

@@ -46,6 +46,14 @@ def test_digits_fit_to_cnn_and_mlp_inputs():
     assert 0.9 < cnn.x_test.max() <= 1.0
 
 
+def test_gray_digits_fit_a_channels_last_rgb_model():
+    data = load_dataset("digits", test_size=20).fit_to((32, 32, 3))  # keras.applications' layout (MobileNetV2)
+    x = data.x_test
+    assert x.shape == (20, 32, 32, 3) and x.dtype == np.float32
+    np.testing.assert_array_equal(x[..., 0], x[..., 2])  # the gray channel, repeated
+    assert 0.5 < x.max() <= 1.0
+
+
 def test_user_npz(tmp_path):
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "d.npz", x=rng.random((50, 28, 28)), y=rng.integers(0, 3, 50))
