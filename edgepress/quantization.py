@@ -76,8 +76,12 @@ class QuantizeConfig(BaseModel):
         True, description="Before keeping layers in float, try the model cross-layer equalized (the equalize step, "
         "without bias correction), fully quantized."
     )
+    min_int8_macs: float = Field(
+        0.5, description="The share of the model's MACs (multiply-accumulates) the chosen artifact must run in integer "
+        "kernels to count as int8, as a fraction or a percentage; below it the run fails its gates (0: allow any)."
+    )
 
-    @field_validator("max_accuracy_drop", mode="before")
+    @field_validator("max_accuracy_drop", "min_int8_macs", mode="before")
     @classmethod
     def _percent(cls, value):
         return fraction(value)

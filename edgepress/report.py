@@ -52,6 +52,8 @@ SCHEMA_VERSION = 1
 GATE_NAMES = ("max_accuracy_drop", "max_p50_ms", "max_bytes", "max_perplexity")
 # An accuracy-aware export's budget, a gate on its final artifact: the drop from the exported float model.
 BUDGET_GATE = "quantize_max_accuracy_drop"
+# ... and the share of its MACs that must run in integer kernels (quantize.min_int8_macs), on its final artifact.
+INT8_GATE = "quantize_min_int8_macs"
 
 
 def apply_gates(artifact: dict, gates: dict, memory_budget_mb: float | None = None,
@@ -85,6 +87,11 @@ def apply_gates(artifact: dict, gates: dict, memory_budget_mb: float | None = No
         # Accuracies are fractions of the same samples: allow float rounding at the limit.
         artifact["gates"][BUDGET_GATE] = {"limit": limit, "value": value,
                                           "passed": value is not None and value <= limit + 1e-9}
+        if aware.get("role") == "final" and aware.get("min_int8_macs"):
+            # An "int8" file whose MACs run mostly in float kernels is not an int8 result (a minimum, not a maximum).
+            share = (artifact.get("quantization") or {}).get("int8_macs")
+            artifact["gates"][INT8_GATE] = {"limit": aware["min_int8_macs"], "value": share, "minimum": True,
+                                            "passed": share is not None and share >= aware["min_int8_macs"] - 1e-9}
     artifact["passed"] = all(g["passed"] for g in artifact["gates"].values())
 
 
@@ -171,7 +178,8 @@ class Report:
                     value = "not measured" if gate["value"] is None else _gate_value(name, gate["value"])
                     failing.setdefault(name, []).append(f"{a['name']} on {a['device']} ({value})")
         lines = [
-            f"gate {name} <= {_gate_value(name, self._limit(name))} failed for: {', '.join(who)}"
+            f"gate {name} {'>=' if name == INT8_GATE else '<='} {_gate_value(name, self._limit(name))} failed for: "
+            f"{', '.join(who)}"
             for name, who in failing.items()
         ]
         lines += [f"device {name} failed: {d['error']}" for name, d in self.results["devices"].items() if d["error"]]
@@ -390,6 +398,8 @@ def _gate_value(name: str, value: float) -> str:
         return f"{value * 100:.2f} pt" if name == "baseline_accuracy" else f"{value:+.1%}"
     if name in ("max_accuracy_drop", BUDGET_GATE):
         return f"{value * 100:.2f} pt"
+    if name == INT8_GATE:
+        return f"{value:.0%} of MACs in integer kernels"
     if name == "max_p50_ms":
         return f"{value:.3f} ms"
     if name == "max_perplexity":

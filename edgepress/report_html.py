@@ -22,6 +22,7 @@ GATE_WORDS = {
     "max_perplexity": "perplexity",
     "max_memory_mb": "peak memory",
     "quantize_max_accuracy_drop": "accuracy-aware budget: drop from the exported float model",
+    "quantize_min_int8_macs": "accuracy-aware int8: share of MACs in integer kernels",
 }
 # Columns sorted by a number (their raw value), the rest by text.
 RAW = {
@@ -126,7 +127,7 @@ def _gate_table(gates: dict) -> str:
     lines = "".join(
         f"<tr class='{'pass' if g['passed'] else 'fail'}'><td>{e(GATE_WORDS.get(name, name))}</td>"
         f"<td>{'pass' if g['passed'] else 'FAIL'}</td><td>{e(_value(name, g['value']))}</td>"
-        f"<td>&le; {e(_gate_value(name, g['limit']))}</td><td>{e(margin(name, g))}</td></tr>"
+        f"<td>{_sign(g)} {e(_gate_value(name, g['limit']))}</td><td>{e(margin(name, g))}</td></tr>"
         for name, g in gates.items()
     )
     return ("<table class='gates'><thead><tr><th>gate</th><th></th><th>measured</th><th>limit</th><th>margin</th>"
@@ -145,14 +146,23 @@ def _closest_gates(rows: list[tuple[dict, dict]]) -> str:
             lines.append(f"<tr class='fail'><td>{e(GATE_WORDS.get(name, name))}</td><td>FAIL</td>"
                          "<td colspan='3'>not measured on this device</td></tr>")
             continue
-        a, g = min(measured, key=lambda x: x[1]["value"] - x[1]["limit"])
+        a, g = min(measured, key=lambda x: _past(x[1]))
         lines.append(
             f"<tr class='{'pass' if passing else 'fail'}'><td>{e(GATE_WORDS.get(name, name))}</td>"
             f"<td>{passing} of {len(rows)} pass</td><td>best: {e(_value(name, g['value']))} "
-            f"<span class='dim'>({e(a['name'])})</span></td><td>&le; {e(_gate_value(name, g['limit']))}</td>"
+            f"<span class='dim'>({e(a['name'])})</span></td><td>{_sign(g)} {e(_gate_value(name, g['limit']))}</td>"
             f"<td>{e(margin(name, g))}</td></tr>")
     return ("<table class='gates'><thead><tr><th>gate</th><th></th><th>measured</th><th>limit</th><th>margin</th>"
             f"</tr></thead><tbody>{''.join(lines)}</tbody></table>")
+
+
+def _sign(gate: dict) -> str:
+    return "&ge;" if gate.get("minimum") else "&le;"
+
+
+def _past(gate: dict) -> float:
+    """How far the measured value is past the limit (negative: inside it), for a maximum or a minimum gate."""
+    return gate["limit"] - gate["value"] if gate.get("minimum") else gate["value"] - gate["limit"]
 
 
 def _value(name: str, value: float | None) -> str:
@@ -167,7 +177,7 @@ def margin(name: str, gate: dict) -> str:
     """How far a gate's measured value is inside its limit ("… to spare") or past it ("… over")."""
     if gate["value"] is None:
         return "not measured: fails"
-    room = gate["limit"] - gate["value"]
+    room = -_past(gate)
     amount = _gate_value(name, abs(room))
     # A share of the limit reads well for sizes and times, not for a drop that may be a gain.
     share = ""

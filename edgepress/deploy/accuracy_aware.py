@@ -94,6 +94,7 @@ class QuantizeResult:
     search: str = "linear"
     notes: list[str] = field(default_factory=list)
     equalized: dict | None = None  # what equalization did (compress.equalize.Details.to_dict), when it was tried
+    min_int8_macs: float = 0.5  # the least share of MACs in integer kernels the chosen artifact must have
 
     @property
     def remedy(self) -> str:
@@ -114,7 +115,7 @@ class QuantizeResult:
             "float_layers": self.float_layer_rows(trial),
             "accuracy_aware": {"role": self.role(trial), "max_accuracy_drop": self.budget,
                                "budget_met": self.budget_met, "accuracy_drop_from_float": trial.accuracy_drop,
-                               "remedy": trial.remedy},
+                               "remedy": trial.remedy, "min_int8_macs": self.min_int8_macs},
         }
 
     def float_layer_rows(self, trial: Trial) -> list[dict]:
@@ -353,7 +354,7 @@ def quantize_to_budget(
         format=format, precision=precision, budget=config.max_accuracy_drop, float_accuracy=float_accuracy,
         eval_samples=len(x_eval), options={"samples": len(calibration), **(onnx_options or _TFLITE_CALIBRATION)},
         sensitivity=sensitivity, trials=trials, chosen=chosen, budget_met=bool(passing), search=config.search,
-        notes=notes, equalized=equalized_details,
+        notes=notes, equalized=equalized_details, min_int8_macs=config.min_int8_macs,
     )
 
 

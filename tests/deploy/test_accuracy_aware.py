@@ -265,3 +265,61 @@ def test_layer_names_are_read_from_converted_op_names():
     assert layer_of("m/dense/MatMul/MatMulAddFusion", layers) == "dense"
     assert layer_of("StatefulPartitionedCall:0", layers, outputs=["logits"]) == "logits"
     assert layer_of("Transpose__42", layers) is None
+
+
+@pytest.fixture(scope="module")
+def outlier_mlp(digits8):
+    """Flatten, Dense 128 relu, Dense 10 on digits, then 3 hidden units scaled up 1000x (and their outgoing
+    weights down): the float model is unchanged, and the first Dense holds nearly all the MACs."""
+    from edgepress.compat import keras
+
+    k = keras()
+    k.utils.set_random_seed(0)
+    model = k.Sequential([k.layers.Input((8, 8, 1)), k.layers.Flatten(), k.layers.Dense(128, activation="relu",
+                          name="wide"), k.layers.Dense(10, name="logits")], name="outlier_mlp")
+    training.fit(model, digits8.x_train, digits8.y_train, epochs=8)
+    w1, b1 = model.get_layer("wide").get_weights()
+    w2, b2 = model.get_layer("logits").get_weights()
+    w1[:, :3] *= 1000
+    b1[:3] *= 1000
+    w2[:3, :] /= 1000
+    model.get_layer("wide").set_weights([w1, b1])
+    model.get_layer("logits").set_weights([w2, b2])
+    return model
+
+
+@pytest.mark.parametrize("equalize, min_int8_macs, passes",
+                         [(False, None, False), (False, 0, True), (True, None, True)])
+def test_int8_that_runs_mostly_in_float_is_not_an_int8_success(outlier_mlp, tmp_path, equalize, min_int8_macs,
+                                                                passes):
+    model = tmp_path / "mlp.keras"
+    outlier_mlp.save(model)
+    quantize = {"max_accuracy_drop": "1%", "equalize": equalize}
+    if min_int8_macs is not None:
+        quantize["min_int8_macs"] = min_int8_macs
+    report = edgepress.run(edgepress.Recipe.from_dict({
+        "name": "mlp", "model": {"path": str(model)},
+        "data": {"dataset": "digits", "test_size": 300, "calibration_samples": 100, "check_samples": 50},
+        "exports": [{"format": "tflite", "quantize": quantize}], "measure": {"runs": 3, "warmup": 1},
+    }), tmp_path / "run")
+    final = next(a for a in report.artifacts if a["accuracy_aware"]["role"] == "final")
+    assert report.results["quantize"][0]["budget_met"]  # the accuracy budget holds in every case
+    share = final["quantization"]["int8_macs"]
+    assert (share >= 0.9) == equalize  # equalized: every layer int8; float fallback: the wide layer stays float
+    assert report.passed == passes
+    if not passes:
+        assert final["gates"]["quantize_min_int8_macs"]["value"] == share < 0.5
+        with pytest.raises(GateFailed, match="quantize_min_int8_macs >= 50% of MACs in integer kernels"):
+            report.check()
+
+
+@pytest.mark.parametrize("fmt", ["tflite", "onnx"])
+def test_the_outlier_mlp_reaches_int8_within_half_a_point_with_90_percent_int8_macs(outlier_mlp, digits8, tmp_path,
+                                                                                    fmt):
+    from edgepress.deploy.coverage import int8_macs
+
+    result = quantize_to_budget(outlier_mlp, fmt, tmp_path, digits8.calibration(100), digits8.x_test, digits8.y_test,
+                                max_accuracy_drop="0.5%")
+    assert result.full.accuracy_drop > 0.05  # plain int8 breaks it
+    assert result.budget_met and result.chosen.accuracy_drop <= 0.005 and result.chosen.float_layers == []
+    assert int8_macs(result.chosen.artifact.path)["int8_macs"] >= 0.9
