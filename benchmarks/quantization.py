@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import os
 import subprocess
 import sys
@@ -208,6 +209,11 @@ def run_worker(python: str | None, flag: str, spec: dict, spec_path: Path) -> di
     return json.loads(result_path.read_text())
 
 
+def _share(fraction: float) -> str:
+    """A percentage rounded down to 0.1, so a model with some float MACs never shows 100.0%."""
+    return f"{math.floor(fraction * 1000) / 10:.1f}%"
+
+
 def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
@@ -322,9 +328,10 @@ def render(rows: list[dict], train: int, test: int, args, seconds: float, load_b
             lines.append(f"{head} could not run: {r['problem']} | - | - | - | - | - |")
             continue
         drop = (float_accuracy[(r["model"], r["format"])] - r["accuracy"]) * 100
+        over = " (over the budget)" if drop > BUDGET * 100 + 1e-9 else ""
         low, high = r["p50_ci"]
         lines.append(
-            f"{head} {r['accuracy']:.2%} | {drop:+.2f} pt | {r['int8_macs']:.0%} | {r['bytes']:,} | "
+            f"{head} {r['accuracy']:.2%} | {drop:+.2f} pt{over} | {_share(r['int8_macs'])} | {r['bytes']:,} | "
             f"{r['p50']:.3f} [{low:.3f}, {high:.3f}] | {_seconds(r['seconds'])} |"
         )
     notes = [f"- {r['model']}, {r['note']}" for r in rows if r.get("note")]
@@ -336,9 +343,10 @@ def render(rows: list[dict], train: int, test: int, args, seconds: float, load_b
     versions = sorted({r["version"] for r in rows if r.get("version")})
     load_after = os.getloadavg()
     lines += [
-        "Latency was measured on a shared 2-core machine while other work ran (load average "
+        f"Latency was measured on a shared {os.cpu_count()}-core machine while other work ran (load average "
         f"{load_before[0]:.1f} at the start, {load_after[0]:.1f} at the end): p50 differences inside the intervals "
-        "are ties, and only large ratios mean anything."
+        "are ties, and only large ratios mean anything. The files were timed together in this one run; compare "
+        "rows of this table with each other, not with the latencies of other sections or runs, which the load moves."
         + (" --tiny: few images, 1 epoch, few timed runs; these numbers mean nothing." if args.tiny else ""),
         "",
         "Measured with " + ", ".join(f"{k} {v}" for k, v in env.items() if v)
