@@ -1,7 +1,7 @@
 """Quantization peers side by side: edgepress's accuracy-aware int8 against NNCF and Google's LiteRT quantizer.
 
-    .venv/bin/python benchmarks/quantization.py            # about 10-20 minutes on 2 cores (first run installs NNCF)
-    .venv/bin/python benchmarks/quantization.py --tiny     # a few minutes: proves it runs, the numbers mean nothing
+    .venv/bin/python benchmarks/quantization.py            # about 2-5 minutes on 2 cores (first run: installs NNCF)
+    .venv/bin/python benchmarks/quantization.py --tiny     # under a minute: proves it runs, the numbers mean nothing
 
 1. Trains the seed CNN on real MNIST (benchmarks/compression.py's `mnist_and_seed_cnn`: the first 8,000 images
    of ../shared/data/mnist train, the last 2,000 test) and makes its outlier variant as
