@@ -8,8 +8,11 @@
 1b. If it misses the budget, try the cheaper remedy first: the model cross-layer equalized
    (compress/equalize.py: per-channel weight scales moved between consecutive layers, high biases
    absorbed; the float model computes the same), fully quantized. Outlier channels, which are what
-   breaks per-tensor int8, are evened out, so every layer can stay int8. The search below continues
-   from whichever of the two was more accurate; each trial records its remedy ("none" or "equalize").
+   breaks per-tensor int8, are evened out, so every layer can stay int8. Then, for ONNX when the
+   recipe chose no calibration method, the other activation-range methods (percentile, entropy), which
+   clip outliers instead of spanning them. The search below continues from whichever was the most
+   accurate; each trial records its remedy ("none", "equalize", "calibration percentile", ...).
+   (Weights are per channel in both formats already: the TFLite converter always, ONNX by default.)
 2. Measure each layer's quantization error (sensitivity), even when the budget already holds:
    TFLite with the converter's quantization debugger (each op run in int8 and in float on the same
    inputs), ONNX with onnxruntime's QDQ debugging tools (every activation of the QDQ model against
@@ -142,7 +145,7 @@ class QuantizeResult:
         if self.budget_met and chosen is self.full:
             return (f"{label}: fully quantized {chosen.artifact.name} meets the budget "
                     f"(drop {_pt(chosen.accuracy_drop)} <= {_pt(self.budget)} from the float model).")
-        how = " after cross-layer equalization" if chosen.remedy == "equalize" else ""
+        how = {"none": "", "equalize": " after cross-layer equalization"}.get(chosen.remedy, f" ({chosen.remedy})")
         if self.budget_met and not chosen.float_layers:
             return (f"{label}: full int8 drops {_pt(self.full.accuracy_drop)} (budget {_pt(self.budget)}); "
                     f"{chosen.artifact.name}, fully quantized{how}, meets it (drop {_pt(chosen.accuracy_drop)}).")
@@ -290,23 +293,26 @@ def quantize_to_budget(
     trials: list[Trial] = []
 
     models = {"none": model}  # remedy -> the Keras model its artifacts are exported from
+    options = {"none": onnx_options}  # remedy -> the ONNX calibration settings its artifacts use
     remedy = "none"  # the remedy the float-layer search works on
 
-    def attempt(float_layers: Sequence[str]) -> Trial:
-        """Export with `float_layers` in float (once per set and remedy), measure accuracy, record the trial."""
+    def attempt(float_layers: Sequence[str], under: str | None = None) -> Trial:
+        """Export with `float_layers` in float under a remedy (default: the search's), once per set and remedy;
+        measure accuracy and record the trial."""
+        kind = under or remedy
         for t in trials:
-            if set(t.float_layers) == set(float_layers) and t.remedy == remedy:
+            if set(t.float_layers) == set(float_layers) and t.remedy == kind:
                 return t
         path = out_dir / artifact_filename(stem, format, precision, trial=len(trials))
-        made_by = [*steps, "equalize"] if remedy == "equalize" else steps
-        artifact = _export(models[remedy], format, path, calibration, check_data, made_by, float_layers, onnx_options)
+        made_by = [*steps, "equalize"] if kind.startswith("equalize") else steps
+        artifact = _export(models[kind], format, path, calibration, check_data, made_by, float_layers, options[kind])
         accuracy = _accuracy(artifact, x_eval, y_eval)
         drop = float_accuracy - accuracy
         trial = Trial(artifact, list(float_layers), accuracy, drop, drop <= config.max_accuracy_drop + _TOLERANCE,
-                      remedy)
+                      kind)
         trials.append(trial)
         kept = f"{len(float_layers)} layer(s) in float ({', '.join(float_layers)})" if float_layers else "full int8"
-        kept += ", equalized" if remedy == "equalize" else ""
+        kept += {"none": "", "equalize": ", equalized"}.get(kind, f", {kind}")
         say(f"{artifact.name}: {kept}, accuracy {accuracy:.2%}, drop {_pt(drop)} "
             f"({'meets' if trial.meets_budget else 'misses'} the {_pt(config.max_accuracy_drop)} budget)")
         return trial
@@ -321,7 +327,7 @@ def quantize_to_budget(
         if equalized is None:
             notes.append(f"Cross-layer equalization was not tried: {why}")
         else:
-            models["equalize"], remedy = equalized, "equalize"
+            models["equalize"], options["equalize"], remedy = equalized, onnx_options, "equalize"
             balanced = attempt([])
             pairs = ", ".join(f"{first} -> {second}" for first, second in equalized_details["pairs"])
             notes.append(f"Cross-layer equalization of {pairs}: full int8 accuracy {full.accuracy:.2%} -> "
@@ -331,6 +337,8 @@ def quantize_to_budget(
                 sensitivity = _sensitivity(equalized, format, balanced.artifact, calibration, onnx_options)
             elif not balanced.meets_budget:
                 remedy = "none"  # equalizing did not help: keep layers of the model as given in float
+    if format == "onnx" and config.calibration.method is None:
+        remedy = _other_calibrations(trials, remedy, models, options, attempt)
     start = next(t for t in trials if t.remedy == remedy and not t.float_layers)
     candidates = [s.layer for s in sensitivity if s.is_layer and s.error > 0]
     if not start.meets_budget:
@@ -356,6 +364,28 @@ def quantize_to_budget(
         sensitivity=sensitivity, trials=trials, chosen=chosen, budget_met=bool(passing), search=config.search,
         notes=notes, equalized=equalized_details, min_int8_macs=config.min_int8_macs,
     )
+
+
+def _other_calibrations(trials: list[Trial], remedy: str, models: dict, options: dict,
+                        attempt: Callable[..., Trial]) -> str:
+    """While full int8 misses the budget, try the ONNX activation-range methods not tried yet (percentile and
+    entropy clip outliers; min-max spans them) on the most accurate model so far; return the remedy to go on with."""
+    best = max((t for t in trials if not t.float_layers), key=lambda t: t.accuracy)
+    if best.meets_budget:
+        return remedy
+    base = best.remedy
+    for method in ("percentile", "entropy"):
+        if method == options[base]["calibration_method"]:
+            continue
+        name = f"calibration {method}" if base == "none" else f"{base}, calibration {method}"
+        models[name], options[name] = models[base], {**options[base], "calibration_method": method}
+        trial = attempt([], name)
+        if trial.meets_budget:
+            return name
+        if trial.accuracy > best.accuracy:
+            best = trial
+    # The float-layer search goes on from the most accurate: the search's own remedy when none beat it.
+    return best.remedy if best.accuracy > max(t.accuracy for t in trials if t.remedy == remedy) else remedy
 
 
 def check_quantizable(model) -> None:

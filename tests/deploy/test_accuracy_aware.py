@@ -74,7 +74,7 @@ def outlier_cnn(digits8):
 
 
 @pytest.mark.parametrize("fmt, calibration, search", [("tflite", {}, "linear"),
-                                                       ("onnx", {"format": "qoperator"}, "bisect")])
+                                                       ("onnx", {"format": "qoperator", "method": "minmax"}, "bisect")])
 def test_full_int8_breaks_and_a_few_named_float_layers_recover_the_budget(outlier_cnn, digits8, tmp_path, fmt,
                                                                           calibration, search):
     # equalize: false, so the float fallback itself is what is tested (equalization fixes this model alone).
@@ -180,9 +180,9 @@ def test_a_budget_that_cannot_be_met_fails_the_run_and_reports_the_best_found(ou
         "name": "aa",
         "model": {"path": str(model)},
         "data": {"dataset": "digits", "test_size": 300, "calibration_samples": 100, "check_samples": 50},
-        # One float layer is not enough for this model.
+        # One float layer is not enough for this model (min-max ranges, not equalized).
         "exports": [{"format": "onnx", "quantize": {"max_accuracy_drop": 0.01, "max_float_layers": 1,
-                                                    "equalize": False}}],
+                                                    "equalize": False, "calibration": {"method": "minmax"}}}],
         "measure": {"runs": 3, "warmup": 1},
     })
     report = edgepress.run(recipe, tmp_path / "run")
@@ -323,3 +323,17 @@ def test_the_outlier_mlp_reaches_int8_within_half_a_point_with_90_percent_int8_m
     assert result.full.accuracy_drop > 0.05  # plain int8 breaks it
     assert result.budget_met and result.chosen.accuracy_drop <= 0.005 and result.chosen.float_layers == []
     assert int8_macs(result.chosen.artifact.path)["int8_macs"] >= 0.9
+
+
+def test_onnx_tries_the_other_calibration_methods_before_any_float_layer(outlier_cnn, digits8, tmp_path):
+    result = quantize_to_budget(outlier_cnn, "onnx", tmp_path, digits8.calibration(100), digits8.x_test,
+                                digits8.y_test, max_accuracy_drop="1%", equalize=False)
+    remedies = [t.remedy for t in result.trials]
+    first_float = next((i for i, t in enumerate(result.trials) if t.float_layers), len(result.trials))
+    tried = [r for r in remedies[:first_float] if r.startswith("calibration")]
+    assert remedies[0] == "none" and tried and set(tried) <= {"calibration percentile", "calibration entropy"}
+    for trial in result.trials[:first_float]:  # each fully int8, its own file, scored on the same data
+        assert trial.float_layers == [] and trial.artifact.path.is_file()
+    if not any(t.meets_budget for t in result.trials[:first_float]):
+        assert tried == ["calibration percentile", "calibration entropy"]  # both, before keeping layers float
+    assert result.to_dict()["trials"][1]["remedy"] == tried[0]
