@@ -23,13 +23,12 @@ from edgepress.errors import EdgepressError
 from edgepress.formats import PRECISIONS, QUANTIZED, precision_names, sparse_precisions
 from edgepress.quantization import QuantizeConfig
 from edgepress.tune.spec import TuneSpec
-from edgepress.values import fraction, plain_path
+from edgepress.values import MAX_EPOCHS, fraction, plain_path
 
 STEPS = registered()
 SPARSE_PRECISIONS = sparse_precisions("tflite")
 # Limits past which a value can only be a mistake (a typo that would train for days or fail deep in numpy).
 MAX_SEED = 2**32 - 1
-MAX_EPOCHS = 10_000
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED, description="Random seed, 0 to 2**32 - 1.")]
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+# Epochs past which a value can only be a mistake (a typo that would train for days): every epochs field's bound.
+MAX_EPOCHS = 10_000
+
 
 def fraction(value):
     """A fraction given as a number (0.01) or a percentage string ('1%'); anything else is refused, saying why."""

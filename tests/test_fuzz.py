@@ -141,6 +141,8 @@ simple("unknown step type", r"shrink", steps=[{"type": "shrink"}])
 simple("step without type", r"steps\.0", steps=[{"target_sparsity": 0.5}])
 simple("step a string", r"steps\.0", steps=["prune"])
 simple("unknown step key", r"unknown key 'steps\.0\.prune\.sparsity'", steps=[{"type": "prune", "sparsity": 0.5}])
+simple("fine-tuning without end", r"fine_tune_epochs", steps=[{"type": "prune", "fine_tune_epochs": 10**9}])
+simple("distilling without end", r"epochs", steps=[{"type": "distill", "epochs": 10**9}])
 simple("sparsity above 1", r"target_sparsity", steps=[{"type": "prune", "target_sparsity": 1.5}])
 simple("structured ratio above 1", r"ratio", steps=[{"type": "structured_prune", "ratio": 1.5}])
 simple("structured_prune after qat", r"structured_prune must come before qat",
@@ -282,6 +284,7 @@ model_case("garbage .onnx file", "garbage.onnx", "garbage_onnx")
 model_case("garbage .h5 file", "garbage.h5", "garbage_h5")
 model_case("a folder that is no model", "no_model", "folder")
 model_case("a missing model file", "missing.keras", "missing")
+model_case("a .keras archive whose metadata is a list", "not a valid .keras model archive", "list_metadata")
 
 
 @case("an input shape with the wrong rank", "does not fit")
@@ -353,6 +356,12 @@ def models(tmp_path_factory) -> dict[str, Path]:
     paths["folder"].mkdir()
     (paths["folder"] / "readme.txt").write_text("not a model")
     paths["missing"] = folder / "missing.keras"
+    import zipfile
+
+    paths["list_metadata"] = folder / "list_metadata.keras"
+    with zipfile.ZipFile(paths["list_metadata"], "w") as archive:
+        archive.writestr("metadata.json", "[]")
+        archive.writestr("config.json", "{}")
     return paths
 
 

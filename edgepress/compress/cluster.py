@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from edgepress.compress.step import Step, register
 from edgepress.errors import EdgepressError
 from edgepress.models import training
+from edgepress.values import MAX_EPOCHS
 
 # Recipe names of tfmot's CentroidInitialization members.
 CENTROID_INITIALIZATIONS = {
@@ -43,7 +44,7 @@ class ClusterConfig(BaseModel):
     preserve_sparsity: bool = Field(
         False, description="Keep the zeros of a pruned model as zeros (sparsity-preserving clustering)."
     )
-    fine_tune_epochs: int = Field(2, ge=1, description="Epochs of training the centroids.")
+    fine_tune_epochs: int = Field(2, le=MAX_EPOCHS, ge=1, description="Epochs of training the centroids.")
     batch_size: int = Field(128, ge=1)
     learning_rate: float = Field(1e-4, gt=0)
     layers: list[str] | None = Field(

@@ -32,6 +32,7 @@ from edgepress.compress.step import Step, register
 from edgepress.errors import EdgepressError
 from edgepress.models import training
 from edgepress.models.datasets import fit_to_input
+from edgepress.values import MAX_EPOCHS
 
 
 class StudentSpec(BaseModel):
@@ -78,7 +79,7 @@ class DistillConfig(BaseModel):
     alpha: float = Field(
         0.1, ge=0, le=1, description="Weight of the hard-label loss; the soft (teacher) loss gets 1 - alpha, x T^2."
     )
-    epochs: int = Field(10, ge=1, description="Epochs of training the student.")
+    epochs: int = Field(10, le=MAX_EPOCHS, ge=1, description="Epochs of training the student.")
     batch_size: int = Field(128, ge=1)
     learning_rate: float = Field(1e-3, gt=0)
     unlabelled: str | None = Field(

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from edgepress.compress.step import Step, register
 from edgepress.errors import EdgepressError
 from edgepress.models import training
+from edgepress.values import MAX_EPOCHS
 
 
 class PruneConfig(BaseModel):
@@ -35,7 +36,7 @@ class PruneConfig(BaseModel):
         description="constant: prune to the target at once; polynomial_decay: ramp up from initial_sparsity.",
     )
     initial_sparsity: float = Field(0.0, ge=0, lt=1, description="Start of the polynomial_decay ramp.")
-    fine_tune_epochs: int = Field(2, ge=1, description="Epochs of training while and after pruning.")
+    fine_tune_epochs: int = Field(2, le=MAX_EPOCHS, ge=1, description="Epochs of training while and after pruning.")
     batch_size: int = Field(128, ge=1)
     learning_rate: float = Field(1e-3, gt=0)
     layers: list[str] | None = Field(

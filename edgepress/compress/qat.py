@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from edgepress.compress.step import Step, register
 from edgepress.errors import EdgepressError, first_line
 from edgepress.models import training
+from edgepress.values import MAX_EPOCHS
 
 
 class QatConfig(BaseModel):
@@ -35,7 +36,7 @@ class QatConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     type: Literal["qat"] = "qat"
-    fine_tune_epochs: int = Field(1, ge=1, description="Epochs of quantization-aware fine-tuning.")
+    fine_tune_epochs: int = Field(1, le=MAX_EPOCHS, ge=1, description="Epochs of quantization-aware fine-tuning.")
     batch_size: int = Field(128, ge=1)
     learning_rate: float = Field(1e-4, gt=0)
     layers: list[str] | None = Field(

@@ -46,6 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from edgepress.compress.step import Step, register
 from edgepress.errors import EdgepressError, first_line
 from edgepress.models import training
+from edgepress.values import MAX_EPOCHS
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,9 @@ class StructuredPruneConfig(BaseModel):
         "(see a device profile's channel_multiple)."
     )
     rounds: int = Field(3, ge=1, description="gradual: rounds over which the ratio is reached.")
-    fine_tune_epochs: int = Field(3, ge=0, description="Epochs of training after (oneshot) or while (gradual) pruning.")
+    fine_tune_epochs: int = Field(
+        3, le=MAX_EPOCHS, ge=0, description="Epochs of training after (oneshot) or while (gradual) pruning."
+    )
     batch_size: int = Field(128, ge=1)
     learning_rate: float = Field(1e-3, gt=0)
 

@@ -233,7 +233,7 @@ def _keras_version_of_archive(path: Path) -> str:
         with zipfile.ZipFile(path) as archive:
             metadata = json.loads(archive.read("metadata.json"))
         return str(metadata["keras_version"])
-    except (zipfile.BadZipFile, KeyError, ValueError, OSError) as error:
+    except (zipfile.BadZipFile, KeyError, ValueError, TypeError, OSError) as error:  # TypeError: not a mapping
         raise EdgepressError(
             f"Cannot load {path}: it is not a valid .keras model archive ({first_line(error)}). "
             f"The file may be truncated or corrupt, or not a Keras model at all; {_SAVE_HINT} again "
