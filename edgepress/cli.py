@@ -144,20 +144,15 @@ def bench(
     """Measure existing artifacts on one device: latency, load time, memory, and accuracy with --data."""
 
     def work():
-        import numpy as np
 
         from edgepress import files
         from edgepress.deploy import measure
         from edgepress.devices import load_device
+        from edgepress.models.datasets import read_npz
         from edgepress.report import interval_text
 
         target = load_device(device)
-        pair = None
-        if data is not None:
-            with np.load(data) as f:
-                pair = (f["x"], f["y"]) if "x" in f and "y" in f else None
-            if pair is None:
-                raise EdgepressError(f"{data} needs arrays 'x' (preprocessed inputs) and 'y' (integer labels).")
+        pair = None if data is None else read_npz(data)  # checked: x finite numbers, y integer labels
         table = Table("artifact", "runtime", "accuracy", "p50 ms", "p90 ms", "mean ms", "load ms", "peak MiB",
                       title=f"on {target.name} ({target.reach.kind})", title_justify="left")
         results, failed = [], []

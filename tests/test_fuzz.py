@@ -419,3 +419,36 @@ def test_any_gate_value_is_a_fraction_or_a_message(value):
     else:
         drop = recipe.gates.max_accuracy_drop
         assert drop is None or 0 <= drop <= 1
+
+
+@pytest.fixture(scope="module")
+def artifact(models, tmp_path_factory) -> Path:
+    from edgepress.deploy import export_tflite
+    from edgepress.models.loading import load_model
+
+    return export_tflite(load_model(models["keras"]), tmp_path_factory.mktemp("bench") / "m_fp32.tflite").path
+
+
+def _bench_data(tmp: Path, kind: str) -> list[str]:
+    path = tmp / "d.npz"
+    if kind == "missing":
+        return ["--data", str(tmp / "none.npz")]
+    if kind == "object arrays":
+        np.savez(path, x=np.array([object()] * 3, dtype=object), y=np.zeros(3))
+    elif kind == "garbage":
+        path.write_bytes(bytes(range(256)))
+    elif kind == "nan":
+        np.savez(path, x=np.full((3, 8, 8), np.nan, np.float32), y=np.zeros(3, np.int64))
+    else:  # a device profile of binary bytes
+        (tmp / "board.yaml").write_bytes(bytes(range(128, 256)))
+        return ["--device", str(tmp / "board.yaml")]
+    return ["--data", str(path)]
+
+
+@pytest.mark.parametrize("kind, pattern", [("missing", "not found"), ("object arrays", "not a readable .npz"),
+                                           ("garbage", "not a readable .npz"), ("nan", "NaN"),
+                                           ("device", "not UTF-8")])
+def test_bench_refuses_bad_input_cleanly(artifact, tmp_path, kind, pattern):
+    result = runner.invoke(app, ["bench", str(artifact), *_bench_data(tmp_path, kind), "--runs", "2"])
+    assert result.exit_code == 2 and "Traceback" not in result.output and "bug" not in result.output, result.output
+    assert re.search(pattern, " ".join(result.output.split()))

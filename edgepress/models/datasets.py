@@ -89,7 +89,7 @@ def load_dataset(
     elif name == "npz":
         if path is None:
             raise EdgepressError("The 'npz' dataset needs a path to a .npz file with 'x' and 'y' arrays.")
-        x, y = _load_npz(Path(path))
+        x, y = read_npz(Path(path))
     elif name == "python_source":
         x, y = load_python_source(path)
         return _split(name, x, y, train_size, test_size, classes=len(PYTHON_SOURCE_VOCAB) + 1)
@@ -230,7 +230,8 @@ def _read_idx(path: Path) -> np.ndarray:
         raise EdgepressError(f"{path} is not a readable MNIST idx file ({e}). Re-download it.") from None
 
 
-def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The checked `x` (float32 inputs) and `y` (int64 labels) arrays of a user's .npz file."""
     if not path.is_file():
         raise EdgepressError(f"Data file {path} not found: give a .npz file with 'x' and 'y' arrays.")
     try:
