@@ -70,8 +70,15 @@ def summarize(ops: Iterable[dict]) -> dict[str, Any]:
 
 
 def manifest_fields(path: str | Path) -> dict[str, Any]:
-    """What an artifact's manifest keeps of `int8_macs(path)` under `quantization` (shares rounded to 1e-4)."""
-    c = int8_macs(path)
+    """What an artifact's manifest keeps of `int8_macs(path)` under `quantization` (shares rounded to 1e-4).
+
+    A file whose MACs cannot be counted (an ONNX graph with unknown image sizes, which onnxruntime cannot run at
+    the size 1 that counting takes for them) gets `int8_macs: null` and the reason, and its export goes on.
+    """
+    try:
+        c = int8_macs(path)
+    except Exception as e:  # onnxruntime and the TFLite interpreter raise their own types
+        return {"int8_macs": None, "int8_macs_note": f"MACs not counted: {first_line(e)}"}
     total = c["macs"]
     return {
         "int8_macs": round(c["int8_macs"], 4),
