@@ -275,6 +275,7 @@ def test_pytorch_cnn_tflite_through_litert_torch(torch_cnn):
     assert int8["bytes"] < 0.35 * fp32["bytes"]
     manifest = json.loads((torch_cnn.run_dir / "artifacts" / (int8["name"] + ".json")).read_text())
     assert manifest["layout"] == "NHWC" and manifest["inputs"][0]["shape"] == [1, 32, 32, 3]
+    assert "| layout |" in (torch_cnn.run_dir / "report.md").read_text()  # NCHW and NHWC rows: the report says
 
 
 def test_onnx_exports_that_cannot_be_made_are_refused(torch_cnn, tmp_path):
