@@ -167,11 +167,6 @@ def _devices(recipe: Recipe) -> list:
 
 
 def with_default_exports(recipe: Recipe, devices: list) -> Recipe:
-    """`recipe` as planned for `devices` when it names no exports (see below)."""
-    return _exports_for(recipe, devices)
-
-
-def _exports_for(recipe: Recipe, devices: list) -> Recipe:
     """The recipe with its exports, by default the targets' preferred precisions (each once, in order), less
     those a step forbids after it (a qat model exports as int8, dynamic or QDQ only)."""
     from edgepress.compress.step import STEPS
