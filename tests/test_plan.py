@@ -96,3 +96,20 @@ def test_a_plan_takes_calibration_once_and_names_every_artifact(tmp_path):
     assert [e.path.name for e in plan.exports] == ["n_int8_b1.tflite", "n_fp16_sparse.tflite", "n_int8_static.onnx"]
     assert len(plan.calibration) == 30 and np.array_equal(plan.calibration, plan.export_data.x_train[:30])
     assert not (tmp_path / "run").exists()
+
+
+def test_models_import_nothing_above_them():
+    import ast
+    from pathlib import Path
+
+    import edgepress.models
+
+    above = ("edgepress.recipe", "edgepress.api", "edgepress.plan", "edgepress.report", "edgepress.deploy",
+             "edgepress.compress", "edgepress.cli", "edgepress.tune")
+    found = []
+    for path in Path(edgepress.models.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
+                [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            found += [f"{path.name}: {n}" for n in names if n.startswith(above)]
+    assert not found, found
