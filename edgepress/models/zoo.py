@@ -90,9 +90,16 @@ def mobilenet_v2(input_shape: tuple[int, ...] = (32, 32, 3), num_classes: int = 
     pruning with channel rounding and for equalization on a real architecture. Gray images are resized and
     repeated to its 32x32x3 input.
     """
-    return _keras().applications.MobileNetV2(
+    keras = _keras()
+    model = keras.applications.MobileNetV2(
         input_shape=input_shape, alpha=0.35, weights=None, classes=num_classes, classifier_activation=None
     )
+    # keras.applications' BatchNormalization momentum (0.999) is for ImageNet-long training: after the few hundred
+    # steps a zoo model trains here, its moving statistics are still the initial ones and inference scores chance.
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = 0.9
+    return model
 
 
 def raw_mlp(input_shape: tuple[int, ...] = (784,), num_classes: int = 10):
