@@ -7,14 +7,14 @@ results.json, schema_version 1:
     schema_version, edgepress_version, created, duration_s, recipe (resolved), environment (versions, CPU),
     data {dataset, train_samples, test_samples, calibration_samples},
     source {model, kind, params, metrics {accuracy[, cross_entropy, perplexity]}}
-                                                        kind: keras, saved_model or onnx; a sequence model
+                                                        kind: keras, saved_model, onnx or torch; a sequence model
                                                         (labels per time step) also has cross_entropy and
                                                         perplexity, here and in each artifact's metrics
-    models [{stage, accuracy, params, macs, sparsity}]  the source, then the model after each step
+    models [{stage, accuracy, params, macs, sparsity, file}]  the source, then the model after each step
                                                         (macs: multiply-accumulates for one sample); a distill
                                                         step adds distill {student, teacher, temperature, alpha, epochs,
                                                         teacher_accuracy, student_accuracy, scratch_accuracy}
-    devices {name: {reach, error}}                      error is null when the device was measured
+    devices {name: {reach, error, memory_budget_mb}}    error is null when the device was measured
     artifacts [{name, device, format, precision, path, bytes, gzip_bytes, sha256, steps, quantization, check,
                 metrics {accuracy, accuracy_drop, agreement[, cross_entropy, perplexity]},
                 latency {unit: "ms", p50, p90, p99, mean, std, min, max, runs, warmup, threads, batch,
@@ -22,10 +22,11 @@ results.json, schema_version 1:
                          runs stopped), times_ms (the per-run times, at most 2,000)},
                 load_ms, memory {baseline_rss_bytes, peak_rss_bytes, model_rss_bytes}, runtime {name, version,
                 providers, warnings}, host {cpu, machine, cores, python, numpy, load_before, load_after},
-                gates {gate: {limit, value, passed}}, passed}]
+                layout (NHWC, NCHW or null), gates {gate: {limit, value, passed[, minimum]}}, passed}]
                                                         one entry per artifact and device; a value a device
                                                         could not measure (adb: accuracy) is null; a sparse
-                                                        TFLite export has quantization {sparse, sparse_tensors}
+                                                        TFLite export has quantization {sparse, sparse_tensors};
+                                                        every quantization has int8_macs, hybrid_macs, macs
     gates {max_accuracy_drop, max_p50_ms, max_bytes, max_perplexity, require},
     notes [...]                                         what the run left out and why (e.g. no TFLite from ONNX)
     best {device: artifact name or null}, passed,
@@ -34,7 +35,10 @@ results.json, schema_version 1:
     quantize [...]                                      one entry per accuracy-aware export (see sensitivity.json);
                                                         its artifacts' rows also carry float_layers and
                                                         accuracy_aware {role, max_accuracy_drop, budget_met, ...},
-                                                        and the final one the gate quantize_max_accuracy_drop
+                                                        (with remedy and min_int8_macs); each has the gate
+                                                        quantize_max_accuracy_drop, and the final one also
+                                                        quantize_min_int8_macs (a minimum)
+The verdict (each row's gates and passed, best, passed) is `judge(results)`, in one place; `check()` runs it.
 """
 
 from __future__ import annotations
