@@ -5,7 +5,8 @@
 1. Runs the same recipe twice (default: edgepress's demo, `edgepress/demo.yaml`: the seed CNN on scikit-learn's
    digits, pruned, every precision exported), each in its own run directory, and compares each (device,
    artifact) of the two: accuracy must agree exactly (same seeds, same data); the p50s by how much they differ
-   (|p50_2 / p50_1 - 1|) and whether their 95% intervals overlap (edgepress calls that a tie).
+   (|p50_2 / p50_1 - 1|) and whether their 95% intervals overlap (edgepress calls that a tie). Then
+   `edgepress compare` of the two with its default limits, on the stored p50s and with the files timed again.
 2. Times every .tflite and .onnx artifact of the first run in this process two ways, in alternating blocks so
    that load falls on both alike: edgepress's timing loop (runner.time_interleaved on Runtime.timer, what
    the runner does on a device) and a bare loop written by hand around the runtime (set_tensor, invoke,
@@ -54,6 +55,9 @@ def main(argv: list[str] | None = None) -> dict:
     agreement = agree(reports[0].results, reports[1].results)
     say(f"accuracy equal in {agreement['accuracy_equal']}/{agreement['rows']} rows; p50 differs by "
         f"{agreement['p50_median_difference']:.1%} (median), {agreement['p50_max_difference']:.1%} (max)")
+    verdicts = compare_verdicts(work / "run1", work / "run2")
+    say(f"edgepress compare run1 run2: {verdicts['stored_regressions']} regression(s) on the stored p50s, "
+        f"{verdicts['retimed_regressions']} with the files timed again together")
 
     overhead = []
     for row in reports[0].results["artifacts"]:
@@ -63,13 +67,14 @@ def main(argv: list[str] | None = None) -> dict:
         overhead.append({"name": row["name"], **measured})
         say(f"{row['name']}: bare p50 {measured['bare_p50']:.4f} ms, runner loop {measured['loop_p50']:.4f} ms, "
             f"overhead {measured['overhead']:+.2%}")
-    section = render(recipe.name, agreement, overhead, reports[0].results, time.perf_counter() - started, args)
+    section = render(recipe.name, agreement, verdicts, overhead, reports[0].results, time.perf_counter() - started,
+                     args)
     if args.no_write:
         print(section)
     else:
         write_section(Path(args.results), "reproducibility", section)
         say(f"wrote the reproducibility section of {args.results}")
-    return {"agreement": agreement, "overhead": overhead}
+    return {"agreement": agreement, "compare": verdicts, "overhead": overhead}
 
 
 def agree(first: dict, second: dict) -> dict:
@@ -96,6 +101,20 @@ def agree(first: dict, second: dict) -> dict:
         "ties": sum(r["tie"] for r in rows), "p50_median_difference": statistics.median(differences),
         "p50_max_difference": max(differences), "per_artifact": rows,
     }
+
+
+def compare_verdicts(old: Path, new: Path) -> dict:
+    """`edgepress compare` of the two runs with its default limits, on the stored p50s and with the files timed
+    again together (its default): the regressions each reports, and each row's change."""
+    from edgepress.compare import BaselineSpec, compare_files
+
+    stored = compare_files(old, new, BaselineSpec(path=str(old), retime=False))
+    retimed = compare_files(old, new, BaselineSpec(path=str(old)))
+    rows = {(r.device, r.artifact): {"stored": r} for r in stored.rows}
+    for r in retimed.rows:
+        rows[(r.device, r.artifact)]["retimed"] = r
+    return {"stored_regressions": len(stored.regressions()), "retimed_regressions": len(retimed.regressions()),
+            "rows": rows}
 
 
 def loop_overhead(path: str, runs: int, blocks: int) -> dict:
@@ -145,7 +164,8 @@ def _bare_call(model, x):
     return lambda: session.run(outputs, feed)
 
 
-def render(name: str, agreement: dict, overhead: list[dict], results: dict, seconds: float, args) -> str:
+def render(name: str, agreement: dict, verdicts: dict, overhead: list[dict], results: dict, seconds: float,
+           args) -> str:
     env = results["environment"]
     host = next((r.get("host") or {} for r in results["artifacts"]), {})
     lines = [
@@ -162,12 +182,20 @@ def render(name: str, agreement: dict, overhead: list[dict], results: dict, seco
         f"{agreement['p50_max_difference']:.1%}; the two 95% intervals overlap (a tie) for {agreement['ties']} of "
         f"{agreement['rows']}.",
         "",
-        "| artifact | accuracy run 1 / run 2 | p50 ms run 1 / run 2 | difference | intervals |",
-        "|---|---|---|---|---|",
+        f"`edgepress compare run1 run2` (default limits: p50 +10% and significant): "
+        f"{verdicts['stored_regressions']} regression(s) when it compares the two runs' stored p50s "
+        f"(`--no-retime`), {verdicts['retimed_regressions']} when it times both runs' files again, interleaved in "
+        "one process (its default).",
+        "",
+        "| artifact | accuracy run 1 / run 2 | p50 ms run 1 / run 2 | difference | intervals | compare, stored "
+        "| compare, timed again: p50 change |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in agreement["per_artifact"]:
+        pair = verdicts["rows"].get((r["device"], r["name"]), {})
         lines.append(f"| {r['name']} | {r['accuracy'][0]:.2%} / {r['accuracy'][1]:.2%} | {r['p50'][0]:.4f} / "
-                     f"{r['p50'][1]:.4f} | {r['p50_difference']:.1%} | {'tie' if r['tie'] else 'differ'} |")
+                     f"{r['p50'][1]:.4f} | {r['p50_difference']:.1%} | {'tie' if r['tie'] else 'differ'} | "
+                     f"{_verdict(pair.get('stored'))} | {_verdict(pair.get('retimed'))} |")
     worst = max((o["overhead"] for o in overhead), default=float("nan"))
     lines += [
         "",
@@ -179,6 +207,13 @@ def render(name: str, agreement: dict, overhead: list[dict], results: dict, seco
     ]
     lines += [f"| {o['name']} | {o['bare_p50']:.4f} | {o['loop_p50']:.4f} | {o['overhead']:+.2%} |" for o in overhead]
     return "\n".join(lines) + "\n"
+
+
+def _verdict(row) -> str:
+    if row is None or row.p50_change is None:
+        return "-"
+    change = f"{row.p50_change:+.1%}" + ("" if row.p50_significant else " (tie)")
+    return change + (" **regression**" if "p50" in row.regressions else ", ok")
 
 
 def _load(value: float | None) -> str:

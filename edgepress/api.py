@@ -50,7 +50,9 @@ def run(recipe: Recipe, run_dir: str | Path | None = None, progress: Progress | 
     made, quantized = _export(plan, model, [s.type for s in plan.steps], progress)
     rows, failures = _measure_all(plan, made, _reference(source, plan.data), progress)
     results = _results(plan, source, stages, rows, failures, quantized, started)
-    baseline_error = compare_with_baseline(results, plan.recipe.gates.baseline)  # results["baseline"], for judge
+    # results["baseline"], for judge; the baseline's artifacts timed again beside these
+    baseline_error = compare_with_baseline(results, plan.recipe.gates.baseline, plan.run_dir, list(plan.devices),
+                                           progress.update)
     results.update(judge(results))
     report = Report(results)
     report.save(plan.run_dir)

@@ -74,6 +74,9 @@ def compare(
     max_p50_regression: Annotated[str, typer.Option(help="Largest significant p50 slow-down: 0.1 or 10%.")] = "10%",
     max_accuracy_regression: Annotated[str, typer.Option(help="Largest accuracy drop: 0.002 or 0.2 pt.")] = "0.2 pt",
     max_bytes_regression: Annotated[str, typer.Option(help="Largest file growth: 0.05 or 5%.")] = "5%",
+    retime: Annotated[bool, typer.Option(
+        help="Time OLD's artifacts again beside NEW's, interleaved, and compare those p50s (two runs' stored p50s "
+        "drift apart on a shared machine); --no-retime compares the stored numbers.")] = True,
 ) -> None:
     """Print how NEW differs from OLD as a Markdown table (for a pull-request comment); exit 1 on a regression."""
 
@@ -85,10 +88,10 @@ def compare(
         try:
             limits = BaselineSpec(path=str(old), max_p50_regression=max_p50_regression,
                                   max_accuracy_regression=max_accuracy_regression,
-                                  max_bytes_regression=max_bytes_regression)
+                                  max_bytes_regression=max_bytes_regression, retime=retime)
         except ValidationError as e:
             raise EdgepressError("; ".join(err["msg"].removeprefix("Value error, ") for err in e.errors())) from None
-        comparison = compare_files(old, new, limits)
+        comparison = compare_files(old, new, limits, say=lambda m: print(m, file=sys.stderr))
         print(comparison.to_markdown(), end="")
         if comparison.regressed:
             raise GateFailed("regression against the baseline: " + "; ".join(comparison.regressions()))

@@ -8,8 +8,13 @@ same device and checked on three limits (`BaselineSpec`):
 - accuracy: a regression when it dropped by more than `max_accuracy_regression` (points);
 - bytes: a regression when the file grew by more than `max_bytes_regression`.
 
-Latencies are compared only when both were measured alike (same CPU, cores, runtime and version,
-threads, batch); otherwise the device is flagged and its latency left out, never silently compared.
+Latencies are re-timed (`retime`): two runs' stored p50s do not compare on a shared machine, where the
+p50 of one file moves between two runs by more than either run's interval shows (benchmarks/reproducibility.py:
+up to a third on the demo's sub-millisecond models). So the baseline's file and the new one are timed again,
+now, interleaved in one runner process on their device, and compared on those numbers. When that cannot be
+done (the baseline's artifacts are gone, an adb device, a device that does not answer) the stored numbers are
+compared, and flagged; they are compared only when both were measured alike (same CPU, cores, runtime and
+version, threads, batch); otherwise the device is flagged and its latency left out, never silently compared.
 `edgepress run --baseline FILE` keeps the comparison in results["baseline"] (`compare_with_baseline`) and the
 verdict adds it to each row as gates (`add_baseline_gates`: `baseline_p50`, `baseline_accuracy`,
 `baseline_bytes`); `edgepress compare OLD NEW` prints it as a Markdown table.
@@ -68,6 +73,10 @@ class BaselineSpec(BaseModel):
     )
     max_accuracy_regression: float = Field(0.002, description="Largest accuracy drop, in points (0.002 or '0.2 pt').")
     max_bytes_regression: float = Field(0.05, description="Largest growth of the file, relative (0.05 or '5%').")
+    retime: bool = Field(
+        True, description="Time the baseline's artifacts again, interleaved with this run's, and compare those "
+        "p50s (needs the baseline's run directory with its artifacts); false: compare the stored p50s."
+    )
 
     @field_validator("max_p50_regression", "max_bytes_regression", mode="before")
     @classmethod
@@ -93,6 +102,7 @@ class RowComparison:
     p50_change: float | None = None  # relative: +0.12 is 12% slower
     p50_significant: bool | None = None
     latency_compared: bool = True
+    retimed: bool = False  # both p50s timed again now, interleaved (see `retime`); else the stored ones
     accuracy_change: float | None = None  # new - old, a fraction
     bytes_change: float | None = None  # relative
     regressions: list[str] = field(default_factory=list)
@@ -126,7 +136,9 @@ class Comparison:
             "",
             f"Limits: p50 +{lim.max_p50_regression:.0%} (significant only), "
             f"accuracy -{lim.max_accuracy_regression * 100:.2f} pt, bytes +{lim.max_bytes_regression:.0%}. "
-            "p50 in ms with its 95% interval.",
+            "p50 in ms with its 95% interval"
+            + ("; re-timed now, the baseline's file and the new one interleaved." if any(r.retimed for r in self.rows)
+               else "."),
             "",
             "| device | artifact | p50 before | p50 now | p50 change | accuracy before | accuracy now | bytes change "
             "| verdict |",
@@ -192,14 +204,16 @@ def load_results(path: str | Path, what: str = "Baseline") -> dict:
 
 
 def compare(old_results: dict, new_results: dict, limits: BaselineSpec | dict | None = None,
-            baseline: str = "baseline") -> Comparison:
+            baseline: str = "baseline", timings: dict | None = None) -> Comparison:
     """Compare each (device, artifact) of `new_results` with `old_results`; see the module's docstring.
 
-    Raises EdgepressError when the two runs are of different models or data (their accuracies and
-    sizes would not mean the same thing).
+    `timings` ({(device, artifact): (old latency, new latency)}, from `retime`) replaces the stored latencies
+    of those rows. Raises EdgepressError when the two runs are of different models or data (their accuracies
+    and sizes would not mean the same thing).
     """
     limits = limits if isinstance(limits, BaselineSpec) else BaselineSpec(path=baseline, **(limits or {}))
     _check_same_job(old_results, new_results, baseline)
+    timings = timings or {}
     flags = _version_flags(old_results, new_results)
     old_rows = {(r["device"], r["name"]): r for r in old_results["artifacts"]}
     new_rows = {(r["device"], r["name"]): r for r in new_results["artifacts"]}
@@ -210,8 +224,11 @@ def compare(old_results: dict, new_results: dict, limits: BaselineSpec | dict | 
         if old is None:
             rows.append(RowComparison(key[0], key[1], "new", new=_values(new)))
             continue
+        if key in timings:  # timed again, now and alike: what the two runs stored does not matter
+            old, new = {**old, "latency": timings[key][0]}, {**new, "latency": timings[key][1]}
         row = _compare_row(old, new, limits)
-        differences = _latency_differences(old, new)
+        row.retimed = key in timings
+        differences = [] if row.retimed else _latency_differences(old, new)
         if differences:
             row.latency_compared = False
             row.regressions = [r for r in row.regressions if r != "p50"]
@@ -221,8 +238,80 @@ def compare(old_results: dict, new_results: dict, limits: BaselineSpec | dict | 
                              + "; ".join(differences) + ". Measure the baseline on this machine to compare.")
         rows.append(row)
     rows += [RowComparison(k[0], k[1], "removed", old=_values(r)) for k, r in old_rows.items() if k not in new_rows]
-    flags += _busy_flags(old_results, new_results)
+    stored = sorted({r.device for r in rows if r.status == "compared" and r.latency_compared and not r.retimed})
+    if stored:
+        flags.append(f"{', '.join(stored)}: p50 compared from the two runs' stored numbers, which move between runs "
+                     "by more than their intervals show on a shared machine. Keep the baseline's run directory with "
+                     "its artifacts so they are timed again beside the new ones.")
+        flags += _busy_flags(old_results, new_results)
     return Comparison(baseline, rows, flags, limits)
+
+
+def retime(old_results: dict, new_results: dict, old_dir: Path, new_dir: Path, devices: list | None = None,
+           say=None) -> tuple[dict, list[str]]:
+    """Time every artifact of `new_results` again with its baseline counterpart of `old_results`, now and
+    interleaved in one runner process per device, so the two p50s are measured alike (see the module's docstring).
+
+    A row's files are its recorded path, else the file of that name in its run directory's artifacts/ (a run
+    directory restored from a CI cache), checked against the recorded sha256. `devices` (Device objects) default to
+    the new run's targets; the timing follows the new run's `measure` options. `say(message)` reports progress.
+    Returns ({(device, artifact): (old latency, new latency)}, flags for what could not be timed again).
+    """
+    from edgepress.deploy.measure import time_together
+    from edgepress.deploy.transports import DeviceError
+    from edgepress.recipe import MeasureSpec
+
+    recipe = new_results.get("recipe") or {}
+    m = MeasureSpec(**recipe.get("measure") or {})
+    old_rows = {(r["device"], r["name"]): r for r in old_results["artifacts"]}
+    timings, flags = {}, []
+    for device in devices if devices is not None else _target_devices(recipe):
+        pairs, missing = [], []
+        for new in (r for r in new_results["artifacts"] if r["device"] == device.name and r.get("latency")):
+            old = old_rows.get((device.name, new["name"]))
+            if old is None or not old.get("latency"):
+                continue
+            files = _artifact_file(old, old_dir), _artifact_file(new, new_dir)
+            (pairs if None not in files else missing).append((new["name"], *files, new["latency"].get("threads")))
+        if missing:
+            flags.append(f"{device.name}: not timed again, the baseline's file is gone or changed for "
+                         + ", ".join(name for name, *_ in missing) + f" (looked in {old_dir / 'artifacts'}).")
+        if not pairs:
+            continue
+        if device.reach.kind == "adb":
+            flags.append(f"{device.name}: not timed again (over adb each file is timed alone, not interleaved).")
+            continue
+        if say:
+            say(f"timing {len(pairs)} artifact(s) again beside the baseline's on {device.name}")
+        paths = [f for _, old_file, new_file, _ in pairs for f in (old_file, new_file)]
+        try:
+            timed = time_together(paths, device, m.runs, m.warmup, m.threads, None, m.run_cap, m.target_ci_width,
+                                  2 * m.max_seconds)
+        except DeviceError as e:
+            flags.append(f"{device.name}: not timed again ({e}).")
+            continue
+        for i, (name, _, _, threads) in enumerate(pairs):
+            (old_t, host), (new_t, _) = timed[2 * i], timed[2 * i + 1]
+            alike = {"unit": "ms", "threads": threads, "batch": 1, "host": host}
+            timings[(device.name, name)] = ({**old_t, **alike}, {**new_t, **alike})
+    return timings, flags
+
+
+def _target_devices(recipe: dict) -> list:
+    from edgepress.recipe import Target
+
+    return [Target(**t).device() for t in recipe.get("targets") or []]
+
+
+def _artifact_file(row: dict, run_dir: Path) -> Path | None:
+    """The file a results row measured: its path, else the same name in run_dir/artifacts; None when neither is
+    there with the recorded sha256."""
+    import hashlib
+
+    for path in (Path(row["path"]), Path(run_dir) / "artifacts" / Path(row["path"]).name):
+        if path.is_file() and (not row.get("sha256") or hashlib.sha256(path.read_bytes()).hexdigest() == row["sha256"]):
+            return path
+    return None
 
 
 def _busy_flags(old: dict, new: dict) -> list[str]:
@@ -293,14 +382,30 @@ def _compare_row(old: dict, new: dict, limits: BaselineSpec) -> RowComparison:
     return row
 
 
-def compare_files(old: str | Path, new: str | Path, limits: BaselineSpec | dict | None = None) -> Comparison:
-    """`compare` of two results.json files (or run directories), each checked by `load_results`."""
-    return compare(load_results(old), load_results(new, "Results"), limits, baseline=str(old))
+def compare_files(old: str | Path, new: str | Path, limits: BaselineSpec | dict | None = None, say=None) -> Comparison:
+    """`compare` of two results.json files (or run directories), each checked by `load_results`; their artifacts
+    timed again (`retime`) unless `limits.retime` is false."""
+    limits = limits if isinstance(limits, BaselineSpec) else BaselineSpec(path=str(old), **(limits or {}))
+    old_results, new_results = load_results(old), load_results(new, "Results")
+    timings, flags = {}, []
+    if limits.retime:
+        _check_same_job(old_results, new_results, str(old))  # refused before any timing
+        timings, flags = retime(old_results, new_results, _run_dir(old), _run_dir(new), say=say)
+    comparison = compare(old_results, new_results, limits, baseline=str(old), timings=timings)
+    comparison.flags[:0] = flags
+    return comparison
 
 
-def compare_with_baseline(results: dict, spec: BaselineSpec | None) -> str | None:
+def _run_dir(path: str | Path) -> Path:
+    path = Path(path)
+    return path if path.is_dir() else path.parent
+
+
+def compare_with_baseline(results: dict, spec: BaselineSpec | None, run_dir: Path | None = None,
+                          devices: list | None = None, say=None) -> str | None:
     """Compare `results` with the baseline `spec` names; the comparison goes into results["baseline"] (its rows
-    become gates in `add_baseline_gates`, called by the verdict), its flags into results["notes"].
+    become gates in `add_baseline_gates`, called by the verdict), its flags into results["notes"]. With
+    `spec.retime` the baseline's artifacts are timed again beside this run's (in `run_dir`) on `devices`.
 
     Returns None, or the message of a baseline that could not be used (missing, other schema, other model):
     then results["baseline"] = {path, error} and no gate is added; the caller saves the results, then raises
@@ -309,10 +414,16 @@ def compare_with_baseline(results: dict, spec: BaselineSpec | None) -> str | Non
     if spec is None:
         return None
     try:
-        comparison = compare(load_results(spec.path), results, spec, baseline=spec.path)
+        old = load_results(spec.path)
+        _check_same_job(old, results, spec.path)  # refused before any timing
+        timings, flags = {}, []
+        if spec.retime and run_dir is not None:
+            timings, flags = retime(old, results, _run_dir(spec.path), Path(run_dir), devices, say)
+        comparison = compare(old, results, spec, baseline=spec.path, timings=timings)
     except EdgepressError as e:
         results["baseline"] = {"path": spec.path, "error": str(e)}
         return str(e)
+    comparison.flags[:0] = flags
     results["baseline"] = comparison.to_dict()
     results.setdefault("notes", []).extend(comparison.flags)
     return None

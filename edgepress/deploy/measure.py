@@ -95,19 +95,42 @@ def measure_many(
         else:
             # Scored alone (one timed run: the latency comes from the interleaved rounds below).
             results = [run_benchmark(device, p, e, 1, warmup, threads) for p, e in zip(paths, evals, strict=True)]
-            latency_npz = None
-            if data is not None and len({x.shape for x in inputs}) == 1:  # else each times a random input
-                latency_npz = Path(work) / "latency.npz"  # the timed input only: the first sample
-                np.savez(latency_npz, x=inputs[0][:1].astype(np.float32))
-            timed = run_benchmark(device, paths, latency_npz, runs, warmup, threads, adaptive)
-            for result, timing in zip(results, timed["artifacts"], strict=True):
-                result["latency_ms"] = timing["latency_ms"]
-                result["host"] = timed["host"]
+            same_shape = data is not None and len({x.shape for x in inputs}) == 1  # else each times a random input
+            timed = time_together(paths, device, runs, warmup, threads, inputs[0][:1] if same_shape else None,
+                                  **adaptive)
+            for result, (latency, host) in zip(results, timed, strict=True):
+                result["latency_ms"], result["host"] = latency, host
     for result in results:
         result["device"] = device.name
         if reference is not None and result.get("predictions") is not None:
             result["agreement"] = float(np.mean(np.asarray(result["predictions"]) == reference))
     return results
+
+
+def time_together(
+    paths: list[Path],
+    device: Device,
+    runs: int = 100,
+    warmup: int = 10,
+    threads: int | None = None,
+    x: np.ndarray | None = None,
+    max_runs: int | None = None,
+    target_ci_width: float | None = None,
+    max_seconds: float | None = None,
+) -> list[tuple[dict, dict]]:
+    """Latency only: the files of `paths` timed interleaved in one runner process on `device` (not over adb).
+
+    `x` is the timed input (one sample, in the files' layout), else each file times a random input.
+    Returns (latency_ms, host) per file, in order: the runner's statistics and the machine they were taken on.
+    """
+    adaptive = {"max_runs": max_runs, "target_ci_width": target_ci_width, "max_seconds": max_seconds}
+    with tempfile.TemporaryDirectory() as work:
+        latency_npz = None
+        if x is not None:
+            latency_npz = Path(work) / "latency.npz"
+            np.savez(latency_npz, x=np.asarray(x, dtype=np.float32))
+        timed = run_benchmark(device, list(paths), latency_npz, runs, warmup, threads or device.threads, adaptive)
+    return [(t["latency_ms"], timed["host"]) for t in timed["artifacts"]]
 
 
 def _in_artifact_layout(x: np.ndarray, artifact) -> np.ndarray:
