@@ -274,7 +274,7 @@ def tune(
                 console.print(f"{escape(name)}: trial {best['trial']} {escape(best['artifact'])}: accuracy "
                               f"{best['accuracy']:.2%}, p50 {best['p50_ms']:.3f} ms, {best['bytes']:,} bytes -> "
                               f"{escape(best['recipe'])}")
-        console.print(f"Run directory: {run_dir} (tune.json, tune.html, best-<device>.yaml, study.db)")
+        console.print(f"Run directory: {run_dir} (tune.json, report.html, best-<device>.yaml, study.db)")
         result.check()
 
     def _tune_recipe(source, data, devices, drop, p50, size, trials, budget, sampler):

@@ -334,33 +334,50 @@ def sensitivity(entry: dict, key: str) -> str:
     return to_svg(fig, f"{entry['format']} {entry['precision']}: sensitivity ranking", key)
 
 
-# -- hook for `edgepress tune` (built elsewhere): its Pareto front per device ---------------------------------
+# -- `edgepress tune`: its report.html draws one of these per device ----------------------------------------
 
-def pareto_front(points_by_device: dict[str, list[dict]], key: str = "tune") -> str:
-    """A tune's trials per device, accuracy (%) against p50 (ms, log), the Pareto front joined.
-
-    `points_by_device`: {device: [{"label": str, "p50": ms, "accuracy": fraction}, ...]}, one point per trial.
-    report_html.tune_section() calls this when results.json has `tune.points`."""
+def tune_front(device: str, points: list[dict], front: list[dict], best: dict | None, budgets: dict,
+               source_accuracy: float | None, key: str) -> str:
+    """Accuracy (%) against p50 (ms, log) of every artifact a tune measured on `device` (faded), its Pareto front
+    over accuracy, p50 and bytes (full colour; the accuracy-latency envelope of the front joined), the
+    recommended artifact ringed, the accuracy and p50 budgets shaded. Points are tune.json rows: {trial,
+    artifact, format, precision, accuracy, p50_ms, bytes}; `front` and `best` are tune.json's for this device."""
     plt = _pyplot()
-    devices = list(points_by_device)
-    fig, axes = plt.subplots(1, max(len(devices), 1), figsize=(7.2, 3.2), squeeze=False)
-    for ax, device in zip(axes[0], devices, strict=False):
-        pts = [p for p in points_by_device[device] if p.get("p50") and p.get("accuracy") is not None]
-        ax.set_title(f"{device}: tune trials")
-        ax.set_xscale("log")
-        ax.set_xlabel("p50 (ms, log scale)")
-        ax.set_ylabel("accuracy (%)")
-        if not pts:
-            continue
-        ax.scatter([p["p50"] for p in pts], [p["accuracy"] * 100 for p in pts], s=20, c=SKY, edgecolors=BLACK,
-                   linewidths=0.6, label="trial")
-        front = _pareto([(p["p50"], p["accuracy"] * 100) for p in pts])
-        ax.plot(*zip(*front, strict=True), color=VERMILLION, lw=1.4, marker="o", ms=4, label="Pareto front")
-        ax.legend(fontsize=7, frameon=False)
-        ax.grid(alpha=0.25, which="major")
-        on_front = {(x, y) for x, y in front}
-        chosen = [p for p in pts if (p["p50"], p["accuracy"] * 100) in on_front]
-        place_labels(ax, [p["p50"] for p in chosen], [p["accuracy"] * 100 for p in chosen],
-                     [p["label"] for p in chosen], fontsize=7)
-    fig.tight_layout()
-    return to_svg(fig, "tune: Pareto front per device", key)
+    pts = [p for p in points if p.get("p50_ms") and p.get("accuracy") is not None]
+    fig, ax = plt.subplots(figsize=(7.2, 3.6))
+    ax.set_title(f"{device}: every artifact the tune measured")
+    ax.set_xscale("log")
+    ax.set_xlabel("p50 latency at batch 1 (ms, log scale)")
+    ax.set_ylabel("accuracy on the test set (%)")
+    if not pts:
+        ax.text(0.5, 0.5, "no artifact was measured on this device", ha="center", transform=ax.transAxes)
+        return to_svg(fig, f"{device}: nothing measured", key)
+    limit_ms, drop = budgets.get("max_p50_ms"), budgets.get("max_accuracy_drop")
+    floor = None if drop is None or source_accuracy is None else (source_accuracy - drop) * 100
+    xlo, xhi = _log_limits([p["p50_ms"] for p in pts], limit_ms)
+    ys = [p["accuracy"] * 100 for p in pts] + ([] if floor is None else [floor])
+    pad = max((max(ys) - min(ys)) * 0.1, 0.5)
+    ylim = (min(ys) - pad, max(ys) + pad)
+    ax.set_xlim(xlo, xhi)
+    ax.set_ylim(*ylim)
+    if limit_ms is not None:
+        _shade_beyond(ax, "x", limit_ms, xhi * 100, f"over max_p50_ms ({limit_ms:g} ms)")
+    if floor is not None:
+        _shade_beyond(ax, "y", floor, ylim[0], f"over max_accuracy_drop ({drop * 100:.2f} pt)")
+    ax.set_xlim(xlo, xhi)
+    ax.set_ylim(*ylim)
+    on_front = {(p["trial"], p["artifact"]) for p in front}
+    for p in pts:
+        ax.scatter(p["p50_ms"], p["accuracy"] * 100, s=36 if (p["trial"], p["artifact"]) in on_front else 18,
+                   zorder=3, alpha=1.0 if (p["trial"], p["artifact"]) in on_front else 0.35,
+                   **style_of(p["precision"], p["format"]))
+    envelope = _pareto([(p["p50_ms"], p["accuracy"] * 100) for p in front if p.get("p50_ms")
+                        and p.get("accuracy") is not None])
+    if envelope:
+        ax.plot(*zip(*envelope, strict=True), color=BLUE, lw=1.2, zorder=2, label="Pareto front")
+    if best and best.get("p50_ms") and best.get("accuracy") is not None:
+        ax.scatter(best["p50_ms"], best["accuracy"] * 100, s=260, facecolors="none", edgecolors=BLACK,
+                   linewidths=1.6, zorder=4, label=f"recommended (trial {best['trial']})")
+    ax.grid(alpha=0.25, which="major")
+    _legend(ax, pts)
+    return to_svg(fig, f"{device}: accuracy against p50 latency of every artifact tried", key)

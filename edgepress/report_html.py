@@ -56,7 +56,6 @@ def render(report) -> str:
         _plots(report, numbers),
         _steps(report),
         _quantize(report),
-        _tune(results),
         _notes(report),
         LEGEND,
     ]
@@ -333,21 +332,49 @@ def _quantize(report) -> str:
     return "".join(parts) + "</section>"
 
 
-# -- hook: `edgepress tune` (built by another module) adds results["tune"]["points"] -------------------------------
-# {device: [{"label": str, "p50": ms, "accuracy": fraction}, ...]}: one point per trial. Its Pareto front per
-# device is drawn by plots.pareto_front(); nothing else here needs to change.
+# -- the page `edgepress tune` writes -------------------------------------------------------------------------
 
-def tune_section(points_by_device: dict[str, list[dict]]) -> str:
-    """The section a tune adds: its trials and Pareto front per device."""
-    return ("<section id='tune'><h2>Tune: Pareto front per device</h2>"
-            + _figure(plots.pareto_front(points_by_device, "tune"),
-                      "Each trial's accuracy against p50; the line joins the trials no other trial beats on both.")
-            + "</section>")
+def render_tune(tune: dict) -> str:
+    """report.html of a tune (`tune`: tune.json's content): per device, the plot of every artifact measured with
+    its Pareto front, the front as a table, and the recommendation."""
+    budgets = tune["budgets"]
+    said = ", ".join(f"{k} {v:g}" for k, v in budgets.items() if v is not None) or "none"
+    body = [f"<header><h1>edgepress tune</h1><p class='meta'>{len(tune['trials'])} trials in "
+            f"{tune['duration_s']:.0f} s; source accuracy {_pct(tune['source']['accuracy'])}; budgets: {e(said)}. "
+            f"Created {e(tune.get('created', '?'))}.</p></header>"]
+    for device, front in tune["pareto"].items():
+        points = [p for t in tune["trials"] for p in t.get("rows", []) if p["device"] == device]
+        points += [p for p in tune["source"]["rows"] if p["device"] == device]
+        best = tune["best"].get(device)
+        rows = []
+        for p in front:
+            star = " ★" if best and (p["trial"], p["artifact"]) == (best["trial"], best["artifact"]) else ""
+            rows.append(f"<tr><td>{'source' if p['trial'] is None else p['trial']}</td><td>{e(p['artifact'])}{star}"
+                        f"</td><td>{_pct(p['accuracy'])}</td><td>{_ms(p['p50_ms'])}</td><td>{p['bytes']:,}</td>"
+                        f"<td>{'yes' if p['passed'] else 'no'}</td></tr>")
+        if best:
+            verdict = f"Recommended: trial {best['trial']}, {e(best['artifact'])} (reproduce it: {e(best['recipe'])})."
+        elif device in tune["closest"]:
+            c = tune["closest"][device]
+            verdict = f"No artifact within the budgets; the closest: trial {c['trial']}, {e(c['artifact'])}."
+        else:
+            verdict = "Nothing was measured on this device."
+        body.append(
+            f"<section><h2>{e(device)}</h2><p>{verdict}</p>"
+            + _figure(plots.tune_front(device, points, front, best, budgets, tune["source"]["accuracy"],
+                                       f"tune-{device}"),
+                      "Faded: artifacts another beats on accuracy, p50 and bytes at once; full colour: the Pareto "
+                      "front over those three, its accuracy-latency envelope joined; ringed: the recommendation.")
+            + "<table><thead><tr><th>trial</th><th>artifact</th><th>accuracy</th><th>p50 ms</th><th>bytes</th>"
+              "<th>within the budgets</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table></section>")
+    return ("<!doctype html>\n<html lang='en'><head><meta charset='utf-8'>"
+            "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+            f"<title>edgepress tune</title><style>{CSS}</style></head><body>\n" + "\n".join(body)
+            + "\n</body></html>\n")
 
 
-def _tune(results: dict) -> str:
-    points = (results.get("tune") or {}).get("points")
-    return tune_section(points) if points else ""
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def _notes(report) -> str:

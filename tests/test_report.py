@@ -25,7 +25,7 @@ import edgepress
 from edgepress.console import name_prefix, print_report
 from edgepress.plots import _pareto
 from edgepress.report import Report, drop_text
-from edgepress.report_html import margin, tune_section
+from edgepress.report_html import margin, render_tune
 
 TINY = {
     "name": "tiny_report",
@@ -70,12 +70,22 @@ def test_pareto_front_keeps_what_nothing_beats():
     assert _pareto(points) == [(0.5, 80.0), (1.0, 90.0), (2.0, 95.0)]
 
 
-def test_tune_hook_draws_a_front_per_device():
-    # The hook `edgepress tune` fills: results["tune"]["points"] = {device: [{label, p50, accuracy}, ...]}.
-    svg = tune_section({"x86-host": [{"label": "t0", "p50": 0.2, "accuracy": 0.9},
-                                     {"label": "t1", "p50": 0.1, "accuracy": 0.85}],
-                        "rpi4": [{"label": "t0", "p50": 2.0, "accuracy": 0.9}]})
-    assert svg.count("<svg") == 1 and "Pareto front per device" in svg and "tune-" in svg
+def test_a_tune_report_has_a_plot_per_device_and_marks_the_recommendation():
+    def row(trial, artifact, device, accuracy, p50, size, passed):
+        return {"trial": trial, "artifact": artifact, "device": device, "format": "tflite", "precision": "int8",
+                "accuracy": accuracy, "p50_ms": p50, "bytes": size, "passed": passed}
+
+    fast, slow = row(3, "t003_int8.tflite", "x86-host", 0.97, 0.05, 9000, True), row(1, "t001_int8.tflite",
+                                                                                         "rpi4", 0.90, 4.0, 9000, False)
+    tune = {"budgets": {"max_accuracy_drop": 0.01, "max_p50_ms": 2.0, "max_bytes": None}, "duration_s": 12.0,
+            "trials": [{"rows": [fast, row(2, "t002_fp32.tflite", "x86-host", 0.96, 0.2, 90000, True)]},
+                       {"rows": [slow]}],
+            "source": {"accuracy": 0.975, "rows": []}, "pareto": {"x86-host": [fast], "rpi4": [slow]},
+            "best": {"x86-host": {**fast, "recipe": "best-x86-host.yaml"}, "rpi4": None},
+            "closest": {"rpi4": {**slow, "misses": {"max_p50_ms": 1.0}}}}
+    page = render_tune(tune)
+    assert page.count("<svg") == 2 and "t003_int8.tflite ★" in page and "best-x86-host.yaml" in page
+    assert "the closest: trial 1, t001_int8.tflite" in page
 
 
 def test_common_prefix_stops_at_an_underscore():

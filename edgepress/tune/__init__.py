@@ -1,7 +1,7 @@
 """`edgepress tune`: search the compression and export space for the fastest artifact per device within budgets.
 
 `spec` (the recipe's `tune:` section) is light; `study` (Optuna), `execute` (local and Ray) and `results`
-(tune.json, Pareto front, tune.html, best-<device>.yaml) import their heavy parts when they run.
+(tune.json, Pareto front, report.html, best-<device>.yaml) import their heavy parts when they run.
 """
 
 from __future__ import annotations

@@ -376,7 +376,7 @@ def _describe(params: dict) -> str:
     return ", ".join(parts)
 
 
-# -- what the study holds, as tune.json, tune.html and best-<device>.yaml -----------------------------------------
+# -- what the study holds, as tune.json, report.html and best-<device>.yaml -----------------------------------------
 
 def _trial_rows(study) -> list[tuple[object, dict]]:
     """(trial, raw row) for every artifact measured by a trial (not counting a cached repeat twice)."""
@@ -407,7 +407,7 @@ def _best_points(study, source: dict, names: list[str]) -> dict[str, dict | None
 
 def summarize(study, space: Space, budgets: dict, source: dict, names: list[str], dropped: dict, base: dict,
               targets: dict, run_dir: Path, duration_s: float) -> dict:
-    """Write tune.json, tune.html and best-<device>.yaml from the study, and return tune.json's content."""
+    """Write tune.json, report.html and best-<device>.yaml from the study, and return tune.json's content."""
     results = _tune_json(study, space, budgets, source, names, dropped, duration_s)
     for device, point in results["best"].items():
         if point is None:
@@ -416,7 +416,7 @@ def summarize(study, space: Space, budgets: dict, source: dict, names: list[str]
         files.write_text(path, _best_recipe(study, point, space, base, targets[device], device))
         point["recipe"] = str(path)
     files.write_text(run_dir / "tune.json", json.dumps(results, indent=1) + "\n")
-    out.write_html(run_dir / "tune.html", results)
+    out.write_report(run_dir / "report.html", results)
     return results
 
 

@@ -57,7 +57,7 @@ def test_tune_writes_every_trial_the_front_and_the_best(tuned):
         assert (run_dir / f"best-{device}.yaml").is_file()
     assert result.passed
     result.check()
-    html = (run_dir / "tune.html").read_text()
+    html = (run_dir / "report.html").read_text()
     assert html.count("<svg") == 2 and "x86-host" in html and "flaky" in html
     assert (run_dir / "study.db").is_file() and (run_dir / "source" / "tune-source.json").is_file()
 
