@@ -265,7 +265,9 @@ def retime(old_results: dict, new_results: dict, old_dir: Path, new_dir: Path, d
     m = MeasureSpec(**recipe.get("measure") or {})
     old_rows = {(r["device"], r["name"]): r for r in old_results["artifacts"]}
     timings, flags = {}, []
-    for device in devices if devices is not None else _target_devices(recipe):
+    if devices is None:
+        devices = _target_devices(recipe, flags)
+    for device in devices:
         pairs, missing = [], []
         for new in (r for r in new_results["artifacts"] if r["device"] == device.name and r.get("latency")):
             old = old_rows.get((device.name, new["name"]))
@@ -291,16 +293,23 @@ def retime(old_results: dict, new_results: dict, old_dir: Path, new_dir: Path, d
             flags.append(f"{device.name}: not timed again ({e}).")
             continue
         for i, (name, _, _, threads) in enumerate(pairs):
-            (old_t, host), (new_t, _) = timed[2 * i], timed[2 * i + 1]
-            alike = {"unit": "ms", "threads": threads, "batch": 1, "host": host}
+            (old_t, _), (new_t, _) = timed[2 * i], timed[2 * i + 1]
+            alike = {"unit": "ms", "threads": threads, "batch": 1}
             timings[(device.name, name)] = ({**old_t, **alike}, {**new_t, **alike})
     return timings, flags
 
 
-def _target_devices(recipe: dict) -> list:
+def _target_devices(recipe: dict, flags: list[str]) -> list:
+    """The devices of a stored recipe's targets; one whose profile cannot be loaded now is flagged and left out."""
     from edgepress.recipe import Target
 
-    return [Target(**t).device() for t in recipe.get("targets") or []]
+    devices = []
+    for target in recipe.get("targets") or []:
+        try:
+            devices.append(Target(**target).device())
+        except EdgepressError as e:
+            flags.append(f"{target.get('label') or target.get('name')}: not timed again ({e}).")
+    return devices
 
 
 def _artifact_file(row: dict, run_dir: Path) -> Path | None:
@@ -383,15 +392,21 @@ def _compare_row(old: dict, new: dict, limits: BaselineSpec) -> RowComparison:
 
 
 def compare_files(old: str | Path, new: str | Path, limits: BaselineSpec | dict | None = None, say=None) -> Comparison:
-    """`compare` of two results.json files (or run directories), each checked by `load_results`; their artifacts
-    timed again (`retime`) unless `limits.retime` is false."""
+    """`compare_runs` of two results.json files (or run directories), each checked by `load_results`."""
     limits = limits if isinstance(limits, BaselineSpec) else BaselineSpec(path=str(old), **(limits or {}))
-    old_results, new_results = load_results(old), load_results(new, "Results")
+    return compare_runs(load_results(old), load_results(new, "Results"), limits, _run_dir(old), _run_dir(new),
+                        say=say)
+
+
+def compare_runs(old_results: dict, new_results: dict, limits: BaselineSpec, old_dir: Path, new_dir: Path,
+                 devices: list | None = None, say=None) -> Comparison:
+    """`compare`, the artifacts of both runs (in `old_dir` and `new_dir`) first timed again together (`retime`)
+    unless `limits.retime` is false; what could not be timed again leads the flags."""
+    _check_same_job(old_results, new_results, limits.path)  # refused before any timing
     timings, flags = {}, []
     if limits.retime:
-        _check_same_job(old_results, new_results, str(old))  # refused before any timing
-        timings, flags = retime(old_results, new_results, _run_dir(old), _run_dir(new), say=say)
-    comparison = compare(old_results, new_results, limits, baseline=str(old), timings=timings)
+        timings, flags = retime(old_results, new_results, old_dir, new_dir, devices, say)
+    comparison = compare(old_results, new_results, limits, baseline=limits.path, timings=timings)
     comparison.flags[:0] = flags
     return comparison
 
@@ -401,8 +416,8 @@ def _run_dir(path: str | Path) -> Path:
     return path if path.is_dir() else path.parent
 
 
-def compare_with_baseline(results: dict, spec: BaselineSpec | None, run_dir: Path | None = None,
-                          devices: list | None = None, say=None) -> str | None:
+def compare_with_baseline(results: dict, spec: BaselineSpec | None, run_dir: Path, devices: list | None = None,
+                          say=None) -> str | None:
     """Compare `results` with the baseline `spec` names; the comparison goes into results["baseline"] (its rows
     become gates in `add_baseline_gates`, called by the verdict), its flags into results["notes"]. With
     `spec.retime` the baseline's artifacts are timed again beside this run's (in `run_dir`) on `devices`.
@@ -414,16 +429,11 @@ def compare_with_baseline(results: dict, spec: BaselineSpec | None, run_dir: Pat
     if spec is None:
         return None
     try:
-        old = load_results(spec.path)
-        _check_same_job(old, results, spec.path)  # refused before any timing
-        timings, flags = {}, []
-        if spec.retime and run_dir is not None:
-            timings, flags = retime(old, results, _run_dir(spec.path), Path(run_dir), devices, say)
-        comparison = compare(old, results, spec, baseline=spec.path, timings=timings)
+        comparison = compare_runs(load_results(spec.path), results, spec, _run_dir(spec.path), Path(run_dir),
+                                  devices, say)
     except EdgepressError as e:
         results["baseline"] = {"path": spec.path, "error": str(e)}
         return str(e)
-    comparison.flags[:0] = flags
     results["baseline"] = comparison.to_dict()
     results.setdefault("notes", []).extend(comparison.flags)
     return None

@@ -250,7 +250,7 @@ def test_a_malformed_limit_in_a_recipe_is_refused_before_any_work(tmp_path):
 
 def test_compare_with_baseline_records_an_unusable_baseline(runs, tmp_path):
     results = json.loads(runs["again"].read_text())
-    message = compare_with_baseline(results, BaselineSpec(path=str(tmp_path / "gone.json")))
+    message = compare_with_baseline(results, BaselineSpec(path=str(tmp_path / "gone.json")), runs["again"].parent)
     assert "gone.json" in message and results["baseline"]["error"] == message
     row = results["artifacts"][0]
     gates = dict(row["gates"])

@@ -66,3 +66,13 @@ def write_report(path, tune: dict) -> None:
     from edgepress.report_html import render_tune
 
     files.write_text(path, render_tune(tune))
+
+
+def percent(value: float | None) -> str:
+    """An accuracy for progress lines and messages: '97.85%', or '-' when not measured."""
+    return "-" if value is None else f"{value:.2%}"
+
+
+def ms(value: float | None) -> str:
+    """A p50 in ms for progress lines and messages: '0.123', or '-' when not measured."""
+    return "-" if value is None else f"{value:.3f}"

@@ -53,8 +53,8 @@ class TuneResult:
         for device, point in self.results["closest"].items():
             over = ", ".join(f"{gate} by {miss:.0%}" for gate, miss in point["misses"].items() if miss > 0)
             lines.append(f"{device}: no artifact within the budgets; closest: trial {point['trial']} "
-                         f"{point['artifact']} (accuracy {out._pct(point['accuracy'])}, p50 {out._num(point['p50_ms'])}"
-                         f" ms, {point['bytes']:,} bytes; over {over or 'nothing measured'})")
+                         f"{point['artifact']} (accuracy {out.percent(point['accuracy'])}, p50 "
+                         f"{out.ms(point['p50_ms'])} ms, {point['bytes']:,} bytes; over {over or 'nothing measured'})")
         lines += [f"device {d} failed: {why}" for d, why in self.results["dropped"].items()]
         raise GateFailed("the tune found no artifact within the budgets on every device:\n  " + "\n  ".join(lines))
 
@@ -172,7 +172,7 @@ def _measure_source(recipe, run_dir: Path, targets: dict, devices: list, executo
     result["model_path"] = recipe.model.path or str((run_dir / "source" / "models" / "0-source.keras").resolve())
     files.write_text(saved, json.dumps(result, indent=1))
     progress.done(f"source: accuracy {src['accuracy']:.2%}, {src['params']:,} parameters, "
-                  + ", ".join(f"{r['name']} on {r['device']} p50 {out._num(r['latency']['p50'])} ms"
+                  + ", ".join(f"{r['name']} on {r['device']} p50 {out.ms(r['latency']['p50'])} ms"
                               for r in result["rows"]))
     return result
 
@@ -345,7 +345,7 @@ class _Loop:
 
     def _best_so_far(self) -> str:
         best = _best_points(self.study, self.source, self.names)
-        return "; ".join(f"{d} {p['artifact']} {out._num(p['p50_ms'])} ms {out._pct(p['accuracy'])} "
+        return "; ".join(f"{d} {p['artifact']} {out.ms(p['p50_ms'])} ms {out.percent(p['accuracy'])} "
                          f"{p['bytes']:,} B" if p else f"{d} none within the budgets" for d, p in best.items())
 
 
@@ -499,6 +499,6 @@ def _best_recipe(study, point: dict, space: Space, base: dict, target: dict, dev
     export = export_of_row(row, space.aware_drop) if row else {"format": point["format"], "precision": "fp32"}
     recipe = recipe_for(base, f"best-{device}", steps, [export], [target])
     header = (f"# Made by `edgepress tune`: trial {point['trial']}'s artifact {point['artifact']} on {device} "
-              f"(accuracy {out._pct(point['accuracy'])}, p50 {out._num(point['p50_ms'])} ms, {point['bytes']:,} "
+              f"(accuracy {out.percent(point['accuracy'])}, p50 {out.ms(point['p50_ms'])} ms, {point['bytes']:,} "
               "bytes).\n# `edgepress run` on this file makes it again.\n")
     return header + yaml.safe_dump(recipe, sort_keys=False)
