@@ -76,3 +76,5 @@ def test_the_reproducibility_benchmark_runs_on_a_tiny_recipe(tmp_path):
     for name in ("tiny_fp32.tflite", "tiny_fp32.onnx"):
         assert section.count(f"| {name} |") == 2  # in the agreement table and in the overhead table
     assert "Runner timing loop against a bare runtime loop" in section
+    assert "`edgepress compare run1 run2` (default limits" in section
+    assert "when it times both runs' files again" in section
