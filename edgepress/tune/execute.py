@@ -30,7 +30,8 @@ def run_trial(recipe: dict, run_dir: str, probe: dict | None = None, progress=No
     """Run one trial's recipe into `run_dir` and return its measurements.
 
     `probe` ({recipe, floor}): first run probe["recipe"] (the trial's structured_prune with one fine-tune epoch
-    and no export); a trial whose accuracy after it is below probe["floor"] is stopped there (status pruned).
+    and no export) into `run_dir`-probe; a trial whose accuracy after it is below probe["floor"] is stopped there
+    (status pruned).
     Bad input and errors inside a run become status failed with the reason: one trial never stops a tune.
     """
     import edgepress
@@ -41,7 +42,9 @@ def run_trial(recipe: dict, run_dir: str, probe: dict | None = None, progress=No
                     "worker": f"{socket.gethostname()}:{os.getpid()}"}
     try:
         if probe is not None:
-            report = edgepress.run(Recipe.from_dict(probe["recipe"]), Path(run_dir) / "probe", progress)
+            # Beside the trial's run directory, not in it: the trial's run then starts in a folder of its own.
+            probe_dir = Path(run_dir).with_name(Path(run_dir).name + "-probe")
+            report = edgepress.run(Recipe.from_dict(probe["recipe"]), probe_dir, progress)
             accuracy = report.results["models"][-1]["accuracy"]
             result["probe_accuracy"] = accuracy
             if accuracy < probe["floor"]:

@@ -110,6 +110,18 @@ def test_extending_with_a_device_that_drops_marks_its_trials_and_goes_on(tuned, 
     assert all(not any(p["device"] == "flaky" for p in t["rows"]) for t in new)
 
 
+def test_a_trial_that_passes_its_probe_runs_to_the_end(tmp_path):
+    # Any accuracy may be lost: the probe (one fine-tune epoch) passes and the trial goes on to its exports.
+    raw = tiny_recipe(1, targets=["x86-host"], hopeless_margin=0.0)
+    raw["gates"] = {"max_accuracy_drop": 1.0}
+    raw["tune"]["space"].update(ratio=[0.25, 0.25], fine_tune_epochs=[2])
+    result = edgepress.tune(edgepress.Recipe.from_dict(raw), tmp_path / "out")
+    (trial,) = result.results["trials"]
+    assert trial["status"] == "complete", trial
+    assert trial["probe_accuracy"] is not None and trial["rows"]
+    assert (tmp_path / "out" / "trials" / "t000" / "results.json").is_file()
+
+
 def test_a_hopeless_trial_is_stopped_after_one_fine_tune_epoch(tmp_path):
     # No accuracy may be lost and there is no margin: removing 90% of the channels cannot keep the source's
     # accuracy after one epoch, so the trial stops there, before its second epoch, exports and measurements.
@@ -121,7 +133,7 @@ def test_a_hopeless_trial_is_stopped_after_one_fine_tune_epoch(tmp_path):
     assert trial["status"] == "pruned", trial
     assert trial["probe_accuracy"] < result.results["source"]["accuracy"]
     assert "after one fine-tune epoch" in trial["reason"]
-    trial_dir = tmp_path / "out" / "trials" / "t000"
-    assert (trial_dir / "probe" / "results.json").is_file() and not (trial_dir / "results.json").exists()
+    trials = tmp_path / "out" / "trials"
+    assert (trials / "t000-probe" / "results.json").is_file() and not (trials / "t000" / "results.json").exists()
     # nothing a trial made is within the budget: the best is the source model itself, as float
     assert result.results["best"]["x86-host"]["trial"] is None
