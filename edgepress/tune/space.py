@@ -1,10 +1,13 @@
 """The search space: from the model's recipe and each device profile to a trial's plain recipe.
 
 A trial chooses a structured_prune ratio (0: none, the post-training candidates), its fine-tune epochs, whether
-to recover with distillation from the source, a channel multiple to round to (once structured_prune has
-`round_to` and a device profile names a `channel_multiple`), and per device one export among the precisions
-that device supports, accuracy-aware int8 included. `recipe_for` turns those choices into a plain recipe dict
-that `edgepress run` runs as it is: the tune depends on the recipe schema, not on the run's internals.
+to recover with distillation from the source, and a channel multiple to round to (once structured_prune has
+`round_to` and a device profile names a `channel_multiple`). Every trial exports its model in every precision
+its devices support, accuracy-aware int8 included: training is what a trial costs, an export a few seconds, and
+a sampler that had to find the right precision as one more choice spent its trials on slow ones (an int16x8
+that fits the size budget, 6x slower than int8, held a TPE search on the seed CNN for most of 20 minutes).
+`recipe_for` turns those choices into a plain recipe dict that `edgepress run` runs as it is: the tune depends on
+the recipe schema, not on the run's internals.
 """
 
 from __future__ import annotations
@@ -97,8 +100,6 @@ class Space:
                 params["round_to"] = _categorical(trial, "round_to", self.round_to)
             if self.guided():
                 params["layer_guidance"] = _categorical(trial, "layer_guidance", self.guidance)
-        for device, choices in self.exports.items():
-            params[f"export@{device}"] = _categorical(trial, f"export@{device}", choices)
         return params
 
 
@@ -133,11 +134,10 @@ def export_for(choice: str, aware_drop: float) -> dict:
     return {"format": fmt, "precision": precision}
 
 
-def exports_for(params: dict, aware_drop: float, devices: list[str] | None = None) -> list[dict]:
-    """Each chosen export once (of `devices` only, when given). An accuracy-aware int8 export writes the fully
-    quantized artifact first, under the plain int8 file name, so it stands for a plain int8 choice too."""
-    chosen = [v for k, v in params.items() if k.startswith("export@") and (devices is None or k[7:] in devices)]
-    chosen = list(dict.fromkeys(chosen))
+def exports_for(choices: dict[str, list[str]], aware_drop: float, devices: list[str] | None = None) -> list[dict]:
+    """Every export choice of every device (of `devices` only, when given) once. An accuracy-aware int8 export
+    writes the fully quantized artifact first, under the plain int8 file name, so it stands for plain int8 too."""
+    chosen = list(dict.fromkeys(c for d, cs in choices.items() if devices is None or d in devices for c in cs))
     covered = {f"{c.split(':')[0]}:{_AWARE_FORMATS[c.split(':')[0]]}" for c in chosen if c.endswith(f":{AWARE}")}
     return [export_for(c, aware_drop) for c in chosen if c not in covered]
 
@@ -159,17 +159,3 @@ def recipe_for(base: dict, name: str, steps: list[dict], exports: list[dict], ta
 def key_of(recipe: dict) -> str:
     """The cache key of a trial: what makes its artifacts (steps and exports), not its name."""
     return hashlib.sha256(json.dumps([recipe["steps"], recipe["exports"]], sort_keys=True).encode()).hexdigest()
-
-
-def chosen_row(rows: list[dict], device: str, choice: str) -> dict | None:
-    """The row of `device`'s chosen export among a trial's rows."""
-    fmt, precision = choice.split(":", 1)
-    for row in rows:
-        if row["device"] != device or row["format"] != fmt:
-            continue
-        aware = row.get("accuracy_aware")
-        if precision == AWARE and aware and aware["role"] == "final":
-            return row
-        if precision != AWARE and row["precision"] == precision and not (aware and row.get("float_layers")):
-            return row
-    return None

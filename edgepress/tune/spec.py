@@ -85,8 +85,10 @@ class TuneSpec(BaseModel):
         None, ge=1, description="Trials at once; default 1 locally (latency is measured on this machine), the "
         "cluster's CPUs with Ray."
     )
+    # One epoch after heavy pruning says little: on the seed CNN, 70-80% of the channels removed scored 82-86%
+    # after one epoch and 97.7-98.2% after eight, so the margin is wide.
     hopeless_margin: float | None = Field(
-        0.10, ge=0, le=1, description="Stop a trial whose accuracy after one fine-tune epoch is more than this "
+        0.25, ge=0, le=1, description="Stop a trial whose accuracy after one fine-tune epoch is more than this "
         "below the accuracy budget (a fraction); null: never stop a trial early.",
     )
     aware_drop: float | None = Field(

@@ -22,7 +22,7 @@ from edgepress import files
 from edgepress.errors import EdgepressError, GateFailed
 from edgepress.tune import results as out
 from edgepress.tune.execute import executor_for
-from edgepress.tune.space import Space, chosen_row, export_of_row, exports_for, key_of, recipe_for
+from edgepress.tune.space import Space, export_of_row, exports_for, key_of, recipe_for
 from edgepress.tune.spec import TuneSpec
 
 STUDY_NAME = "edgepress-tune"
@@ -216,7 +216,7 @@ class _Loop:
                 params = self.space.suggest(trial)
                 live = [n for n in self.names if n not in self.dropped]
                 name = f"t{trial.number:03d}"
-                exports = exports_for(params, self.space.aware_drop)
+                exports = exports_for(self.space.exports, self.space.aware_drop, live)
                 recipe = recipe_for(self.base, name, self.space.steps(params), exports, [self.targets[n] for n in live])
                 key = key_of(recipe)
                 trial.set_user_attr("params", params)
@@ -327,8 +327,9 @@ class _Loop:
 
     def _objectives(self, params: dict, result: dict) -> tuple[list[float], dict[str, float]]:
         """accuracy (the least accurate chosen artifact), p50 of each device's chosen artifact, bytes (the
-        largest chosen artifact); constraints: how far over each budget, relative to it (<= 0 within)."""
-        chosen = {d: chosen_row(result["rows"], d, params[f"export@{d}"]) for d in self.names}
+        largest chosen artifact); constraints: how far over each budget, relative to it (<= 0 within). A device's
+        chosen artifact is the trial's best on it (`trial_pick`)."""
+        chosen = {d: trial_pick(result["rows"], d, self.budgets) for d in self.names}
         accuracies = [r["metrics"]["accuracy"] for r in chosen.values() if r and r["metrics"]["accuracy"] is not None]
         accuracy = min(accuracies) if accuracies else result["models"][-1]["accuracy"]
         p50 = [r["latency"]["p50"] if r and r["latency"]["p50"] is not None else PENALTY for r in chosen.values()]
@@ -372,8 +373,24 @@ def _describe(params: dict) -> str:
             parts.append(f"round to {params['round_to']}")
         if params.get("layer_guidance"):
             parts.append(f"per-layer guidance {params['layer_guidance']:g}")
-    parts += [f"{k[7:]} {v}" for k, v in params.items() if k.startswith("export@")]
     return ", ".join(parts)
+
+
+def trial_pick(rows: list[dict], device: str, budgets: dict) -> dict | None:
+    """A trial's artifact for `device`, the one its objectives and tune.json's `chosen` stand for: the run's own
+    recommendation among its rows (report.choose_best: the fastest that met every gate, ties to the smaller), else
+    the closest to the budgets; None when nothing was measured there. (Accuracy-aware int8's intermediate
+    artifacts, role "tried", are not candidates.)"""
+    from edgepress.report import choose_best
+
+    mine = [r for r in rows if r["device"] == device and (r.get("accuracy_aware") or {}).get("role") != "tried"]
+    if not mine:
+        return None
+    best = choose_best(mine).get(device)
+    if best is not None:
+        return next(r for r in mine if r["name"] == best)
+    return min(mine, key=lambda r: (sum(out.misses(out.point_of(r, None), budgets).values()),
+                                    r["latency"].get("p50") or out.math.inf))
 
 
 # -- what the study holds, as tune.json, report.html and best-<device>.yaml -----------------------------------------
@@ -440,7 +457,7 @@ def _tune_json(study, space, budgets, source, names, dropped, duration_s) -> dic
             "probe_accuracy": result.get("probe_accuracy"), "models": result.get("models", []),
             "devices": {d: v["error"] for d, v in (result.get("devices") or {}).items()},
             "rows": [out.point_of(r, t.number) for r in result.get("rows", [])] if status == "complete" else [],
-            **_chosen(t, result, names),
+            **_chosen(t, result, names, budgets),
         })
     source_points = [out.point_of(r, None) for r in source["rows"]]
     all_points = source_points + [out.point_of(r, t.number) for t, r in _trial_rows(study)]
@@ -471,14 +488,13 @@ def _tune_json(study, space, budgets, source, names, dropped, duration_s) -> dic
     }
 
 
-def _chosen(trial, result: dict, names: list[str]) -> dict:
-    """A trial's headline numbers: its final model's params, MACs and accuracy, and per device the chosen
-    export's accuracy, p50 and bytes."""
+def _chosen(trial, result: dict, names: list[str], budgets: dict) -> dict:
+    """A trial's headline numbers: its final model's params, MACs and accuracy, and per device its pick's
+    (`trial_pick`) artifact, accuracy, p50 and bytes."""
     model = (result.get("models") or [{}])[-1]
-    params = trial.user_attrs.get("params", {})
     chosen = {}
     for device in names:
-        row = chosen_row(result.get("rows", []), device, params.get(f"export@{device}", ":"))
+        row = trial_pick(result.get("rows", []), device, budgets)
         chosen[device] = None if row is None else {k: out.point_of(row, trial.number)[k] for k in (
             "artifact", "accuracy", "p50_ms", "bytes")}
     return {"params_count": model.get("params"), "macs": model.get("macs"), "model_accuracy": model.get("accuracy"),

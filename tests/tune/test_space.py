@@ -7,7 +7,7 @@ import pytest
 from edgepress.devices import load_device
 from edgepress.errors import EdgepressError
 from edgepress.recipe import Recipe
-from edgepress.tune.space import Space, chosen_row, export_choices, exports_for, key_of, round_to_choices, steps_for
+from edgepress.tune.space import Space, export_choices, exports_for, key_of, round_to_choices, steps_for
 from edgepress.tune.spec import TuneSpec
 
 
@@ -35,31 +35,23 @@ def test_round_to_comes_from_the_devices_channel_multiple_once_structured_prune_
 
 
 def test_steps_and_exports_of_a_trial():
-    params = {"ratio": 0.5, "fine_tune_epochs": 4, "distill": True, "export@a": "tflite:int8",
-              "export@b": "tflite:int8-aware", "export@c": "onnx:fp32"}
+    params = {"ratio": 0.5, "fine_tune_epochs": 4, "distill": True}
     assert steps_for(params) == [{"type": "structured_prune", "ratio": 0.5, "fine_tune_epochs": 4},
                                  {"type": "distill", "teacher": "source", "epochs": 4}]
-    # accuracy-aware int8 writes the plain int8 artifact first, so plain tflite int8 is not exported twice
-    assert exports_for(params, 0.01) == [{"format": "tflite", "quantize": {"precision": "int8",
-                                                                           "max_accuracy_drop": 0.01}},
-                                         {"format": "onnx", "precision": "fp32"}]
-    assert steps_for({"ratio": 0.0, "export@a": "tflite:fp32"}) == []
+    assert steps_for({"ratio": 0.0}) == []
+    # Every choice of every device once; accuracy-aware int8 writes the plain int8 artifact first, so plain
+    # tflite int8 is not exported twice.
+    choices = {"a": ["tflite:int8", "tflite:int8-aware"], "b": ["tflite:int8", "onnx:fp32"], "c": ["onnx:fp32"]}
+    assert exports_for(choices, 0.01) == [{"format": "tflite", "quantize": {"precision": "int8",
+                                                                            "max_accuracy_drop": 0.01}},
+                                          {"format": "onnx", "precision": "fp32"}]
+    assert exports_for(choices, 0.01, devices=["c"]) == [{"format": "onnx", "precision": "fp32"}]
 
 
 def test_the_cache_key_is_steps_and_exports_not_the_name():
     a = {"name": "t001", "steps": [{"type": "structured_prune", "ratio": 0.5}], "exports": [{"format": "tflite"}]}
     assert key_of(a) == key_of({**a, "name": "t007"})
     assert key_of(a) != key_of({**a, "exports": [{"format": "onnx"}]})
-
-
-def test_the_chosen_row_of_an_accuracy_aware_export_is_its_final_artifact():
-    rows = [{"device": "d", "format": "tflite", "precision": "int8", "accuracy_aware": {"role": "full"},
-             "float_layers": [], "name": "full"},
-            {"device": "d", "format": "tflite", "precision": "int8", "accuracy_aware": {"role": "final"},
-             "float_layers": ["dense"], "name": "final"}]
-    assert chosen_row(rows, "d", "tflite:int8-aware")["name"] == "final"
-    assert chosen_row(rows, "d", "tflite:int8")["name"] == "full"
-    assert chosen_row(rows, "other", "tflite:int8") is None
 
 
 def test_a_recipe_tune_section_validates_and_reads_durations():
@@ -98,3 +90,22 @@ def test_sensitivity_is_measured_on_a_real_model(trained_cnn, tmp_path):
     names = [g["layers"] for g in result["groups"]]
     assert names == [["conv2d"], ["conv2d_1"], ["conv2d_2"], ["dense"]]  # every hidden layer; never the classifier
     assert all(-1 <= g["drop"] <= 1 for g in result["groups"]) and len({g["drop"] for g in result["groups"]}) > 1
+
+
+def test_a_trial_stands_for_its_fastest_artifact_within_the_budgets_else_its_closest():
+    from edgepress.tune.study import trial_pick
+
+    def row(name, p50, size, passed, drop=0.0, role=None):
+        return {"name": name, "device": "d", "format": "tflite", "precision": "int8", "bytes": size,
+                "gzip_bytes": size, "passed": passed, "metrics": {"accuracy": 0.9 - drop, "accuracy_drop": drop},
+                "latency": {"p50": p50, "p50_ci": [p50 * 0.95, p50 * 1.05]},
+                "accuracy_aware": {"role": role} if role else None}
+
+    budgets = {"max_accuracy_drop": 0.01, "max_p50_ms": None, "max_bytes": 1500}
+    rows = [row("slow", 0.10, 1000, True), row("fast", 0.05, 1200, True), row("too big", 0.01, 9000, False),
+            row("search step", 0.001, 100, True, role="tried"), row("elsewhere", 0.001, 100, True) | {"device": "e"}]
+    assert trial_pick(rows, "d", budgets)["name"] == "fast"
+    # Nothing within the budgets: the closest (least over them, relative), not the fastest.
+    over = [row("far over", 0.01, 9000, False), row("just over", 0.2, 1600, False, drop=0.012)]
+    assert trial_pick(over, "d", budgets)["name"] == "just over"
+    assert trial_pick(rows, "nowhere", budgets) is None
