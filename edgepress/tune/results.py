@@ -48,15 +48,23 @@ def point_of(row: dict, trial: int | None) -> dict:
             "role": (row.get("accuracy_aware") or {}).get("role")}
 
 
+def over_budget(gate: str, value: float, limit: float) -> float:
+    """How far `value` is over the budget `limit`, relative to it (<= 0 within): one scale for every budget, so a
+    sampler weighs a 3 pt accuracy miss against a 10% size miss as the budgets do. An accuracy drop is relative
+    to its budget but at least 1 pt (a budget of 0 would make every miss infinite)."""
+    scale = max(limit, 0.01) if gate == "max_accuracy_drop" else (limit or 1e-9)
+    return (value - limit) / scale
+
+
 def misses(point: dict, budgets: dict) -> dict[str, float]:
-    """How far `point` is over each budget, relative to the budget (0 within it)."""
+    """How far `point` is over each budget, relative to the budget (0 within it; `over_budget`)."""
     values = {"max_accuracy_drop": point["accuracy_drop"], "max_p50_ms": point["p50_ms"], "max_bytes": point["bytes"]}
     out = {}
     for gate, limit in budgets.items():
         if limit is None:
             continue
         value = values[gate]
-        out[gate] = math.inf if value is None else max(0.0, (value - limit) / (limit or 1e-9))
+        out[gate] = math.inf if value is None else max(0.0, over_budget(gate, value, limit))
     return out
 
 

@@ -109,3 +109,13 @@ def test_a_trial_stands_for_its_fastest_artifact_within_the_budgets_else_its_clo
     over = [row("far over", 0.01, 9000, False), row("just over", 0.2, 1600, False, drop=0.012)]
     assert trial_pick(over, "d", budgets)["name"] == "just over"
     assert trial_pick(rows, "nowhere", budgets) is None
+
+
+def test_every_budget_miss_is_on_one_relative_scale():
+    from edgepress.tune.results import over_budget
+
+    assert over_budget("max_bytes", 17600, 16000) == pytest.approx(0.1)
+    assert over_budget("max_p50_ms", 1.0, 2.0) == pytest.approx(-0.5)  # within: negative
+    # 3.3 pt over a 0.5 pt budget is a far bigger miss than a file 10% too large
+    assert over_budget("max_accuracy_drop", 0.038, 0.005) > 10 * over_budget("max_bytes", 17600, 16000)
+    assert over_budget("max_accuracy_drop", 0.01, 0.0) == pytest.approx(1.0)  # a zero budget: scaled by 1 pt
