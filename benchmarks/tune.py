@@ -283,7 +283,7 @@ def _render(name: str, spec: dict, rows: list[dict], tuned: dict, source_s: floa
     ours = next((r for r in rows if r["by"] == "tune"), None)
     if ours:
         drop = (base["accuracy"] - ours["accuracy"]) * 100
-        within = drop <= spec["max_drop"] * 100
+        within = drop <= spec["max_drop"] * 100 + 1e-9  # accuracies are counts of samples: float rounding at the limit
         goals = [f"accuracy within {spec['max_drop'] * 100:g} pt of float: {'yes' if within else 'no'} "
                  f"({-drop:+.2f} pt)",
                  f"p50 at least {spec['faster']:g}x lower: "
