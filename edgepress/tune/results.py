@@ -68,6 +68,12 @@ def misses(point: dict, budgets: dict) -> dict[str, float]:
     return out
 
 
+def closest(points: list[dict], budgets: dict) -> dict:
+    """The point least over the budgets (the sum of its `misses`), then the fastest: what a tune names when nothing
+    is within them."""
+    return min(points, key=lambda p: (sum(misses(p, budgets).values()), p["p50_ms"] or math.inf))
+
+
 def write_report(path, tune: dict) -> None:
     """report.html: per device, the plot of every artifact measured with its Pareto front, and the front as a table
     (edgepress/report_html.py, render_tune)."""

@@ -392,8 +392,8 @@ def trial_pick(rows: list[dict], device: str, budgets: dict) -> dict | None:
     best = choose_best(mine).get(device)
     if best is not None:
         return next(r for r in mine if r["name"] == best)
-    return min(mine, key=lambda r: (sum(out.misses(out.point_of(r, None), budgets).values()),
-                                    r["latency"].get("p50") or out.math.inf))
+    pick = out.closest([out.point_of(r, None) for r in mine], budgets)
+    return next(r for r in mine if r["name"] == pick["artifact"])
 
 
 # -- what the study holds, as tune.json, report.html and best-<device>.yaml -----------------------------------------
@@ -470,7 +470,7 @@ def _tune_json(study, space, budgets, source, names, dropped, duration_s) -> dic
         if best[device] is None:
             mine = [p for p in all_points if p["device"] == device]
             if mine:
-                pick = min(mine, key=lambda p: (sum(out.misses(p, budgets).values()), p["p50_ms"] or out.math.inf))
+                pick = out.closest(mine, budgets)
                 closest[device] = {**pick, "misses": out.misses(pick, budgets)}
     src = source["source"]
     return {
