@@ -154,6 +154,27 @@ def _shade_beyond(ax, axis: str, limit: float, edge: float, label: str) -> None:
          lw=0, alpha=0.6, label=label)
 
 
+def _accuracy_limits(ax, p50s: list[float], accuracies: list[float], gates: dict, source_accuracy: float | None,
+                     show_source: bool = False) -> None:
+    """Axis limits of an accuracy (%) against p50 (ms, log) plot around its points, the accuracy floor (and the
+    source model's accuracy when it is drawn), with the side that fails max_p50_ms / max_accuracy_drop shaded."""
+    limit_ms, drop = gates.get("max_p50_ms"), gates.get("max_accuracy_drop")
+    floor = None if drop is None or source_accuracy is None else (source_accuracy - drop) * 100
+    xlo, xhi = _log_limits(p50s, limit_ms)
+    source = source_accuracy * 100 if show_source and source_accuracy is not None else None
+    ys = [a * 100 for a in accuracies] + [v for v in (floor, source) if v is not None]
+    pad = max((max(ys) - min(ys)) * 0.15, 0.5)
+    ylo, yhi = min(ys) - pad, max(ys) + pad
+    ax.set_xlim(xlo, xhi)
+    ax.set_ylim(ylo, yhi)
+    if limit_ms is not None:
+        _shade_beyond(ax, "x", limit_ms, xhi * 100, f"fails max_p50_ms ({limit_ms:g} ms)")
+    if floor is not None:
+        _shade_beyond(ax, "y", floor, ylo, f"fails max_accuracy_drop ({drop * 100:.2f} pt)")
+    ax.set_xlim(xlo, xhi)  # shading past the edges must not widen the view
+    ax.set_ylim(ylo, yhi)
+
+
 def accuracy_latency(device: str, points: list[dict], gates: dict, source_accuracy: float | None,
                      best: int | None, key: str) -> str:
     """Accuracy (%) against p50 (ms, log) for one device: the gates' failing regions shaded, the Pareto front
@@ -169,21 +190,8 @@ def accuracy_latency(device: str, points: list[dict], gates: dict, source_accura
         ax.text(0.5, 0.5, "no artifact has both a p50 and an accuracy on this device", ha="center",
                 transform=ax.transAxes)
         return to_svg(fig, f"{device}: no accuracy measured", key)
-    limit_ms, drop = gates.get("max_p50_ms"), gates.get("max_accuracy_drop")
-    floor = None if drop is None or source_accuracy is None else (source_accuracy - drop) * 100
-    xlo, xhi = _log_limits([p["p50"] for p in pts], limit_ms)
-    ys = [p["accuracy"] * 100 for p in pts]
-    extra = [v for v in (floor, None if source_accuracy is None else source_accuracy * 100) if v is not None]
-    ylo, yhi = min(ys + extra), max(ys + extra)
-    pad = max((yhi - ylo) * 0.15, 0.5)
-    ax.set_xlim(xlo, xhi)
-    ax.set_ylim(ylo - pad, yhi + pad)
-    if limit_ms is not None:
-        _shade_beyond(ax, "x", limit_ms, xhi * 100, f"fails max_p50_ms ({limit_ms:g} ms)")
-    if floor is not None:
-        _shade_beyond(ax, "y", floor, ylo - pad, f"fails max_accuracy_drop ({drop * 100:.2f} pt)")
-    ax.set_xlim(xlo, xhi)
-    ax.set_ylim(ylo - pad, yhi + pad)
+    _accuracy_limits(ax, [p["p50"] for p in pts], [p["accuracy"] for p in pts], gates, source_accuracy,
+                     show_source=True)
     if source_accuracy is not None:
         ax.axhline(source_accuracy * 100, color="#555555", lw=0.8, ls="--", label="source model")
     front = _pareto([(p["p50"], p["accuracy"] * 100) for p in pts])
@@ -352,20 +360,7 @@ def tune_front(device: str, points: list[dict], front: list[dict], best: dict | 
     if not pts:
         ax.text(0.5, 0.5, "no artifact was measured on this device", ha="center", transform=ax.transAxes)
         return to_svg(fig, f"{device}: nothing measured", key)
-    limit_ms, drop = budgets.get("max_p50_ms"), budgets.get("max_accuracy_drop")
-    floor = None if drop is None or source_accuracy is None else (source_accuracy - drop) * 100
-    xlo, xhi = _log_limits([p["p50_ms"] for p in pts], limit_ms)
-    ys = [p["accuracy"] * 100 for p in pts] + ([] if floor is None else [floor])
-    pad = max((max(ys) - min(ys)) * 0.1, 0.5)
-    ylim = (min(ys) - pad, max(ys) + pad)
-    ax.set_xlim(xlo, xhi)
-    ax.set_ylim(*ylim)
-    if limit_ms is not None:
-        _shade_beyond(ax, "x", limit_ms, xhi * 100, f"over max_p50_ms ({limit_ms:g} ms)")
-    if floor is not None:
-        _shade_beyond(ax, "y", floor, ylim[0], f"over max_accuracy_drop ({drop * 100:.2f} pt)")
-    ax.set_xlim(xlo, xhi)
-    ax.set_ylim(*ylim)
+    _accuracy_limits(ax, [p["p50_ms"] for p in pts], [p["accuracy"] for p in pts], budgets, source_accuracy)
     on_front = {(p["trial"], p["artifact"]) for p in front}
     for p in pts:
         ax.scatter(p["p50_ms"], p["accuracy"] * 100, s=36 if (p["trial"], p["artifact"]) in on_front else 18,

@@ -13,7 +13,7 @@ import json
 
 from edgepress import plots
 from edgepress.console import name_prefix
-from edgepress.report import _gate_value, delivered, drop_text, stage_notes
+from edgepress.report import _gate_value, _or_dash, delivered, drop_text, stage_notes
 
 GATE_WORDS = {
     "max_accuracy_drop": "accuracy drop from the source model",
@@ -350,8 +350,8 @@ def render_tune(tune: dict) -> str:
         for p in front:
             star = " ★" if best and (p["trial"], p["artifact"]) == (best["trial"], best["artifact"]) else ""
             rows.append(f"<tr><td>{'source' if p['trial'] is None else p['trial']}</td><td>{e(p['artifact'])}{star}"
-                        f"</td><td>{_pct(p['accuracy'])}</td><td>{_ms(p['p50_ms'])}</td><td>{p['bytes']:,}</td>"
-                        f"<td>{'yes' if p['passed'] else 'no'}</td></tr>")
+                        f"</td><td>{_pct(p['accuracy'])}</td><td>{_or_dash(p['p50_ms'], '{:.3f}')}</td>"
+                        f"<td>{p['bytes']:,}</td><td>{'yes' if p['passed'] else 'no'}</td></tr>")
         if best:
             verdict = f"Recommended: trial {best['trial']}, {e(best['artifact'])} (reproduce it: {e(best['recipe'])})."
         elif device in tune["closest"]:
@@ -371,10 +371,6 @@ def render_tune(tune: dict) -> str:
             "<meta name='viewport' content='width=device-width, initial-scale=1'>"
             f"<title>edgepress tune</title><style>{CSS}</style></head><body>\n" + "\n".join(body)
             + "\n</body></html>\n")
-
-
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
 
 
 def _notes(report) -> str:
