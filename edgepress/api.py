@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import platform
 import time
-from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import numpy as np
 
 from edgepress import files
 from edgepress.compare import compare_with_baseline
-from edgepress.errors import EdgepressError
+from edgepress.errors import EdgepressError, Hopeless
 from edgepress.models import training
 from edgepress.plan import Plan, make_plan
 from edgepress.recipe import Recipe
@@ -35,18 +34,21 @@ class Progress:
         """A finished stage, with its result."""
 
 
-def run(recipe: Recipe, run_dir: str | Path | None = None, progress: Progress | None = None) -> Report:
+def run(recipe: Recipe, run_dir: str | Path | None = None, progress: Progress | None = None,
+        first_epoch_floor: float | None = None) -> Report:
     """Run `recipe` and return its Report; everything is written into `run_dir`.
 
     `run_dir` defaults to runs/<recipe name>-<timestamp>. Bad input raises EdgepressError before
     anything is written (see `edgepress.plan`). Gates are recorded, not raised: call `report.check()` for that.
+    `first_epoch_floor`: stop with `Hopeless` when the model's test accuracy after the first training epoch of
+    the first step is below it, before anything is exported (how `edgepress tune` stops a hopeless trial).
     """
     progress = progress or Progress()
     started = time.perf_counter()
     plan = make_plan(recipe, run_dir, progress)
     _start(plan, progress)
     source = _train_source(plan, progress)
-    stages, model = _run_steps(plan, source, progress)
+    stages, model = _run_steps(plan, source, progress, first_epoch_floor)
     made, quantized = _export(plan, model, [s.type for s in plan.steps], progress)
     rows, failures = _measure_all(plan, made, _reference(source, plan.data), progress)
     results = _results(plan, source, stages, rows, failures, quantized, started)
@@ -84,7 +86,8 @@ def _train_source(plan: Plan, progress: Progress):
     return plan.train(_epoch_reporter(progress, f"train {plan.recipe.model.zoo}"))
 
 
-def _run_steps(plan: Plan, source, progress: Progress) -> tuple[list[dict], object]:
+def _run_steps(plan: Plan, source, progress: Progress, first_epoch_floor: float | None = None
+               ) -> tuple[list[dict], object]:
     """Run each step in order; return the model rows (the source, then each step's result) and the last model."""
     from edgepress.compress.step import StepContext
     from edgepress.models.keras3 import save_model, source_keras
@@ -100,8 +103,11 @@ def _run_steps(plan: Plan, source, progress: Progress) -> tuple[list[dict], obje
         data = planned.data
         for note in planned.step.notes(model, planned.config):
             progress.done(f"{planned.label}: {note}")
+        on_epoch = _epoch_reporter(progress, planned.label)
+        if first_epoch_floor is not None and planned.index == 1:
+            on_epoch = _stop_if_hopeless(on_epoch, first_epoch_floor, data.x_test, data.y_test)
         context = StepContext(source=source, before=tuple(s.type for s in plan.steps[: planned.index - 1]),
-                              test=(data.x_test, data.y_test), on_epoch=_epoch_reporter(progress, planned.label))
+                              test=(data.x_test, data.y_test), on_epoch=on_epoch)
         progress.update(planned.label)
         model, details = planned.step.run(model, data.x_train, data.y_train, planned.config, context)
         out = plan.export_data if planned is plan.steps[-1] else plan.steps[planned.index].data
@@ -239,12 +245,26 @@ def _scored(scores: dict) -> str:
     return text + (f", perplexity {scores['perplexity']:.3f}" if "perplexity" in scores else "")
 
 
-def _epoch_reporter(progress: Progress, what: str) -> Callable[[int, int, dict], None]:
-    def report(epoch: int, epochs: int, logs: dict) -> None:
+def _epoch_reporter(progress: Progress, what: str) -> training.EpochCallback:
+    def report(epoch: int, epochs: int, logs: dict, model=None) -> None:
         progress.update(f"{what}: epoch {epoch}/{epochs}, loss {logs.get('loss', 0):.4f}, "
                         f"accuracy {logs.get('accuracy', 0):.2%}")
 
     return report
+
+
+def _stop_if_hopeless(report: training.EpochCallback, floor: float, x_test: np.ndarray, y_test: np.ndarray
+                      ) -> training.EpochCallback:
+    """`report`, which after the first epoch also scores the model on the test split and raises Hopeless below
+    `floor` (a step that trains without a Keras model to score is not stopped)."""
+    def check(epoch: int, epochs: int, logs: dict, model=None) -> None:
+        report(epoch, epochs, logs, model)
+        if epoch == 1 and model is not None:
+            accuracy = training.accuracy(training.predict(model, x_test), y_test)
+            if accuracy < floor:
+                raise Hopeless(accuracy, floor)
+
+    return check
 
 
 def _stage(name: str, model, scores: dict) -> dict:

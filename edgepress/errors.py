@@ -14,6 +14,14 @@ class GateFailed(Exception):
     """The measured artifacts do not meet the recipe's gates; the message names each failing gate."""
 
 
+class Hopeless(Exception):
+    """A run stopped after its first training epoch: the model scored below the floor it was given."""
+
+    def __init__(self, accuracy: float, floor: float) -> None:
+        super().__init__(f"accuracy after one training epoch {accuracy:.2%} is below {floor:.2%}")
+        self.accuracy, self.floor = accuracy, floor
+
+
 def first_line(e: BaseException) -> str:
     """The first line of an exception from deep inside a library, without its final period (callers
     add their own punctuation): enough to name the cause."""

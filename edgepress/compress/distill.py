@@ -371,7 +371,7 @@ def _train(student, x: np.ndarray, y: np.ndarray | None, teacher_log_probs: np.n
             logs = {"loss": float(np.mean(losses))}
             if y is not None:
                 logs["accuracy"] = correct / len(x)
-            on_epoch(epoch + 1, config.epochs, logs)
+            on_epoch(epoch + 1, config.epochs, logs, student)
 
 
 def _shifted(on_epoch, config: DistillConfig, done: int):
@@ -379,7 +379,7 @@ def _shifted(on_epoch, config: DistillConfig, done: int):
     if on_epoch is None:
         return None
     total = config.epochs * (2 if config.compare_scratch else 1)
-    return lambda epoch, _, logs: on_epoch(done + epoch, total, logs)
+    return lambda epoch, _, logs, model=None: on_epoch(done + epoch, total, logs, model)
 
 
 @register

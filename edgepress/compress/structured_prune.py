@@ -641,7 +641,7 @@ def _shifted(on_epoch, done: int, total: int):
     """Report a round's epochs as epochs of the whole fine-tuning."""
     if on_epoch is None:
         return None
-    return lambda epoch, epochs, logs: on_epoch(done + epoch, total, logs)
+    return lambda epoch, epochs, logs, model=None: on_epoch(done + epoch, total, logs, model)
 
 
 def _keras():

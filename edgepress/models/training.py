@@ -9,8 +9,9 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-# Called after each epoch with (epoch number from 1, epochs, logs such as {"loss": .., "accuracy": ..}).
-EpochCallback = Callable[[int, int, dict], None]
+# Called after each epoch with (epoch number from 1, epochs, logs such as {"loss": .., "accuracy": ..}, and the
+# Keras model being trained when there is one: a run scores it to stop a hopeless tune trial early).
+EpochCallback = Callable[..., None]
 
 
 def outputs_logits(model) -> bool:
@@ -45,7 +46,7 @@ def fit(
     compile_classifier(model, learning_rate)
     cbs = list(callbacks)
     if on_epoch is not None:
-        cbs.append(keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: on_epoch(e + 1, epochs, logs)))
+        cbs.append(keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: on_epoch(e + 1, epochs, logs, model)))
     model.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=0, callbacks=cbs, shuffle=True)
 
 

@@ -17,21 +17,19 @@ from __future__ import annotations
 import os
 import socket
 import time
-from pathlib import Path
 
-from edgepress.errors import EdgepressError, first_line
+from edgepress.errors import EdgepressError, Hopeless, first_line
 
 # Keys of a report row a tune keeps (results.json's artifact rows, without the bulky check and runtime details).
 _ROW_KEYS = ("name", "device", "format", "precision", "path", "bytes", "gzip_bytes", "steps", "metrics", "latency",
              "gates", "passed", "accuracy_aware")
 
 
-def run_trial(recipe: dict, run_dir: str, probe: dict | None = None, progress=None) -> dict:
+def run_trial(recipe: dict, run_dir: str, floor: float | None = None, progress=None) -> dict:
     """Run one trial's recipe into `run_dir` and return its measurements.
 
-    `probe` ({recipe, floor}): first run probe["recipe"] (the trial's structured_prune with one fine-tune epoch
-    and no export) into `run_dir`-probe; a trial whose accuracy after it is below probe["floor"] is stopped there
-    (status pruned).
+    `floor`: a trial whose test accuracy after its first fine-tune epoch is below it is stopped there, before
+    any export (status pruned; see `edgepress.run`'s first_epoch_floor).
     Bad input and errors inside a run become status failed with the reason: one trial never stops a tune.
     """
     import edgepress
@@ -41,17 +39,11 @@ def run_trial(recipe: dict, run_dir: str, probe: dict | None = None, progress=No
     result: dict = {"status": "complete", "reason": None, "run_dir": str(run_dir),
                     "worker": f"{socket.gethostname()}:{os.getpid()}"}
     try:
-        if probe is not None:
-            # Beside the trial's run directory, not in it: the trial's run then starts in a folder of its own.
-            probe_dir = Path(run_dir).with_name(Path(run_dir).name + "-probe")
-            report = edgepress.run(Recipe.from_dict(probe["recipe"]), probe_dir, progress)
-            accuracy = report.results["models"][-1]["accuracy"]
-            result["probe_accuracy"] = accuracy
-            if accuracy < probe["floor"]:
-                return {**result, "status": "pruned", "duration_s": round(time.perf_counter() - started, 1),
-                        "reason": f"accuracy after one fine-tune epoch {accuracy:.2%} is below {probe['floor']:.2%} "
-                                  "(the accuracy budget less the hopeless margin)"}
-        report = edgepress.run(Recipe.from_dict(recipe), run_dir, progress)
+        report = edgepress.run(Recipe.from_dict(recipe), run_dir, progress, first_epoch_floor=floor)
+    except Hopeless as e:
+        return {**result, "status": "pruned", "first_epoch_accuracy": e.accuracy,
+                "duration_s": round(time.perf_counter() - started, 1),
+                "reason": f"{e} (the accuracy budget less the hopeless margin)"}
     except EdgepressError as e:
         return {**result, "status": "failed", "reason": str(e), "duration_s": round(time.perf_counter() - started, 1)}
     except Exception as e:  # a library failing on one candidate (a converter crash) fails that trial only
@@ -98,8 +90,8 @@ class LocalExecutor:
     def __init__(self, progress=None) -> None:
         self.progress = progress
 
-    def submit(self, recipe: dict, run_dir: str, probe: dict | None = None, label: str = ""):
-        return _Done(run_trial(recipe, run_dir, probe, _Labelled(self.progress, label)))
+    def submit(self, recipe: dict, run_dir: str, floor: float | None = None, label: str = ""):
+        return _Done(run_trial(recipe, run_dir, floor, _Labelled(self.progress, label)))
 
     def wait(self, handles: list, timeout: float | None = None) -> list:
         """The handles that are done (here: all of them), with their results."""
@@ -130,8 +122,8 @@ class RayExecutor:
         self.parallel = parallel or max(1, int(ray.cluster_resources().get("CPU", 1)))
         self._task = ray.remote(num_cpus=1, max_retries=0)(run_trial)
 
-    def submit(self, recipe: dict, run_dir: str, probe: dict | None = None, label: str = ""):
-        return self._task.remote(recipe, run_dir, probe)
+    def submit(self, recipe: dict, run_dir: str, floor: float | None = None, label: str = ""):
+        return self._task.remote(recipe, run_dir, floor)
 
     def wait(self, handles: list, timeout: float | None = None) -> list:
         ready, _ = self.ray.wait(handles, num_returns=1, timeout=timeout)

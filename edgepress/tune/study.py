@@ -227,7 +227,7 @@ class _Loop:
                     done += 1
                     continue
                 self.progress.update(f"{self._status(done)}: trial {trial.number} {_describe(params)}")
-                handle = self.executor.submit(recipe, str(self.run_dir / "trials" / name), self._probe(params, live),
+                handle = self.executor.submit(recipe, str(self.run_dir / "trials" / name), self._floor(params),
                                               label=f"trial {trial.number}")
                 pending.append((handle, trial, params, key))
             if not pending:
@@ -280,16 +280,13 @@ class _Loop:
                 return t
         return None
 
-    def _probe(self, params: dict, live: list[str]) -> dict | None:
-        """One fine-tune epoch of the trial's structured_prune, scored before the rest is spent on it."""
+    def _floor(self, params: dict) -> float | None:
+        """The accuracy below which a trial is hopeless after its first fine-tune epoch (then it stops there,
+        before the rest of its training and its exports are spent on it)."""
         drop, margin = self.budgets["max_accuracy_drop"], self.space.hopeless_margin
-        steps = self.space.steps(params)
-        # With one fine-tune epoch the probe would be the trial's first step itself: run the trial.
-        if drop is None or margin is None or not steps or steps[0]["fine_tune_epochs"] <= 1:
+        if drop is None or margin is None or not self.space.steps(params):
             return None
-        first = {**steps[0], "fine_tune_epochs": 1}
-        recipe = recipe_for(self.base, "probe", [first], [], [self.targets[n] for n in live])
-        return {"recipe": recipe, "floor": self.source["source"]["accuracy"] - drop - margin}
+        return self.source["source"]["accuracy"] - drop - margin
 
     def _finish(self, trial, params: dict, result: dict) -> None:
         from optuna.trial import TrialState
@@ -457,7 +454,7 @@ def _tune_json(study, space, budgets, source, names, dropped, duration_s) -> dic
             "number": t.number, "status": status, "reason": result.get("reason"), "params": t.user_attrs.get(
                 "params", t.params), "key": t.user_attrs.get("key"), "cached_from": result.get("cached_from"),
             "duration_s": result.get("duration_s"), "run_dir": result.get("run_dir"), "worker": result.get("worker"),
-            "probe_accuracy": result.get("probe_accuracy"), "models": result.get("models", []),
+            "first_epoch_accuracy": result.get("first_epoch_accuracy"), "models": result.get("models", []),
             "devices": {d: v["error"] for d, v in (result.get("devices") or {}).items()},
             "rows": [out.point_of(r, t.number) for r in result.get("rows", [])] if status == "complete" else [],
             **_chosen(t, result, names, budgets),

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import edgepress
+from edgepress.api import Progress
 from edgepress.errors import EdgepressError, GateFailed
 from edgepress.stats import rank_best
 
@@ -118,16 +119,28 @@ def test_extending_with_a_device_that_drops_marks_its_trials_and_goes_on(tuned, 
     assert all(not any(p["device"] == "flaky" for p in t["rows"]) for t in new)
 
 
-def test_a_trial_that_passes_its_probe_runs_to_the_end(tmp_path):
-    # Any accuracy may be lost: the probe (one fine-tune epoch) passes and the trial goes on to its exports.
+def test_a_trial_above_its_first_epoch_floor_runs_to_the_end(tmp_path):
+    # Any accuracy may be lost: the check after one fine-tune epoch passes and the trial goes on to its exports.
     raw = tiny_recipe(1, targets=["x86-host"], hopeless_margin=0.0)
     raw["gates"] = {"max_accuracy_drop": 1.0}
     raw["tune"]["space"].update(ratio=[0.25, 0.25], fine_tune_epochs=[2])
     result = edgepress.tune(edgepress.Recipe.from_dict(raw), tmp_path / "out")
     (trial,) = result.results["trials"]
     assert trial["status"] == "complete", trial
-    assert trial["probe_accuracy"] is not None and trial["rows"]
+    assert trial["first_epoch_accuracy"] is None and trial["rows"]
     assert (tmp_path / "out" / "trials" / "t000" / "results.json").is_file()
+
+
+class Recorded(Progress):
+    """Every message a tune sends, in order."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    def update(self, message: str) -> None:
+        self.messages.append(message)
+
+    done = update
 
 
 def test_a_hopeless_trial_is_stopped_after_one_fine_tune_epoch(tmp_path):
@@ -136,12 +149,15 @@ def test_a_hopeless_trial_is_stopped_after_one_fine_tune_epoch(tmp_path):
     raw = tiny_recipe(1, targets=["x86-host"], hopeless_margin=0.0)
     raw["gates"] = {"max_accuracy_drop": 0.0}
     raw["tune"]["space"].update(ratio=[0.9, 0.9], fine_tune_epochs=[4])
-    result = edgepress.tune(edgepress.Recipe.from_dict(raw), tmp_path / "out")
+    progress = Recorded()
+    result = edgepress.tune(edgepress.Recipe.from_dict(raw), tmp_path / "out", progress=progress)
     (trial,) = result.results["trials"]
     assert trial["status"] == "pruned", trial
-    assert trial["probe_accuracy"] < result.results["source"]["accuracy"]
-    assert "after one fine-tune epoch" in trial["reason"]
-    trials = tmp_path / "out" / "trials"
-    assert (trials / "t000-probe" / "results.json").is_file() and not (trials / "t000" / "results.json").exists()
+    assert trial["first_epoch_accuracy"] < result.results["source"]["accuracy"]
+    assert "after one training epoch" in trial["reason"]
+    epochs = [m for m in progress.messages if "structured_prune: epoch" in m]
+    assert epochs and all("epoch 1/4" in m for m in epochs)  # no second epoch was trained
+    run = tmp_path / "out" / "trials" / "t000"
+    assert not (run / "results.json").exists() and not list(run.glob("artifacts/*"))  # nothing exported
     # nothing a trial made is within the budget: the best is the source model itself, as float
     assert result.results["best"]["x86-host"]["trial"] is None
