@@ -103,6 +103,7 @@ class RowComparison:
     p50_significant: bool | None = None
     latency_compared: bool = True
     retimed: bool = False  # both p50s timed again now, interleaved (see `retime`); else the stored ones
+    timed_twice: bool = False  # slower in the first re-timing, so timed again: the numbers are the second's
     accuracy_change: float | None = None  # new - old, a fraction
     bytes_change: float | None = None  # relative
     regressions: list[str] = field(default_factory=list)
@@ -173,7 +174,8 @@ def _cells(r: RowComparison) -> list[str]:
     elif r.p50_change is None:
         change = "-"
     else:
-        change = f"{r.p50_change:+.1%}" + ("" if r.p50_significant else " (within noise)")
+        change = (f"{r.p50_change:+.1%}" + ("" if r.p50_significant else " (within noise)")
+                  + (" (timed twice)" if r.timed_twice else ""))
     size = "-" if r.bytes_change is None else f"{r.bytes_change:+.1%}"
     verdict = "❌ " + ", ".join(r.regressions) if r.regressions else "ok"
     return [p50(r.old), p50(r.new), change, acc(r.old), acc(r.new), size, verdict]
@@ -248,13 +250,14 @@ def compare(old_results: dict, new_results: dict, limits: BaselineSpec | dict | 
 
 
 def retime(old_results: dict, new_results: dict, old_dir: Path, new_dir: Path, devices: list | None = None,
-           say=None) -> tuple[dict, list[str]]:
+           say=None, only: set[tuple[str, str]] | None = None) -> tuple[dict, list[str]]:
     """Time every artifact of `new_results` again with its baseline counterpart of `old_results`, now and
     interleaved in one runner process per device, so the two p50s are measured alike (see the module's docstring).
 
     A row's files are its recorded path, else the file of that name in its run directory's artifacts/ (a run
     directory restored from a CI cache), checked against the recorded sha256. `devices` (Device objects) default to
     the new run's targets; the timing follows the new run's `measure` options. `say(message)` reports progress.
+    `only` ({(device, artifact)}) limits the timing to those rows.
     Returns ({(device, artifact): (old latency, new latency)}, flags for what could not be timed again).
     """
     from edgepress.deploy.measure import time_together
@@ -271,7 +274,7 @@ def retime(old_results: dict, new_results: dict, old_dir: Path, new_dir: Path, d
         pairs, missing = [], []
         for new in (r for r in new_results["artifacts"] if r["device"] == device.name and r.get("latency")):
             old = old_rows.get((device.name, new["name"]))
-            if old is None or not old.get("latency"):
+            if old is None or not old.get("latency") or (only is not None and (device.name, new["name"]) not in only):
                 continue
             files = _artifact_file(old, old_dir), _artifact_file(new, new_dir)
             (pairs if None not in files else missing).append((new["name"], *files, new["latency"].get("threads")))
@@ -401,12 +404,30 @@ def compare_files(old: str | Path, new: str | Path, limits: BaselineSpec | dict 
 def compare_runs(old_results: dict, new_results: dict, limits: BaselineSpec, old_dir: Path, new_dir: Path,
                  devices: list | None = None, say=None) -> Comparison:
     """`compare`, the artifacts of both runs (in `old_dir` and `new_dir`) first timed again together (`retime`)
-    unless `limits.retime` is false; what could not be timed again leads the flags."""
+    unless `limits.retime` is false; what could not be timed again leads the flags.
+
+    A pair slower beyond the limit in that re-timing is timed once more, and the regression stands only when the
+    second timing shows it too: a change of the machine's speed can fall on one file's blocks of an interleaved
+    timing (benchmarks/reproducibility.py saw one such pair among 16, +55% once, tied when timed again).
+    """
     _check_same_job(old_results, new_results, limits.path)  # refused before any timing
     timings, flags = {}, []
     if limits.retime:
         timings, flags = retime(old_results, new_results, old_dir, new_dir, devices, say)
     comparison = compare(old_results, new_results, limits, baseline=limits.path, timings=timings)
+    slower = {(r.device, r.artifact): r for r in comparison.rows if r.retimed and "p50" in r.regressions}
+    if slower:
+        again, more_flags = retime(old_results, new_results, old_dir, new_dir, devices, say, only=set(slower))
+        comparison = compare(old_results, new_results, limits, baseline=limits.path, timings={**timings, **again})
+        flags += more_flags
+        for row in comparison.rows:
+            first = slower.get((row.device, row.artifact))
+            if first is None or (row.device, row.artifact) not in again:
+                continue
+            row.timed_twice = True
+            if "p50" not in row.regressions:
+                flags.append(f"{row.device}: {row.artifact} was {first.p50_change:+.0%} slower in the first "
+                             f"re-timing and {row.p50_change:+.0%} when timed again: not a regression.")
     comparison.flags[:0] = flags
     return comparison
 
