@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--work", default=str(REPO / "runs" / "bench-round-to"), help="where files are written")
     parser.add_argument("--train-size", type=int, default=8000)
     parser.add_argument("--test-size", type=int, default=2000)
-    parser.add_argument("--epochs", type=int, default=5, help="training epochs of the float model")
+    parser.add_argument("--epochs", type=int, default=20, help="training epochs of the float model")
     parser.add_argument("--fine-tune-epochs", type=int, default=3, help="fine-tuning epochs after pruning")
     parser.add_argument("--runs", type=int, default=200, help="timed runs per artifact and round")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved latency rounds")
@@ -103,7 +103,7 @@ def main() -> None:
 
     say(f"measuring the {2 * len(rows)} artifacts again, interleaved over {args.rounds} round(s)")
     p50 = _interleaved(rows, fitted, args.runs, args.rounds)
-    table = render(rows, p50, time.perf_counter() - started, args.tiny)
+    table = render(rows, p50, time.perf_counter() - started, args)
     print(table)
     if args.write_results:
         from compression import write_section  # noqa: I001  (benchmarks/compression.py, beside this script)
@@ -125,15 +125,17 @@ def _interleaved(rows: list[dict], data, runs: int, rounds: int) -> dict[tuple[i
     return {key: statistics.median(values) for key, values in samples.items()}
 
 
-def render(rows: list[dict], p50: dict, seconds: float, tiny: bool) -> str:
+def render(rows: list[dict], p50: dict, seconds: float, args) -> str:
     base_macs = rows[0]["macs"]
     lines = [
         "## channel rounding",
         "",
-        f"MobileNetV2 (alpha 0.35, 32x32x3) on MNIST, structured_prune {RATIO} with and without round_to "
-        f"{MULTIPLE}; fp32 exports on x86-host, batch 1, 1 thread, median p50 over interleaved rounds. "
+        f"MobileNetV2 (alpha 0.35, 32x32x3) on MNIST (trained {args.epochs} epochs on {args.train_size:,} images, "
+        f"tested on {args.test_size:,}), structured_prune {RATIO} with and without round_to {MULTIPLE} "
+        f"({args.fine_tune_epochs} fine-tune epochs each); "
+        "fp32 exports on x86-host, batch 1, 1 thread, median p50 over interleaved rounds. "
         f"Written by `benchmarks/round_to.py` on {dt.date.today()} in {seconds / 60:.1f} min"
-        + (" (--tiny: the numbers mean nothing)." if tiny else "."),
+        + (" (--tiny: the numbers mean nothing)." if args.tiny else "."),
         "",
         "| variant | MACs | params | pruned layers not a multiple of 8 | accuracy | TFLite p50 | ONNX p50 |",
         "|---|---|---|---|---|---|---|",
