@@ -11,7 +11,8 @@ same device and checked on three limits (`BaselineSpec`):
 Latencies are re-timed (`retime`): two runs' stored p50s do not compare on a shared machine, where the
 p50 of one file moves between two runs by more than either run's interval shows (benchmarks/reproducibility.py:
 up to a third on the demo's sub-millisecond models). So the baseline's file and the new one are timed again,
-now, interleaved in one runner process on their device, and compared on those numbers. When that cannot be
+now, interleaved in one runner process on their device, and compared on those numbers; a pair slower beyond the
+limit is timed once more, and its regression stands only if the second timing shows it too. When that cannot be
 done (the baseline's artifacts are gone, an adb device, a device that does not answer) the stored numbers are
 compared, and flagged; they are compared only when both were measured alike (same CPU, cores, runtime and
 version, threads, batch); otherwise the device is flagged and its latency left out, never silently compared.
