@@ -42,11 +42,16 @@ from compression import _log, measure_all, say, write_section  # noqa: E402, I00
 SEED = 0
 MODELS = {
     "seed_cnn": {"title": "seed CNN, MNIST 28x28x1", "input": (28, 28, 1), "max_drop": 0.005, "faster": 5.0,
-                 "gzip_smaller": 40.0, "source_epochs": 20,
+                 "gzip_smaller": 40.0, "source_epochs": 20, "time_budget": "20m",
                  "max_bytes": 16000},  # recipes/mnist_cnn_fast.yaml's own gates: the same budgets as the recipe
     "mobilenetv2": {"title": "MobileNetV2 alpha 0.35, MNIST resized to 32x32x3", "input": (32, 32, 3),
                     "max_drop": 0.01, "faster": 2.5, "gzip_smaller": None, "source_epochs": 20,
-                    "max_bytes": None},
+                    "time_budget": "25m",  # a trial trains 8 s an epoch (the CNN: 1 s), up to 24 epochs
+                    "max_bytes": None,
+                    # MobileNetV2 recovers from heavy pruning slowly: 17-32% after one fine-tune epoch at ratios
+                    # 0.5-0.85, where the CNN scores 80%+; ratio 0.8 reaches the source's accuracy after 12. One
+                    # epoch says nothing about it, so no trial is stopped early.
+                    "hopeless_margin": None},
 }
 
 
@@ -55,7 +60,8 @@ def main() -> None:
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "mnist"), help="MNIST idx directory")
     parser.add_argument("--work", default=str(REPO / "runs" / "bench-tune"), help="where files are written")
     parser.add_argument("--models", default="seed_cnn,mobilenetv2")
-    parser.add_argument("--time-budget", default="20m", help="tuning time per model")
+    parser.add_argument("--time-budget", default=None, help="tuning time per model (default: 20m for the CNN, as "
+                        "the issue's goal says; 25m for MobileNetV2)")
     parser.add_argument("--trials", type=int, default=200, help="at most this many trials (the budget stops first)")
     parser.add_argument("--epochs", default="1,2,4,8,12", help="the tune's fine-tune epoch choices")
     parser.add_argument("--source-epochs", type=int, default=None,
@@ -113,7 +119,8 @@ def bench_model(name: str, args, work: Path) -> list[str]:
         "targets": ["x86-host"],
         "measure": {"runs": max(50, args.runs // 3), "warmup": args.warmup, "threads": 1},
         "gates": {"max_accuracy_drop": spec["max_drop"], "max_bytes": spec["max_bytes"]},
-        "tune": {"trials": args.trials, "time_budget": args.time_budget, "seed": SEED,
+        "tune": {"trials": args.trials, "time_budget": args.time_budget or spec["time_budget"], "seed": SEED,
+                 **({"hopeless_margin": spec["hopeless_margin"]} if "hopeless_margin" in spec else {}),
                  "space": {"fine_tune_epochs": [int(e) for e in args.epochs.split(",")]}},  # x86-host's precisions
     })
     result = edgepress.tune(recipe, work / "tune", _log())
@@ -263,10 +270,12 @@ def _render(name: str, spec: dict, rows: list[dict], tuned: dict, source_s: floa
         "",
         f"Source: {args.source_epochs or spec['source_epochs']} epochs on the first {args.train_size:,} images of "
         f"MNIST's test file (seed {SEED}, {source_s:.0f} s), tested on the last {args.test_size:,}. The tune: "
-        f"{args.time_budget} budget, {len(trials)} trials ("
+        f"{args.time_budget or spec['time_budget']} budget, {len(trials)} trials ("
         + ", ".join(f"{v} {k}" for k, v in counts.items() if v) + f"), budgets: accuracy drop at most "
         f"{spec['max_drop'] * 100:g} pt" + (f", at most {spec['max_bytes']:,} bytes (the hand-written recipe's gates)"
                                              if spec["max_bytes"] else "")
+        + ("; no trial stopped early (hopeless_margin: null: after heavy pruning this model scores 17-32% after "
+           "one fine-tune epoch and recovers later)" if spec.get("hopeless_margin", 0.25) is None else "")
         + ". Every file below re-measured the same way (LiteRT, batch 1, "
         f"median over {args.rounds} interleaved rounds of each round's p50). Ratios are to the first row.",
         "",
