@@ -119,3 +119,14 @@ def test_every_budget_miss_is_on_one_relative_scale():
     # 3.3 pt over a 0.5 pt budget is a far bigger miss than a file 10% too large
     assert over_budget("max_accuracy_drop", 0.038, 0.005) > 10 * over_budget("max_bytes", 17600, 16000)
     assert over_budget("max_accuracy_drop", 0.01, 0.0) == pytest.approx(1.0)  # a zero budget: scaled by 1 pt
+
+
+def test_random_start_is_a_third_of_the_trials_that_fit_in_the_time_left():
+    from edgepress.tune.study import startup_trials
+
+    assert startup_trials(200) == 10 and startup_trials(12) == 4 and startup_trials(3) == 2
+    # 25 minutes left at 4 minutes a trial, after 1: about 7 trials, so 2 random ones, not 10 of --trials 200
+    assert startup_trials(200, done=1, time_left=1500, durations=[240]) == 2
+    # 20 minutes at 20 s a trial: 60 trials fit, so --trials 9 is what limits
+    assert startup_trials(9, done=1, time_left=1200, durations=[25, 15]) == 3
+    assert startup_trials(200, done=3, time_left=1200, durations=[25, 15]) == 10
