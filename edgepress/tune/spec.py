@@ -79,7 +79,8 @@ class TuneSpec(BaseModel):
         None, gt=0, description="Wall-time limit of this invocation, seconds or '30m': no trial starts after it "
         "(a trial under way finishes)."
     )
-    sampler: Literal["tpe", "nsga2"] = Field("tpe", description="Optuna multi-objective sampler.")
+    sampler: Literal["tpe", "nsga2"] = Field("tpe", description="Optuna multi-objective sampler (TPE's random "
+                                             "start: a third of the trials that fit, 2 to 10).")
     seed: int = 0
     parallel: int | None = Field(
         None, ge=1, description="Trials at once; default 1 locally (latency is measured on this machine), the "
