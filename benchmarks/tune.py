@@ -48,7 +48,7 @@ MODELS = {
                  "max_bytes": 16000},  # recipes/mnist_cnn_fast.yaml's own gates: the same budgets as the recipe
     "mobilenetv2": {"title": "MobileNetV2 alpha 0.35, MNIST resized to 32x32x3", "input": (32, 32, 3),
                     "max_drop": 0.01, "faster": 2.5, "gzip_smaller": None,
-                    # It learns slower than the CNN: 93.9% after 20 epochs, 96.8% after 44, 96.5-97% with 12 more.
+                    # It learns slower than the CNN: 93.9% after 20 epochs, 96.8% after 44, 96.5-96.7% with 4-12 more.
                     "source_epochs": 48,
                     "time_budget": "40m",  # a trial trains 6 s an epoch (the CNN: 1 s), up to 24 epochs
                     "max_bytes": None,
@@ -147,7 +147,7 @@ def bench_model(name: str, args, work: Path) -> list[str]:
         "gates": {"max_accuracy_drop": spec["max_drop"], "max_bytes": spec["max_bytes"]},
         "tune": {"trials": args.trials, "time_budget": args.time_budget or spec["time_budget"], "seed": SEED,
                  **({"hopeless_margin": spec["hopeless_margin"]} if "hopeless_margin" in spec else {}),
-                 # x86-host's precisions
+                 # no precisions listed: x86-host's profile gives them
                  "space": {"fine_tune_epochs": [int(e) for e in (args.epochs or spec["epochs"]).split(",")]}},
     })
     result = edgepress.tune(recipe, work / "tune", _log())
