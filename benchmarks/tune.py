@@ -102,16 +102,8 @@ def _section(results: Path, ran: dict[str, str]) -> str:
     subsection ends with the environment it was measured on), in MODELS' order."""
     old = results.read_text() if results.exists() else ""
     match = re.search(r"(?ms)^## tune\n(.*?)(?=^## |\Z)", old)
-    kept = {}
-    if match:
-        parts = re.split(r"(?m)^(?=### )", match.group(1))[1:]
-        env = next((line for line in match.group(1).splitlines() if line.startswith("Measured on ")), "")
-        for part in parts:
-            title = part.splitlines()[0].removeprefix("### ").strip()
-            text = part.rstrip("\n") + "\n"
-            if "\nMeasured on " not in text and env:  # written before each subsection carried its own
-                text += "\n" + env + "\n"
-            kept[title] = text
+    parts = re.split(r"(?m)^(?=### )", match.group(1))[1:] if match else []
+    kept = {part.splitlines()[0].removeprefix("### ").strip(): part for part in parts}
     kept.update(ran)
     order = [m["title"] for m in MODELS.values()]
     titles = sorted(kept, key=lambda t: order.index(t) if t in order else len(order))
