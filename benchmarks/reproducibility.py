@@ -109,7 +109,8 @@ def agree(first: dict, second: dict) -> dict:
 def compare_verdicts(old: Path, new: Path) -> dict:
     """`edgepress compare` of the two runs with its default limits, on the stored p50s and with the files timed
     again together (its default): the regressions each reports, and each row's change."""
-    from edgepress.compare import BaselineSpec, compare_files
+    from edgepress.compare import compare_files
+    from edgepress.specs.baseline import BaselineSpec
 
     stored = compare_files(old, new, BaselineSpec(path=str(old), retime=False))
     retimed = compare_files(old, new, BaselineSpec(path=str(old)))

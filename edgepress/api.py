@@ -2,7 +2,7 @@
 
 plan (every check, `edgepress.plan`) -> train the source if it is a zoo model -> steps, in order ->
 exports (each checked against its model) -> measurement of each artifact on each device -> the verdict
-(`edgepress.report.judge`) -> results.json, report.md, report.html.
+(`edgepress.verdict.judge`) -> results.json, report.md, report.html.
 """
 
 from __future__ import annotations
@@ -21,7 +21,10 @@ from edgepress.errors import EdgepressError, Hopeless
 from edgepress.models import training
 from edgepress.plan import Plan, make_plan
 from edgepress.recipe import Recipe
-from edgepress.report import SCHEMA_VERSION, Report, interval_text, judge, stage_notes
+from edgepress.report import Report
+from edgepress.results import SCHEMA_VERSION
+from edgepress.text import interval_text, ms, percent, stage_notes
+from edgepress.verdict import judge
 
 
 class Progress:
@@ -43,6 +46,8 @@ def run(recipe: Recipe, run_dir: str | Path | None = None, progress: Progress | 
     `first_epoch_floor`: stop with `Hopeless` when the model's test accuracy after the first training epoch of
     the first step is below it, before anything is exported (how `edgepress tune` stops a hopeless trial).
     """
+    from edgepress.report_html import render
+
     progress = progress or Progress()
     started = time.perf_counter()
     plan = make_plan(recipe, run_dir, progress)
@@ -54,10 +59,10 @@ def run(recipe: Recipe, run_dir: str | Path | None = None, progress: Progress | 
     results = _results(plan, source, stages, rows, failures, quantized, started)
     # results["baseline"], for judge; the baseline's artifacts timed again beside these
     baseline_error = compare_with_baseline(results, plan.recipe.gates.baseline, plan.run_dir, list(plan.devices),
-                                           progress.update)
+                                           plan.recipe.measure, progress.update)
     results.update(judge(results))
     report = Report(results)
-    report.save(plan.run_dir)
+    report.save(plan.run_dir, render)
     if quantized:
         from edgepress.deploy.accuracy_aware import write_sensitivity
 
@@ -167,7 +172,7 @@ def _measure_all(plan: Plan, made: list[tuple], reference: np.ndarray, progress:
         for (_, artifact, extra), row in zip(todo, measured, strict=True):
             rows.append({**row, **extra})
             progress.done(f"{artifact.name} on {device.name}: {artifact.bytes:,} bytes, "
-                          f"accuracy {_percent(row['metrics']['accuracy'])}, p50 {_ms(row['latency']['p50'])}"
+                          f"accuracy {percent(row['metrics']['accuracy'])}, p50 {ms(row['latency']['p50'])} ms"
                           + interval_text(row["latency"]))
     return rows, failures
 
@@ -311,11 +316,3 @@ def _row(artifact, device, result: dict) -> dict:
         "runtime": result["runtime"],
         "host": result.get("host"),  # CPU, cores, load average before and after the timing (the runner's)
     }
-
-
-def _percent(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2%}"
-
-
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f} ms"

@@ -77,13 +77,17 @@ def compare(
     retime: Annotated[bool, typer.Option(
         help="Time OLD's artifacts again beside NEW's, interleaved, and compare those p50s (two runs' stored p50s "
         "drift apart on a shared machine); --no-retime compares the stored numbers.")] = True,
+    device: Annotated[list[str] | None, typer.Option(
+        help="Device profile (name or .yaml file) to time again on; repeat for several. Default: the devices of "
+        "NEW that are this machine (x86-host); a device over ssh or adb is timed only when named here.")] = None,
 ) -> None:
     """Print how NEW differs from OLD as a Markdown table (for a pull-request comment); exit 1 on a regression."""
 
     def work():
         from pydantic import ValidationError
 
-        from edgepress.compare import BaselineSpec, compare_files
+        from edgepress.compare import compare_files
+        from edgepress.specs.baseline import BaselineSpec
 
         try:
             limits = BaselineSpec(path=str(old), max_p50_regression=max_p50_regression,
@@ -91,7 +95,10 @@ def compare(
                                   max_bytes_regression=max_bytes_regression, retime=retime)
         except ValidationError as e:
             raise EdgepressError("; ".join(err["msg"].removeprefix("Value error, ") for err in e.errors())) from None
-        comparison = compare_files(old, new, limits, say=lambda m: print(m, file=sys.stderr))
+        from edgepress.devices import load_device
+
+        devices = None if not device else [load_device(name) for name in device]
+        comparison = compare_files(old, new, limits, devices, say=lambda m: print(m, file=sys.stderr))
         print(comparison.to_markdown(), end="")
         if comparison.regressed:
             raise GateFailed("regression against the baseline: " + "; ".join(comparison.regressions()))
@@ -152,7 +159,7 @@ def bench(
         from edgepress.deploy import measure
         from edgepress.devices import load_device
         from edgepress.models.datasets import read_npz
-        from edgepress.report import interval_text
+        from edgepress.text import interval_text, ms
 
         target = load_device(device)
         pair = None if data is None else read_npz(data)  # checked: x finite numbers, y integer labels
@@ -170,8 +177,8 @@ def bench(
             lat, peak = r["latency_ms"], r["memory"].get("peak_rss_bytes")
             table.add_row(artifact.name, " ".join([r["runtime"]["name"], *r["runtime"]["providers"][:1]]),
                           "-" if r["accuracy"] is None else f"{r['accuracy']:.2%}",
-                          _num(lat["p50"]) + interval_text(lat),
-                          _num(lat["p90"]), _num(lat["mean"]), _num(r["load_ms"]),
+                          ms(lat["p50"]) + interval_text(lat),
+                          ms(lat["p90"]), ms(lat["mean"]), ms(r["load_ms"]),
                           "-" if peak is None else f"{peak / 2**20:.1f}")
             for warning in r["runtime"]["warnings"]:
                 console.print(f"[yellow]warning:[/] {escape(artifact.name)}: {escape(warning)}")
@@ -325,10 +332,6 @@ def _run_name(stem: str) -> str:
     import re
 
     return re.sub(r"[^A-Za-z0-9._-]", "_", stem).lstrip("._-")[:100] or "model"
-
-
-def _num(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
 
 
 def _run(recipe_path: Path, output: Path | None, data: str | None, model: str | None, trust_model: bool = False,

@@ -17,7 +17,7 @@ done (the baseline's artifacts are gone, an adb device, a device that does not a
 compared, and flagged; they are compared only when both were measured alike (same CPU, cores, runtime and
 version, threads, batch); otherwise the device is flagged and its latency left out, never silently compared.
 `edgepress run --baseline FILE` keeps the comparison in results["baseline"] (`compare_with_baseline`) and the
-verdict adds it to each row as gates (`add_baseline_gates`: `baseline_p50`, `baseline_accuracy`,
+verdict adds it to each row as gates (`edgepress.verdict.add_baseline_gates`: `baseline_p50`, `baseline_accuracy`,
 `baseline_bytes`); `edgepress compare OLD NEW` prints it as a Markdown table.
 """
 
@@ -27,12 +27,11 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-
 from edgepress.errors import EdgepressError
+from edgepress.results import check_results
+from edgepress.specs.baseline import BaselineSpec
+from edgepress.specs.measure import MeasureSpec
 
-# Gate names added to each artifact row by `add_baseline_gates`.
-BASELINE_GATES = ("baseline_p50", "baseline_accuracy", "baseline_bytes")
 # What must be equal for two latencies to be comparable, read from each row.
 _LATENCY_CONDITIONS = {
     "CPU": lambda r: (r.get("host") or {}).get("cpu"),
@@ -44,50 +43,6 @@ _LATENCY_CONDITIONS = {
 }
 # Versions that shape artifacts and numbers; a difference is flagged (sizes and accuracies are still compared).
 _VERSIONS = ("tensorflow", "tf_keras", "ai-edge-litert", "onnxruntime", "onnx", "tf2onnx", "numpy")
-
-
-def _fraction(value, name: str, points: bool = False):
-    """0.1 or '10%' -> 0.1; for points, also '0.2 pt' -> 0.002 (accuracy is a fraction, a point is 1%)."""
-    if isinstance(value, str):
-        text = value.strip().lower()
-        for unit in (("pt", "%") if points else ("%",)):
-            if text.endswith(unit):
-                try:
-                    return float(text[: -len(unit)]) / 100
-                except ValueError:
-                    break
-        example = "0.002 or '0.2 pt'" if points else "0.1 or '10%'"
-        raise ValueError(f"{name} must be a fraction or a percentage ({example}), got {value!r}")
-    if value is None or float(value) < 0:
-        raise ValueError(f"{name} must be 0 or more, got {value!r}")
-    return value
-
-
-class BaselineSpec(BaseModel):
-    """gates.baseline: a previous run's results.json and how far this run may fall behind it."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    path: str = Field(description="A previous run's results.json (relative to the recipe's folder).")
-    max_p50_regression: float = Field(
-        0.10, description="Largest p50 slow-down, relative (0.1 or '10%'); counts only when significant."
-    )
-    max_accuracy_regression: float = Field(0.002, description="Largest accuracy drop, in points (0.002 or '0.2 pt').")
-    max_bytes_regression: float = Field(0.05, description="Largest growth of the file, relative (0.05 or '5%').")
-    retime: bool = Field(
-        True, description="Time the baseline's artifacts again, interleaved with this run's, and compare those "
-        "p50s (needs the baseline's run directory with its artifacts); false: compare the stored p50s."
-    )
-
-    @field_validator("max_p50_regression", "max_bytes_regression", mode="before")
-    @classmethod
-    def _relative(cls, value, info):
-        return _fraction(value, info.field_name)
-
-    @field_validator("max_accuracy_regression", mode="before")
-    @classmethod
-    def _points(cls, value, info):
-        return _fraction(value, info.field_name, points=True)
 
 
 @dataclass
@@ -183,10 +138,8 @@ def _cells(r: RowComparison) -> list[str]:
 
 
 def load_results(path: str | Path, what: str = "Baseline") -> dict:
-    """A results.json (`what`: how messages name it), checked to be one this edgepress can compare; EdgepressError
-    naming the problem otherwise."""
-    from edgepress.report import SCHEMA_VERSION
-
+    """A results.json (`what`: how messages name it), checked to have the shape this edgepress writes
+    (edgepress/results.py); EdgepressError naming the problem otherwise."""
     path = Path(path)
     if path.is_dir():
         path = path / "results.json"
@@ -194,16 +147,10 @@ def load_results(path: str | Path, what: str = "Baseline") -> dict:
         raise EdgepressError(f"{what} {path} not found: give a run's results.json (a first run has no baseline: "
                              "keep its results.json as the baseline for the next).")
     try:
-        results = json.loads(path.read_text())
+        raw = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise EdgepressError(f"{what} {path} is not a results.json ({e}).") from None
-    if not isinstance(results, dict) or "artifacts" not in results:
-        raise EdgepressError(f"{what} {path} is not an edgepress results.json (it has no artifacts).")
-    version = results.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise EdgepressError(f"{what} {path} has schema_version {version}, this edgepress writes {SCHEMA_VERSION}: "
-                             "measure the baseline again with this version.")
-    return results
+    return check_results(raw, f"{what} {path}")
 
 
 def compare(old_results: dict, new_results: dict, limits: BaselineSpec | dict | None = None,
@@ -250,27 +197,29 @@ def compare(old_results: dict, new_results: dict, limits: BaselineSpec | dict | 
     return Comparison(baseline, rows, flags, limits)
 
 
-def retime(old_results: dict, new_results: dict, old_dir: Path, new_dir: Path, devices: list | None = None,
+def retime(old_results: dict, new_results: dict, old_dir: Path, new_dir: Path, devices: list, measure: MeasureSpec,
            say=None, only: set[tuple[str, str]] | None = None) -> tuple[dict, list[str]]:
     """Time every artifact of `new_results` again with its baseline counterpart of `old_results`, now and
     interleaved in one runner process per device, so the two p50s are measured alike (see the module's docstring).
 
     A row's files are its recorded path, else the file of that name in its run directory's artifacts/ (a run
-    directory restored from a CI cache), checked against the recorded sha256. `devices` (Device objects) default to
-    the new run's targets; the timing follows the new run's `measure` options. `say(message)` reports progress.
-    `only` ({(device, artifact)}) limits the timing to those rows.
+    directory restored from a CI cache), checked against the recorded sha256. `devices` (Device objects) are where
+    the timing happens: the caller's, never read from a results file (a file does not choose where edgepress
+    connects); a device of `new_results` not among them is flagged. The timing follows `measure`.
+    `say(message)` reports progress. `only` ({(device, artifact)}) limits the timing to those rows.
     Returns ({(device, artifact): (old latency, new latency)}, flags for what could not be timed again).
     """
     from edgepress.deploy.measure import time_together
     from edgepress.deploy.transports import DeviceError
-    from edgepress.recipe import MeasureSpec
 
-    recipe = new_results.get("recipe") or {}
-    m = MeasureSpec(**recipe.get("measure") or {})
+    m = measure
     old_rows = {(r["device"], r["name"]): r for r in old_results["artifacts"]}
     timings, flags = {}, []
-    if devices is None:
-        devices = _target_devices(recipe, flags)
+    given = {device.name for device in devices}
+    absent = sorted({r["device"] for r in new_results["artifacts"]} - given)
+    if absent and only is None:
+        flags.append(f"{', '.join(absent)}: not timed again, no device profile of that name was given to time "
+                     "on (`edgepress compare --device NAME`; a results file does not choose where edgepress connects).")
     for device in devices:
         pairs, missing = [], []
         for new in (r for r in new_results["artifacts"] if r["device"] == device.name and r.get("latency")):
@@ -303,17 +252,23 @@ def retime(old_results: dict, new_results: dict, old_dir: Path, new_dir: Path, d
     return timings, flags
 
 
-def _target_devices(recipe: dict, flags: list[str]) -> list:
-    """The devices of a stored recipe's targets; one whose profile cannot be loaded now is flagged and left out."""
-    from edgepress.recipe import Target
+def local_devices(results: dict) -> list:
+    """The devices of `results` that are shipped profiles reached on this machine (x86-host): where `edgepress
+    compare` re-times when no --device is given. A device reached over ssh or adb is timed only when the user names
+    its profile: the host in a results file is somebody else's choice."""
+    from edgepress.devices import load_device, shipped_profiles
 
-    devices = []
-    for target in recipe.get("targets") or []:
-        try:
-            devices.append(Target(**target).device())
-        except EdgepressError as e:
-            flags.append(f"{target.get('label') or target.get('name')}: not timed again ({e}).")
-    return devices
+    shipped = shipped_profiles()
+    names = dict.fromkeys(r["device"] for r in results["artifacts"] if isinstance(r.get("device"), str))
+    return [d for d in (load_device(n) for n in names if n in shipped) if d.reach.kind == "local"]
+
+
+def measure_of(results: dict) -> MeasureSpec:
+    """How `results` timed its artifacts (its recipe's measure: section), for timing them again alike."""
+    try:
+        return MeasureSpec.model_validate((results.get("recipe") or {}).get("measure") or {})
+    except ValueError:  # pydantic's ValidationError: a tampered file; time with the defaults
+        return MeasureSpec()
 
 
 def _artifact_file(row: dict, run_dir: Path) -> Path | None:
@@ -395,15 +350,19 @@ def _compare_row(old: dict, new: dict, limits: BaselineSpec) -> RowComparison:
     return row
 
 
-def compare_files(old: str | Path, new: str | Path, limits: BaselineSpec | dict | None = None, say=None) -> Comparison:
-    """`compare_runs` of two results.json files (or run directories), each checked by `load_results`."""
+def compare_files(old: str | Path, new: str | Path, limits: BaselineSpec | dict | None = None,
+                  devices: list | None = None, say=None) -> Comparison:
+    """`compare_runs` of two results.json files (or run directories), each checked by `load_results`, re-timed on
+    `devices` (default: `local_devices` of the new run) with the new run's measure options."""
     limits = limits if isinstance(limits, BaselineSpec) else BaselineSpec(path=str(old), **(limits or {}))
-    return compare_runs(load_results(old), load_results(new, "Results"), limits, _run_dir(old), _run_dir(new),
-                        say=say)
+    old_results, new_results = load_results(old), load_results(new, "Results")
+    devices = local_devices(new_results) if devices is None else devices
+    return compare_runs(old_results, new_results, limits, _run_dir(old), _run_dir(new), devices,
+                        measure_of(new_results), say=say)
 
 
 def compare_runs(old_results: dict, new_results: dict, limits: BaselineSpec, old_dir: Path, new_dir: Path,
-                 devices: list | None = None, say=None) -> Comparison:
+                 devices: list, measure: MeasureSpec, say=None) -> Comparison:
     """`compare`, the artifacts of both runs (in `old_dir` and `new_dir`) first timed again together (`retime`)
     unless `limits.retime` is false; what could not be timed again leads the flags.
 
@@ -414,11 +373,12 @@ def compare_runs(old_results: dict, new_results: dict, limits: BaselineSpec, old
     _check_same_job(old_results, new_results, limits.path)  # refused before any timing
     timings, flags = {}, []
     if limits.retime:
-        timings, flags = retime(old_results, new_results, old_dir, new_dir, devices, say)
+        timings, flags = retime(old_results, new_results, old_dir, new_dir, devices, measure, say)
     comparison = compare(old_results, new_results, limits, baseline=limits.path, timings=timings)
     slower = {(r.device, r.artifact): r for r in comparison.rows if r.retimed and "p50" in r.regressions}
     if slower:
-        again, more_flags = retime(old_results, new_results, old_dir, new_dir, devices, say, only=set(slower))
+        again, more_flags = retime(old_results, new_results, old_dir, new_dir, devices, measure, say,
+                                   only=set(slower))
         comparison = compare(old_results, new_results, limits, baseline=limits.path, timings={**timings, **again})
         flags += more_flags
         for row in comparison.rows:
@@ -438,11 +398,12 @@ def _run_dir(path: str | Path) -> Path:
     return path if path.is_dir() else path.parent
 
 
-def compare_with_baseline(results: dict, spec: BaselineSpec | None, run_dir: Path, devices: list | None = None,
-                          say=None) -> str | None:
+def compare_with_baseline(results: dict, spec: BaselineSpec | None, run_dir: Path, devices: list,
+                          measure: MeasureSpec, say=None) -> str | None:
     """Compare `results` with the baseline `spec` names; the comparison goes into results["baseline"] (its rows
     become gates in `add_baseline_gates`, called by the verdict), its flags into results["notes"]. With
-    `spec.retime` the baseline's artifacts are timed again beside this run's (in `run_dir`) on `devices`.
+    `spec.retime` the baseline's artifacts are timed again beside this run's (in `run_dir`) on `devices`, as
+    `measure` says.
 
     Returns None, or the message of a baseline that could not be used (missing, other schema, other model):
     then results["baseline"] = {path, error} and no gate is added; the caller saves the results, then raises
@@ -452,41 +413,13 @@ def compare_with_baseline(results: dict, spec: BaselineSpec | None, run_dir: Pat
         return None
     try:
         comparison = compare_runs(load_results(spec.path), results, spec, _run_dir(spec.path), Path(run_dir),
-                                  devices, say)
+                                  devices, measure, say)
     except EdgepressError as e:
         results["baseline"] = {"path": spec.path, "error": str(e)}
         return str(e)
     results["baseline"] = comparison.to_dict()
     results.setdefault("notes", []).extend(comparison.flags)
     return None
-
-
-def add_baseline_gates(row: dict, baseline: dict | None) -> None:
-    """Add to an artifact row the gates of its comparison in `baseline` (results["baseline"]), and update `passed`.
-
-    baseline_p50 (value: the relative change; left out when the latency was not comparable),
-    baseline_accuracy (value: the drop, a fraction), baseline_bytes (value: the relative growth); each with
-    its limit, verdict and the baseline's value. A row without a baseline row gets none.
-    """
-    if not baseline or "rows" not in baseline:
-        return
-    c = next((c for c in baseline["rows"] if (c["device"], c["artifact"]) == (row["device"], row["name"])
-              and c["status"] == "compared"), None)
-    if c is None:
-        return
-    limits, failed = baseline["limits"], c["regressions"]
-    if c["latency_compared"] and c["p50_change"] is not None:
-        row["gates"]["baseline_p50"] = {"limit": limits["max_p50_regression"], "value": c["p50_change"],
-                                        "passed": "p50" not in failed, "significant": c["p50_significant"],
-                                        "baseline": c["old"]["p50"]}
-    if c["old"]["accuracy"] is not None:
-        drop = None if c["accuracy_change"] is None else -c["accuracy_change"]
-        row["gates"]["baseline_accuracy"] = {"limit": limits["max_accuracy_regression"], "value": drop,
-                                             "passed": "accuracy" not in failed, "baseline": c["old"]["accuracy"]}
-    if c["bytes_change"] is not None:
-        row["gates"]["baseline_bytes"] = {"limit": limits["max_bytes_regression"], "value": c["bytes_change"],
-                                          "passed": "bytes" not in failed, "baseline": c["old"]["bytes"]}
-    row["passed"] = all(g["passed"] for g in row["gates"].values())
 
 
 def with_baseline(recipe, path: str | Path):

@@ -18,7 +18,7 @@ from edgepress import files
 
 def write_junit(results: dict, path: str | Path) -> Path:
     """Write the gates of `results` (a results.json's content) to `path` as JUnit XML; return the path."""
-    from edgepress.report import _gate_value  # the one place that formats a gate's value
+    from edgepress.verdict import gate_value  # the one place that formats a gate's value
 
     created = _timestamp(results.get("created"))
     name = f"edgepress {results['recipe']['name']}"
@@ -41,8 +41,8 @@ def write_junit(results: dict, path: str | Path) -> Path:
                                      time=f"{seconds:.3f}")
                 counts["tests"] += 1
                 if not verdict["passed"]:
-                    value = "not measured" if verdict["value"] is None else _gate_value(gate, verdict["value"])
-                    message = f"{gate}: {value}, limit {_gate_value(gate, verdict['limit'])}"
+                    value = "not measured" if verdict["value"] is None else gate_value(gate, verdict["value"])
+                    message = f"{gate}: {value}, limit {gate_value(gate, verdict['limit'])}"
                     ET.SubElement(case, "failure", message=message, type="GateFailed").text = (
                         f"{row['name']} on {device} fails {message}")
                     counts["failures"] += 1

@@ -17,12 +17,13 @@ from typing import Annotated, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from edgepress.compare import BaselineSpec
 from edgepress.compress.step import registered
 from edgepress.errors import EdgepressError
 from edgepress.formats import PRECISIONS, QUANTIZED, precision_names, sparse_precisions
-from edgepress.quantization import QuantizeConfig
-from edgepress.tune.spec import TuneSpec
+from edgepress.specs.baseline import BaselineSpec
+from edgepress.specs.measure import MeasureSpec
+from edgepress.specs.quantize import QuantizeConfig
+from edgepress.specs.tune import TuneSpec
 from edgepress.values import MAX_EPOCHS, fraction, plain_path
 
 STEPS = registered()
@@ -163,37 +164,6 @@ class ExportSpec(Section):
             )
         self.precision = wanted
         return self
-
-
-class MeasureSpec(Section):
-    """How each artifact is timed on each target (batch 1)."""
-
-    runs: int = Field(100, ge=1, description="Timed runs after warm-up, at least (spread over interleaved rounds).")
-    warmup: int = Field(10, ge=0)
-    threads: int | None = Field(None, ge=1, description="Threads on every target; default: each device's own.")
-    # Adaptive runs (edgepress/deploy/runner.py, time_interleaved): more rounds until the interval is narrow enough.
-    max_runs: int | None = Field(None, ge=1, description="Timed runs at most per artifact; default: 2000 (or runs).")
-    target_ci_width: float | None = Field(
-        0.05, gt=0, description="Add runs until the 95% interval of the p50 is at most this fraction of the p50 "
-        "(0.05 or '5%'); null: exactly `runs` runs."
-    )
-    max_seconds: float = Field(10, gt=0, description="Stop adding runs after this many seconds of timing per target.")
-
-    @field_validator("target_ci_width", mode="before")
-    @classmethod
-    def _width(cls, value):
-        return fraction(value)
-
-    @model_validator(mode="after")
-    def _run_range(self) -> MeasureSpec:
-        if self.max_runs is not None and self.max_runs < self.runs:
-            raise ValueError(f"max_runs ({self.max_runs}) must be at least runs ({self.runs})")
-        return self
-
-    @property
-    def run_cap(self) -> int:
-        """max_runs, or its default: 2000, or `runs` when that is more."""
-        return self.max_runs if self.max_runs is not None else max(2000, self.runs)
 
 
 class Target(BaseModel):

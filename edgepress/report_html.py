@@ -13,7 +13,8 @@ import json
 
 from edgepress import plots
 from edgepress.console import name_prefix
-from edgepress.report import _gate_value, _or_dash, delivered, drop_text, stage_notes
+from edgepress.text import drop_text, or_dash, percent, stage_notes
+from edgepress.verdict import delivered, gate_value
 
 GATE_WORDS = {
     "max_accuracy_drop": "accuracy drop from the source model",
@@ -126,7 +127,7 @@ def _gate_table(gates: dict) -> str:
     lines = "".join(
         f"<tr class='{'pass' if g['passed'] else 'fail'}'><td>{e(GATE_WORDS.get(name, name))}</td>"
         f"<td>{'pass' if g['passed'] else 'FAIL'}</td><td>{e(_value(name, g['value']))}</td>"
-        f"<td>{_sign(g)} {e(_gate_value(name, g['limit']))}</td><td>{e(margin(name, g))}</td></tr>"
+        f"<td>{_sign(g)} {e(gate_value(name, g['limit']))}</td><td>{e(margin(name, g))}</td></tr>"
         for name, g in gates.items()
     )
     return ("<table class='gates'><thead><tr><th>gate</th><th></th><th>measured</th><th>limit</th><th>margin</th>"
@@ -149,7 +150,7 @@ def _closest_gates(rows: list[tuple[dict, dict]]) -> str:
         lines.append(
             f"<tr class='{'pass' if passing else 'fail'}'><td>{e(GATE_WORDS.get(name, name))}</td>"
             f"<td>{passing} of {len(rows)} pass</td><td>best: {e(_value(name, g['value']))} "
-            f"<span class='dim'>({e(a['name'])})</span></td><td>{_sign(g)} {e(_gate_value(name, g['limit']))}</td>"
+            f"<span class='dim'>({e(a['name'])})</span></td><td>{_sign(g)} {e(gate_value(name, g['limit']))}</td>"
             f"<td>{e(margin(name, g))}</td></tr>")
     return ("<table class='gates'><thead><tr><th>gate</th><th></th><th>measured</th><th>limit</th><th>margin</th>"
             f"</tr></thead><tbody>{''.join(lines)}</tbody></table>")
@@ -169,7 +170,7 @@ def _value(name: str, value: float | None) -> str:
         return "not measured"
     if name in ("max_accuracy_drop", "quantize_max_accuracy_drop"):
         return drop_text(value)
-    return _gate_value(name, value)
+    return gate_value(name, value)
 
 
 def margin(name: str, gate: dict) -> str:
@@ -177,7 +178,7 @@ def margin(name: str, gate: dict) -> str:
     if gate["value"] is None:
         return "not measured: fails"
     room = -_past(gate)
-    amount = _gate_value(name, abs(room))
+    amount = gate_value(name, abs(room))
     # A share of the limit reads well for sizes and times, not for a drop that may be a gain.
     share = ""
     if gate["limit"] and "accuracy_drop" not in name:
@@ -305,7 +306,7 @@ def _steps(report) -> str:
         "<th>params</th><th>MACs</th><th>sparsity</th><th>notes</th>")
     rows = []
     for i, m in enumerate(models):
-        cells = [str(i), e(m["stage"]), _pct(m.get("accuracy"))]
+        cells = [str(i), e(m["stage"]), percent(m.get("accuracy"))]
         if perplexity:
             cells.append("-" if m.get("perplexity") is None else f"{m['perplexity']:.3f}")
         cells += [_int(m.get("params")), _int(m.get("macs")),
@@ -340,7 +341,7 @@ def render_tune(tune: dict) -> str:
     budgets = tune["budgets"]
     said = ", ".join(f"{k} {v:g}" for k, v in budgets.items() if v is not None) or "none"
     body = [f"<header><h1>edgepress tune</h1><p class='meta'>{len(tune['trials'])} trials in "
-            f"{tune['duration_s']:.0f} s; source accuracy {_pct(tune['source']['accuracy'])}; budgets: {e(said)}. "
+            f"{tune['duration_s']:.0f} s; source accuracy {percent(tune['source']['accuracy'])}; budgets: {e(said)}. "
             f"Created {e(tune.get('created', '?'))}.</p></header>"]
     for device, front in tune["pareto"].items():
         points = [p for t in tune["trials"] for p in t.get("rows", []) if p["device"] == device]
@@ -350,7 +351,7 @@ def render_tune(tune: dict) -> str:
         for p in front:
             star = " ★" if best and (p["trial"], p["artifact"]) == (best["trial"], best["artifact"]) else ""
             rows.append(f"<tr><td>{'source' if p['trial'] is None else p['trial']}</td><td>{e(p['artifact'])}{star}"
-                        f"</td><td>{_pct(p['accuracy'])}</td><td>{_or_dash(p['p50_ms'], '{:.3f}')}</td>"
+                        f"</td><td>{percent(p['accuracy'])}</td><td>{or_dash(p['p50_ms'], '{:.3f}')}</td>"
                         f"<td>{p['bytes']:,}</td><td>{'yes' if p['passed'] else 'no'}</td></tr>")
         if best:
             verdict = f"Recommended: trial {best['trial']}, {e(best['artifact'])} (reproduce it: {e(best['recipe'])})."
@@ -388,10 +389,6 @@ def _notes(report) -> str:
         + "<details><summary>The recipe, as run</summary><pre>"
         + e(json.dumps(results["recipe"], indent=2)) + "</pre></details></section>"
     )
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2%}"
 
 
 def _int(value: int | None) -> str:

@@ -6,7 +6,8 @@ import pytest
 
 import edgepress
 from edgepress.errors import GateFailed
-from edgepress.report import Report, judge
+from edgepress.report import Report
+from edgepress.verdict import judge
 
 SMALL = {
     "name": "small",

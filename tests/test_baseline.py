@@ -16,15 +16,11 @@ import yaml
 from typer.testing import CliRunner
 
 from edgepress.cli import app
-from edgepress.compare import (
-    BaselineSpec,
-    add_baseline_gates,
-    compare,
-    compare_files,
-    compare_with_baseline,
-    load_results,
-)
+from edgepress.compare import compare, compare_files, compare_with_baseline, load_results
 from edgepress.errors import EdgepressError
+from edgepress.specs.baseline import BaselineSpec
+from edgepress.specs.measure import MeasureSpec
+from edgepress.verdict import add_baseline_gates
 
 cli = CliRunner()
 XSD = Path(__file__).parent / "fixtures" / "junit.xsd"
@@ -250,7 +246,8 @@ def test_a_malformed_limit_in_a_recipe_is_refused_before_any_work(tmp_path):
 
 def test_compare_with_baseline_records_an_unusable_baseline(runs, tmp_path):
     results = json.loads(runs["again"].read_text())
-    message = compare_with_baseline(results, BaselineSpec(path=str(tmp_path / "gone.json")), runs["again"].parent)
+    message = compare_with_baseline(results, BaselineSpec(path=str(tmp_path / "gone.json")), runs["again"].parent,
+                                    [], MeasureSpec())
     assert "gone.json" in message and results["baseline"]["error"] == message
     row = results["artifacts"][0]
     gates = dict(row["gates"])

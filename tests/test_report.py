@@ -24,8 +24,9 @@ from rich.console import Console
 import edgepress
 from edgepress.console import name_prefix, print_report
 from edgepress.plots import _pareto
-from edgepress.report import Report, drop_text
+from edgepress.report import Report
 from edgepress.report_html import margin, render_tune
+from edgepress.text import drop_text
 
 TINY = {
     "name": "tiny_report",

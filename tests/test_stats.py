@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from edgepress.deploy.runner import latency_stats
-from edgepress.report import choose_best
 from edgepress.stats import busy_warnings, faster, rank_best, ratio_interval, speed_verdict, tie_notes
+from edgepress.verdict import choose_best
 
 
 def _row(name, center_ms, spread_ms, n=400, bytes_=1000, accuracy=0.9, seed=0, passed=True, device="host"):

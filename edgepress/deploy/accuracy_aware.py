@@ -44,7 +44,7 @@ from edgepress import files
 from edgepress.artifact import Artifact
 from edgepress.errors import EdgepressError
 from edgepress.formats import QUANTIZED, artifact_filename
-from edgepress.quantization import PRESETS, CalibrationConfig, QuantizeConfig, parse_config  # noqa: F401 (API)
+from edgepress.specs.quantize import PRESETS, CalibrationConfig, QuantizeConfig, parse_config  # noqa: F401 (API)
 
 QUANTIZED_PRECISION = QUANTIZED
 # What the TFLite converter does (it has no options for it), for the report.

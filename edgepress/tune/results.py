@@ -16,8 +16,6 @@ tune.json, schema_version 1:
 
 from __future__ import annotations
 
-import math
-
 from edgepress import files
 
 
@@ -48,45 +46,9 @@ def point_of(row: dict, trial: int | None) -> dict:
             "role": (row.get("accuracy_aware") or {}).get("role")}
 
 
-def over_budget(gate: str, value: float, limit: float) -> float:
-    """How far `value` is over the budget `limit`, relative to it (<= 0 within): one scale for every budget, so a
-    sampler weighs a 3 pt accuracy miss against a 10% size miss as the budgets do. An accuracy drop is relative
-    to its budget but at least 1 pt (a budget of 0 would make every miss infinite)."""
-    scale = max(limit, 0.01) if gate == "max_accuracy_drop" else (limit or 1e-9)
-    return (value - limit) / scale
-
-
-def misses(point: dict, budgets: dict) -> dict[str, float]:
-    """How far `point` is over each budget, relative to the budget (0 within it; `over_budget`)."""
-    values = {"max_accuracy_drop": point["accuracy_drop"], "max_p50_ms": point["p50_ms"], "max_bytes": point["bytes"]}
-    out = {}
-    for gate, limit in budgets.items():
-        if limit is None:
-            continue
-        value = values[gate]
-        out[gate] = math.inf if value is None else max(0.0, over_budget(gate, value, limit))
-    return out
-
-
-def closest(points: list[dict], budgets: dict) -> dict:
-    """The point least over the budgets (the sum of its `misses`), then the fastest: what a tune names when nothing
-    is within them."""
-    return min(points, key=lambda p: (sum(misses(p, budgets).values()), p["p50_ms"] or math.inf))
-
-
 def write_report(path, tune: dict) -> None:
     """report.html: per device, the plot of every artifact measured with its Pareto front, and the front as a table
     (edgepress/report_html.py, render_tune)."""
     from edgepress.report_html import render_tune
 
     files.write_text(path, render_tune(tune))
-
-
-def percent(value: float | None) -> str:
-    """An accuracy for progress lines and messages: '97.85%', or '-' when not measured."""
-    return "-" if value is None else f"{value:.2%}"
-
-
-def ms(value: float | None) -> str:
-    """A p50 in ms for progress lines and messages: '0.123', or '-' when not measured."""
-    return "-" if value is None else f"{value:.3f}"

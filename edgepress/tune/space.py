@@ -16,7 +16,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
-from edgepress.tune.spec import TuneSpec
+from edgepress.specs.tune import TuneSpec
 
 AWARE = "int8-aware"  # a choice's precision part for accuracy-aware int8 (exports[].quantize)
 _AWARE_FORMATS = {"tflite": "int8", "onnx": "int8_static"}  # the plain precision accuracy-aware int8 starts from

@@ -20,10 +20,12 @@ from pathlib import Path
 
 from edgepress import files
 from edgepress.errors import EdgepressError, GateFailed
+from edgepress.specs.tune import TuneSpec
+from edgepress.text import ms, percent
 from edgepress.tune import results as out
 from edgepress.tune.execute import executor_for
 from edgepress.tune.space import Space, export_of_row, exports_for, key_of, recipe_for
-from edgepress.tune.spec import TuneSpec
+from edgepress.verdict import closest, misses, over_budget
 
 STUDY_NAME = "edgepress-tune"
 PENALTY = 1e9  # an objective a trial could not measure (its device dropped): worse than anything measured
@@ -53,8 +55,8 @@ class TuneResult:
         for device, point in self.results["closest"].items():
             over = ", ".join(f"{gate} by {miss:.0%}" for gate, miss in point["misses"].items() if miss > 0)
             lines.append(f"{device}: no artifact within the budgets; closest: trial {point['trial']} "
-                         f"{point['artifact']} (accuracy {out.percent(point['accuracy'])}, p50 "
-                         f"{out.ms(point['p50_ms'])} ms, {point['bytes']:,} bytes; over {over or 'nothing measured'})")
+                         f"{point['artifact']} (accuracy {percent(point['accuracy'])}, p50 "
+                         f"{ms(point['p50_ms'])} ms, {point['bytes']:,} bytes; over {over or 'nothing measured'})")
         lines += [f"device {d} failed: {why}" for d, why in self.results["dropped"].items()]
         raise GateFailed("the tune found no artifact within the budgets on every device:\n  " + "\n  ".join(lines))
 
@@ -172,7 +174,7 @@ def _measure_source(recipe, run_dir: Path, targets: dict, devices: list, executo
     result["model_path"] = recipe.model.path or str((run_dir / "source" / "models" / "0-source.keras").resolve())
     files.write_text(saved, json.dumps(result, indent=1))
     progress.done(f"source: accuracy {src['accuracy']:.2%}, {src['params']:,} parameters, "
-                  + ", ".join(f"{r['name']} on {r['device']} p50 {out.ms(r['latency']['p50'])} ms"
+                  + ", ".join(f"{r['name']} on {r['device']} p50 {ms(r['latency']['p50'])} ms"
                               for r in result["rows"]))
     return result
 
@@ -351,21 +353,21 @@ class _Loop:
         p50 = [r["latency"]["p50"] if r and r["latency"]["p50"] is not None else PENALTY for r in chosen.values()]
         size = max((r["bytes"] for r in chosen.values() if r), default=PENALTY)
         b, constraints = self.budgets, {}
-        # One scale for every budget (results.over_budget): an absolute accuracy miss (0.033 for 3.3 pt) beside
+        # One scale for every budget (verdict.over_budget): an absolute accuracy miss (0.033 for 3.3 pt) beside
         # relative size misses (0.1 for 10%) made TPE prefer 4-epoch trials 3 pt short over 8-epoch ones 10% large.
         if b["max_accuracy_drop"] is not None:
             drop = self.source["source"]["accuracy"] - accuracy
-            constraints["max_accuracy_drop"] = out.over_budget("max_accuracy_drop", drop, b["max_accuracy_drop"])
+            constraints["max_accuracy_drop"] = over_budget("max_accuracy_drop", drop, b["max_accuracy_drop"])
         if b["max_p50_ms"] is not None:
-            constraints.update({f"max_p50_ms@{n}": out.over_budget("max_p50_ms", v, b["max_p50_ms"])
+            constraints.update({f"max_p50_ms@{n}": over_budget("max_p50_ms", v, b["max_p50_ms"])
                                 for n, v in zip(self.names, p50, strict=True)})
         if b["max_bytes"] is not None:
-            constraints["max_bytes"] = out.over_budget("max_bytes", size, b["max_bytes"])
+            constraints["max_bytes"] = over_budget("max_bytes", size, b["max_bytes"])
         return [accuracy, *p50, float(size)], constraints
 
     def _best_so_far(self) -> str:
         best = _best_points(self.study, self.source, self.names)
-        return "; ".join(f"{d} {p['artifact']} {out.ms(p['p50_ms'])} ms {out.percent(p['accuracy'])} "
+        return "; ".join(f"{d} {p['artifact']} {ms(p['p50_ms'])} ms {percent(p['accuracy'])} "
                          f"{p['bytes']:,} B" if p else f"{d} none within the budgets" for d, p in best.items())
 
 
@@ -413,10 +415,10 @@ def _describe(params: dict) -> str:
 
 def trial_pick(rows: list[dict], device: str, budgets: dict) -> dict | None:
     """A trial's artifact for `device`, the one its objectives and tune.json's `chosen` stand for: the run's own
-    recommendation among its rows (report.choose_best: the fastest that met every gate, ties to the smaller), else
+    recommendation among its rows (verdict.choose_best: the fastest that met every gate, ties to the smaller), else
     the closest to the budgets; None when nothing was measured there. (Accuracy-aware int8's intermediate
     artifacts, role "tried", are not candidates.)"""
-    from edgepress.report import choose_best
+    from edgepress.verdict import choose_best
 
     mine = [r for r in rows if r["device"] == device and (r.get("accuracy_aware") or {}).get("role") != "tried"]
     if not mine:
@@ -424,7 +426,7 @@ def trial_pick(rows: list[dict], device: str, budgets: dict) -> dict | None:
     best = choose_best(mine).get(device)
     if best is not None:
         return next(r for r in mine if r["name"] == best)
-    pick = out.closest([out.point_of(r, None) for r in mine], budgets)
+    pick = closest([out.point_of(r, None) for r in mine], budgets)
     return next(r for r in mine if r["name"] == pick["artifact"])
 
 
@@ -444,7 +446,7 @@ def _trial_rows(study) -> list[tuple[object, dict]]:
 
 
 def _best_points(study, source: dict, names: list[str]) -> dict[str, dict | None]:
-    from edgepress.report import choose_best
+    from edgepress.verdict import choose_best
 
     raw = [(None, r) for r in source["rows"]] + _trial_rows(study)
     best = choose_best([r for _, r in raw])
@@ -502,8 +504,8 @@ def _tune_json(study, space, budgets, source, names, dropped, duration_s) -> dic
         if best[device] is None:
             mine = [p for p in all_points if p["device"] == device]
             if mine:
-                pick = out.closest(mine, budgets)
-                closest[device] = {**pick, "misses": out.misses(pick, budgets)}
+                pick = closest(mine, budgets)
+                closest[device] = {**pick, "misses": misses(pick, budgets)}
     src = source["source"]
     return {
         "schema_version": 1,
@@ -550,6 +552,6 @@ def _best_recipe(study, point: dict, space: Space, base: dict, target: dict, dev
     export = export_of_row(row, space.aware_drop) if row else {"format": point["format"], "precision": "fp32"}
     recipe = recipe_for(base, f"best-{device}", steps, [export], [target])
     header = (f"# Made by `edgepress tune`: trial {point['trial']}'s artifact {point['artifact']} on {device} "
-              f"(accuracy {out.percent(point['accuracy'])}, p50 {out.ms(point['p50_ms'])} ms, {point['bytes']:,} "
+              f"(accuracy {percent(point['accuracy'])}, p50 {ms(point['p50_ms'])} ms, {point['bytes']:,} "
               "bytes).\n# `edgepress run` on this file makes it again.\n")
     return header + yaml.safe_dump(recipe, sort_keys=False)

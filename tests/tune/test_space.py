@@ -7,8 +7,8 @@ import pytest
 from edgepress.devices import load_device
 from edgepress.errors import EdgepressError
 from edgepress.recipe import Recipe
+from edgepress.specs.tune import TuneSpec
 from edgepress.tune.space import Space, export_choices, exports_for, key_of, round_to_choices, steps_for
-from edgepress.tune.spec import TuneSpec
 
 
 def test_each_device_offers_its_profile_precisions_and_accuracy_aware_int8():
@@ -112,7 +112,7 @@ def test_a_trial_stands_for_its_fastest_artifact_within_the_budgets_else_its_clo
 
 
 def test_every_budget_miss_is_on_one_relative_scale():
-    from edgepress.tune.results import over_budget
+    from edgepress.verdict import over_budget
 
     assert over_budget("max_bytes", 17600, 16000) == pytest.approx(0.1)
     assert over_budget("max_p50_ms", 1.0, 2.0) == pytest.approx(-0.5)  # within: negative

@@ -1,0 +1,43 @@
+"""`MeasureSpec`: the recipe's measure: section, how each artifact is timed on each target.
+
+Pure schema; `edgepress.deploy.measure` and `edgepress.compare` take it as an argument.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from edgepress.values import fraction
+
+
+class MeasureSpec(BaseModel):
+    """How each artifact is timed on each target (batch 1)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    runs: int = Field(100, ge=1, description="Timed runs after warm-up, at least (spread over interleaved rounds).")
+    warmup: int = Field(10, ge=0)
+    threads: int | None = Field(None, ge=1, description="Threads on every target; default: each device's own.")
+    # Adaptive runs (edgepress/deploy/runner.py, time_interleaved): more rounds until the interval is narrow enough.
+    max_runs: int | None = Field(None, ge=1, description="Timed runs at most per artifact; default: 2000 (or runs).")
+    target_ci_width: float | None = Field(
+        0.05, gt=0, description="Add runs until the 95% interval of the p50 is at most this fraction of the p50 "
+        "(0.05 or '5%'); null: exactly `runs` runs."
+    )
+    max_seconds: float = Field(10, gt=0, description="Stop adding runs after this many seconds of timing per target.")
+
+    @field_validator("target_ci_width", mode="before")
+    @classmethod
+    def _width(cls, value):
+        return fraction(value)
+
+    @model_validator(mode="after")
+    def _run_range(self) -> MeasureSpec:
+        if self.max_runs is not None and self.max_runs < self.runs:
+            raise ValueError(f"max_runs ({self.max_runs}) must be at least runs ({self.runs})")
+        return self
+
+    @property
+    def run_cap(self) -> int:
+        """max_runs, or its default: 2000, or `runs` when that is more."""
+        return self.max_runs if self.max_runs is not None else max(2000, self.runs)
