@@ -116,7 +116,7 @@ def quantize_all(label, model, model_dir: Path, x_calibration, x_eval, y_eval, a
                  nncf_problem: str, say) -> list[dict]:
     """The rows of one model: fp32 TFLite and ONNX, edgepress int8 for both, NNCF (ONNX), LiteRT (TFLite)."""
     from edgepress.deploy import export_onnx, export_tflite
-    from edgepress.deploy.accuracy_aware import quantize_to_budget
+    from edgepress.quantize import quantize_to_budget
 
     fp32 = {"tflite": export_tflite(model, model_dir / "fp32.tflite", "fp32").path,
             "onnx": export_onnx(model, model_dir / "fp32.onnx", "fp32").path}

@@ -19,10 +19,11 @@ from edgepress import files
 from edgepress.compare import compare_with_baseline
 from edgepress.errors import EdgepressError, Hopeless
 from edgepress.models import training
+from edgepress.models.source import Source
 from edgepress.plan import Plan, make_plan
 from edgepress.recipe import Recipe
 from edgepress.report import Report
-from edgepress.results import SCHEMA_VERSION
+from edgepress.results import SCHEMA_VERSION, Results
 from edgepress.text import interval_text, ms, percent, stage_notes
 from edgepress.verdict import judge
 
@@ -64,7 +65,7 @@ def run(recipe: Recipe, run_dir: str | Path | None = None, progress: Progress | 
     report = Report(results)
     report.save(plan.run_dir, render)
     if quantized:
-        from edgepress.deploy.accuracy_aware import write_sensitivity
+        from edgepress.quantize import write_sensitivity
 
         write_sensitivity(plan.run_dir, quantized)
     if baseline_error:  # raised only now, so this run's own results are written (a first CI run has no baseline)
@@ -84,52 +85,56 @@ def _start(plan: Plan, progress: Progress) -> None:
     files.write_text(plan.run_dir / "recipe.yaml", plan.recipe.to_yaml())
 
 
-def _train_source(plan: Plan, progress: Progress):
+def _train_source(plan: Plan, progress: Progress) -> Source:
     """The source model, trained here when it is a zoo model."""
     if plan.train is None:
         return plan.source
     return plan.train(_epoch_reporter(progress, f"train {plan.recipe.model.zoo}"))
 
 
-def _run_steps(plan: Plan, source, progress: Progress, first_epoch_floor: float | None = None
-               ) -> tuple[list[dict], object]:
-    """Run each step in order; return the model rows (the source, then each step's result) and the last model."""
+def _run_steps(plan: Plan, source: Source, progress: Progress, first_epoch_floor: float | None = None
+               ) -> tuple[list[dict], Source]:
+    """Run each step in order; return the model rows (the source, then each step's result) and the last model.
+    Each model is written into models/ in the framework (and the Keras) the source came in."""
     from edgepress.compress.step import StepContext
-    from edgepress.models.keras3 import save_model, source_keras
+    from edgepress.models.source import wrap
 
     data = plan.data
-    source_scores = _scores(training.predict(source, data.x_test), data.y_test)
+    source_scores = _scores(source.predict(data.x_test), data.y_test)
     stages = [_stage("source", source, source_scores)]
     progress.done(f"source {plan.source_name}: {_scored(source_scores)} on {len(data.x_test)} test samples")
-    written_in = source_keras(plan.recipe.model.path)  # the run's models go out in the Keras the source came in
-    stages[0]["file"] = save_model(source, plan.run_dir / "models" / "0-source.keras", written_in)
+    like = source.kind
+    stages[0]["file"] = source.save(plan.run_dir / "models" / "0-source.keras", like)
     model = source
     for planned in plan.steps:
         data = planned.data
-        for note in planned.step.notes(model, planned.config):
+        if planned.bridge:  # a Keras 3 model into a step that needs tfmot: rebuilt in tf_keras (checked by the plan)
+            model = model.to_tf_keras()
+            progress.done(f"{planned.label}: {model.name} rebuilt in tf_keras for tfmot")
+        for note in planned.step.notes(model.model, planned.config):
             progress.done(f"{planned.label}: {note}")
         on_epoch = _epoch_reporter(progress, planned.label)
         if first_epoch_floor is not None and planned.index == 1:
             on_epoch = _stop_if_hopeless(on_epoch, first_epoch_floor, data.x_test, data.y_test)
-        context = StepContext(source=source, before=tuple(s.type for s in plan.steps[: planned.index - 1]),
+        context = StepContext(source=source.model, before=tuple(s.type for s in plan.steps[: planned.index - 1]),
                               test=(data.x_test, data.y_test), on_epoch=on_epoch)
         progress.update(planned.label)
-        model, details = planned.step.run(model, data.x_train, data.y_train, planned.config, context)
+        result, details = planned.step.run(model.model, data.x_train, data.y_train, planned.config, context)
+        model = wrap(result)
         out = plan.export_data if planned is plan.steps[-1] else plan.steps[planned.index].data
-        scores = _scores(training.predict(model, out.x_test), out.y_test)
+        scores = _scores(model.predict(out.x_test), out.y_test)
         stages.append({**_stage(planned.type, model, scores), **details})
         progress.done(f"{planned.label}: {_scored(scores)}, {stages[-1]['params']:,} parameters, "
                       f"{stages[-1]['macs']:,} MACs" + "".join(f"; {note}" for note in stage_notes(stages[-1])))
-        stages[-1]["file"] = save_model(model, plan.run_dir / "models" / f"{planned.index}-{planned.type}.keras",
-                                        written_in)
+        stages[-1]["file"] = model.save(plan.run_dir / "models" / f"{planned.index}-{planned.type}.keras", like)
     return stages, model
 
 
-def _export(plan: Plan, model, chain: list[str], progress: Progress) -> tuple[list[tuple], list]:
+def _export(plan: Plan, model: Source, chain: list[str], progress: Progress) -> tuple[list[tuple], list]:
     """Make every export: [(export spec, artifact, extra keys for its report rows)], and the accuracy-aware
     results (QuantizeResult), whose every tried artifact is made and reported."""
-    from edgepress.deploy import exporter
-    from edgepress.deploy.accuracy_aware import quantize_to_budget
+    from edgepress.deploy.registry import export as write
+    from edgepress.quantize import quantize_to_budget
 
     made, quantized = [], []
     data = plan.export_data
@@ -137,8 +142,7 @@ def _export(plan: Plan, model, chain: list[str], progress: Progress) -> tuple[li
         spec = export.spec
         progress.update(f"export {export.label}")
         if spec.quantize is None:
-            artifact = exporter(spec.format)(model, export.path, spec.precision, calibration=plan.calibration,
-                                             check_data=plan.check_x, steps=chain, **export.options)
+            artifact = write(export.request(model, plan.calibration, plan.check_x, tuple(chain)))
             made.append((spec, artifact, {}))
             continue
         result = quantize_to_budget(
@@ -177,16 +181,14 @@ def _measure_all(plan: Plan, made: list[tuple], reference: np.ndarray, progress:
     return rows, failures
 
 
-def _reference(source, data) -> np.ndarray:
+def _reference(source: Source, data) -> np.ndarray:
     """The source model's top-1 predictions on the test set: what each artifact's agreement is measured against."""
-    return np.argmax(training.predict(source, data.x_test), axis=-1)
+    return np.argmax(source.predict(data.x_test), axis=-1)
 
 
-def _results(plan: Plan, source, stages: list[dict], rows: list[dict], failures: dict, quantized: list,
-             started: float) -> dict:
+def _results(plan: Plan, source: Source, stages: list[dict], rows: list[dict], failures: dict, quantized: list,
+             started: float) -> Results:
     """results.json, less the verdict (`judge` adds it)."""
-    from edgepress.models.source import as_source
-
     data, recipe = plan.export_data, plan.recipe
     source_accuracy = stages[0]["accuracy"]
     for row in rows:
@@ -206,7 +208,7 @@ def _results(plan: Plan, source, stages: list[dict], rows: list[dict], failures:
             "test_samples": len(data.x_test),
             "calibration_samples": 0 if plan.calibration is None else len(plan.calibration),
         },
-        "source": {"model": plan.source_name, "kind": as_source(source).kind, "params": stages[0]["params"],
+        "source": {"model": plan.source_name, "kind": source.kind, "params": stages[0]["params"],
                    "metrics": source_metrics},
         "models": stages,
         "devices": {d.name: {"reach": d.reach.kind, "error": failures.get(d.name),
@@ -260,8 +262,8 @@ def _epoch_reporter(progress: Progress, what: str) -> training.EpochCallback:
 
 def _stop_if_hopeless(report: training.EpochCallback, floor: float, x_test: np.ndarray, y_test: np.ndarray
                       ) -> training.EpochCallback:
-    """`report`, which after the first epoch also scores the model on the test split and raises Hopeless below
-    `floor` (a step that trains without a Keras model to score is not stopped)."""
+    """`report`, which after the first epoch also scores the model being trained on the test split and raises
+    Hopeless below `floor` (a step that trains without a model to score is not stopped)."""
     def check(epoch: int, epochs: int, logs: dict, model=None) -> None:
         report(epoch, epochs, logs, model)
         if epoch == 1 and model is not None:
@@ -272,11 +274,9 @@ def _stop_if_hopeless(report: training.EpochCallback, floor: float, x_test: np.n
     return check
 
 
-def _stage(name: str, model, scores: dict) -> dict:
+def _stage(name: str, model: Source, scores: dict) -> dict:
     """A model row: its scores on the test split, its parameters, MACs and sparsity (what its kind has)."""
-    from edgepress.models.source import as_source
-
-    stats = as_source(model).stats()
+    stats = model.stats()
     stage = {"stage": name, "accuracy": scores["accuracy"], **stats}
     if "perplexity" in scores:
         stage.update(cross_entropy=scores["cross_entropy"], perplexity=scores["perplexity"])

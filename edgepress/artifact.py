@@ -76,15 +76,8 @@ class Artifact:
 
     @classmethod
     def record(cls, path: str | Path, format: str, precision: str, **fields: Any) -> Artifact:
-        """`describe` a file an exporter has just written, and write its manifest beside it.
-
-        `quantization` gains `int8_macs` (the share of MACs the runtime runs in integer kernels), `hybrid_macs`,
-        `macs` and `float_mac_ops`, read from the file (edgepress.deploy.coverage).
-        """
-        from edgepress.deploy.coverage import manifest_fields
-
+        """`describe` a file an exporter has just written, and write its manifest beside it."""
         artifact = cls.describe(path, format, precision, **fields)
-        artifact.quantization = {**artifact.quantization, **manifest_fields(artifact.path)}
         artifact.save_manifest()
         return artifact
 

@@ -215,8 +215,8 @@ def quantize(
     trust_model: TrustModel = False,
 ) -> None:
     """Quantize MODEL to int8 within an accuracy budget, keeping the most sensitive layers in float if needed."""
-    from edgepress.deploy.accuracy_aware import parse_config
     from edgepress.recipe import Recipe
+    from edgepress.specs.quantize import parse_config
 
     def work():
         from edgepress.api import run as run_recipe

@@ -3,7 +3,8 @@
 tensorflow-model-optimization 0.8 works with Keras 2 only, which TensorFlow >= 2.16 ships as the
 separate `tf_keras` package and selects when TF_USE_LEGACY_KERAS=1 is set *before* TensorFlow is
 imported. Importing this module sets it, so `edgepress/__init__.py` imports it first.
-Everything in edgepress gets Keras from `keras()` here, never from `import keras`.
+Everything in edgepress gets Keras from here, never from `import keras`: `keras()` for tf_keras (what tfmot
+needs), `keras_of(model)` for the Keras a given model was built with (Keras 3 models are handled natively).
 """
 
 import contextlib
@@ -23,6 +24,17 @@ def keras():
         import tf_keras
 
     return tf_keras
+
+
+def keras_of(model):
+    """The Keras module `model` was built with: Keras 3 (`keras`) or Keras 2 (`tf_keras`). The steps that work on
+    both (structured_prune, equalize, distill, training) build layers, optimizers and callbacks with it."""
+    if type(model).__module__.split(".")[0] == "keras":
+        with quiet():
+            import keras as keras3
+
+        return keras3
+    return keras()
 
 
 def tensorflow():

@@ -4,9 +4,10 @@
 
 The plan resolves the recipe against what it names: the run directory (checked writable), the device
 profiles (loaded once), the data (loaded and fitted to each model's input once, calibration taken once),
-the source model (loaded from its file; a zoo model built, to be trained by the run), each step with its
-config checked against the model it will get (a distilled student's input included), and each export
-with its final file name. Every refusal a recipe can get is raised here as an EdgepressError, before
+the source model (loaded from its file as a Source of its kind, wrapped once; a zoo model built, to be trained
+by the run), each step with its config checked against the model it will get (a distilled student's input
+included; a Keras 3 model bridged to tf_keras for a step that needs tfmot), and each export checked by its
+exporter, with its final file name. Every refusal a recipe can get is raised here as an EdgepressError, before
 the run directory exists; `edgepress.api.run` then only does the work.
 """
 
@@ -16,14 +17,18 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from pydantic import BaseModel
 
 from edgepress import files
+from edgepress.compress.step import Step
+from edgepress.deploy.registry import ExportRequest
+from edgepress.devices import Device
 from edgepress.errors import EdgepressError
 from edgepress.formats import FORMATS, TITLES, artifact_filename, is_calibrated, precision_names
+from edgepress.models.datasets import Dataset
+from edgepress.models.source import Source
 from edgepress.recipe import ExportSpec, Recipe
 
 
@@ -33,8 +38,10 @@ class PlannedStep:
 
     index: int  # 1 for the first step
     config: BaseModel
-    step: Any  # edgepress.compress.step.Step
-    data: Any  # edgepress.models.datasets.Dataset
+    step: Step
+    data: Dataset
+    # The model entering it is rebuilt in tf_keras first: a Keras 3 model, and a step that needs tfmot.
+    bridge: bool = False
 
     @property
     def type(self) -> str:
@@ -56,17 +63,12 @@ class PlannedExport:
     def label(self) -> str:
         return f"{self.spec.format} {self.spec.precision}"
 
-    @property
-    def options(self) -> dict:
-        """The exporter's keywords beyond the model, path, precision and data."""
-        options: dict = {"batch_size": self.spec.batch_size}
-        if self.spec.sparse:  # a tflite option only (the recipe checks it)
-            options["sparse"] = True
-        if self.spec.layout is not None:  # tflite from a PyTorch model (the plan checks it)
-            options["layout"] = self.spec.layout
-        if self.spec.block_size is not None:  # int4_weight (the recipe checks it)
-            options["block_size"] = self.spec.block_size
-        return options
+    def request(self, source: Source, calibration: np.ndarray | None = None, check_data: np.ndarray | None = None,
+                steps: tuple[str, ...] = ()) -> ExportRequest:
+        """The exporter's request for this export of `source`."""
+        s = self.spec
+        return ExportRequest(source, self.path, s.format, s.precision, calibration, check_data, steps, s.batch_size,
+                             s.sparse, s.layout, s.block_size)
 
 
 @dataclass(frozen=True)
@@ -75,14 +77,14 @@ class Plan:
 
     recipe: Recipe  # resolved: default exports filled in from the targets
     run_dir: Path
-    devices: tuple
-    data: Any  # the Dataset fitted to the source model's input
-    source: Any  # the source model: Keras or a Graph; for a zoo model the untrained build (see `train`)
+    devices: tuple[Device, ...]
+    data: Dataset  # fitted to the source model's input
+    source: Source  # the source model; for a zoo model the untrained build (see `train`)
     source_name: str
-    train: Callable[[Callable | None], Any] | None  # trains the zoo model (on_epoch) -> the trained model
+    train: Callable[[Callable | None], Source] | None  # trains the zoo model (on_epoch) -> the trained model
     steps: tuple[PlannedStep, ...]
     exports: tuple[PlannedExport, ...]
-    export_data: Any  # the Dataset fitted to the model the exports start from (a student may take another input)
+    export_data: Dataset  # fitted to the model the exports start from (a student may take another input)
     calibration: np.ndarray | None  # taken once, for every calibrated export
     notes: tuple[str, ...] = field(default_factory=tuple)
 
@@ -116,7 +118,6 @@ def make_plan(recipe: Recipe, run_dir: str | os.PathLike | None = None, progress
     recipe, notes = _applicable(source, recipe)
     notes += _kernel_notes(recipe, devices)
     steps, final = _steps(recipe, source, data)
-    _check_exports(recipe, source, final)
     export_data = data if final is source else data.fit_to(tuple(final.input_shape[1:]))
     calibration = _calibration(recipe, export_data)
     exports = tuple(
@@ -124,6 +125,7 @@ def make_plan(recipe: Recipe, run_dir: str | os.PathLike | None = None, progress
             recipe.name, e.format, e.precision, e.batch_size, e.sparse, layout=e.layout, block_size=e.block_size))
         for e in recipe.exports
     )
+    _check_exports(recipe, exports, final, calibration)
     _check_names(exports)
     return Plan(recipe, run_dir, tuple(devices), data, source, source_name, train, steps, exports, export_data,
                 calibration, tuple(notes))
@@ -155,7 +157,7 @@ def _checked_run_dir(recipe: Recipe, run_dir) -> Path:
     return path
 
 
-def _devices(recipe: Recipe) -> list:
+def _devices(recipe: Recipe) -> list[Device]:
     """The target Device profiles (read once), with the recipe's overrides applied."""
     devices = [target.device() for target in recipe.targets]
     names = [d.name for d in devices]
@@ -184,30 +186,28 @@ def with_default_exports(recipe: Recipe, devices: list) -> Recipe:
     return recipe.model_copy(update={"exports": exports})
 
 
-def _source(recipe: Recipe, data, progress) -> tuple[Any, str, Callable | None]:
+def _source(recipe: Recipe, data, progress) -> tuple[Source, str, Callable | None]:
     """The source model, its name, and for a zoo Keras model the training the run does.
 
     A zoo Keras model is built here (untrained, from the recipe's seed) so that every step and export is
     checked against its layers before any training; a zoo tf.Module or PyTorch model is trained here, since
     it becomes the file its users would bring (a graph) only once trained.
     """
-    from edgepress.models import graphs, zoo
-    from edgepress.models.source import fixed_input
+    from edgepress.models import zoo
+    from edgepress.models.loading import open_model
+    from edgepress.models.source import fixed_input, kinds, wrap
 
     spec = recipe.model
     if spec.path is not None:
-        from edgepress.models.loading import load_model
-
         if progress:
             progress.update(f"load {spec.path}")
-        model = graphs.open_graph(spec.path) or load_model(spec.path, trusted=spec.trusted)
-        return fixed_input(model, spec.input_shape, spec.path), spec.path, None
+        return fixed_input(open_model(spec.path, trusted=spec.trusted), spec.input_shape, spec.path), spec.path, None
     name = f"zoo:{spec.zoo}"
     entry = zoo.ZOO.get(spec.zoo)
     if entry is None or entry.save is None:
         built = zoo.build(spec.zoo, data.num_classes)  # names the zoo's models when unknown
 
-        def train(on_epoch):
+        def train(on_epoch) -> Source:
             # Layer names come from Keras' counters: reset them, so the trained model's layers are named as the
             # build checked here was (recipes name layers, e.g. qat `layers: [dense]`).
             from edgepress.compat import keras
@@ -215,35 +215,32 @@ def _source(recipe: Recipe, data, progress) -> tuple[Any, str, Callable | None]:
             keras().backend.reset_uids()
             model = zoo.train(spec.zoo, data, spec.train_epochs, spec.batch_size, spec.learning_rate, spec.seed,
                               on_epoch)
-            return fixed_input(model, spec.input_shape, name)
+            return fixed_input(wrap(model), spec.input_shape, name)
 
-        return fixed_input(built, spec.input_shape, name), name, train
+        return fixed_input(wrap(built), spec.input_shape, name), name, train
+    kind = kinds()[entry.saved_as]
     # A graph takes no step: refuse before training it.
-    _refuse_steps(recipe, name, graphs.GRAPH_KINDS[entry.saved_as].why_no_steps)
+    _refuse_steps(recipe, name, kind)
     if progress:
         progress.update(f"train {spec.zoo}")
     model = zoo.train(spec.zoo, data, spec.train_epochs, spec.batch_size, spec.learning_rate, spec.seed)
-    return fixed_input(graphs.from_trained(model, entry.save, entry.saved_as), spec.input_shape, name), name, None
+    return fixed_input(kind.from_trained(model, entry.save), spec.input_shape, name), name, None
 
 
-def _check_one_input_one_output(model, what: str) -> None:
-    """Refuse a Keras model with several inputs or outputs (a graph checks that when it is opened)."""
-    from edgepress.models.source import as_source
-
-    keras = getattr(as_source(model), "keras", None)
-    if keras is not None and (len(keras.inputs) != 1 or len(keras.outputs) != 1):
+def _check_one_input_one_output(source: Source, what: str) -> None:
+    """Refuse a model with several inputs or outputs (a graph checks that when it is opened)."""
+    inputs, outputs = source.io_counts
+    if inputs != 1 or outputs != 1:
         raise EdgepressError(
-            f"{what} has {len(keras.inputs)} inputs and {len(keras.outputs)} outputs; edgepress handles models with "
-            "one input tensor and one output tensor (a classifier's logits or probabilities). Export the single-input, "
-            "single-output model you deploy."
+            f"{what} has {inputs} inputs and {outputs} outputs; edgepress handles models with one input tensor and "
+            "one output tensor (a classifier's logits or probabilities). Export the single-input, single-output "
+            "model you deploy."
         )
 
 
-def _check_data_fits(model, data, what: str) -> None:
+def _check_data_fits(source: Source, data, what: str) -> None:
     """Refuse data the model cannot score: too few classes, labels of another shape than its output."""
-    from edgepress.models.source import as_source
-
-    outputs = np.asarray(as_source(model).predict(data.x_test[:1]))
+    outputs = np.asarray(source.predict(data.x_test[:1]))
     classes, labels = outputs.shape[-1], data.y_test
     if labels.ndim != outputs.ndim - 1:
         hint = (" (one-hot rows? give their argmax)" if labels.ndim == outputs.ndim else "")
@@ -259,48 +256,33 @@ def _check_data_fits(model, data, what: str) -> None:
         )
 
 
-def _refuse_steps(recipe: Recipe, what: str, why: str) -> None:
-    """Refuse the steps and accuracy-aware exports of a recipe whose model has no Keras layers."""
+def _refuse_steps(recipe: Recipe, what: str, kind) -> None:
+    """Refuse, naming each, the steps that do not take a model of `kind` (a Source class) natively and cannot have
+    it bridged to one they take, and the accuracy-aware exports, which keep Keras layers in float."""
     from edgepress.compress.step import STEPS
+    from edgepress.quantize.accuracy_aware import KINDS as QUANTIZE_KINDS
 
-    refused = [f"{s.type} ({STEPS[s.type].needs})" for s in recipe.steps]
-    refused += [f"exports[{i}].quantize (accuracy-aware quantization keeps chosen Keras layers in float)"
-                for i, e in enumerate(recipe.exports) if e.quantize is not None]
+    bridged = "tf_keras" if hasattr(kind, "to_tf_keras") else None
+    refused = [f"{s.type} ({STEPS[s.type].needs})" for s in recipe.steps
+               if kind.kind not in STEPS[s.type].kinds and bridged not in STEPS[s.type].kinds]
+    if kind.kind not in QUANTIZE_KINDS:
+        refused += [f"exports[{i}].quantize (accuracy-aware quantization keeps chosen Keras layers in float)"
+                    for i, e in enumerate(recipe.exports) if e.quantize is not None]
     if refused:
         raise EdgepressError(
-            f"Not applicable to {what}: {'; '.join(refused)}. They need a Keras model, and {why}. Remove them from "
-            "the recipe; its exports (post-training quantization included) and measurements apply."
+            f"Not applicable to {what}, {kind.title}: {'; '.join(refused)}. They need a Keras model, and "
+            f"{kind.why_no_steps}. Remove them from the recipe; its exports (post-training quantization included) "
+            "and measurements apply."
         )
 
 
-def _applicable(model, recipe: Recipe) -> tuple[Recipe, list[str]]:
-    """The recipe reduced to what applies to `model`, and notes on what was left out.
+def _applicable(source: Source, recipe: Recipe) -> tuple[Recipe, list[str]]:
+    """The recipe reduced to what applies to `source`, and notes on what was left out.
 
-    A model that takes no steps (a graph) has its steps and accuracy-aware exports refused; exports to a
+    Steps and accuracy-aware exports that do not take the model's kind (a graph's) are refused; exports to a
     format it has no path to are left out with a note (refused when nothing is left).
     """
-    from edgepress.models.source import as_source, shape_text
-
-    source = as_source(model)
-    if not source.trainable:
-        _refuse_steps(recipe, str(model.path), source.why_no_steps)
-    if source.tflite_route != "litert-torch" and any(e.layout is not None for e in recipe.exports):
-        raise EdgepressError(
-            f"layout on an export of {getattr(model, 'path', source.name)}: layout chooses the image layout of TFLite "
-            "files from a PyTorch model (NCHW or NHWC); this model is not one, and its files keep its own layout. "
-            "Remove layout from its exports."
-        )
-    if source.tflite_route == "litert-torch":  # TFLite through litert-torch, ONNX through torch.onnx
-        from edgepress.deploy.torch_tflite import check_torch_exports
-
-        check_torch_exports(model, recipe.exports)
-    fixed = [f"{e.format} {e.precision}" for e in recipe.exports
-             if e.batch_size and not source.takes_batch_size(e.format)]
-    if fixed:
-        raise EdgepressError(
-            f"batch_size on {', '.join(fixed)}: {model.path} is already {source.kind.upper()} and keeps its own input "
-            f"shape {shape_text(source.input_shape)}. Remove batch_size from those exports."
-        )
+    _refuse_steps(recipe, str(source.path), type(source))
     notes, exports = [], list(recipe.exports)
     for format in dict.fromkeys(e.format for e in exports):
         why = source.why_not(format)
@@ -311,33 +293,62 @@ def _applicable(model, recipe: Recipe) -> tuple[Recipe, list[str]]:
         if not exports:
             others = "; ".join(f"{{format: {f}, precision: {' | '.join(precision_names(f))}}}" for f in FORMATS
                                if source.why_not(f) is None)
-            raise EdgepressError(f"{model.path} is {source.title} and the recipe asks for {TITLES[format]} exports "
+            raise EdgepressError(f"{source.path} is {source.title} and the recipe asks for {TITLES[format]} exports "
                                  f"only. {why} Ask for exports it can have: {others}.")
         notes.append(f"Left out {', '.join(f'{e.format} {e.precision}' for e in left)}: {why}")
     return recipe.model_copy(update={"exports": exports}), notes
 
 
-def _steps(recipe: Recipe, source, data) -> tuple[tuple[PlannedStep, ...], Any]:
+def _steps(recipe: Recipe, source: Source, data) -> tuple[tuple[PlannedStep, ...], Source]:
     """Each step checked against the model it will get, with data fitted to that model's input; and a model
-    shaped like the last step's result (the exports' model)."""
+    shaped like the last step's result (the exports' model). A Keras 3 model entering a step that needs tf_keras
+    (tfmot's) is bridged here already, so a model tf_keras cannot rebuild is refused before any training."""
     from edgepress.compress.step import STEPS, StepContext
+    from edgepress.models.source import wrap
 
     planned, model, fitted = [], source, data
     for i, config in enumerate(recipe.steps, start=1):
         step = STEPS[config.type]
+        bridge = model.kind not in step.kinds
+        if bridge:
+            model = _bridged(model, i, config.type, recipe)
         if tuple(model.input_shape[1:]) != fitted.x_test.shape[1:]:
             fitted = data.fit_to(tuple(model.input_shape[1:]))  # after a student that takes another input
-        context = StepContext(source=source, before=tuple(s.type for s in recipe.steps[: i - 1]))
-        step.check(model, config, context)
-        planned.append(PlannedStep(i, config, step, fitted))
-        model = step.result_like(model, config, context)
+        context = StepContext(source=source.model, before=tuple(s.type for s in recipe.steps[: i - 1]))
+        step.check(model.model, config, context)
+        planned.append(PlannedStep(i, config, step, fitted, bridge))
+        model = wrap(step.result_like(model.model, config, context))
     return tuple(planned), model
 
 
-def _check_exports(recipe: Recipe, source, final) -> None:
-    """Refuse exports the model they start from cannot have, before any work."""
+def _bridged(model: Source, index: int, step: str, recipe: Recipe) -> Source:
+    """`model` rebuilt in tf_keras for step `index` (one that needs tfmot), or the refusal naming the step and the
+    steps that would work on the model as it is."""
+    from edgepress.compress.step import STEPS
+    from edgepress.models.bridge import RebuildError
+
+    native = sorted(name for name, s in STEPS.items() if model.kind in s.kinds)
+    if not hasattr(model, "to_tf_keras"):
+        raise EdgepressError(f"step {index} {step} works on {', '.join(sorted(STEPS[step].kinds))} models, and "
+                             f"{model.name} is {model.title}.")
+    try:
+        return model.to_tf_keras()
+    except RebuildError as e:
+        raise EdgepressError(
+            f"step {index} {step} needs tfmot, which works on tf_keras (Keras 2) models only, so edgepress must "
+            f"rebuild '{model.name}' ({model.title}) in tf_keras for it, and it cannot: {e}. The steps that work on "
+            f"it as it is: {', '.join(native) or 'none'}; to use {step}, build and save the model with tf_keras."
+        ) from None
+
+
+def _check_exports(recipe: Recipe, exports: tuple[PlannedExport, ...], final: Source,
+                   calibration: np.ndarray | None) -> None:
+    """Refuse exports the model they start from cannot have, before any work: each exporter's own checks on a
+    model shaped like the exports' one (a distilled student's layers included)."""
+    from edgepress.deploy.registry import exporter_for
+
     if any(e.quantize is not None for e in recipe.exports):
-        from edgepress.deploy.accuracy_aware import check_quantizable
+        from edgepress.quantize.accuracy_aware import check_quantizable
 
         check_quantizable(final)
         if any(step.type == "qat" for step in recipe.steps):
@@ -346,14 +357,9 @@ def _check_exports(recipe: Recipe, source, final) -> None:
                 "quantization-aware model already carries its int8 ranges. Export it as tflite int8 without "
                 "`quantize:`, or drop the qat step."
             )
-    # A calibrated TFLite export of a model whose graph loops over time would crash the converter. `final` is
-    # shaped like the exports' model (a distilled student's layers included).
-    calibrated = [e for e in recipe.exports if e.format == "tflite" and is_calibrated(e.format, e.precision)]
-    if calibrated:
-        from edgepress.deploy.tflite import check_calibratable
-
-        for e in calibrated:
-            check_calibratable(final, e.precision, e.batch_size)
+    for export in exports:
+        request = export.request(final, calibration)
+        exporter_for(request).check(request)
 
 
 def _kernel_notes(recipe: Recipe, devices: list) -> list[str]:

@@ -220,7 +220,7 @@ def _baseline_copy(runs, tmp_path, change) -> str:
 
 @pytest.mark.parametrize("case, words", [
     ("missing", ["nope.json", "not found"]),
-    ("schema", ["schema_version 99", "measure the baseline again"]),
+    ("schema", ["schema_version 99", "measure it again with this version"]),
     ("model", ["another model", "'other'", "'gate'"]),
 ])
 def test_compare_refuses_a_bad_baseline_with_exit_2(runs, tmp_path, case, words):

@@ -151,6 +151,7 @@ def unique_values(model) -> dict[str, int]:
 @register
 class Cluster(Step):
     config = ClusterConfig
+    kinds = frozenset({"tf_keras"})  # tfmot wraps tf_keras layers only
     needs = "tfmot weight clustering wraps Keras layers and fine-tunes them"
 
     def check(self, model, config, context):

@@ -28,10 +28,12 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from edgepress.compat import keras, keras_of
 from edgepress.compress.step import Step, register
 from edgepress.errors import EdgepressError
 from edgepress.models import training
 from edgepress.models.datasets import fit_to_input
+from edgepress.models.keras_graph import calls, is_graph, with_widths
 from edgepress.values import MAX_EPOCHS
 
 
@@ -128,8 +130,6 @@ def distill_and_score(model, x: np.ndarray, y: np.ndarray | None, config: Distil
     """`distill`, returning (student, scores): scores["distill"] has the teacher's, the distilled student's and
     (with compare_scratch) the scratch student's accuracy on `test` (inputs shaped for `model`, labels),
     or None for each without `test`."""
-    from edgepress.compat import keras
-
     config = config or DistillConfig(**options)
     teacher = _teacher(model, config, source)
     if config.unlabelled is not None:
@@ -141,7 +141,10 @@ def distill_and_score(model, x: np.ndarray, y: np.ndarray | None, config: Distil
     if y is None and config.compare_scratch:
         raise EdgepressError("distill: compare_scratch trains the student on labels; give labels or drop it.")
 
-    keras().utils.set_random_seed(config.seed)  # the student's fresh weights, too, come from the seed
+    # The student's fresh weights, too, come from the seed: in the Keras that builds it (a zoo student is tf_keras,
+    # a width-scaled one the teacher's).
+    builder = teacher if config.student is not None and config.student.width is not None else None
+    (keras() if builder is None else keras_of(builder)).utils.set_random_seed(config.seed)
     student = student_like(model, config, source)
     if config.student is None:  # the model entering the step, trained on: leave the caller's model as it was
         student = training.copy_model(model)
@@ -219,7 +222,6 @@ def _teacher(model, config: DistillConfig, source):
 def make_student(teacher, spec: StudentSpec):
     """A new student model for `teacher`: a zoo build, a loaded file, or a width-scaled rebuild."""
     if spec.zoo is not None:
-        from edgepress.compat import keras
         from edgepress.models import zoo
 
         # Keras names unnamed layers from a process-wide counter (dense_7, ...): restart it, so the student has
@@ -245,30 +247,29 @@ def width_scaled(model, width: float):
     Rebuilt from the model's config, so the layers keep their names (a later step's `layers:` still
     applies). Raises EdgepressError naming a layer that would keep no channel.
     """
-    if not _is_graph(model):
+    if not is_graph(model):
         raise EdgepressError(
             f"distill: student width needs a Sequential or functional teacher to rebuild; '{model.name}' is a "
             "subclassed model. Give the student as a zoo name or a model file."
         )
-    config = model.get_config()
     classifiers = _classifiers(model)
-    for entry in config["layers"]:
-        layer = entry["config"]
-        if layer.get("name") in classifiers:
+    widths = {}
+    for layer in model.layers:
+        layer_config = _config(layer)
+        if layer.name in classifiers:
             continue
         for key in ("filters", "units"):
-            channels = layer.get(key)
+            channels = layer_config.get(key)
             if isinstance(channels, int):
                 scaled = round(width * channels)
                 if scaled < 1:
                     raise EdgepressError(
-                        f"distill: student width {width:g} leaves layer '{layer['name']}' with no {key} "
+                        f"distill: student width {width:g} leaves layer '{layer.name}' with no {key} "
                         f"(round({width:g} x {channels}) = 0). Use a width of at least {1 / channels:.3g}."
                     )
-                layer[key] = scaled
-    config["name"] = f"{model.name}_student"
+                widths[layer.name] = scaled
     try:
-        return type(model).from_config(config)
+        return with_widths(model, widths, name=f"{model.name}_student")
     except Exception as e:  # a layer whose config depends on the old widths (a Reshape to a fixed shape, ...)
         raise EdgepressError(
             f"distill: the teacher '{model.name}' cannot be rebuilt at width {width:g}: {e}. Give the student as "
@@ -279,24 +280,22 @@ def width_scaled(model, width: float):
 def _classifiers(model) -> set[str]:
     """The Conv/Dense layers whose units are the model's outputs: walk back from each output through layers
     without channels of their own (Activation, Softmax, Flatten, Dropout, ...)."""
+    graph = calls(model, step="distill")
+    made_by = {key: call for call in graph.calls for key in call.outputs}
     found = set()
-    for name in model.output_names:
-        layer = model.get_layer(name)
-        while not any(isinstance(layer.get_config().get(k), int) for k in ("filters", "units")):
-            inbound = layer.inbound_nodes[0].inbound_layers if layer.inbound_nodes else []
-            if not isinstance(inbound, list):
-                inbound = [inbound]
-            if len(inbound) != 1:
+    for key in graph.outputs:
+        call = made_by.get(key)
+        while call is not None and not any(isinstance(_config(call.layer).get(k), int) for k in ("filters", "units")):
+            if len(call.inputs) != 1:
                 break
-            layer = inbound[0]
-        found.add(layer.name)
+            call = made_by.get(call.inputs[0])
+        if call is not None:
+            found.add(call.layer.name)
     return found
 
 
-def _is_graph(model) -> bool:
-    from edgepress.compat import keras
-
-    return isinstance(model, keras().Sequential) or getattr(model, "_is_graph_network", False)
+def _config(layer) -> dict:
+    return layer.get_config() if hasattr(layer, "get_config") else {}
 
 
 def _single_output(model, role: str) -> tuple:
@@ -329,9 +328,9 @@ def _log_probs(outputs: np.ndarray, logits: bool) -> np.ndarray:
 def _train(student, x: np.ndarray, y: np.ndarray | None, teacher_log_probs: np.ndarray | None,
            config: DistillConfig, alpha: float, on_epoch) -> None:
     """Train `student` for config.epochs on alpha x hard loss + (1 - alpha) x T^2 x soft loss (Adam, shuffled)."""
-    from edgepress.compat import keras, tensorflow
+    from edgepress.compat import tensorflow
 
-    tf, k = tensorflow(), keras()
+    tf, k = tensorflow(), keras_of(student)
     k.utils.set_random_seed(config.seed)
     optimizer = k.optimizers.Adam(config.learning_rate)
     temperature = float(config.temperature)
@@ -385,6 +384,7 @@ def _shifted(on_epoch, config: DistillConfig, done: int):
 @register
 class Distill(Step):
     config = DistillConfig
+    kinds = frozenset({"keras3", "tf_keras"})
     needs = "it trains a Keras student model on the model's outputs"
 
     def check(self, model, config, context):

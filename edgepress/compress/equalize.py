@@ -12,7 +12,7 @@ per-channel scale: a BatchNormalization right after the first layer, activations
 homogeneous (f(a x) = a f(x) for a > 0: relu, leaky relu, linear), pooling, padding, dropout,
 Flatten (channel i is every position p with p % C == i). Scaling channel i of the first layer's output
 by 1/s_i and the second layer's input weights of channel i by s_i then leaves the model's function
-unchanged. The walk is structured pruning's (`_calls`: the same layer calls, tensors and shapes).
+unchanged. The walk is structured pruning's (edgepress.models.keras_graph: the same layer calls, tensors and shapes).
 - A BatchNormalization between them is followed, not folded (the architecture stays): its gamma and
   beta take the 1/s_i, which scales its output exactly, and the first layer's range is that of the
   kernel with the BatchNormalization folded in, as the TFLite and ONNX converters fold it.
@@ -56,8 +56,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgepress.compress.step import Step, register
-from edgepress.compress.structured_prune import PASS_THROUGH, Key, _axis, _calls, _keras, _name
 from edgepress.errors import EdgepressError
+from edgepress.models.keras_graph import PASS_THROUGH, Key, axes, calls, function_name, values
 
 log = logging.getLogger(__name__)
 
@@ -201,17 +201,17 @@ def _equalize(model, x: np.ndarray, config: EqualizeConfig):
 
 def find_pairs(model) -> Details:
     """The pairs of `model` and, for every Conv / Dense layer in none as first layer, why."""
-    calls, _, outputs, shapes = _calls(model, step="equalize")
-    readers: dict[Key, list[tuple]] = {}
-    for call in calls:
-        for key in call[1]:
+    graph = calls(model, step="equalize")
+    readers: dict[Key, list] = {}
+    for call in graph.calls:
+        for key in call.inputs:
             readers.setdefault(key, []).append(call)
     pairs, left = [], {}
-    for layer, _inputs, outs, shared in calls:
-        kind = type(layer).__name__
-        if kind not in FIRST_OR_SECOND:
+    for call in graph.calls:
+        layer = call.layer
+        if type(layer).__name__ not in FIRST_OR_SECOND:
             continue
-        found = _pair_from(layer, outs, shared, readers, set(outputs), shapes)
+        found = _pair_from(layer, call.outputs, call.shared, readers, set(graph.outputs), graph.shapes)
         if isinstance(found, Pair):
             pairs.append(found)
         else:
@@ -239,20 +239,20 @@ def _pair_from(layer, outs: list[Key], shared: bool, readers: dict, outputs: set
     if why:
         return why
     if not _homogeneous(layer.activation):
-        return f"its activation ({_name(layer.activation)}) does not commute with scaling"
+        return f"its activation ({function_name(layer.activation)}) does not commute with scaling"
     key, bn, passed, shift_key, no_absorb = outs[0], None, False, outs[0], ""
     positions = None
     nonlinear = not _linear(layer.activation)
     if not _identity_above_zero(layer.activation):
-        shift_key, no_absorb = None, f"its activation ({_name(layer.activation)}) is not the identity above 0"
+        shift_key, no_absorb = None, f"its activation ({function_name(layer.activation)}) is not the identity above 0"
     while True:
         users = readers.get(key, [])
         if key in outputs:
             return "its output is an output of the model"
         if len(users) != 1:
-            names = ", ".join(f"'{u[0].name}'" for u in users)
+            names = ", ".join(f"'{u.layer.name}'" for u in users)
             return f"its output is read by {len(users)} layers ({names}): a residual connection ties its channels"
-        nxt, nins, nouts, nshared = users[0]
+        nxt, nins, nouts, nshared = users[0].layer, users[0].inputs, users[0].outputs, users[0].shared
         kind = type(nxt).__name__
         if len(nins) != 1:
             return f"it feeds '{nxt.name}' ({kind}), which ties its channels to another input"
@@ -265,7 +265,7 @@ def _pair_from(layer, outs: list[Key], shared: bool, readers: dict, outputs: set
                     k != 1 for k in nxt.kernel_size):
                 shift_key, no_absorb = None, f"'{nxt.name}' pads its input with zeros"
             return Pair(layer.name, nxt.name, bn, positions, shift_key, no_absorb)
-        if kind == "BatchNormalization" and _axis(nxt.axis, rank) == [rank - 1]:
+        if kind == "BatchNormalization" and axes(nxt.axis, rank) == [rank - 1]:
             if passed or nonlinear or key != outs[0]:
                 return f"it feeds '{nxt.name}' (BatchNormalization) after an activation or another layer"
             if not nxt.scale or nshared:
@@ -414,21 +414,6 @@ def _cross_layer(model, details: Details, iterations: int) -> None:
 # -- high-bias absorption and bias correction ---------------------------------------------------------
 
 
-def _tensors(model, keys: list[Key], x: np.ndarray) -> list[np.ndarray]:
-    """The values of some of `model`'s tensors (by walker key) on inputs `x`."""
-    keras = _keras()
-    tensors = []
-    for name, node, index in keys:
-        if name == "<input>":  # a Sequential's input
-            tensors.append(model.inputs[0])
-            continue
-        output = model.get_layer(name).get_output_at(node)
-        tensors.append(output[index] if isinstance(output, list | tuple) else output)
-    probe = keras.Model(model.inputs, tensors)
-    values = probe.predict(x, batch_size=256, verbose=0)
-    return values if isinstance(values, list) else [values]
-
-
 def _absorb(model, details: Details, x: np.ndarray) -> None:
     pairs = [p for p in details.pairs if p.shift_key is not None]
     for pair in pairs:
@@ -439,8 +424,8 @@ def _absorb(model, details: Details, x: np.ndarray) -> None:
     pairs = [p for p in pairs if p.shift_key is not None]
     if not pairs:
         return
-    values = _tensors(model, [p.shift_key for p in pairs], x)
-    for pair, value in zip(pairs, values, strict=True):
+    found = values(model, [p.shift_key for p in pairs], x)
+    for pair, value in zip(pairs, found, strict=True):
         shift = np.maximum(value.reshape(-1, value.shape[-1]).min(axis=0), 0).astype(np.float32)
         if not shift.any():
             continue
@@ -482,13 +467,14 @@ def _quantized(w: np.ndarray) -> np.ndarray:
 
 def _correct(model, details: Details, x: np.ndarray) -> None:
     """Empirical bias correction of every Conv2D, DepthwiseConv2D and Dense layer (see the module docs)."""
-    calls, _, outputs, _ = _calls(model, step="equalize")
+    graph = calls(model, step="equalize")
+    outputs = graph.outputs
     readers: dict[Key, list] = {}
-    for call in calls:
-        for key in call[1]:
-            readers.setdefault(key, []).append(call[0])
+    for call in graph.calls:
+        for key in call.inputs:
+            readers.setdefault(key, []).append(call.layer)
     targets = []
-    for layer, ins, outs, shared in calls:
+    for layer, ins, outs, shared in ((c.layer, c.inputs, c.outputs, c.shared) for c in graph.calls):
         if type(layer).__name__ not in FIRST_OR_SECOND or _weighted(layer, shared):
             continue
         users = readers.get(outs[0], [])
@@ -500,7 +486,7 @@ def _correct(model, details: Details, x: np.ndarray) -> None:
         targets.append((layer, ins[0], bn))
     if not targets:
         return
-    inputs = _tensors(model, [t[1] for t in targets], x)
+    inputs = values(model, [t[1] for t in targets], x)
     for (layer, _, bn), value in zip(targets, inputs, strict=True):
         kernel = layer.get_weights()[0]
         depthwise = type(layer).__name__ == "DepthwiseConv2D"
@@ -521,6 +507,7 @@ def _correct(model, details: Details, x: np.ndarray) -> None:
 @register
 class Equalize(Step):
     config = EqualizeConfig
+    kinds = frozenset({"keras3", "tf_keras"})
     not_after_qat = "after qat every layer is wrapped for quantization-aware training; equalize before qat"
     needs = "it rescales the weights of Keras layers"
 

@@ -170,6 +170,7 @@ def _check_m_by_n(model, layers: list, m_by_n: tuple[int, int]) -> None:
 @register
 class Prune(Step):
     config = PruneConfig
+    kinds = frozenset({"tf_keras"})  # tfmot wraps tf_keras layers only
     not_after_qat = None  # layers_to_prune refuses a quantization-aware model by name
     needs = "tfmot magnitude pruning wraps Keras layers and fine-tunes them"
 

@@ -218,14 +218,15 @@ def _has_zeros(model) -> bool:
 
 def is_quantize_aware(model) -> bool:
     """True for a model that went through `qat` (it holds tfmot quantize wrappers)."""
-    from edgepress.models.source import KerasSource
+    from edgepress.models.tf_keras import TfKerasSource
 
-    return KerasSource(model).quantize_aware
+    return TfKerasSource.wraps(model) and TfKerasSource(model).quantize_aware
 
 
 @register
 class Qat(Step):
     config = QatConfig
+    kinds = frozenset({"tf_keras"})  # tfmot wraps tf_keras layers only
     not_after_qat = None  # check_quantizable refuses a model that is already quantization-aware
     # A QAT model already carries int8 ranges: quantizing it again, or exporting it as float, is wrong
     # (onnx fp32 keeps the ranges as QDQ pairs).

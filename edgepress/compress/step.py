@@ -6,6 +6,7 @@ recipe's tag), and a `Step` subclass registered with `@register`:
     @register
     class Prune(Step):
         config = PruneConfig
+        kinds = frozenset({"tf_keras"})                 # tfmot wraps tf_keras layers; a Keras 3 model is bridged
 
         def check(self, model, config, context):      # refuse a model before any work
             layers_to_prune(model, config)
@@ -31,14 +32,15 @@ from pydantic import BaseModel
 class StepContext:
     """What a step may use besides its model and config."""
 
-    source: Any = None  # the run's original model (distill's `teacher: source`)
+    source: Any = None  # the run's original model, as its framework holds it (distill's `teacher: source`)
     before: tuple[str, ...] = ()  # the types of the steps before this one, in order
     test: tuple[np.ndarray, np.ndarray] | None = None  # the test split, shaped for the model entering the step
     on_epoch: Callable[[int, int, dict], None] | None = None
 
 
 class Step:
-    """One compression transformation: Keras model in, Keras model out. Subclasses set `config` and `run`."""
+    """One compression transformation: a model in, a model of the same framework out (for Keras, `source.model`).
+    Subclasses set `config`, `kinds` and `run`."""
 
     config: ClassVar[type[BaseModel]]
     # Why it cannot follow a qat step (the recipe is refused with it); None: it can, or its own check decides.
@@ -48,7 +50,10 @@ class Step:
     )
     # The (format, precision) exports a model that went through this step can have; None: any.
     exports_after: ClassVar[frozenset[tuple[str, str]] | None] = None
-    # Why a model with no Keras layers (a plain SavedModel, an ONNX file) cannot take this step.
+    # The model kinds (edgepress.models: keras3, tf_keras, ...) it transforms natively. A Keras 3 model given to a
+    # step that takes tf_keras only (tfmot's) is bridged to tf_keras first (edgepress.models.bridge), by the plan.
+    kinds: ClassVar[frozenset[str]] = frozenset({"tf_keras"})
+    # What it needs of a model, for the refusal of a model of another kind (a plain SavedModel, an ONNX file).
     needs: ClassVar[str] = "it needs a Keras model"
 
     @classmethod

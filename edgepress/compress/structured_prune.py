@@ -43,9 +43,11 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from edgepress.compat import keras_of
 from edgepress.compress.step import Step, register
 from edgepress.errors import EdgepressError, first_line
 from edgepress.models import training
+from edgepress.models.keras_graph import PASS_THROUGH, Key, axes, calls, function_name, with_widths
 from edgepress.values import MAX_EPOCHS
 
 log = logging.getLogger(__name__)
@@ -121,7 +123,8 @@ def structured_prune(model, x: np.ndarray, y: np.ndarray, config: StructuredPrun
                                                              r == config.rounds else 0)
         masks = _masks(working, current)
         _apply(masks)
-        keep_zero = _keras().callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs, m=masks: _apply(m))
+        callbacks = keras_of(working).callbacks
+        keep_zero = callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs, m=masks: _apply(m))
         training.fit(working, x, y, epochs, config.batch_size, config.learning_rate, callbacks=[keep_zero],
                      on_epoch=_shifted(on_epoch, done, config.fine_tune_epochs))
         done += epochs
@@ -221,14 +224,8 @@ def remove_channels(model, plan: Plan):
 
     No training: the result computes what `model` computes with the removed channels zeroed.
     """
-    config = model.get_config()
-    for entry in config["layers"]:
-        name = entry["config"]["name"]
-        if name in plan.widths:
-            key = "filters" if "filters" in entry["config"] else "units"
-            entry["config"][key] = plan.widths[name][1]
     try:
-        smaller = type(model).from_config(config)
+        smaller = with_widths(model, {name: after for name, (_, after) in plan.widths.items()})
     except Exception as e:  # Keras raises many types for a config it cannot rebuild (custom layers, ...)
         raise EdgepressError(
             f"structured_prune could not rebuild '{model.name}' from its config with the new widths "
@@ -266,18 +263,9 @@ FIXED = 0  # the atom of every channel that cannot be removed
 OUTPUT = "its channels are the model's outputs"
 
 PRODUCERS = {"Conv1D", "Conv2D", "Dense"}
-# Layers that treat each channel on its own and map zero to zero: atoms pass through them unchanged.
-PASS_THROUGH = {
-    "Dropout", "SpatialDropout1D", "SpatialDropout2D", "GaussianDropout", "ActivityRegularization",
-    "MaxPooling1D", "MaxPooling2D", "AveragePooling1D", "AveragePooling2D", "GlobalAveragePooling1D",
-    "GlobalAveragePooling2D", "GlobalMaxPooling1D", "GlobalMaxPooling2D", "ZeroPadding1D", "ZeroPadding2D",
-    "Cropping1D", "Cropping2D", "UpSampling1D", "UpSampling2D",
-}
 # Element-wise activations pass atoms through only if they map zero to zero (checked per layer).
 ACTIVATIONS = {"Activation", "ReLU", "LeakyReLU", "ELU", "ThresholdedReLU"}
 TIES = {"Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum"}
-
-Key = tuple  # a tensor: (layer name, node index, tensor index)
 
 
 class _Graph:
@@ -290,12 +278,13 @@ class _Graph:
         self.readers: dict[str, tuple[str, Key]] = {}  # layer with weights to slice -> (kind, input tensor)
         self.reasons: dict[str, list[str]] = {}  # producer -> why (some of) its channels are pinned
         self.maps: dict[Key, list[int] | None] = {}  # tensor -> atom per channel (None: width unknown)
-        calls, inputs, outputs, self.shapes = _calls(model)
-        for key in inputs:
+        graph = calls(model)
+        self.shapes = graph.shapes
+        for key in graph.inputs:
             self.maps[key] = self._fixed(key)
-        for call in calls:
-            self._follow(*call)
-        for key in outputs:
+        for call in graph.calls:
+            self._follow(call.layer, call.inputs, call.outputs, call.shared)
+        for key in graph.outputs:
             # Recorded even for atoms pinned already, so that a classifier ending in a softmax counts as
             # an output (never pruned, nothing to report) rather than as a layer left whole.
             for atom in self.maps[key] or []:
@@ -378,12 +367,12 @@ class _Graph:
             self.producers[layer.name] = atoms
             self.maps[out] = atoms
             if not _zero_to_zero(layer.activation):
-                self._pin(atoms, f"its activation ({_name(layer.activation)}) does not map 0 to 0, "
+                self._pin(atoms, f"its activation ({function_name(layer.activation)}) does not map 0 to 0, "
                                  "so a removed channel would not vanish")
         elif kind == "DepthwiseConv2D" and layer.depth_multiplier == 1 and _zero_to_zero(layer.activation):
             self.readers[layer.name] = ("channelwise", inputs[0])
             self.maps[out] = maps[0]
-        elif kind == "BatchNormalization" and _axis(layer.axis, len(shape)) == [last_axis]:
+        elif kind == "BatchNormalization" and axes(layer.axis, len(shape)) == [last_axis]:
             self.readers[layer.name] = ("channelwise", inputs[0])
             self.maps[out] = maps[0]
         elif kind in PASS_THROUGH or (kind in ACTIVATIONS and _zero_to_zero(layer)):
@@ -397,7 +386,7 @@ class _Graph:
             # Channels-last flattening puts the channel axis fastest: position p holds channel p % C.
             repeat = math.prod(int(d) for d in shape[1:-1]) if None not in shape[1:-1] else None
             self.maps[out] = None if maps[0] is None or repeat is None else maps[0] * repeat
-        elif kind == "Concatenate" and _axis([layer.axis], len(shape)) == [last_axis]:
+        elif kind == "Concatenate" and axes([layer.axis], len(shape)) == [last_axis]:
             if any(m is None for m in maps):
                 unknown(cannot)
                 return
@@ -415,106 +404,12 @@ class _Graph:
             unknown(cannot)
 
 
-def _calls(model, step: str = "structured_prune") -> tuple[list[tuple], list[Key], list[Key], dict]:
-    """The layer calls of `model` in order (layer, input tensors, output tensors, shared), its input
-    and output tensors, and the shape of every tensor. `step` names the step in error messages."""
-    keras = _keras()
-    shapes: dict[Key, tuple | None] = {}
-    if isinstance(model, keras.Sequential):
-        key = ("<input>", 0, 0)
-        shapes[key] = tuple(model.input_shape)
-        calls, first = [], key
-        for layer in model.layers:
-            out = (layer.name, 0, 0)
-            shapes[out] = tuple(layer.output_shape)
-            calls.append((layer, [key], [out], False))
-            key = out
-        return calls, [first], [key], shapes
-    if not getattr(model, "_is_graph_network", False):
-        raise EdgepressError(
-            f"{step} cannot follow the channels of '{model.name}': it is a subclassed Keras model, "
-            "whose structure is its Python code. Build it as a Sequential or functional model, or leave out "
-            "this step (prune and the quantized exports still apply)."
-        )
-    config = model.get_config()
-    pending = []
-    for entry in config["layers"]:
-        layer = model.get_layer(entry["config"]["name"])
-        nodes = entry["inbound_nodes"] or [[]]  # an InputLayer has no inbound node
-        for index, node in enumerate(nodes):
-            inputs, extra = _node_inputs(node, step)
-            out_shapes = layer.get_output_shape_at(index) if inputs or extra else layer.output_shape
-            out_shapes = out_shapes if isinstance(out_shapes, list) else [out_shapes]
-            outputs = [(layer.name, index, t) for t in range(len(out_shapes))]
-            for key, s in zip(outputs, out_shapes, strict=True):
-                shapes[key] = tuple(s) if s is not None else None
-            # Tensors passed as keyword arguments (x + y becomes a TFOpLambda with y in its kwargs) are
-            # inputs too; a layer called that way is one structured pruning cannot follow.
-            pending.append((layer, inputs + extra, outputs, len(nodes) > 1, bool(extra)))
-    calls, ready = [], set(shapes) - {k for p in pending for k in p[2] if p[1]}
-    while pending:  # layers in dependency order: Keras's config order is not promised to be one
-        progressed = False
-        for item in list(pending):
-            layer, inputs, outputs, shared, opaque = item
-            if all(k in ready for k in inputs):
-                if opaque:
-                    layer = _Opaque(layer)
-                calls.append((layer, inputs, outputs, shared))
-                ready.update(outputs)
-                pending.remove(item)
-                progressed = True
-        if not progressed:
-            raise EdgepressError(f"{step} could not order the layers of '{model.name}'.")
-    inputs = [tuple(k) for k in config["input_layers"]]
-    outputs = [tuple(k) for k in config["output_layers"]]
-    return calls, inputs, outputs, shapes
-
-
-class _Opaque:
-    """A layer structured pruning treats as unknown whatever its type (it takes tensors in kwargs)."""
-
-    def __init__(self, layer) -> None:
-        self.name, self.weights = layer.name, layer.weights
-
-
-def _node_inputs(node, step: str = "structured_prune") -> tuple[list[Key], list[Key]]:
-    """Input tensors of one call in a functional config: [[layer, node, tensor, kwargs], ...]."""
-    inputs, extra = [], []
-    for item in node:
-        if not (isinstance(item, list | tuple) and len(item) >= 3 and isinstance(item[0], str)):
-            raise EdgepressError(f"{step} cannot read a layer call in this model's config: {item!r}.")
-        inputs.append((item[0], int(item[1]), int(item[2])))
-        if len(item) > 3:
-            extra += _tensor_refs(item[3])
-    return inputs, extra
-
-
-def _tensor_refs(value) -> list[Key]:
-    if isinstance(value, dict):
-        return [k for v in value.values() for k in _tensor_refs(v)]
-    if isinstance(value, list | tuple):
-        if len(value) == 3 and isinstance(value[0], str) and all(isinstance(v, int) for v in value[1:]):
-            return [(value[0], value[1], value[2])]
-        return [k for v in value for k in _tensor_refs(v)]
-    return []
-
-
 def _zero_to_zero(fn) -> bool:
     """True if the element-wise function or layer `fn` maps 0 to 0 (relu, tanh, linear, ...)."""
     try:
         return bool(np.all(np.asarray(fn(np.zeros((1, 4), np.float32))) == 0))
     except Exception:  # a function that cannot take a plain float tensor: do not follow through it
         return False
-
-
-def _name(fn) -> str:
-    return getattr(fn, "__name__", type(fn).__name__)
-
-
-def _axis(axis, rank: int) -> list[int]:
-    axes = axis if isinstance(axis, list | tuple) else [axis]
-    flat = [a for item in axes for a in (item if isinstance(item, list | tuple) else [item])]
-    return sorted(int(a) % rank for a in flat)
 
 
 def _scores(model, graph: _Graph, criterion: str) -> dict[int, float]:
@@ -644,15 +539,10 @@ def _shifted(on_epoch, done: int, total: int):
     return lambda epoch, epochs, logs, model=None: on_epoch(done + epoch, total, logs, model)
 
 
-def _keras():
-    from edgepress.compat import keras
-
-    return keras()
-
-
 @register
 class StructuredPrune(Step):
     config = StructuredPruneConfig
+    kinds = frozenset({"keras3", "tf_keras"})
     not_after_qat = (
         "it rebuilds plain Keras layers, and after qat every layer is wrapped for quantization-aware training"
     )

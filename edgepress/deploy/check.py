@@ -1,4 +1,4 @@
-"""The check every export gets: does the file compute what the Keras model it came from computes?"""
+"""The check every export gets: does the file compute what the model it came from computes?"""
 
 from __future__ import annotations
 
@@ -9,15 +9,14 @@ import numpy as np
 from edgepress.compat import quiet
 from edgepress.deploy import runner
 from edgepress.errors import EdgepressError
-from edgepress.models import training
 
 
-def compare(model, path: Path, x: np.ndarray, artifact_x: np.ndarray | None = None) -> dict:
-    """Top-1 agreement and max abs output difference between `model` and the exported file on `x`.
+def compare(source, path: Path, x: np.ndarray, artifact_x: np.ndarray | None = None) -> dict:
+    """Top-1 agreement and max abs output difference between the model `source` (a Source) and the file on `x`.
 
     `artifact_x` is `x` as the file takes it, when its layout differs from the model's (NHWC from NCHW).
     """
-    expected = training.predict(model, x)
+    expected = source.predict(x)
     with quiet():
         got = runner.open_model(str(path)).predict(x if artifact_x is None else artifact_x)
     return {
@@ -27,17 +26,17 @@ def compare(model, path: Path, x: np.ndarray, artifact_x: np.ndarray | None = No
     }
 
 
-def calibration_inputs(model, calibration: np.ndarray | None, export: str) -> np.ndarray:
+def calibration_inputs(source, calibration: np.ndarray | None, export: str) -> np.ndarray:
     """Validated calibration inputs for a quantizing export named `export` (e.g. "TFLite int8")."""
     if calibration is None or len(calibration) == 0:
         raise EdgepressError(
             f"{export} export needs calibration data to measure activation ranges, and none was given: "
             "pass calibration=<inputs from your data> (recipes take them from data.calibration_samples)."
         )
-    expected = tuple(model.input_shape[1:])
+    expected = tuple(source.input_shape[1:])
     if tuple(calibration.shape[1:]) != expected:
         raise EdgepressError(
-            f"Calibration samples have shape {tuple(calibration.shape[1:])} but the model '{model.name}' takes "
+            f"Calibration samples have shape {tuple(calibration.shape[1:])} but the model '{source.name}' takes "
             f"{expected}. Give calibration inputs preprocessed like the model's input."
         )
     return calibration.astype(np.float32)

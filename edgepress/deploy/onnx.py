@@ -1,11 +1,15 @@
-"""ONNX export: a Keras model to a .onnx file with tf2onnx, quantized with onnxruntime.
+"""ONNX export: any model kind to an .onnx file (tf2onnx, torch.onnx, or the file itself), quantized by onnxruntime.
+
+    artifact = export_onnx(model, "m_int8_static.onnx", "int8_static", calibration=x[:200], check_data=x_test[:200])
 
 Precisions:
-- fp32: tf2onnx conversion.
+- fp32: the model's own conversion (`Source.to_onnx`: tf2onnx for Keras and SavedModels, torch.onnx for a PyTorch
+  program, a copy of an .onnx model).
 - fp16: float16 weights and compute, float32 input/output (for GPUs; CPUs gain nothing).
 - int8_dynamic: int8 weights, activations quantized at run time (onnxruntime quantize_dynamic).
 - int8_static: int8 weights and activations as QuantizeLinear/DequantizeLinear (QDQ) pairs,
   activation ranges calibrated on the recipe's data (onnxruntime quantize_static).
+int4 weights (MatMulNBits) are edgepress.deploy.weight_only's.
 """
 
 from __future__ import annotations
@@ -15,17 +19,18 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 
-from edgepress import files
-from edgepress.artifact import Artifact, TensorInfo
+from edgepress.artifact import Artifact
 from edgepress.compat import quiet
-from edgepress.deploy.check import calibration_inputs, compare
+from edgepress.deploy.check import calibration_inputs
 from edgepress.deploy.layers import layer_names, layer_of, nodes_of, output_layers, typical_magnitude
+from edgepress.deploy.registry import Exporter, ExportRequest, export, register
+from edgepress.deploy.signature import signature
 from edgepress.errors import EdgepressError, first_line
 from edgepress.formats import artifact_filename, precision_names, weight_only_precisions
-from edgepress.models.source import as_source
 
 ONNX_PRECISIONS = precision_names("onnx")
 OPSET = 17
@@ -49,78 +54,93 @@ def export_onnx(
 ) -> Artifact:
     """Convert `model` to ONNX at `path` in `precision`; check it against `model` on `check_data`.
 
-    `calibration` (inputs from the recipe's data) is required for int8_static. The other keywords
-    shape int8_static only (onnxruntime quantize_static): `float_layers` names Keras layers (or ONNX
-    nodes) to leave in float (`nodes_to_exclude`); `calibration_method` is minmax, entropy or
-    percentile; `per_channel` quantizes weights per output channel (else per tensor); `quant_format`
-    is qdq (QuantizeLinear/DequantizeLinear pairs) or qoperator (QLinearConv, QLinearMatMul...);
-    `activation_type` and `weight_type` are uint8 or int8.
-    `model` is a Keras model, a plain SavedModel (`edgepress.models.graphs.SavedModelGraph`, converted
-    by tf2onnx) or an .onnx model (`OnnxGraph`: its file is the fp32 export, the others start from it).
-    `block_size` (int4_weight) is the MatMulNBits block (default 32).
-    `batch_size` fixes the input's batch dimension (default: dynamic; not for an .onnx model).
+    `model` is any Source (edgepress.models) or a Keras model. `calibration` (inputs from the recipe's data) is
+    required for int8_static. The other keywords shape int8_static only (onnxruntime quantize_static):
+    `float_layers` names Keras layers (or ONNX nodes) to leave in float (`nodes_to_exclude`); `calibration_method`
+    is minmax, entropy or percentile; `per_channel` quantizes weights per output channel (else per tensor);
+    `quant_format` is qdq (QuantizeLinear/DequantizeLinear pairs) or qoperator (QLinearConv, QLinearMatMul...);
+    `activation_type` and `weight_type` are uint8 or int8. `block_size` (int4_weight) is the MatMulNBits block
+    (default 32). `batch_size` fixes the input's batch dimension (default: dynamic; not for an .onnx model).
     `path` defaults to `edgepress.formats.artifact_filename` of the model's name, in the working directory.
     Writes the file and its manifest atomically and returns the Artifact.
     """
-    if precision in weight_only_precisions("onnx"):  # MatMul weights quantized after a float export
-        from edgepress.deploy.weight_only import export_weight_only
+    from edgepress.models.source import wrap
 
-        path = Path(path or artifact_filename(model.name, "onnx", precision, batch_size))
-        return export_weight_only(model, path, "onnx", precision, block_size, check_data, steps, batch_size)
-    if precision not in ONNX_PRECISIONS:
-        raise EdgepressError(f"Unknown ONNX precision '{precision}'. Use one of: {', '.join(ONNX_PRECISIONS)}.")
+    source = wrap(model)
+    path = Path(path or artifact_filename(source.name, "onnx", precision, batch_size, block_size=block_size))
     static = dict(calibration_method=calibration_method, per_channel=per_channel, quant_format=quant_format,
                   activation_type=activation_type, weight_type=weight_type)
-    _check_static_options(precision, float_layers, static)
-    samples = calibration_inputs(model, calibration, "ONNX int8_static") if precision == "int8_static" else None
-    quantization: dict = {}
-    path = Path(path or artifact_filename(model.name, "onnx", precision, batch_size))
-    with tempfile.TemporaryDirectory() as work, files.atomic_path(path) as tmp:
-        fp32 = Path(work) / "fp32.onnx"
-        with quiet():
-            _convert(model, fp32, batch_size)
-            if precision == "fp32":
-                fp32.replace(tmp)
-            elif precision == "fp16":
-                _to_fp16(fp32, tmp)
-            elif precision == "int8_dynamic":
-                from onnxruntime.quantization import QuantType, quantize_dynamic
-
-                quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8)
-                quantization = {"weights": "int8", "activations": "dynamic uint8"}
-            else:
-                quantization = _quantize_static(fp32, tmp, samples, Path(work), model, float_layers, **static)
-        check = compare(model, tmp, check_data) if check_data is not None else {}
-    inputs, outputs = signature(path)
-    return Artifact.record(path, "onnx", precision, inputs=inputs, outputs=outputs, steps=list(steps),
-                           quantization=quantization, check=check, layout=as_source(model).layout)
+    return export(ExportRequest(source, path, "onnx", precision, calibration, check_data, tuple(steps), batch_size,
+                                block_size=block_size, float_layers=tuple(float_layers), onnx_static=static))
 
 
-def signature(path: Path) -> tuple[list[TensorInfo], list[TensorInfo]]:
-    """Inputs and outputs of an .onnx file; dynamic dimensions are -1."""
-    import onnx
+@register
+class OnnxExport(Exporter):
+    """The model's own ONNX conversion, then onnxruntime's float16 converter or quantizers."""
 
-    graph = onnx.load(str(path), load_external_data=False).graph
+    format: ClassVar[str] = "onnx"
+    precisions: ClassVar[tuple[str, ...]] = tuple(p for p in ONNX_PRECISIONS if p not in weight_only_precisions("onnx"))
 
-    def info(value) -> TensorInfo:
-        t = value.type.tensor_type
-        shape = [d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim]
-        return TensorInfo(name=value.name, shape=shape, dtype=onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name)
+    def takes(self, source) -> bool:
+        return hasattr(source, "to_onnx")  # every kind that converts itself to an fp32 .onnx file
 
-    initializers = {i.name for i in graph.initializer}
-    return [info(v) for v in graph.input if v.name not in initializers], [info(v) for v in graph.output]
+    def check(self, request: ExportRequest) -> None:
+        if request.layout is not None or request.sparse:
+            option = "layout" if request.layout is not None else "sparse"
+            raise EdgepressError(f"{option} is a TFLite option; onnx {request.precision} keeps the model's own "
+                                 f"input. Remove {option} from that export.")
+        static = {**_STATIC_DEFAULTS, **request.onnx_static}
+        _check_static_options(request.precision, request.float_layers, static)
+        if request.precision == "int8_static":
+            calibration_inputs(request.source, request.calibration, "ONNX int8_static")
+        check_batch_size(request)
+
+    def write(self, request: ExportRequest, out: Path) -> dict[str, Any]:
+        source, precision = request.source, request.precision
+        static = {**_STATIC_DEFAULTS, **request.onnx_static}
+        samples = calibration_inputs(source, request.calibration, "ONNX int8_static") if precision == "int8_static" \
+            else None
+        quantization: dict = {}
+        with tempfile.TemporaryDirectory() as work:
+            fp32 = Path(work) / "fp32.onnx"
+            with quiet():
+                convert(source, fp32, request.batch_size)
+                if precision == "fp32":
+                    fp32.replace(out)
+                elif precision == "fp16":
+                    _to_fp16(fp32, out)
+                elif precision == "int8_dynamic":
+                    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+                    quantize_dynamic(str(fp32), str(out), weight_type=QuantType.QInt8)
+                    quantization = {"weights": "int8", "activations": "dynamic uint8"}
+                else:
+                    quantization = _quantize_static(fp32, out, samples, Path(work), source, request.float_layers,
+                                                    **static)
+        return quantization
 
 
-def _convert(model, out: Path, batch_size: int | None = None) -> None:
-    """The fp32 ONNX file of `model` at `out`: tf2onnx for Keras and SavedModels, torch.onnx for a PyTorch program,
-    a copy for an .onnx model."""
+def check_batch_size(request: ExportRequest) -> None:
+    """Refuse a fixed batch for a model that keeps its own input shape (an .onnx file)."""
+    source = request.source
+    if request.batch_size is not None and not source.takes_batch_size("onnx"):
+        from edgepress.models.source import shape_text
+
+        raise EdgepressError(
+            f"batch_size on onnx {request.precision}: {source.path} is already ONNX and keeps its own input shape "
+            f"{shape_text(source.input_shape)}. Remove batch_size from its ONNX exports."
+        )
+
+
+def convert(source, out: Path, batch_size: int | None = None) -> None:
+    """The fp32 ONNX file of `source` at `out` (`Source.to_onnx`), its converter's failure as an EdgepressError."""
     try:
-        as_source(model).to_onnx(out, batch_size, OPSET)
+        source.to_onnx(out, batch_size, OPSET)
     except EdgepressError:
         raise
     except Exception as e:  # tf2onnx raises plain Exceptions for unsupported ops
         raise EdgepressError(
-            f"tf2onnx could not convert '{model.name}' to ONNX (opset {OPSET}): {first_line(e)}. "
+            f"tf2onnx could not convert '{source.name}' to ONNX (opset {OPSET}): {first_line(e)}. "
             "Check that its layers use ops tf2onnx supports."
         ) from None
 
@@ -134,7 +154,7 @@ def _to_fp16(fp32: Path, out: Path) -> None:
 
 
 def _quantize_static(
-    fp32: Path, out: Path, samples: np.ndarray, work: Path, model, float_layers: Sequence[str] = (),
+    fp32: Path, out: Path, samples: np.ndarray, work: Path, source, float_layers: Sequence[str] = (),
     calibration_method: str = "minmax", per_channel: bool = True, quant_format: str = "qdq",
     activation_type: str = "uint8", weight_type: str = "int8",
 ) -> dict:
@@ -147,7 +167,7 @@ def _quantize_static(
     quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)  # symbolic shapes are for transformers
     # Layer names become node names of the graph being quantized (the optimizer fuses and renames nodes).
     nodes = [n.name for n in onnx.load(str(prepared)).graph.node]
-    excluded = nodes_of(float_layers, nodes, model, "ONNX int8_static float_layers") if float_layers else []
+    excluded = nodes_of(float_layers, nodes, source.model, "ONNX int8_static float_layers") if float_layers else []
     types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
     # The histogram calibrators print their progress to stdout; send it where quiet() sends chatter.
     with contextlib.redirect_stdout(sys.stderr):
@@ -222,8 +242,9 @@ def _reader(samples: np.ndarray, input_name: str = "input", dtype: str = "float3
     return Reader()
 
 
-def layer_errors(model, float_path: str | Path, qdq_path: str | Path, calibration: np.ndarray) -> list[dict]:
-    """The layer-wise int8 error of a QDQ model against its float model, from onnxruntime's QDQ debugging tools.
+def layer_errors(source, float_path: str | Path, qdq_path: str | Path, calibration: np.ndarray) -> list[dict]:
+    """The layer-wise int8 error of a QDQ model against its float model (the Keras model `source`), from onnxruntime's
+    QDQ debugging tools.
 
     Both files run on the calibration samples with every intermediate tensor saved (qdq_loss_debug),
     and each activation the QDQ model quantizes is compared with the same tensor of the float model.
@@ -240,7 +261,7 @@ def layer_errors(model, float_path: str | Path, qdq_path: str | Path, calibratio
         modify_model_output_intermediate_tensors,
     )
 
-    samples = calibration_inputs(model, calibration, "ONNX layer-wise error analysis")
+    samples = calibration_inputs(source, calibration, "ONNX layer-wise error analysis")
     activations = {}
     with tempfile.TemporaryDirectory() as work, quiet():
         for kind, path in (("float", float_path), ("qdq", qdq_path)):
@@ -258,7 +279,7 @@ def layer_errors(model, float_path: str | Path, qdq_path: str | Path, calibratio
     def rms(x: np.ndarray) -> float:
         return float(np.sqrt(np.mean(np.square(x))))
 
-    layers, outputs = layer_names(model), output_layers(model)
+    layers, outputs = layer_names(source.model), output_layers(source.model)
     errors = []
     for tensor, match in matched.items():
         if "float" not in match:  # a tensor the float model does not have (made by the quantizer)

@@ -1,4 +1,6 @@
-"""TFLite export: a Keras model to a .tflite file in one precision.
+"""TFLite export with the TensorFlow Lite converter: a Keras (3 or 2) model or a plain SavedModel to a .tflite file.
+
+    artifact = export_tflite(model, "m_int8.tflite", precision="int8", calibration=x[:200], check_data=x_test[:200])
 
 Precisions, as the TFLite converter names them:
 - fp32: no optimization.
@@ -6,20 +8,23 @@ Precisions, as the TFLite converter names them:
 - dynamic: dynamic-range quantization, int8 weights, float activations; no calibration data.
 - int8: full-integer quantization, int8 weights, activations, input and output; calibrated.
 - int16x8: int16 activations, int8 weights (more accurate than int8); calibrated, float input/output.
+A PyTorch program goes to TFLite through litert-torch (edgepress.deploy.torch_tflite), weight-only precisions
+through LiteRT's quantizer (edgepress.deploy.weight_only): each its own exporter of the registry.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 
-from edgepress import files
-from edgepress.artifact import Artifact, TensorInfo
+from edgepress.artifact import Artifact
 from edgepress.compat import quiet
-from edgepress.deploy.check import calibration_inputs, compare
+from edgepress.deploy.check import calibration_inputs
 from edgepress.deploy.layers import layer_names, layer_of, nodes_of, output_layers, typical_magnitude
+from edgepress.deploy.registry import Exporter, ExportRequest, export, register
 from edgepress.errors import EdgepressError, first_line
 from edgepress.formats import (
     artifact_filename,
@@ -51,104 +56,95 @@ def export_tflite(
 ) -> Artifact:
     """Convert `model` to `path` at `precision`; check it against `model` on `check_data`.
 
-    `calibration` (inputs from the recipe's data) is required for int8 and int16x8.
-    `float_layers` (int8 only) names Keras layers (or TFLite op output tensors) to leave in float32:
-    they go on the deny-list of the converter's quantization debugger, everything else is int8 as usual.
-    `sparse` (fp32, fp16) stores weights that are mostly zeros (pruned, e.g. 2:4) as sparse tensors with
-    DENSIFY ops (the converter's EXPERIMENTAL_SPARSITY): smaller files, and XNNPACK can run some
-    architectures sparsely; the manifest counts the sparse tensors.
-    `block_size` (int4_weight) quantizes Dense weights in blocks of that many (default: per channel).
-    `batch_size` fixes the input's batch dimension (default: dynamic). Recurrent layers need it: the
-    converter turns a Keras LSTM into its fused UNIDIRECTIONAL_SEQUENCE_LSTM op, and a GRU into a
-    WHILE loop, only when the batch and sequence length are static.
-    `model` is a Keras model or a plain SavedModel (`edgepress.models.graphs.SavedModelGraph`), or a PyTorch
-    program (`TorchGraph`), converted by litert-torch (`edgepress.deploy.torch_tflite`, where `layout="NHWC"`
-    gives its image input channels last).
-    `path` defaults to `edgepress.formats.artifact_filename` of the model's name, in the working directory.
-    Writes the file and its manifest atomically and returns the Artifact.
+    `model` is any Source (edgepress.models) or a Keras model. `calibration` (inputs from the recipe's data) is
+    required for int8 and int16x8. `float_layers` (int8 only) names Keras layers (or TFLite op output tensors) to
+    leave in float32: they go on the deny-list of the converter's quantization debugger, everything else is int8
+    as usual. `sparse` (fp32, fp16) stores weights that are mostly zeros (pruned, e.g. 2:4) as sparse tensors with
+    DENSIFY ops (the converter's EXPERIMENTAL_SPARSITY): smaller files, and XNNPACK can run some architectures
+    sparsely; the manifest counts the sparse tensors. `block_size` (int4_weight) quantizes Dense weights in blocks
+    of that many (default: per channel). `batch_size` fixes the input's batch dimension (default: dynamic).
+    Recurrent layers need it: the converter turns a Keras LSTM into its fused UNIDIRECTIONAL_SEQUENCE_LSTM op, and
+    a GRU into a WHILE loop, only when the batch and sequence length are static. `layout="NHWC"` gives a PyTorch
+    program's image input channels last. `path` defaults to `edgepress.formats.artifact_filename` of the model's
+    name, in the working directory. Writes the file and its manifest atomically and returns the Artifact.
     """
-    from edgepress.compat import tensorflow
-    from edgepress.models.source import as_source
+    from edgepress.models.source import wrap
 
-    if precision in weight_only_precisions("tflite"):  # weights quantized after a float export
-        from edgepress.deploy.weight_only import export_weight_only
-
-        path = Path(path or artifact_filename(model.name, "tflite", precision, batch_size))
-        return export_weight_only(model, path, "tflite", precision, block_size, check_data, steps, batch_size)
-    if as_source(model).tflite_route == "litert-torch":  # a PyTorch program: PyTorch's own route to TFLite
-        from edgepress.deploy.torch_tflite import export_torch_tflite
-
-        if float_layers or sparse:
-            raise EdgepressError("float_layers and sparse are options of Keras TFLite exports, not of PyTorch ones.")
-        return export_torch_tflite(model, path, precision, calibration, check_data, steps, batch_size, layout)
-    if layout not in (None, "NHWC"):
-        raise EdgepressError(f"layout {layout}: a TFLite file from a Keras or TensorFlow model takes NHWC images; "
-                             "layout applies to PyTorch models.")
-    tf = tensorflow()
-    if precision not in TFLITE_PRECISIONS:
-        raise EdgepressError(f"Unknown TFLite precision '{precision}'. Use one of: {', '.join(TFLITE_PRECISIONS)}.")
-    if float_layers and precision != "int8":
-        raise EdgepressError(
-            f"float_layers keeps layers of a full-integer model in float; it needs precision int8, not '{precision}'."
-        )
-    if sparse and precision not in SPARSE_PRECISIONS:
-        raise EdgepressError(
-            f"Sparse TFLite export works at precision {' or '.join(SPARSE_PRECISIONS)}, not '{precision}': sparse "
-            f"{precision} files are larger than dense ones and LiteRT's XNNPACK delegate cannot load them."
-        )
-    _check_source(model, batch_size)
-    if precision in CALIBRATED:
-        check_calibratable(model, precision, batch_size)
-    converter, quantization = _converter(tf, model, precision, calibration, batch_size)
-    if sparse:
-        converter.optimizations = [*converter.optimizations, tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
-    try:
-        with quiet():
-            if float_layers:
-                samples = calibration_inputs(model, calibration, "TFLite int8")
-                data, quantization["float_nodes"] = _keep_float(tf, converter, model, samples, float_layers)
-                quantization["float_layers"] = list(float_layers)
-            else:
-                data = converter.convert()
-    except EdgepressError:
-        raise
-    except Exception as e:  # the converter raises many types, with MLIR diagnostics
-        hint = "Try another precision, or check that every layer is a TFLite builtin op."
-        if "TensorList" in str(e) and batch_size is None:
-            # The MLIR error of a recurrent layer (LSTM, GRU, RNN) converted with a dynamic batch.
-            hint = ("The model loops over time (an LSTM, GRU or RNN layer), which TFLite converts only with a "
-                    "fixed batch size: set `batch_size: 1` on this export (export_tflite(..., batch_size=1)).")
-        raise EdgepressError(
-            f"The TFLite converter could not make a {precision} model of '{model.name}': {first_line(e)}. {hint}"
-        ) from None
-
-    if sparse:
-        quantization.update(sparse=True, sparse_tensors=_sparse_tensors(data))
-    path = Path(path or artifact_filename(model.name, "tflite", precision, batch_size, sparse))
-    with files.atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-        check = compare(model, tmp, check_data) if check_data is not None else {}
-    inputs, outputs = signature(path)
-    return Artifact.record(path, "tflite", precision, inputs=inputs, outputs=outputs, steps=list(steps),
-                           quantization=quantization, check=check, layout=as_source(model).layout)
+    source = wrap(model)
+    path = Path(path or artifact_filename(source.name, "tflite", precision, batch_size, sparse, layout=layout,
+                                          block_size=block_size))
+    return export(ExportRequest(source, path, "tflite", precision, calibration, check_data, tuple(steps), batch_size,
+                                sparse, layout, block_size, tuple(float_layers)))
 
 
-def signature(path: Path) -> tuple[list[TensorInfo], list[TensorInfo]]:
-    """Inputs and outputs of a .tflite file, with (scale, zero_point) for quantized tensors."""
-    from ai_edge_litert.interpreter import Interpreter
+@register
+class TfliteConverter(Exporter):
+    """The TFLite converter, on a concrete function of the model (see KerasModel.tflite_converter)."""
 
-    interpreter = Interpreter(model_path=str(path))
+    format: ClassVar[str] = "tflite"
+    precisions: ClassVar[tuple[str, ...]] = tuple(p for p in TFLITE_PRECISIONS
+                                                  if p not in weight_only_precisions("tflite"))
 
-    def info(d) -> TensorInfo:
-        scale, zero_point = d["quantization"]
-        return TensorInfo(
-            name=d["name"],
-            shape=[int(s) for s in d["shape_signature"]],
-            dtype=np.dtype(d["dtype"]).name,
-            quantization=(float(scale), int(zero_point)) if scale else None,
-        )
+    def takes(self, source) -> bool:
+        return hasattr(source, "tflite_converter")  # TensorFlow models: a Keras model, a SavedModel
 
-    return [info(d) for d in interpreter.get_input_details()], [info(d) for d in interpreter.get_output_details()]
+    def check(self, request: ExportRequest) -> None:
+        precision = request.precision
+        if request.float_layers and precision != "int8":
+            raise EdgepressError(
+                f"float_layers keeps layers of a full-integer model in float; it needs precision int8, not "
+                f"'{precision}'."
+            )
+        if request.sparse and precision not in SPARSE_PRECISIONS:
+            raise EdgepressError(
+                f"Sparse TFLite export works at precision {' or '.join(SPARSE_PRECISIONS)}, not '{precision}': "
+                f"sparse {precision} files are larger than dense ones and LiteRT's XNNPACK delegate cannot load them."
+            )
+        if request.layout is not None:
+            raise EdgepressError(
+                f"layout {request.layout} on the TFLite export of {request.source.title} '{request.source.name}': "
+                "layout chooses the image layout of TFLite files from a PyTorch model (NCHW or NHWC); this model is "
+                "not one, and its files keep its own layout. Remove layout from its exports."
+            )
+        if request.batch_size is not None and request.batch_size < 1:
+            raise EdgepressError(f"batch_size must be 1 or more (or None for a dynamic batch), got "
+                                 f"{request.batch_size}.")
+        if precision in CALIBRATED:
+            calibration_inputs(request.source, request.calibration, f"TFLite {precision}")
+            check_calibratable(request.source, precision, request.batch_size)
+
+    def write(self, request: ExportRequest, out: Path) -> dict[str, Any]:
+        from edgepress.compat import tensorflow
+
+        tf = tensorflow()
+        source, precision, batch_size = request.source, request.precision, request.batch_size
+        converter, quantization = _converter(tf, source, precision, request.calibration, batch_size)
+        if request.sparse:
+            converter.optimizations = [*converter.optimizations, tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
+        try:
+            with quiet():
+                if request.float_layers:
+                    samples = calibration_inputs(source, request.calibration, "TFLite int8")
+                    data, quantization["float_nodes"] = _keep_float(tf, converter, source, samples,
+                                                                    request.float_layers)
+                    quantization["float_layers"] = list(request.float_layers)
+                else:
+                    data = converter.convert()
+        except EdgepressError:
+            raise
+        except Exception as e:  # the converter raises many types, with MLIR diagnostics
+            hint = "Try another precision, or check that every layer is a TFLite builtin op."
+            if "TensorList" in str(e) and batch_size is None:
+                # The MLIR error of a recurrent layer (LSTM, GRU, RNN) converted with a dynamic batch.
+                hint = ("The model loops over time (an LSTM, GRU or RNN layer), which TFLite converts only with a "
+                        "fixed batch size: set `batch_size: 1` on this export (export_tflite(..., batch_size=1)).")
+            raise EdgepressError(
+                f"The TFLite converter could not make a {precision} model of '{source.name}': {first_line(e)}. {hint}"
+            ) from None
+        if request.sparse:
+            quantization.update(sparse=True, sparse_tensors=_sparse_tensors(data))
+        out.write_bytes(data)
+        return quantization
 
 
 def _sparse_tensors(data: bytes) -> int:
@@ -158,18 +154,7 @@ def _sparse_tensors(data: bytes) -> int:
     return sum(1 for t in Interpreter(model_content=data).get_tensor_details() if t.get("sparsity_parameters"))
 
 
-def _check_source(model, batch_size: int | None) -> None:
-    """Refuse what no TFLite export can come from: a model with no TFLite path, a batch size below 1."""
-    from edgepress.models.source import as_source
-
-    why = as_source(model).why_not("tflite")
-    if why:
-        raise EdgepressError(f"{model.path}: {why}")
-    if batch_size is not None and batch_size < 1:
-        raise EdgepressError(f"batch_size must be 1 or more (or None for a dynamic batch), got {batch_size}.")
-
-
-def check_calibratable(model, precision: str, batch_size: int | None = None) -> None:
+def check_calibratable(source, precision: str, batch_size: int | None = None) -> None:
     """Refuse a calibrated export (int8, int16x8) of a model whose TFLite graph loops over time.
 
     A Keras GRU or SimpleRNN (unless unroll=True) becomes a WHILE loop in TFLite, and the converter's
@@ -177,25 +162,21 @@ def check_calibratable(model, precision: str, batch_size: int | None = None) -> 
     no error could be reported once it starts. Keras layers are checked by type; a SavedModel is
     converted at fp32 first and its ops are checked.
     """
-    from edgepress.models.source import as_source
-
-    if not as_source(model).trainable:  # a graph: its ops tell, not its layers
+    if not hasattr(source, "model"):  # a graph: its ops tell, not its layers
         from ai_edge_litert.interpreter import Interpreter
-
-        from edgepress.compat import tensorflow
 
         try:
             with quiet():
-                plain = _source_converter(tensorflow(), model, batch_size).convert()
+                plain = source.tflite_converter(batch_size).convert()
         except Exception:  # the export itself reports conversion errors, with their hint
             return
         ops = {op["op_name"] for op in Interpreter(model_content=plain)._get_ops_details()}
-        loops = [f"'{model.name}'"] if "WHILE" in ops else []
+        loops = [f"'{source.name}'"] if "WHILE" in ops else []
     else:
-        loops = [f"'{layer.name}' ({type(layer).__name__})" for layer in _looping_layers(model)]
+        loops = [f"'{layer.name}' ({type(layer).__name__})" for layer in _looping_layers(source.model)]
     if loops:
         raise EdgepressError(
-            f"TFLite {precision} export of '{model.name}' is refused: {', '.join(loops)} becomes a WHILE loop in "
+            f"TFLite {precision} export of '{source.name}' is refused: {', '.join(loops)} becomes a WHILE loop in "
             "TFLite, and the converter's calibration crashes on WHILE loops (TensorFlow 2.21). Export it at "
             "precision dynamic or fp16 (no calibration), or build the layer with unroll=True (the steps written out "
             "one by one, which calibrate), or use an LSTM (TFLite's fused LSTM op calibrates)."
@@ -204,9 +185,9 @@ def check_calibratable(model, precision: str, batch_size: int | None = None) -> 
 
 def _looping_layers(model) -> list:
     """The Keras recurrent layers that TFLite turns into a WHILE loop: every RNN but LSTM, unless unrolled."""
-    from edgepress.compat import keras
+    from edgepress.compat import keras_of
 
-    layers = keras().layers
+    layers = keras_of(model).layers
     found = []
     for layer in model.layers:
         if hasattr(layer, "layers") and hasattr(layer, "inputs"):  # a nested model
@@ -218,25 +199,16 @@ def _looping_layers(model) -> list:
     return found
 
 
-def _source_converter(tf, model, batch_size: int | None):
-    """A plain TFLiteConverter for `model` (any source kind), its batch fixed to `batch_size` if given."""
-    from edgepress.models.source import as_source
-
-    return as_source(model).tflite_converter(batch_size)
-
-
-def _converter(tf, model, precision: str, calibration: np.ndarray | None, batch_size: int | None = None):
+def _converter(tf, source, precision: str, calibration: np.ndarray | None, batch_size: int | None = None):
     """A TFLiteConverter set up for `precision`, and the quantization facts for the manifest."""
-    from edgepress.models.graphs import input_dtype
-
-    converter = _source_converter(tf, model, batch_size)
+    converter = source.tflite_converter(batch_size)
     quantization: dict = {}
     if precision != "fp32":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if precision == "fp16":
         converter.target_spec.supported_types = [tf.float16]
     if precision in CALIBRATED:
-        samples = calibration_inputs(model, calibration, f"TFLite {precision}").astype(input_dtype(model))
+        samples = calibration_inputs(source, calibration, f"TFLite {precision}").astype(source.input_dtype)
         # One sample per step, repeated to the fixed batch if there is one.
         batch = batch_size or 1
         converter.representative_dataset = lambda: ([np.repeat(s[None], batch, axis=0)] for s in samples)
@@ -252,7 +224,7 @@ def _converter(tf, model, precision: str, calibration: np.ndarray | None, batch_
     return converter, quantization
 
 
-def _keep_float(tf, converter, model, samples: np.ndarray, float_layers: Sequence[str]) -> tuple[bytes, list[str]]:
+def _keep_float(tf, converter, source, samples: np.ndarray, float_layers: Sequence[str]) -> tuple[bytes, list[str]]:
     """A full-integer model with the ops of `float_layers` left in float, and the ops' output tensor names.
 
     The quantization debugger calibrates once, then quantizes with its deny-list (`denylisted_nodes`);
@@ -264,18 +236,18 @@ def _keep_float(tf, converter, model, samples: np.ndarray, float_layers: Sequenc
         converter=converter, debug_dataset=lambda: [[samples[:1]]], debug_options=options(fully_quantize=True)
     )
     quantized = [row["tensor_name"] for row in _layer_table(debugger, debugger.calibrated_model)]
-    nodes = nodes_of(float_layers, quantized, model, "TFLite int8 float_layers")
+    nodes = nodes_of(float_layers, quantized, source.model, "TFLite int8 float_layers")
     if set(nodes) == set(quantized):
         raise EdgepressError(
-            f"float_layers {', '.join(float_layers)} would leave every quantized op of '{model.name}' in float; "
+            f"float_layers {', '.join(float_layers)} would leave every quantized op of '{source.name}' in float; "
             "that is the fp32 export. Keep fewer layers in float, or export precision fp32."
         )
     debugger.options = options(denylisted_nodes=nodes, fully_quantize=True)
     return debugger.get_nondebug_quantized_model(), nodes
 
 
-def layer_errors(model, calibration: np.ndarray) -> list[dict]:
-    """The layer-wise int8 error of `model`, from the TFLite converter's quantization debugger.
+def layer_errors(source, calibration: np.ndarray) -> list[dict]:
+    """The layer-wise int8 error of the Keras model `source`, from the TFLite converter's quantization debugger.
 
     The debugger's model computes every quantized op both in int8 and in float, on the same inputs,
     for each calibration sample. Returns one dict per quantized op: `layer` (the Keras layer, or None),
@@ -288,8 +260,8 @@ def layer_errors(model, calibration: np.ndarray) -> list[dict]:
     from edgepress.compat import tensorflow
 
     tf = tensorflow()
-    converter, _ = _converter(tf, model, "int8", calibration)
-    inputs = calibration_inputs(model, calibration, "TFLite int8")
+    converter, _ = _converter(tf, source, "int8", calibration)
+    inputs = calibration_inputs(source, calibration, "TFLite int8")
     samples = lambda: ([s[None]] for s in inputs)  # noqa: E731
     options = tf.lite.experimental.QuantizationDebugOptions
     try:
@@ -306,10 +278,10 @@ def layer_errors(model, calibration: np.ndarray) -> list[dict]:
             rows = _layer_table(debugger, calibrated.calibrated_model)
     except Exception as e:  # the debugger raises ValueError when nothing was quantized, MLIR errors otherwise
         raise EdgepressError(
-            f"The TFLite quantization debugger could not analyse '{model.name}': {first_line(e)}. "
+            f"The TFLite quantization debugger could not analyse '{source.name}': {first_line(e)}. "
             "Check that the model converts at precision int8."
         ) from None
-    layers, outputs = layer_names(model), output_layers(model)
+    layers, outputs = layer_names(source.model), output_layers(source.model)
     errors = []
     def ratio(error: float, reference: float) -> float:
         return error / reference if reference > 0 else (0.0 if error == 0 else math.inf)

@@ -1,7 +1,8 @@
-"""A PyTorch program to TFLite with litert-torch (Google's PyTorch-to-LiteRT converter), and to ONNX with torch.onnx.
+"""A PyTorch program to TFLite with litert-torch (Google's PyTorch-to-LiteRT converter); its ONNX route is
+torch.onnx (edgepress.models.torch_program.TorchSource.to_onnx).
 
-    artifact = export_torch_tflite(TorchGraph("cnn.pt2"), "cnn_int8.tflite", "int8", calibration=x[:200],
-                                   check_data=x_test[:200], layout="NHWC")
+    artifact = export_tflite(TorchSource(Path("cnn.pt2")), "cnn_int8.tflite", "int8", calibration=x[:200],
+                             check_data=x_test[:200], layout="NHWC")   # edgepress.deploy.tflite's export_tflite
 
 Precisions, with the quantizers litert-torch itself uses:
 - fp32: `litert_torch.convert`.
@@ -26,127 +27,75 @@ import contextlib
 import io
 import os
 import re
-from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 
-from edgepress import files
-from edgepress.artifact import Artifact
 from edgepress.compat import quiet
-from edgepress.deploy.check import calibration_inputs, compare
+from edgepress.deploy.check import calibration_inputs
+from edgepress.deploy.layout import LAYOUTS, in_layout, layout_change
+from edgepress.deploy.registry import Exporter, ExportRequest, register
 from edgepress.errors import EdgepressError, first_line
 
 TORCH_TFLITE_PRECISIONS = ("fp32", "fp16", "dynamic", "int8")
-LAYOUTS = ("NCHW", "NHWC")
 INSTALL = "pip install 'edgepress[torch]'"
 
 
-def export_torch_tflite(
-    model,
-    path: str | Path | None = None,
-    precision: str = "fp32",
-    calibration: np.ndarray | None = None,
-    check_data: np.ndarray | None = None,
-    steps: Sequence[str] = (),
-    batch_size: int | None = None,
-    layout: str | None = None,
-) -> Artifact:
-    """Convert a PyTorch program (`edgepress.models.graphs.TorchGraph`) to a .tflite file with litert-torch.
+@register
+class TorchTflite(Exporter):
+    """litert-torch's converter (and its PT2E quantizer) on the program's module, at a fixed batch (default 1)."""
 
-    `calibration` (inputs in the model's own layout, NCHW for images) is required for int8. `batch_size`
-    fixes the batch (default 1: litert-torch converts static shapes only). `layout` is the artifact's input
-    layout: the model's own (default) or "NHWC" for an NCHW image model. The file is checked against the
-    PyTorch model's outputs on `check_data`. Writes the file and its manifest atomically; returns the Artifact.
-    """
-    litert_torch, torch = _litert_torch(model)
-    check_tflite_options(model, precision, layout)
-    layout = layout or model.layout
-    batch = batch_size or 1
-    module = model.module
-    to_artifact = _layout_change(model.layout, layout)
-    if to_artifact is not None:
-        module = litert_torch.to_channel_last_io(module, args=[0])
-    sample_shape = _in_layout(model.input_shape[1:], to_artifact)
-    sample = torch.zeros((batch, *sample_shape), dtype=getattr(torch, model.input_dtype.name))
-    quantization: dict = {"converter": f"litert-torch {_version('litert-torch')}", "batch_size": batch}
-    samples = None
-    if precision == "int8":
-        samples = calibration_inputs(model, calibration, "TFLite int8 (litert-torch)")
-        quantization["calibration_samples"] = len(samples)
-    try:
-        with _silenced():
-            converted, facts = _convert(litert_torch, torch, module, sample, precision, samples, to_artifact)
-    except EdgepressError:
-        raise
-    except Exception as e:  # litert-torch raises RuntimeError / ValueError / JAX errors with the op in the text
-        raise EdgepressError(_conversion_error(model, precision, e)) from None
-    quantization.update(facts)
+    format: ClassVar[str] = "tflite"
+    kinds: ClassVar[frozenset[str]] = frozenset({"torch"})
+    precisions: ClassVar[tuple[str, ...]] = TORCH_TFLITE_PRECISIONS
 
-    path = Path(path or f"{model.name}_{precision}{f'_b{batch_size}' if batch_size else ''}.tflite")
-    with files.atomic_path(path) as tmp:
-        converted.export(str(tmp))
-        check = {}
-        if check_data is not None:
-            check = compare(model, tmp, check_data, artifact_x=to_layout(check_data, model.layout, layout))
-    from edgepress.deploy.tflite import signature
+    def check(self, request: ExportRequest) -> None:
+        """Refuse, before any work, a TFLite export of a PyTorch model that litert-torch cannot make."""
+        source, layout = request.source, request.layout
+        if request.float_layers or request.sparse:
+            raise EdgepressError(f"float_layers and sparse are options of Keras TFLite exports; {source.path} is a "
+                                 "PyTorch model. Remove them from its TFLite exports.")
+        if layout is not None and layout not in LAYOUTS:
+            raise EdgepressError(f"Unknown layout {layout!r}: use one of {', '.join(LAYOUTS)}.")
+        if layout is not None and layout != source.layout and source.layout is None:
+            raise EdgepressError(
+                f"layout {layout} asks for an image layout, but {source.path} takes input of shape "
+                f"{tuple(source.input_shape)}, not (N, C, H, W) images. Remove layout from its exports."
+            )
+        if request.precision == "int8":
+            calibration_inputs(source, request.calibration, "TFLite int8 (litert-torch)")
+        _litert_torch(source)
 
-    inputs, outputs = signature(path)
-    return Artifact.record(path, "tflite", precision, inputs=inputs, outputs=outputs, steps=list(steps),
-                           quantization=quantization, check=check, layout=layout)
+    def layout(self, request: ExportRequest) -> str | None:
+        return request.layout or request.source.layout
 
-
-def check_tflite_options(model, precision: str, layout: str | None) -> None:
-    """Refuse, before any work, a TFLite export of a PyTorch model that litert-torch cannot make."""
-    if precision not in TORCH_TFLITE_PRECISIONS:
-        raise EdgepressError(
-            f"TFLite {precision} from the PyTorch model {model.path} is not available: litert-torch's quantizers "
-            f"make {', '.join(TORCH_TFLITE_PRECISIONS)}. Ask for one of those."
-        )
-    if layout is not None and layout not in LAYOUTS:
-        raise EdgepressError(f"Unknown layout {layout!r}: use one of {', '.join(LAYOUTS)}.")
-    if layout is not None and layout != model.layout and model.layout is None:
-        raise EdgepressError(
-            f"layout {layout} asks for an image layout, but {model.path} takes input of shape "
-            f"{tuple(model.input_shape)}, not (N, C, H, W) images. Remove layout from its exports."
-        )
-
-
-def check_torch_exports(model, exports) -> None:
-    """Every check `plan` makes for a PyTorch model's exports: litert-torch present, precisions and layouts."""
-    tflite = [e for e in exports if e.format == "tflite"]
-    for export in exports:
-        if getattr(export, "layout", None) is not None and export.format != "tflite":
-            raise EdgepressError(f"layout is a TFLite option; {export.format} {export.precision} keeps the "
-                                 "PyTorch model's NCHW input. Remove layout from that export.")
-    for export in tflite:
-        if export.sparse:
-            raise EdgepressError(f"sparse TFLite exports come from Keras models; {model.path} is a PyTorch "
-                                 "model. Remove sparse from its TFLite exports.")
-        check_tflite_options(model, export.precision, getattr(export, "layout", None))
-    if tflite:
-        _litert_torch(model)
-
-
-def to_layout(x: np.ndarray, source: str | None, target: str | None) -> np.ndarray:
-    """Images `x` in the `source` layout, moved to the `target` layout (NCHW <-> NHWC); others as they are."""
-    change = _layout_change(source, target)
-    if change is None or x.ndim != 4:
-        return x
-    return np.ascontiguousarray(x.transpose(change))
-
-
-def _layout_change(source: str | None, target: str | None) -> tuple[int, ...] | None:
-    if source is None or target is None or source == target:
-        return None
-    return (0, 2, 3, 1) if (source, target) == ("NCHW", "NHWC") else (0, 3, 1, 2)
-
-
-def _in_layout(sample_shape: Sequence[int | None], change: tuple[int, ...] | None) -> tuple[int, ...]:
-    shape = (1, *sample_shape)
-    if change is not None:
-        shape = tuple(shape[i] for i in change)
-    return tuple(int(d) for d in shape[1:])
+    def write(self, request: ExportRequest, out: Path) -> dict[str, Any]:
+        source, precision = request.source, request.precision
+        litert_torch, torch = _litert_torch(source)
+        layout = self.layout(request)
+        batch = request.batch_size or 1
+        module = source.module
+        to_artifact = layout_change(source.layout, layout)
+        if to_artifact is not None:
+            module = litert_torch.to_channel_last_io(module, args=[0])
+        sample_shape = in_layout(source.input_shape[1:], to_artifact)
+        sample = torch.zeros((batch, *sample_shape), dtype=getattr(torch, source.input_dtype.name))
+        quantization: dict = {"converter": f"litert-torch {_version('litert-torch')}", "batch_size": batch}
+        samples = None
+        if precision == "int8":
+            samples = calibration_inputs(source, request.calibration, "TFLite int8 (litert-torch)")
+            quantization["calibration_samples"] = len(samples)
+        try:
+            with _silenced():
+                converted, facts = _convert(litert_torch, torch, module, sample, precision, samples, to_artifact)
+        except EdgepressError:
+            raise
+        except Exception as e:  # litert-torch raises RuntimeError / ValueError / JAX errors with the op in the text
+            raise EdgepressError(_conversion_error(source, precision, e)) from None
+        quantization.update(facts)
+        converted.export(str(out))
+        return quantization
 
 
 def _convert(litert_torch, torch, module, sample, precision: str, samples, change):

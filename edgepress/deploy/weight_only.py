@@ -1,6 +1,6 @@
 """Weight-only precisions: int8 or int4 weights, float activations; smaller files, float accuracy nearly kept.
 
-    artifact = export_weight_only(model, "m_int4_weight.tflite", "tflite", "int4_weight", block_size=32)
+    artifact = export_tflite(model, "m_int4_weight.tflite", "int4_weight", block_size=32)   # or export_onnx
 
 TFLite (Google's LiteRT quantizer, `ai-edge-quantizer`, on the fp32 .tflite file):
 - int8_weight: int8 weights per output channel, each dequantized to float by a DEQUANTIZE op before its float
@@ -23,63 +23,80 @@ ONNX (onnxruntime's MatMulNBitsQuantizer on the fp32 .onnx file):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import re
 import sys
 import tempfile
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from edgepress import files
-from edgepress.artifact import Artifact
 from edgepress.compat import quiet
+from edgepress.deploy.registry import EXPORTERS, Exporter, ExportRequest, exporter_for, register
 from edgepress.errors import EdgepressError, first_line
-from edgepress.formats import FORMATS, PRECISIONS, weight_only_precisions
+from edgepress.formats import PRECISIONS, weight_only_precisions
 
-WEIGHT_ONLY_PRECISIONS = {f: weight_only_precisions(f) for f in FORMATS}
 TFLITE_BLOCK_SIZES = PRECISIONS["tflite"]["int4_weight"].block_sizes
 ONNX_BLOCK_SIZES = PRECISIONS["onnx"]["int4_weight"].block_sizes
 _BITS = {"int8_weight": 8, "int4_weight": 4}
 
 
-def export_weight_only(
-    model,
-    path: str | Path,
-    format: str,
-    precision: str,
-    block_size: int | None = None,
-    check_data: np.ndarray | None = None,
-    steps: Sequence[str] = (),
-    batch_size: int | None = None,
-) -> Artifact:
-    """Export `model` at fp32, quantize its weights to `precision`, and record the file at `path`.
+class WeightOnly(Exporter):
+    """A float export of the model (fp32, by the exporter of its kind), then its weights quantized."""
 
-    `block_size`: TFLite int4_weight blockwise (None: per channel); ONNX int4_weight (default 32).
-    Checked against `model` on `check_data` like the other exports; written atomically with its manifest.
-    """
-    from edgepress.deploy import onnx as onnx_export
-    from edgepress.deploy import tflite as tflite_export
-    from edgepress.deploy.check import compare
+    def takes(self, source) -> bool:
+        """Every model its format's fp32 export takes."""
+        return any(e.format == self.format and "fp32" in e.precisions and e.takes(source) for e in EXPORTERS)
 
-    if precision not in WEIGHT_ONLY_PRECISIONS.get(format, ()):
-        known = ", ".join(f"{f} {p}" for f, ps in WEIGHT_ONLY_PRECISIONS.items() for p in ps)
-        raise EdgepressError(f"No weight-only precision '{precision}' for {format}. There are: {known}.")
-    path = Path(path)
-    with tempfile.TemporaryDirectory() as work, files.atomic_path(path) as tmp:
-        fp32 = Path(work) / f"fp32.{format}"
-        if format == "tflite":
-            tflite_export.export_tflite(model, fp32, "fp32", batch_size=batch_size)
-            quantization = tflite_weight_only(fp32, tmp, _BITS[precision], block_size)
-        else:
-            onnx_export.export_onnx(model, fp32, "fp32", batch_size=batch_size)
-            quantization = onnx_int4_weight(fp32, tmp, 32 if block_size is None else block_size)
-        check = compare(model, tmp, check_data) if check_data is not None else {}
-    signature = tflite_export.signature if format == "tflite" else onnx_export.signature
-    inputs, outputs = signature(path)
-    return Artifact.record(path, format, precision, inputs=inputs, outputs=outputs, steps=list(steps),
-                           quantization=quantization, check=check)
+    def float_request(self, request: ExportRequest) -> ExportRequest:
+        """The fp32 export the weights are quantized from: the same model and options, no check of its own."""
+        return dataclasses.replace(request, precision="fp32", check_data=None, block_size=None)
+
+    def check(self, request: ExportRequest) -> None:
+        floating = self.float_request(request)
+        exporter_for(floating).check(floating)
+
+    def layout(self, request: ExportRequest) -> str | None:
+        floating = self.float_request(request)
+        return exporter_for(floating).layout(floating)
+
+    def write(self, request: ExportRequest, out: Path) -> dict[str, Any]:
+        floating = self.float_request(request)
+        with tempfile.TemporaryDirectory() as work:
+            fp32 = Path(work) / f"fp32.{request.format}"
+            exporter_for(floating).write(dataclasses.replace(floating, path=fp32), fp32)
+            return self.quantize(fp32, out, request)
+
+    def quantize(self, fp32: Path, out: Path, request: ExportRequest) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+@register
+class TfliteWeightOnly(WeightOnly):
+    format: ClassVar[str] = "tflite"
+    precisions: ClassVar[tuple[str, ...]] = weight_only_precisions("tflite")
+
+    def check(self, request: ExportRequest) -> None:
+        _check_tflite_block(_BITS[request.precision], request.block_size)
+        super().check(request)
+
+    def quantize(self, fp32: Path, out: Path, request: ExportRequest) -> dict[str, Any]:
+        return tflite_weight_only(fp32, out, _BITS[request.precision], request.block_size)
+
+
+@register
+class OnnxInt4Weight(WeightOnly):
+    format: ClassVar[str] = "onnx"
+    precisions: ClassVar[tuple[str, ...]] = weight_only_precisions("onnx")
+
+    def check(self, request: ExportRequest) -> None:
+        _check_onnx_block(32 if request.block_size is None else request.block_size)
+        super().check(request)
+
+    def quantize(self, fp32: Path, out: Path, request: ExportRequest) -> dict[str, Any]:
+        return onnx_int4_weight(fp32, out, 32 if request.block_size is None else request.block_size)
 
 
 # --- TFLite: LiteRT's quantizer -----------------------------------------------------------------------------
@@ -90,14 +107,7 @@ def tflite_weight_only(float_tflite: Path, out: Path, bits: int, block_size: int
 
     `block_size` (int4 only) quantizes FullyConnected weights in blocks (see the module docstring).
     """
-    if bits not in (8, 4):
-        raise EdgepressError(f"TFLite weight-only quantization takes 8 or 4 bits, not {bits}.")
-    if block_size is not None and (bits != 4 or block_size not in TFLITE_BLOCK_SIZES):
-        raise EdgepressError(
-            f"block_size {block_size} with {bits}-bit weights: LiteRT's quantizer has blockwise weights for int4 "
-            f"only, in blocks of {', '.join(map(str, TFLITE_BLOCK_SIZES))}. Use int4_weight with one of those, "
-            "or no block_size (one scale per output channel)."
-        )
+    _check_tflite_block(bits, block_size)
     try:
         from ai_edge_quantizer import qtyping, quantizer, recipe_manager
     except ImportError as e:
@@ -143,6 +153,24 @@ def tflite_weight_only(float_tflite: Path, out: Path, bits: int, block_size: int
     return facts
 
 
+def _check_tflite_block(bits: int, block_size: int | None) -> None:
+    if bits not in (8, 4):
+        raise EdgepressError(f"TFLite weight-only quantization takes 8 or 4 bits, not {bits}.")
+    if block_size is not None and (bits != 4 or block_size not in TFLITE_BLOCK_SIZES):
+        raise EdgepressError(
+            f"block_size {block_size} with {bits}-bit weights: LiteRT's quantizer has blockwise weights for int4 "
+            f"only, in blocks of {', '.join(map(str, TFLITE_BLOCK_SIZES))}. Use int4_weight with one of those, "
+            "or no block_size (one scale per output channel)."
+        )
+
+
+def _check_onnx_block(block_size: int) -> None:
+    if block_size not in ONNX_BLOCK_SIZES:
+        raise EdgepressError(
+            f"ONNX int4_weight block_size must be one of {', '.join(map(str, ONNX_BLOCK_SIZES))}, not {block_size}."
+        )
+
+
 def _fully_connected(path: Path) -> list[tuple[str, int]]:
     """(output tensor name, input width) of each FULLY_CONNECTED op with a constant weight in a .tflite file."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
@@ -171,10 +199,7 @@ def onnx_int4_weight(fp32_onnx: Path, out: Path, block_size: int = 32,
     """
     import onnx
 
-    if block_size not in ONNX_BLOCK_SIZES:
-        raise EdgepressError(
-            f"ONNX int4_weight block_size must be one of {', '.join(map(str, ONNX_BLOCK_SIZES))}, not {block_size}."
-        )
+    _check_onnx_block(block_size)
     if accuracy_level not in (None, 0, 1, 2, 3, 4):
         raise EdgepressError(f"MatMulNBits accuracy_level is 0 to 4 (or None), not {accuracy_level}.")
     try:

@@ -1,142 +1,113 @@
-"""The model a run starts from, behind one interface, whatever its kind.
+"""The model a run starts from and each step returns, behind one interface, whatever its framework.
 
-    model = as_source(keras_model)   # or a Graph: edgepress.models.graphs (a plain SavedModel, an .onnx file)
-    model.trainable, model.why_not("tflite"), model.stats(), model.with_input_shape([28, 28]), model.save(path)
+    source = open_model("model.keras")           # edgepress.models.loading: the file's kind, loaded as data
+    source.kind, source.why_not("tflite"), source.stats(), source.predict(x)
+    source = wrap(keras_model)                   # a framework model a step returned, as a Source
 
-The three kinds answer the same questions: `kind`, `title` (for messages), `name`, `input_shape`
-(batch first, None where unknown), `trainable` (the compression steps apply) and `why_no_steps`,
-`why_not(format)` (None when it can be exported to that format), `takes_batch_size(format)`,
-`stats()` (params, MACs, sparsity), `predict(x)`, `save(path)`, `tflite_converter(batch_size)`,
-`to_onnx(out, batch_size, opset)`.
-`as_source` is the one place that tells a Keras model from a graph. This module imports nothing above
-`edgepress.models`; TensorFlow is imported inside the methods that need it.
+Each kind is one module that defines one class and registers it (`@register`): keras3 (a Keras 3 model, handled
+natively), tf_keras (a Keras 2 model: what tfmot works on), saved_model (a plain TensorFlow SavedModel), onnx_model
+(an .onnx file), torch_program (a torch.export program). A step declares the kinds it works on natively
+(`Step.kinds`); an exporter the kinds it converts (`edgepress.deploy.registry`). Adding a kind is adding a module
+here (README "Adding a model kind").
+
+What every kind answers is `Source` below. A kind that a step can transform holds the framework's model as
+`model` (a Keras model, a torch module); a Keras 3 model can also become a tf_keras one (`to_tf_keras`) for a step
+that needs tfmot. This module imports nothing above `edgepress.models`; TensorFlow, onnx and torch are imported
+inside the methods that need them.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
 from edgepress.errors import EdgepressError
-from edgepress.models.graphs import Graph
+
+# The modules that define the kinds, in the order `open_model` asks them whether they open a path.
+KIND_MODULES = ("torch_program", "onnx_model", "saved_model", "keras3", "tf_keras")
 
 
-class KerasSource:
-    """A Keras model (tf_keras: the steps' Keras) as a source: every step and every format applies."""
+@runtime_checkable
+class Source(Protocol):
+    """What edgepress asks of a model, whatever its kind."""
 
-    kind = "keras"
-    title = "a Keras model"
-    trainable = True
-    why_no_steps = ""
-    tflite_route = "tensorflow"
-
-    def __init__(self, model) -> None:
-        self.keras = model
-
-    @property
-    def name(self) -> str:
-        return self.keras.name
+    kind: ClassVar[str]  # keras3, tf_keras, saved_model, onnx or torch
+    title: ClassVar[str]  # how messages name the kind: "a Keras 3 model"
+    why_no_steps: ClassVar[str]  # why no compression step applies ("" when some do)
+    name: str
+    path: Path | None  # the file it was loaded from; None for a model built or trained in this process
 
     @property
-    def input_shape(self) -> tuple:
-        return tuple(self.keras.input_shape)
+    def input_shape(self) -> tuple[int | None, ...]:
+        """The input's shape, batch first, None where unknown."""
 
     @property
-    def input_dtype(self) -> np.dtype:
-        return np.dtype(self.keras.inputs[0].dtype.as_numpy_dtype)
+    def input_dtype(self) -> np.dtype: ...
 
     @property
-    def quantize_aware(self) -> bool:
-        """True for a model that went through `qat` (it holds tfmot quantize wrappers)."""
-        return any(type(layer).__name__.startswith("Quantize") for layer in self.keras.layers)
+    def io_counts(self) -> tuple[int, int]:
+        """How many input and output tensors the model has (edgepress runs models with one of each)."""
 
     @property
     def layout(self) -> str | None:
-        """NHWC for an image input (N, H, W, C), Keras' layout; None for any other input."""
-        return "NHWC" if len(self.input_shape) == 4 else None
+        """The image layout its input takes: NHWC (TensorFlow), NCHW (PyTorch), None for other inputs."""
 
     def why_not(self, format: str) -> str | None:
-        return None
+        """Why it cannot be exported to `format`, or None when it can."""
 
     def takes_batch_size(self, format: str) -> bool:
-        return True
+        """Whether an export to `format` can fix its batch dimension."""
 
     def stats(self) -> dict:
-        from edgepress.models.stats import macs, sparsity
+        """{params, macs, sparsity}: MACs (one sample) and sparsity where the kind can count them, else None."""
 
-        return {"params": int(self.keras.count_params()), "macs": macs(self.keras), "sparsity": sparsity(self.keras)}
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Float32 outputs for `x`."""
 
-    def predict(self, x: np.ndarray, batch_size: int = 256, verbose: int = 0) -> np.ndarray:
-        from edgepress.models import training
+    def with_input_shape(self, sample_shape: Sequence[int]) -> Source:
+        """This model with its unknown sample dimensions fixed to `sample_shape` (one sample, no batch)."""
 
-        return training.predict(self.keras, x)
-
-    def with_input_shape(self, sample_shape: Sequence[int]) -> KerasSource:
-        """The same layers and weights on an Input whose unknown sample dimensions are fixed to `sample_shape`."""
-        from edgepress.compat import keras
-
-        model = self.keras
-        fixed_input = keras().Input(tuple(sample_shape), dtype=model.inputs[0].dtype)
-        fixed = keras().models.clone_model(model, input_tensors=fixed_input)
-        fixed.set_weights(model.get_weights())
-        return KerasSource(fixed)
-
-    def save(self, path: Path, scope=None) -> Path:
-        """Write the model as `path` (.keras), atomically, inside `scope` (the custom objects it needs)."""
-        import contextlib
-
-        from edgepress import files
-
-        with scope or contextlib.nullcontext(), files.atomic_path(path) as tmp:
-            self.keras.save(tmp)
-        return path
-
-    def tflite_converter(self, batch_size: int | None = None):
-        """A plain TFLiteConverter, the input's batch fixed to `batch_size` if given (else dynamic).
-
-        It converts a concrete function of the model's call held by a bare tf.Module with the model's
-        variables, not the Keras model itself: the converter saves the object it is given as a SavedModel
-        first, and a Keras model saves a trace of every layer's call with it (MobileNetV2: 26 of a 27 s
-        conversion; this way 4 s, the same file). A fully static input shape (a fixed batch) is also what
-        makes recurrent layers convertible.
-        """
-        from edgepress.compat import tensorflow
-
-        tf = tensorflow()
-        model = self.keras
-        spec = tf.TensorSpec((batch_size, *model.input_shape[1:]), tf.as_dtype(self.input_dtype), name="input")
-        holder = tf.Module()
-        holder.weights = list(model.variables)
-        holder.call = tf.function(lambda input: model(input, training=False), input_signature=[spec])
-        return tf.lite.TFLiteConverter.from_concrete_functions([holder.call.get_concrete_function()], holder)
-
-    def to_onnx(self, out: Path, batch_size: int | None, opset: int) -> None:
-        import tf2onnx
-
-        from edgepress.compat import tensorflow
-
-        tf = tensorflow()
-        spec = (tf.TensorSpec((batch_size, *self.input_shape[1:]), tf.as_dtype(self.input_dtype), name="input"),)
-        tf2onnx.convert.from_keras(self.keras, input_signature=spec, opset=opset, output_path=str(out))
+    def save(self, path: Path, like: str) -> dict[str, Any]:
+        """Write the model near `path` (its suffix may change) in its own format, or converted to the kind `like`
+        (the run's source kind) where that is how a user reads it back; return the manifest's fields."""
 
 
-def as_source(model) -> KerasSource | Graph:
-    """`model` behind the source interface: a Graph as it is, a Keras model wrapped."""
-    if isinstance(model, Graph | KerasSource):
+KINDS: dict[str, type] = {}
+
+
+def register(cls: type) -> type:
+    """Register a Source class under its `kind`."""
+    if cls.kind in KINDS:
+        raise ValueError(f"two model kinds are registered as '{cls.kind}'")
+    KINDS[cls.kind] = cls
+    return cls
+
+
+def kinds() -> dict[str, type]:
+    """Every kind, each module of KIND_MODULES imported (in that order: `open_model` asks them in it)."""
+    order = {f"edgepress.models.{module}": i for i, module in enumerate(KIND_MODULES)}
+    for module in order:
+        importlib.import_module(module)
+    return dict(sorted(KINDS.items(), key=lambda item: order[item[1].__module__]))
+
+
+def wrap(model: Any) -> Source:
+    """`model` as a Source: as it is when it is one, else the kind whose `wraps(model)` claims it (a Keras model a
+    step returned, a torch module)."""
+    if isinstance(model, Source):
         return model
-    return KerasSource(model)
+    for cls in kinds().values():
+        if cls.wraps(model):
+            return cls(model)
+    raise TypeError(f"edgepress has no model kind for a {type(model).__module__}.{type(model).__name__}")
 
 
-def unwrap(model):
-    """The Keras model behind a KerasSource (what the steps and the Keras-layer tools take), else `model`."""
-    return model.keras if isinstance(model, KerasSource) else model
-
-
-def fixed_input(model, input_shape: list[int] | None, what: str):
-    """`model` with every input dimension but the batch known: as it is, or fixed to the recipe's input_shape."""
-    source = as_source(model)
+def fixed_input(source: Source, input_shape: Sequence[int] | None, what: str) -> Source:
+    """`source` with every input dimension but the batch known: as it is, or fixed to the recipe's input_shape."""
     sample = tuple(source.input_shape[1:])
     unknown = [i for i, d in enumerate(sample, start=1) if d is None]
     if input_shape is None:
@@ -150,18 +121,24 @@ def fixed_input(model, input_shape: list[int] | None, what: str):
                 f"fixed. Set them in the recipe: `model: {{input_shape: {example}}}` with N the size your data has "
                 "(one sample's shape, no batch), or build the model with a fixed input shape."
             )
-        return model
+        return source
+    check_fits(sample, input_shape, what)
+    if not unknown:
+        return source
+    return source.with_input_shape(input_shape)
+
+
+def check_fits(sample: Sequence[int | None], input_shape: Sequence[int], what: str) -> None:
+    """Refuse a recipe input_shape that does not fit a model's sample shape (one size per dimension, equal to the
+    known ones)."""
     fits = len(input_shape) == len(sample)
     if not fits or any(d is not None and d != s for d, s in zip(sample, input_shape, strict=True)):
         raise EdgepressError(
             f"model.input_shape {list(input_shape)} does not fit the input of {what}, which is "
             f"{shape_text(sample)} per sample: give one size per dimension, equal to the known ones."
         )
-    if not unknown:
-        return model
-    return unwrap(source.with_input_shape(input_shape))
 
 
-def shape_text(shape) -> str:
+def shape_text(shape: Sequence[int | None]) -> str:
     """(?, 28, 28) for a shape with unknown dimensions."""
     return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"

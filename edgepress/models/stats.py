@@ -67,6 +67,8 @@ def _unwrapped(layer):
 
 def _call_shapes(model, layer) -> list[tuple[tuple, tuple]]:
     """(input shape, output shape) of each call of `layer` in `model` (a shared layer is called more than once)."""
+    if type(layer).__module__.split(".")[0] == "keras":
+        return _keras3_call_shapes(model, layer)
     # A layer also keeps the calls of other models it was used in (tfmot's strip_pruning reuses the
     # layers of the pruned model): tf_keras lists the calls that belong to a model in _network_nodes.
     own = getattr(model, "_network_nodes", None)
@@ -78,6 +80,22 @@ def _call_shapes(model, layer) -> list[tuple[tuple, tuple]]:
             shapes.append((layer.get_input_shape_at(i), layer.get_output_shape_at(i)))
         except (AttributeError, RuntimeError, ValueError):  # an input layer, or a call without known shapes
             continue
+    return shapes
+
+
+def _keras3_call_shapes(model, layer) -> list[tuple[tuple, tuple]]:
+    """The same for a Keras 3 layer: its nodes that belong to `model` (a Sequential's are its inner functional's)."""
+    from keras.src.ops.function import make_node_key
+
+    graph = getattr(model, "_functional", None) or model
+    own = getattr(graph, "_nodes", None)
+    shapes = []
+    for i, node in enumerate(layer._inbound_nodes):
+        if (own is not None and make_node_key(layer, i) not in own) or not node.input_tensors:
+            continue
+        ins = [tuple(t.shape) for t in node.input_tensors]
+        outs = [tuple(t.shape) for t in node.output_tensors]
+        shapes.append((ins[0] if len(ins) == 1 else ins, outs[0] if len(outs) == 1 else outs))
     return shapes
 
 

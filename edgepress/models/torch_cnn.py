@@ -7,7 +7,7 @@
 
 This is the zoo's `torch_cnn` (the design brief's CNN with its size mistake fixed: after two 2x2
 poolings a 32x32 input is 8x8, so the first linear layer takes 32*8*8 values). edgepress takes the
-.pt2 program as model input (`edgepress.models.graphs.TorchGraph`): TFLite through litert-torch
+.pt2 program as model input (`edgepress.models.torch_program.TorchSource`): TFLite through litert-torch
 (`edgepress.deploy.torch_tflite`), ONNX through torch.onnx, post-training quantization and measurement
 apply; the compression steps do not (they need Keras).
 
@@ -93,7 +93,7 @@ def train_torch_cnn(
 
 def export_torch_program(model, path: str | Path, input_shape: tuple[int, ...] = (3, 32, 32)) -> Path:
     """Export `model` with torch.export (batch dimension dynamic) and save the program as a .pt2 file."""
-    from edgepress.models.graphs import save_torch_program
+    from edgepress.models.torch_program import save_torch_program
 
     return save_torch_program(model, _torch().zeros((2, *input_shape)), path)
 

@@ -9,6 +9,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from edgepress.compat import keras_of
+
 # Called after each epoch with (epoch number from 1, epochs, logs such as {"loss": .., "accuracy": ..}, and the
 # Keras model being trained when there is one: a run scores it to stop a hopeless tune trial early).
 EpochCallback = Callable[..., None]
@@ -21,7 +23,7 @@ def outputs_logits(model) -> bool:
 
 
 def compile_classifier(model, learning_rate: float = 1e-3) -> None:
-    keras = _keras()
+    keras = keras_of(model)
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=outputs_logits(model)),
@@ -40,8 +42,8 @@ def fit(
     on_epoch: EpochCallback | None = None,
     seed: int = 0,
 ) -> None:
-    """Compile `model` as a classifier and train it for `epochs` on (x, y)."""
-    keras = _keras()
+    """Compile `model` as a classifier and train it for `epochs` on (x, y), with the Keras it was built with."""
+    keras = keras_of(model)
     keras.utils.set_random_seed(seed)
     compile_classifier(model, learning_rate)
     cbs = list(callbacks)
@@ -52,7 +54,7 @@ def fit(
 
 def copy_model(model):
     """An independent copy of `model` with the same weights, so a step never changes its input."""
-    copy = _keras().models.clone_model(model)
+    copy = keras_of(model).models.clone_model(model)
     copy.set_weights(model.get_weights())
     return copy
 
@@ -65,9 +67,3 @@ def predict(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
 def accuracy(outputs: np.ndarray, y: np.ndarray) -> float:
     """Top-1 accuracy of `outputs` (N, classes) against integer labels."""
     return float(np.mean(np.argmax(outputs, axis=-1) == y))
-
-
-def _keras():
-    from edgepress.compat import keras
-
-    return keras()

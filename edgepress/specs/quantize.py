@@ -1,6 +1,6 @@
 """Accuracy-aware quantization options (`exports[].quantize`, `edgepress quantize`): pure schema, no heavy imports.
 
-The search that uses them is `edgepress.deploy.accuracy_aware`.
+The search that uses them is `edgepress.quantize` (accuracy_aware).
 """
 
 from __future__ import annotations

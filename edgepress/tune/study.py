@@ -18,14 +18,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgepress import files
+from edgepress import files, verdict
+from edgepress.compress.step import registered
 from edgepress.errors import EdgepressError, GateFailed
 from edgepress.specs.tune import TuneSpec
 from edgepress.text import ms, percent
 from edgepress.tune import results as out
 from edgepress.tune.execute import executor_for
 from edgepress.tune.space import Space, export_of_row, exports_for, key_of, recipe_for
-from edgepress.verdict import closest, misses, over_budget
 
 STUDY_NAME = "edgepress-tune"
 PENALTY = 1e9  # an objective a trial could not measure (its device dropped): worse than anything measured
@@ -93,8 +93,9 @@ def tune(recipe, run_dir: str | Path, progress=None, ray: str | None = None) -> 
     executor = executor_for(ray, spec.parallel, progress)
     try:
         source = _measure_source(recipe, run_dir, targets, devices, executor, progress)
-        if source["source"]["kind"] != "keras" and space.ratio != (0.0, 0.0):
-            progress.done(f"the source is a {source['source']['kind']} model: no step applies, the tune tries "
+        kind = source["source"]["kind"]
+        if kind not in registered()["structured_prune"].kinds and space.ratio != (0.0, 0.0):
+            progress.done(f"the source is a {kind} model, which structured_prune does not take: the tune tries "
                           "post-training exports only")
             space.ratio = (0.0, 0.0)
         if deadline is not None and deadline - time.monotonic() < source["duration_s"]:
@@ -357,12 +358,12 @@ class _Loop:
         # relative size misses (0.1 for 10%) made TPE prefer 4-epoch trials 3 pt short over 8-epoch ones 10% large.
         if b["max_accuracy_drop"] is not None:
             drop = self.source["source"]["accuracy"] - accuracy
-            constraints["max_accuracy_drop"] = over_budget("max_accuracy_drop", drop, b["max_accuracy_drop"])
+            constraints["max_accuracy_drop"] = verdict.over_budget("max_accuracy_drop", drop, b["max_accuracy_drop"])
         if b["max_p50_ms"] is not None:
-            constraints.update({f"max_p50_ms@{n}": over_budget("max_p50_ms", v, b["max_p50_ms"])
+            constraints.update({f"max_p50_ms@{n}": verdict.over_budget("max_p50_ms", v, b["max_p50_ms"])
                                 for n, v in zip(self.names, p50, strict=True)})
         if b["max_bytes"] is not None:
-            constraints["max_bytes"] = over_budget("max_bytes", size, b["max_bytes"])
+            constraints["max_bytes"] = verdict.over_budget("max_bytes", size, b["max_bytes"])
         return [accuracy, *p50, float(size)], constraints
 
     def _best_so_far(self) -> str:
@@ -418,15 +419,14 @@ def trial_pick(rows: list[dict], device: str, budgets: dict) -> dict | None:
     recommendation among its rows (verdict.choose_best: the fastest that met every gate, ties to the smaller), else
     the closest to the budgets; None when nothing was measured there. (Accuracy-aware int8's intermediate
     artifacts, role "tried", are not candidates.)"""
-    from edgepress.verdict import choose_best
 
     mine = [r for r in rows if r["device"] == device and (r.get("accuracy_aware") or {}).get("role") != "tried"]
     if not mine:
         return None
-    best = choose_best(mine).get(device)
+    best = verdict.choose_best(mine).get(device)
     if best is not None:
         return next(r for r in mine if r["name"] == best)
-    pick = closest([out.point_of(r, None) for r in mine], budgets)
+    pick = verdict.closest([out.point_of(r, None) for r in mine], budgets)
     return next(r for r in mine if r["name"] == pick["artifact"])
 
 
@@ -446,10 +446,9 @@ def _trial_rows(study) -> list[tuple[object, dict]]:
 
 
 def _best_points(study, source: dict, names: list[str]) -> dict[str, dict | None]:
-    from edgepress.verdict import choose_best
 
     raw = [(None, r) for r in source["rows"]] + _trial_rows(study)
-    best = choose_best([r for _, r in raw])
+    best = verdict.choose_best([r for _, r in raw])
     by_name = {(r["device"], r["name"]): (t, r) for t, r in raw}
     points = {}
     for device in names:
@@ -504,8 +503,8 @@ def _tune_json(study, space, budgets, source, names, dropped, duration_s) -> dic
         if best[device] is None:
             mine = [p for p in all_points if p["device"] == device]
             if mine:
-                pick = closest(mine, budgets)
-                closest[device] = {**pick, "misses": misses(pick, budgets)}
+                pick = verdict.closest(mine, budgets)
+                closest[device] = {**pick, "misses": verdict.misses(pick, budgets)}
     src = source["source"]
     return {
         "schema_version": 1,

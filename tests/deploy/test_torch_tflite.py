@@ -20,7 +20,8 @@ pytest.importorskip("litert_torch")
 from edgepress.cli import app  # noqa: E402
 from edgepress.deploy import export_onnx, export_tflite, measure  # noqa: E402
 from edgepress.errors import EdgepressError  # noqa: E402
-from edgepress.models.graphs import TorchGraph, open_graph  # noqa: E402
+from edgepress.models.loading import open_model  # noqa: E402
+from edgepress.models.torch_program import TorchSource  # noqa: E402
 
 cli = CliRunner()
 
@@ -39,8 +40,8 @@ def program(data, tmp_path_factory):
 
     model = train_torch_cnn(build_torch_cnn(), data.x_train, data.y_train, epochs=2, learning_rate=3e-3)
     path = export_torch_program(model, tmp_path_factory.mktemp("torch") / "cnn.pt2")
-    graph = open_graph(path)
-    assert isinstance(graph, TorchGraph) and graph.input_shape == (None, 3, 32, 32) and graph.layout == "NCHW"
+    graph = open_model(path)
+    assert isinstance(graph, TorchSource) and graph.input_shape == (None, 3, 32, 32) and graph.layout == "NCHW"
     return graph
 
 
@@ -97,7 +98,7 @@ def test_a_module_with_an_op_litert_torch_cannot_lower_is_named(tmp_path):
         def forward(self, x):
             return torch.linalg.svd(x.reshape(x.shape[0], 3, -1)).S
 
-    graph = TorchGraph.from_module(Svd(), torch.zeros(2, 3, 8, 8))
+    graph = TorchSource.from_module(Svd(), torch.zeros(2, 3, 8, 8))
     with pytest.raises(EdgepressError) as e:
         export_tflite(graph, tmp_path / "svd.tflite")
     assert "aten._linalg_svd" in str(e.value) and "could not convert" in str(e.value)
@@ -105,7 +106,8 @@ def test_a_module_with_an_op_litert_torch_cannot_lower_is_named(tmp_path):
 
 
 def test_precisions_litert_torch_has_no_quantizer_for_are_refused(program, tmp_path):
-    with pytest.raises(EdgepressError, match="litert-torch's quantizers make fp32, fp16, dynamic, int8"):
+    made = "fp32, fp16, dynamic, int8, int8_weight, int4_weight"
+    with pytest.raises(EdgepressError, match=f"TFLite int16x8 from a PyTorch program is not available: .*{made}"):
         export_tflite(program, tmp_path / "x.tflite", "int16x8")
 
 
@@ -159,5 +161,5 @@ def test_a_pt2_that_would_unpickle_code_is_refused_before_torch_reads_it(program
     for change, fragment in ((pickled_weight, "is a pickled object"), (odd_sample_inputs, "are not plain tensors")):
         path = _rewritten(program.path, tmp_path / f"{change.__name__}.pt2", change)
         with pytest.raises(EdgepressError) as e:
-            TorchGraph(path)
+            TorchSource(path)
         assert fragment in str(e.value) and "would unpickle" in str(e.value)

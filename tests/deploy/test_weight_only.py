@@ -7,7 +7,7 @@ import pytest
 from edgepress.deploy import export_onnx, export_tflite
 from edgepress.deploy.coverage import int8_macs
 from edgepress.deploy.runner import open_model
-from edgepress.deploy.weight_only import export_weight_only, onnx_int4_weight, tflite_weight_only
+from edgepress.deploy.weight_only import onnx_int4_weight, tflite_weight_only
 from edgepress.errors import EdgepressError
 from edgepress.models import training
 
@@ -30,7 +30,7 @@ def mlp(digits):
 @pytest.fixture(scope="module")
 def fp32(mlp, tmp_path_factory):
     out = tmp_path_factory.mktemp("fp32")
-    return {"tflite": export_tflite(mlp, out / "mlp.tflite"), "onnx": export_onnx(mlp, out / "mlp.onnx")}
+    return {"tflite": export_tflite(mlp, out / "mlp.tflite"), "onnx": export_onnx(mlp, out / "mlp.onnx"), "model": mlp}
 
 
 def outputs(path, x):
@@ -120,8 +120,9 @@ def test_onnx_int4_weight_refuses_a_model_without_matmul(tmp_path):
 ])
 def test_export_weight_only_records_a_checked_smaller_artifact(mlp, fp32, digits, tmp_path, format, precision,
                                                                block_size):
-    artifact = export_weight_only(mlp, tmp_path / f"mlp_{precision}.{format}", format, precision, block_size,
-                                  check_data=digits.x_test[:100], steps=["prune"])
+    exporter = export_tflite if format == "tflite" else export_onnx
+    artifact = exporter(mlp, tmp_path / f"mlp_{precision}.{format}", precision, check_data=digits.x_test[:100],
+                        steps=["prune"], block_size=block_size)
 
     assert artifact.precision == precision and artifact.steps == ["prune"]
     assert artifact.check["top1_agreement"] >= 0.95
@@ -137,7 +138,7 @@ def test_export_weight_only_records_a_checked_smaller_artifact(mlp, fp32, digits
     (lambda p, o: tflite_weight_only(p["tflite"].path, o / "x.tflite", 4, 48), "in blocks of 32, 64, 128, 256"),
     (lambda p, o: tflite_weight_only(p["tflite"].path, o / "x.tflite", 2), "8 or 4 bits"),
     (lambda p, o: onnx_int4_weight(p["onnx"].path, o / "x.onnx", 8), "block_size must be one of 16"),
-    (lambda p, o: export_weight_only(None, o / "x.onnx", "onnx", "int8_weight"), "No weight-only precision"),
+    (lambda p, o: export_onnx(p["model"], o / "x.onnx", "int8_weight"), "Unknown ONNX precision 'int8_weight'"),
 ])
 def test_bad_weight_only_options_are_refused_by_name(fp32, tmp_path, call, message):
     with pytest.raises(EdgepressError, match=message):

@@ -1,7 +1,8 @@
 """Models out in the Keras they came in, and every model a run saves loads again.
 
 A Keras 3 model in gives Keras 3 files in models/ that plain Keras 3 (a process without TF_USE_LEGACY_KERAS)
-loads with safe_mode=True and that predict what edgepress's tf_keras models predicted; a run's QAT model
+loads with safe_mode=True and that predict what edgepress's own models predicted, whether the step worked on the
+Keras 3 model natively (structured_prune) or on its tf_keras rebuild (prune, through the bridge); a run's QAT model
 (tfmot wrappers, tf_keras .h5) is model input for another run that exports it to TFLite int8.
 """
 
@@ -21,8 +22,9 @@ from typer.testing import CliRunner
 import edgepress
 from edgepress.cli import app
 from edgepress.compat import keras as tf_keras_module
-from edgepress.models.keras3 import CONVERT_TOLERANCE, KERAS3, TF_KERAS, save_model, source_keras, to_keras3
-from edgepress.models.loading import load_model
+from edgepress.models.bridge import CONVERT_TOLERANCE, to_keras3
+from edgepress.models.loading import load_model, open_model
+from edgepress.models.source import wrap
 
 cli = CliRunner()
 DIGITS = {"dataset": "digits", "train_size": 300, "test_size": 60, "calibration_samples": 20, "check_samples": 20}
@@ -68,22 +70,24 @@ def _plain_keras3(x: np.ndarray, paths, tmp_path) -> dict:
 def test_a_keras3_model_in_gives_keras3_models_out(tmp_path, digits):
     source = tmp_path / "k3.keras"
     _keras3_cnn(source)
-    assert source_keras(source) == KERAS3
+    assert open_model(source).kind == "keras3"
     recipe = edgepress.Recipe.from_dict({
         "name": "k3", "model": {"path": str(source)}, "data": DIGITS,
-        "steps": [{"type": "prune", "target_sparsity": 0.5, "fine_tune_epochs": 1}],
+        "steps": [{"type": "structured_prune", "ratio": 0.5, "fine_tune_epochs": 1},  # natively, on Keras 3
+                  {"type": "prune", "target_sparsity": 0.5, "fine_tune_epochs": 1}],  # tfmot: through the bridge
         "exports": [{"format": "tflite", "precision": "fp32"}], "measure": FEW_RUNS,
     })
     report = edgepress.run(recipe, tmp_path / "run")
     models = tmp_path / "run" / "models"
-    written = [models / "0-source.keras", models / "1-prune.keras"]
+    written = [models / "0-source.keras", models / "1-structured_prune.keras", models / "2-prune.keras"]
     for stage, path in zip(report.results["models"], written, strict=True):
         manifest = json.loads(path.with_name(path.name + ".json").read_text())
         assert manifest["keras"] == f"keras {keras3.__version__}" and manifest["note"] is None
         assert stage["file"] == manifest
         assert json.loads(zipfile.ZipFile(path).read("metadata.json"))["keras_version"].startswith("3.")
+    assert report.results["models"][1]["params"] < report.results["models"][0]["params"]  # channels removed
 
-    # What edgepress's own tf_keras models predict (the Keras 3 files read back through edgepress's rebuild)...
+    # What edgepress's own models predict (the Keras 3 files read back by edgepress, natively)...
     x = digits.x_test[:16]
     expected = [load_model(path).predict(x, verbose=0) for path in written]
     # ...and what plain Keras 3 predicts from the same files, in a process without TF_USE_LEGACY_KERAS.
@@ -93,7 +97,7 @@ def test_a_keras3_model_in_gives_keras3_models_out(tmp_path, digits):
         got = np.asarray(plain["outputs"][str(path)])
         assert np.max(np.abs(got - want)) < CONVERT_TOLERANCE
     # The Keras 3 file after prune is the pruned model: half of its Dense kernel is zeros.
-    kernel = keras3.models.load_model(written[1], safe_mode=True).get_layer("dense").get_weights()[0]
+    kernel = keras3.models.load_model(written[2], safe_mode=True).get_layer("dense").get_weights()[0]
     assert np.mean(kernel == 0) >= 0.45
 
 
@@ -107,8 +111,9 @@ def test_conversion_keeps_weights_identical(trained_cnn):
 def test_a_tf_keras_source_gives_tf_keras_files(tmp_path, trained_cnn):
     path = tmp_path / "m.keras"
     trained_cnn.save(path)
-    assert source_keras(path) == TF_KERAS and source_keras(None) == TF_KERAS
-    info = save_model(trained_cnn, tmp_path / "out.keras", source_keras(path))
+    source = open_model(path)
+    assert source.kind == "tf_keras" and wrap(trained_cnn).kind == "tf_keras"
+    info = source.save(tmp_path / "out.keras", like=source.kind)
     assert info["keras"] == f"tf_keras {tf_keras_module().__version__}"
     assert load_model(tmp_path / "out.keras").count_params() == trained_cnn.count_params()
 
@@ -143,7 +148,7 @@ def test_the_allow_list_gives_tfmot_classes_only_to_files_that_use_nothing_else(
     """tfmot's classes come by name from tfmot's own registries, and only when every custom object is one."""
     import contextlib
 
-    from edgepress.models.loading import tfmot_scope
+    from edgepress.models.trust import tfmot_scope
 
     tfmot_module = "tensorflow_model_optimization.python.core.quantization.keras.quantize_layer"
     ours = {"layers": [{"class_name": "QuantizeLayer", "module": tfmot_module, "config": {}}]}
@@ -154,3 +159,64 @@ def test_the_allow_list_gives_tfmot_classes_only_to_files_that_use_nothing_else(
         assert isinstance(tfmot_scope(config), contextlib.nullcontext)
     with tfmot_scope(ours):
         assert tf_keras_module().utils.get_registered_object("QuantizeLayer") is not None
+
+
+def _keras3_encoder(path):
+    """A small Keras 3 attention encoder on 8 rows of 8 digit pixels: LayerNormalization, MultiHeadAttention (called
+    on two tensors, which tf_keras cannot rebuild), residual Adds, a ReLU MLP; trained a little so it predicts."""
+    keras3.utils.set_random_seed(0)
+    inputs = keras3.Input((8, 8))
+    x = keras3.layers.Dense(16)(inputs)
+    h = keras3.layers.LayerNormalization()(x)
+    h = keras3.layers.MultiHeadAttention(2, 8, name="b1_mha")(h, h)
+    x = keras3.layers.Add()([x, h])
+    h = keras3.layers.Dense(32, activation="relu")(keras3.layers.LayerNormalization()(x))
+    x = keras3.layers.Add()([x, keras3.layers.Dense(16)(h)])
+    outputs = keras3.layers.Dense(10)(keras3.layers.GlobalAveragePooling1D()(x))
+    model = keras3.Model(inputs, outputs, name="k3_encoder")
+    model.save(path)
+    return model
+
+
+def test_a_keras3_attention_model_exports_natively_to_tflite_and_onnx(tmp_path):
+    """No rebuild: the Keras 3 model itself is converted (its concrete function for TFLite, tf2onnx from the same
+    function for ONNX), and every file is checked against it and measured."""
+    source = tmp_path / "encoder.keras"
+    encoder = _keras3_encoder(source)
+    exports = [{"format": "tflite", "precision": p} for p in ("fp32", "dynamic", "int8")]
+    exports += [{"format": "onnx", "precision": p} for p in ("fp32", "int8_static")]
+    recipe = edgepress.Recipe.from_dict({"name": "enc", "model": {"path": str(source)}, "data": DIGITS,
+                                         "exports": exports, "measure": FEW_RUNS})
+    report = edgepress.run(recipe, tmp_path / "run")
+    assert report.results["source"]["kind"] == "keras3"
+    rows = {(a["format"], a["precision"]): a for a in report.artifacts}
+    assert set(rows) == {(e["format"], e["precision"]) for e in exports}
+    for row in rows.values():
+        assert row["latency"]["p50"] > 0 and row["metrics"]["accuracy"] is not None
+        assert row["check"]["samples"] == DIGITS["check_samples"]
+    for key in (("tflite", "fp32"), ("onnx", "fp32")):  # float files compute what the Keras 3 model computes
+        assert rows[key]["check"]["top1_agreement"] == 1.0 and rows[key]["check"]["max_abs_diff"] < 1e-4
+    assert rows[("tflite", "int8")]["quantization"]["int8_macs"] > 0.5
+    manifest = json.loads((tmp_path / "run" / "models" / "0-source.keras.json").read_text())
+    assert manifest["keras"] == f"keras {keras3.__version__}"  # written by Keras 3, not converted
+    x = np.random.default_rng(0).random((4, 8, 8)).astype("float32")
+    np.testing.assert_allclose(load_model(tmp_path / "run" / "models" / "0-source.keras").predict(x, verbose=0),
+                               encoder.predict(x, verbose=0), atol=1e-6)
+
+
+def test_a_tfmot_step_on_a_keras3_model_tf_keras_cannot_rebuild_is_refused_before_training(tmp_path):
+    source = tmp_path / "encoder.keras"
+    _keras3_encoder(source)
+    recipe = tmp_path / "prune.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "name": "enc", "model": {"path": str(source)}, "data": DIGITS,
+        "steps": [{"type": "structured_prune", "ratio": 0.25, "fine_tune_epochs": 1},
+                  {"type": "prune", "fine_tune_epochs": 1}],
+        "exports": [{"format": "tflite", "precision": "fp32"}], "measure": FEW_RUNS,
+    }))
+    result = cli.invoke(app, ["run", str(recipe), "-o", str(tmp_path / "run")])
+    message = " ".join(result.output.split())
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "step 2 prune needs tfmot" in message and "'b1_mha' (MultiHeadAttention)" in message
+    assert "The steps that work on it as it is: distill, equalize, structured_prune" in message
+    assert not (tmp_path / "run").exists()  # refused by the plan: nothing trained, nothing written

@@ -1,4 +1,5 @@
-"""load_model on real models saved by tf_keras (Keras 2) and Keras 3, and on bad inputs.
+"""load_model on real models saved by tf_keras (Keras 2) and Keras 3, the bridge from Keras 3 to tf_keras, and bad
+inputs.
 
 Every model is tiny; each is built and saved once per module. The weights are randomized before
 saving (BatchNormalization's moving statistics included) so that a weight that is not copied, or
@@ -14,7 +15,9 @@ import pytest
 
 from edgepress.compat import keras as tf_keras_module
 from edgepress.errors import EdgepressError
-from edgepress.models.loading import is_plain_saved_model, load_model
+from edgepress.models.bridge import RebuildError, to_tf_keras
+from edgepress.models.keras_files import is_plain_saved_model
+from edgepress.models.loading import load_model, open_model
 
 tf_keras = tf_keras_module()
 import keras as keras3  # noqa: E402  (Keras 3; after compat, which sets TF_USE_LEGACY_KERAS)
@@ -112,18 +115,28 @@ CASES = [
 
 
 @pytest.mark.parametrize("case", CASES, ids=["-".join(case) for case in CASES])
-def test_loads_a_tf_keras_model_with_the_same_outputs(saved, case):
+def test_loads_the_model_in_the_keras_that_wrote_it_with_the_same_outputs(saved, case):
     path, expected = saved[case]
     model = load_model(path)
-    assert isinstance(model, tf_keras.Model)
-    np.testing.assert_allclose(model(IMAGE, training=False).numpy(), expected, atol=1e-5, rtol=1e-5)
+    assert isinstance(model, keras3.Model if case[0] == "keras3" else tf_keras.Model)
+    assert not isinstance(model, tf_keras.Model if case[0] == "keras3" else keras3.Model)
+    np.testing.assert_allclose(np.asarray(model(IMAGE, training=False)), expected, atol=1e-5, rtol=1e-5)
+    assert open_model(path).kind == ("keras3" if case[0] == "keras3" else "tf_keras")
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c[0] == "keras3"], ids=lambda c: "-".join(c))
+def test_the_bridge_rebuilds_a_keras3_model_in_tf_keras_with_the_same_outputs(saved, case):
+    path, expected = saved[case]
+    rebuilt = to_tf_keras(load_model(path))
+    assert isinstance(rebuilt, tf_keras.Model)
+    np.testing.assert_allclose(rebuilt(IMAGE, training=False).numpy(), expected, atol=1e-5, rtol=1e-5)
 
 
 def test_keras3_rebuild_keeps_layer_names_and_frozen_layers(tmp_path):
     model = _sequential_cnn(keras3)
     model.layers[2].trainable = False  # a frozen BatchNormalization, as in fine-tuning
     path = _save(model, str(tmp_path / "frozen.keras"))
-    loaded = load_model(path)
+    loaded = to_tf_keras(load_model(path))
     assert [layer.name for layer in loaded.layers] == [layer.name for layer in model.layers]
     assert loaded.layers[2].trainable is False
 
@@ -134,7 +147,7 @@ def test_keras3_nested_model_is_rebuilt(tmp_path):
     outputs = keras3.layers.Dense(2)(keras3.layers.Flatten()(backbone(inputs)))
     model = keras3.Model(inputs, outputs)
     _randomize(model)
-    loaded = load_model(_save(model, str(tmp_path / "nested.keras")))
+    loaded = to_tf_keras(load_model(_save(model, str(tmp_path / "nested.keras"))))
     np.testing.assert_allclose(loaded(IMAGE).numpy(), np.asarray(model(IMAGE)), atol=1e-5)
 
 
@@ -161,10 +174,16 @@ def test_missing_path(tmp_path):
 
 
 def test_unknown_extension(tmp_path):
-    path = tmp_path / "model.onnx"
+    path = tmp_path / "model.pb"
     path.write_bytes(b"not a keras model")
     message = _error(path)
-    assert "'.onnx'" in message and ".keras, .h5" in message
+    assert "'.pb'" in message and ".keras, .h5" in message
+
+
+def test_an_onnx_file_is_not_a_keras_model(tmp_path):
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"not an onnx model either")
+    assert "as an ONNX model" in _error(path)
 
 
 @pytest.mark.parametrize("name", ["model.keras", "model.h5"])
@@ -217,18 +236,21 @@ def test_directory_that_is_not_a_saved_model(tmp_path):
     assert "not a SavedModel" in _error(tmp_path)
 
 
-def test_keras3_layer_without_tf_keras_equivalent(tmp_path):
+def test_a_keras3_layer_without_tf_keras_equivalent_loads_but_does_not_bridge(tmp_path):
     model = keras3.Sequential([keras3.Input((4,)), keras3.layers.RMSNormalization(name="rms")])
-    message = _error(_save(model, str(tmp_path / "rms.keras")))
-    assert "'rms'" in message and "RMSNormalization" in message
+    loaded = load_model(_save(model, str(tmp_path / "rms.keras")))  # Keras 3 natively: no rebuild
+    assert [layer.name for layer in loaded.layers] == ["rms"]
+    with pytest.raises(RebuildError, match="'rms' .RMSNormalization."):
+        to_tf_keras(loaded)
 
 
-def test_keras3_activation_that_differs_in_keras2_fails_the_output_check(tmp_path):
+def test_keras3_activation_that_differs_in_keras2_fails_the_bridges_output_check(tmp_path):
     # Keras 3's hard_sigmoid is relu6(x + 3) / 6, Keras 2's is clip(0.2 x + 0.5): the rebuild
     # succeeds but its outputs differ, and the check after the rebuild must catch that.
     model = keras3.Sequential([keras3.Input((4,)), keras3.layers.Activation("hard_sigmoid")])
-    message = _error(_save(model, str(tmp_path / "hard_sigmoid.keras")))
-    assert "does not reproduce its outputs" in message
+    loaded = load_model(_save(model, str(tmp_path / "hard_sigmoid.keras")))
+    with pytest.raises(RebuildError, match="does not reproduce its outputs"):
+        to_tf_keras(loaded)
 
 
 @keras3.saving.register_keras_serializable(package="edgepress_test")

@@ -16,11 +16,12 @@ import edgepress
 from edgepress.artifact import Artifact
 from edgepress.cli import app
 from edgepress.deploy import export_onnx, export_tflite
-from edgepress.deploy.accuracy_aware import parse_config, quantize_to_budget
 from edgepress.deploy.layers import layer_of
 from edgepress.deploy.runner import open_model
 from edgepress.errors import EdgepressError, GateFailed
 from edgepress.models import training
+from edgepress.quantize import quantize_to_budget
+from edgepress.specs.quantize import parse_config
 
 runner = CliRunner()
 LAYERS = {"conv1", "conv2", "features", "hidden", "mid", "logits"}

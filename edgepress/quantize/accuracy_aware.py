@@ -44,9 +44,12 @@ from edgepress import files
 from edgepress.artifact import Artifact
 from edgepress.errors import EdgepressError
 from edgepress.formats import QUANTIZED, artifact_filename
-from edgepress.specs.quantize import PRESETS, CalibrationConfig, QuantizeConfig, parse_config  # noqa: F401 (API)
+from edgepress.models.source import Source, wrap
+from edgepress.specs.quantize import QuantizeConfig, parse_config
 
 QUANTIZED_PRECISION = QUANTIZED
+# The model kinds whose layers it can keep in float.
+KINDS = frozenset({"keras3", "tf_keras"})
 # What the TFLite converter does (it has no options for it), for the report.
 _TFLITE_CALIBRATION = {"calibration_method": "minmax", "per_channel": True}
 # Float comparisons of accuracies that are fractions of the same sample count.
@@ -243,7 +246,7 @@ class QuantizeResult:
 
 
 def quantize_to_budget(
-    model,
+    model: Source | object,
     format: str,
     out_dir: str | Path,
     x_calibration: np.ndarray,
@@ -259,7 +262,8 @@ def quantize_to_budget(
 ) -> QuantizeResult:
     """Quantize `model` to int8 as `format` (tflite or onnx) within an accuracy budget; see the module docs.
 
-    `config` (or its fields as keywords, e.g. max_accuracy_drop=0.005) sets the budget, the search and
+    `model` is a Keras model (Keras 3 or tf_keras) or its Source. `config` (or its fields as keywords, e.g.
+    max_accuracy_drop=0.005) sets the budget, the search and
     the calibration. `x_calibration` are inputs for activation ranges and layer errors; (x_eval, y_eval) are
     the inputs and integer labels the accuracy is measured on. Artifacts go to `out_dir` as
     <name>_<precision>.<format> (fully quantized) and <name>_<precision>_try<i>.<format>, each with its
@@ -268,12 +272,13 @@ def quantize_to_budget(
     """
     from edgepress.models import training
 
+    source = wrap(model)
     config = parse_config(config, **options)
     try:
         config.check_format(format)
     except ValueError as e:
         raise EdgepressError(f"Accuracy-aware quantization: {e}.") from None
-    check_quantizable(model)
+    check_quantizable(source)
     if x_eval is None or y_eval is None or len(x_eval) == 0:
         raise EdgepressError(
             "Accuracy-aware quantization needs evaluation data, inputs and integer labels, to measure accuracy "
@@ -288,11 +293,11 @@ def quantize_to_budget(
 
     precision = QUANTIZED_PRECISION[format]
     onnx_options = config.calibration.onnx_options() if format == "onnx" else {}
-    out_dir, stem = Path(out_dir), name or model.name
-    float_accuracy = training.accuracy(training.predict(model, x_eval), y_eval)
+    out_dir, stem = Path(out_dir), name or source.name
+    float_accuracy = training.accuracy(source.predict(x_eval), y_eval)
     trials: list[Trial] = []
 
-    models = {"none": model}  # remedy -> the Keras model its artifacts are exported from
+    models = {"none": source}  # remedy -> the model its artifacts are exported from
     options = {"none": onnx_options}  # remedy -> the ONNX calibration settings its artifacts use
     remedy = "none"  # the remedy the float-layer search works on
 
@@ -318,12 +323,12 @@ def quantize_to_budget(
         return trial
 
     full = attempt([])
-    sensitivity = _sensitivity(model, format, full.artifact, calibration, onnx_options)
+    sensitivity = _sensitivity(source, format, full.artifact, calibration, onnx_options)
     notes: list[str] = []
     equalized_details = None
     if not full.meets_budget and config.equalize:
         # The cheaper remedy before any float layer: the same function with its channel ranges evened out.
-        equalized, equalized_details, why = _equalized(model, calibration)
+        equalized, equalized_details, why = _equalized(source, calibration)
         if equalized is None:
             notes.append(f"Cross-layer equalization was not tried: {why}")
         else:
@@ -344,7 +349,7 @@ def quantize_to_budget(
     if not start.meets_budget:
         limit = min(config.max_float_layers or len(candidates) - 1, len(candidates) - 1)
         if limit < 1:
-            notes.append(f"'{model.name}' has {len(candidates)} quantized layer(s); keeping it in float would leave "
+            notes.append(f"'{source.name}' has {len(candidates)} quantized layer(s); keeping it in float would leave "
                          "nothing int8, so there was nothing to try.")
         else:
             kept = _grow(candidates, limit, config.search, attempt)
@@ -388,11 +393,17 @@ def _other_calibrations(trials: list[Trial], remedy: str, models: dict, options:
     return best.remedy if best.accuracy > max(t.accuracy for t in trials if t.remedy == remedy) else remedy
 
 
-def check_quantizable(model) -> None:
-    """Refuse a model with nothing for int8 quantization to quantize (no layer has weights)."""
-    if not model.weights:
+def check_quantizable(source: Source) -> None:
+    """Refuse a model accuracy-aware int8 cannot work on: not a Keras model (it keeps chosen Keras layers in float),
+    or one with nothing to quantize (no layer has weights)."""
+    if source.kind not in KINDS:
         raise EdgepressError(
-            f"Model '{model.name}' has no layer with weights (Dense, Conv2D, ...), so int8 quantization has "
+            f"Accuracy-aware quantization (quantize:) keeps chosen Keras layers in float, and {source.name} is "
+            f"{source.title}. Export it with a plain int8 precision instead (tflite int8, onnx int8_static)."
+        )
+    if not source.model.weights:
+        raise EdgepressError(
+            f"Model '{source.name}' has no layer with weights (Dense, Conv2D, ...), so int8 quantization has "
             "nothing to quantize and no layer to keep in float. Export it at precision fp32 instead."
         )
 
@@ -440,29 +451,27 @@ def _shrink(kept: list[str], attempt: Callable[[Sequence[str]], Trial]) -> list[
     return kept
 
 
-def _equalized(model, calibration) -> tuple[object | None, dict | None, str]:
+def _equalized(source: Source, calibration) -> tuple[Source | None, dict | None, str]:
     """(the model cross-layer equalized, what was done, "") or (None, details or None, why not)."""
-    from edgepress.compress.equalize import equalize_for_quantization
+    from edgepress.compress.equalize import Equalize, equalize_for_quantization
 
-    if not hasattr(model, "get_layer"):  # a plain SavedModel graph: no Keras layers to rescale
-        return None, None, f"'{model.name}' is not a Keras model, so its layers cannot be rescaled."
+    if source.kind not in Equalize.kinds:
+        return None, None, f"'{source.name}' is {source.title}, whose layers equalize cannot rescale."
     try:
-        equalized, details = equalize_for_quantization(model, calibration)
+        equalized, details = equalize_for_quantization(source.model, calibration)
     except EdgepressError as e:  # a model the walker cannot follow (subclassed, ...): say so, go on
         return None, None, str(e)
     if not details.pairs:
         why = "; ".join(f"'{n}' {w}" for n, w in details.left.items()) or "no Conv / Dense layer"
-        return None, details.to_dict(), f"'{model.name}' has no pair of layers to equalize ({why})."
-    return equalized, details.to_dict(), ""
+        return None, details.to_dict(), f"'{source.name}' has no pair of layers to equalize ({why})."
+    return wrap(equalized), details.to_dict(), ""
 
 
-def _export(model, format, path, calibration, check_data, steps, float_layers, onnx_options) -> Artifact:
-    from edgepress.deploy import export_onnx, export_tflite
+def _export(source: Source, format, path, calibration, check_data, steps, float_layers, onnx_options) -> Artifact:
+    from edgepress.deploy.registry import ExportRequest, export
 
-    if format == "tflite":
-        return export_tflite(model, path, "int8", calibration, check_data, steps, float_layers=float_layers)
-    return export_onnx(model, path, "int8_static", calibration, check_data, steps, float_layers=float_layers,
-                       **onnx_options)
+    return export(ExportRequest(source, path, format, QUANTIZED[format], calibration, check_data, tuple(steps),
+                                float_layers=tuple(float_layers), onnx_static=dict(onnx_options or {})))
 
 
 def _accuracy(artifact: Artifact, x: np.ndarray, y: np.ndarray) -> float:
@@ -475,25 +484,25 @@ def _accuracy(artifact: Artifact, x: np.ndarray, y: np.ndarray) -> float:
     return training.accuracy(outputs, y)
 
 
-def _sensitivity(model, format, full: Artifact, calibration, onnx_options) -> list[LayerSensitivity]:
+def _sensitivity(source: Source, format, full: Artifact, calibration, onnx_options) -> list[LayerSensitivity]:
     """Each layer's error in the fully quantized model, most sensitive first."""
     if format == "tflite":
         from edgepress.deploy.tflite import layer_errors
 
-        rows = layer_errors(model, calibration)
+        rows = layer_errors(source, calibration)
     else:
         import tempfile
 
         from edgepress.deploy.onnx import export_onnx, layer_errors
 
         with tempfile.TemporaryDirectory() as work:
-            float_model = export_onnx(model, Path(work) / "float.onnx", "fp32")
+            float_model = export_onnx(source, Path(work) / "float.onnx", "fp32")
             qdq = full.path
             if onnx_options.get("quant_format") != "qdq":
                 # The QDQ tools read QDQ pairs; a QOperator model's twin in QDQ form has the same numbers.
-                qdq = export_onnx(model, Path(work) / "qdq.onnx", "int8_static", calibration,
+                qdq = export_onnx(source, Path(work) / "qdq.onnx", "int8_static", calibration,
                                   **{**onnx_options, "quant_format": "qdq"}).path
-            rows = layer_errors(model, float_model.path, qdq, calibration)
+            rows = layer_errors(source, float_model.path, qdq, calibration)
     by_layer: dict[str, LayerSensitivity] = {}
     for row in rows:
         key = row["layer"] or row["node"]

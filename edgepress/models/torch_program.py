@@ -1,0 +1,175 @@
+"""A PyTorch model as a `torch.export` program (a `.pt2` file written by `torch.export.save`).
+
+    source = TorchSource(Path("cnn.pt2"))
+    source = TorchSource.from_module(module, sample_input)
+
+Its TFLite exports go through litert-torch (`edgepress.deploy.torch_tflite`), its ONNX exports through
+`torch.onnx.export`; both are checked against this program's own outputs. torch is the extra `edgepress[torch]`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from edgepress import files
+from edgepress.compat import quiet
+from edgepress.errors import EdgepressError, first_line
+from edgepress.models.graph import Graph, temporary
+from edgepress.models.source import register
+from edgepress.models.trust import check_pt2_is_data
+
+
+@register
+class TorchSource(Graph):
+    """A PyTorch model as a `torch.export` program (a `.pt2` file written by `torch.export.save`).
+
+    Its TFLite exports go through litert-torch (`edgepress.deploy.torch_tflite`), its ONNX exports through
+    `torch.onnx.export`; both are checked against this program's own outputs. Its input is NCHW for images,
+    PyTorch's layout (`layout`). Loading reads the program's graph (JSON) and raw weight tensors only: a file
+    with anything `torch.export.load` would unpickle is refused first (`check_pt2_is_data`).
+    """
+
+    kind: ClassVar[str] = "torch"
+    title = "a PyTorch program"
+    suffix = ".pt2"
+    why_no_steps = (
+        "it is a PyTorch program: pruning and quantization-aware training wrap Keras layers with tfmot, and "
+        "distillation trains a Keras student; compress the model in PyTorch before exporting it, or use the "
+        "post-training quantization of its exports (tflite dynamic / int8, onnx int8_dynamic / int8_static)"
+    )
+
+    def __init__(self, path: str | Path, keep: object | None = None) -> None:
+        import torch
+
+        self.path = Path(path)
+        self.name = self.path.stem
+        self._keep = keep
+        check_pt2_is_data(self.path)
+        try:
+            with quiet():
+                self.program = torch.export.load(str(self.path))
+        except Exception as e:  # a zip error, torch's own deserialization errors
+            raise EdgepressError(
+                f"Cannot load {self.path} as a PyTorch exported program: {first_line(e)}. A .pt2 model is what "
+                "`torch.export.save(torch.export.export(model.eval(), (sample_input,)), 'model.pt2')` writes; "
+                "export the model again that way (or pass an nn.Module and a sample input from Python)."
+            ) from None
+        inputs = [n for n in self.program.graph.nodes
+                  if n.op == "placeholder" and n.name in self.program.graph_signature.user_inputs]
+        if len(inputs) != 1 or not isinstance(getattr(inputs[0].meta.get("val"), "shape", None), torch.Size):
+            raise EdgepressError(
+                f"{self.path} takes {len(inputs)} inputs ({', '.join(n.name for n in inputs)}); edgepress handles "
+                "PyTorch programs with one input tensor."
+            )
+        value = inputs[0].meta["val"]
+        self.input_name = inputs[0].name
+        self.input_dtype = np.dtype(str(value.dtype).removeprefix("torch."))
+        # A symbolic size (torch.export.Dim, e.g. a dynamic batch) is unknown here.
+        self.input_shape = tuple(d if isinstance(d, int) else None for d in value.shape)
+        self.module = self.program.module()
+        for parameter in self.module.parameters():
+            parameter.requires_grad_(False)  # inference only; torch.onnx's tracer refuses grad-carrying constants
+
+    @classmethod
+    def wraps(cls, model) -> bool:
+        return False  # an nn.Module comes in exported (`from_module`, `from_trained`): the program is the model
+
+    @classmethod
+    def opens(cls, path: Path) -> bool:
+        return path.suffix.lower() == ".pt2"
+
+    @classmethod
+    def load(cls, path: Path, trusted: bool) -> TorchSource:
+        return cls(path)
+
+    @classmethod
+    def from_module(cls, module, sample_input) -> TorchSource:
+        """An `nn.Module` and one sample input batch, exported with `torch.export` (dynamic batch) and opened."""
+        keep, path = temporary("edgepress-torch-", f"{type(module).__name__.lower()}.pt2")
+        save_torch_program(module, sample_input, path)
+        return cls(path, keep=keep)
+
+    @classmethod
+    def from_trained(cls, module, save: Callable[[object, Path], None]) -> TorchSource:
+        """A module trained here, written as a .pt2 program by `save(module, path)` into a temporary directory."""
+        keep, path = temporary("edgepress-torch-", "model.pt2")
+        save(module, path)
+        return cls(path, keep=keep)
+
+    @property
+    def layout(self) -> str | None:
+        """NCHW for an image input (N, C, H, W), PyTorch's layout; None for any other input."""
+        return "NCHW" if len(self.input_shape) == 4 else None
+
+    def count_params(self) -> int:
+        return int(sum(p.numel() for p in self.program.parameters()))
+
+    def to_onnx(self, out: Path, batch_size: int | None, opset: int) -> None:
+        """The fp32 ONNX file of this program at `out`, with torch.onnx.export (batch dynamic unless fixed)."""
+        import torch
+
+        class _Call(torch.nn.Module):
+            """The program's module, its weights registered (so they become ONNX initializers, which onnxruntime's
+            quantizers need), without passing on the train() calls of the exporter, which that module refuses."""
+
+            def __init__(self, program_module):
+                super().__init__()
+                self.program = program_module
+
+            def train(self, mode: bool = True):
+                return self
+
+            def forward(self, x):
+                return self.program(x)
+
+        sample = torch.zeros((batch_size or 1, *self.input_shape[1:]), dtype=getattr(torch, self.input_dtype.name))
+        axes = None if batch_size else {"input": {0: "batch"}, "output": {0: "batch"}}
+        try:
+            with quiet(), torch.no_grad():
+                torch.onnx.export(_Call(self.module), (sample,), str(out), input_names=["input"],
+                                  output_names=["output"], dynamic_axes=axes, opset_version=opset, dynamo=False)
+        except Exception as e:
+            raise EdgepressError(
+                f"torch.onnx.export could not export {self.path} to ONNX: {first_line(e)}. Check that its ops have "
+                "ONNX exporters (opset 17)."
+            ) from None
+
+    def write(self, path: Path) -> None:
+        import torch
+
+        torch.export.save(self.program, str(path))
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            return self.module(torch.from_numpy(np.ascontiguousarray(x))).numpy()
+
+
+
+def save_torch_program(module, sample_input, path: str | Path) -> Path:
+    """`torch.export` `module` (in eval mode) on `sample_input` with a dynamic batch, and save it as .pt2."""
+    import torch
+
+    sample = torch.as_tensor(np.asarray(sample_input)) if not isinstance(sample_input, torch.Tensor) else sample_input
+    module.eval()
+    try:
+        with quiet():
+            batch = torch.export.Dim("batch", min=1)
+            program = torch.export.export(module, (sample,), dynamic_shapes=({0: batch},))
+    except Exception:
+        try:  # a module whose batch cannot be symbolic (it reshapes by a fixed batch): export it as it is
+            with quiet():
+                program = torch.export.export(module, (sample,))
+        except Exception as e:
+            raise EdgepressError(
+                f"torch.export could not export {type(module).__name__} on an input of shape {tuple(sample.shape)}: "
+                f"{first_line(e)}. edgepress takes PyTorch models that torch.export can capture."
+            ) from None
+    with files.atomic_path(path) as tmp:
+        torch.export.save(program, str(tmp))
+    return Path(path)
