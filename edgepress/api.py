@@ -173,6 +173,14 @@ def _measure_all(plan: Plan, made: list[tuple], reference: np.ndarray, progress:
             failures[device.name] = str(e)
             progress.done(f"{device.name} failed: {e}")
             continue
+        if plan.recipe.measure.profile:
+            from edgepress.deploy.profile import profile_many
+
+            progress.update(f"profile {len(todo)} artifact(s) op by op on {device.name}")
+            m = plan.recipe.measure
+            for row, profile in zip(measured, profile_many([a for _, a, _ in todo], device, m.runs, m.warmup,
+                                                           m.threads), strict=True):
+                row["profile"] = profile
         for (_, artifact, extra), row in zip(todo, measured, strict=True):
             rows.append({**row, **extra})
             progress.done(f"{artifact.name} on {device.name}: {artifact.bytes:,} bytes, "
@@ -315,4 +323,5 @@ def _row(artifact, device, result: dict) -> dict:
         "memory": result["memory"],
         "runtime": result["runtime"],
         "host": result.get("host"),  # CPU, cores, load average before and after the timing (the runner's)
+        "profile": None,  # the per-op profile (edgepress/deploy/profile.py), when measure.profile is on
     }

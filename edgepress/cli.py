@@ -194,6 +194,53 @@ def bench(
 
 
 @app.command()
+def profile(
+    artifacts: Annotated[list[Path], typer.Argument(help=".tflite or .onnx files.")],
+    device: Annotated[str, typer.Option(help="Device profile name or .yaml file (see `edgepress devices`).")] = (
+        "x86-host"
+    ),
+    runs: Annotated[int, typer.Option(min=1, max=100_000, help="Timed runs of each op.")] = 100,
+    warmup: Annotated[int, typer.Option(min=0, max=100_000)] = 10,
+    threads: Annotated[int | None, typer.Option(min=1, max=1024, help="Default: the device's.")] = None,
+    top: Annotated[int, typer.Option(min=1, help="Ops to list per artifact, slowest first.")] = 10,
+) -> None:
+    """Where each artifact's time goes on a device, op by op: time, share, dtypes, kernel kind, and whether the
+    delegate (TFLite) or the first execution provider (ONNX) ran it."""
+
+    def work():
+        from edgepress.deploy.profile import profile_many
+        from edgepress.devices import load_device
+        from edgepress.text import top_ops
+
+        target = load_device(device)
+        for path in artifacts:
+            if not path.is_file() or path.suffix not in (".tflite", ".onnx"):
+                raise EdgepressError(f"{path}: give .tflite or .onnx files that exist.")
+        with console.status(f"profiling {len(artifacts)} artifact(s) op by op on {target.name}"):
+            profiles = profile_many(artifacts, target, runs, warmup, threads)
+        failed = []
+        for path, result in zip(artifacts, profiles, strict=True):
+            if result.get("error"):
+                failed.append(f"{path.name}: {result['error']}")
+                continue
+            whole = "-" if result["whole_us"] is None else f"{result['whole_us']:.1f} us"
+            table = Table("op", "name", "in -> out", "kind", "runs on", "MACs", "us", "share",
+                          title=f"{path.name} on {target.name}: whole run {whole}, ops {result['total_us']:.1f} us "
+                          f"({result['method']})", title_justify="left")
+            for op in top_ops(result, top):
+                table.add_row(op["op"], escape(op["name"].split(";")[0]), f"{op['in']} -> {op['out']}",
+                              op["kind"] or "-", op["runs_on"] or "-", "-" if op["macs"] is None else f"{op['macs']:,}",
+                              f"{op['us']:.1f}", "-" if op["share"] is None else f"{op['share']:.0%}")
+            console.print(table)
+            types = ", ".join(f"{op} {us:.1f} us" for op, us in result["by_type"].items())
+            console.print(f"by op type: {escape(types)}", highlight=False)
+        if failed:
+            raise EdgepressError("could not profile " + "; ".join(failed))
+
+    _guard(work)
+
+
+@app.command()
 def quantize(
     model: Annotated[Path, typer.Argument(help="Trained model: .keras or .h5 file, or SavedModel directory.")],
     max_accuracy_drop: Annotated[str, typer.Option(help="Largest accuracy drop from the float model: 0.005 or 0.5%.")],

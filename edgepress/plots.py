@@ -376,3 +376,48 @@ def tune_front(device: str, points: list[dict], front: list[dict], best: dict | 
     ax.grid(alpha=0.25, which="major")
     _legend(ax, pts)
     return to_svg(fig, f"{device}: accuracy against p50 latency of every artifact tried", key)
+
+
+def op_time(device: str, rows: list[dict], key: str) -> str:
+    """Where each artifact's time goes on one device: a bar per artifact, its per-op profile added up by op type
+    (the most costly types each their own colour, the rest as "other"), the part the delegate or execution provider
+    did not run hatched. `rows`: {label, profile {by_type, ops [{op, us, runs_on}]}}."""
+    plt = _pyplot()
+    rows = [r for r in rows if r["profile"] and r["profile"].get("ops")]
+    fig, ax = plt.subplots(figsize=(7.2, 1.1 + 0.3 * max(len(rows), 1)))
+    ax.set_title(f"{device}: time per op type, summed over each artifact's ops")
+    ax.set_xlabel("time in the ops (µs; each op timed alone: see the table)")
+    if not rows:
+        ax.text(0.5, 0.5, "no op profile on this device", ha="center", transform=ax.transAxes)
+        return to_svg(fig, f"{device}: no op profile", key)
+    totals: dict[str, float] = {}
+    for r in rows:
+        for op, us in r["profile"]["by_type"].items():
+            totals[op] = totals.get(op, 0.0) + us
+    named = [op for op, _ in sorted(totals.items(), key=lambda item: -item[1])][:6]
+    palette = [BLUE, VERMILLION, GREEN, ORANGE, SKY, PURPLE, YELLOW]
+    colours = {op: palette[i] for i, op in enumerate(named)} | {"other": "#999999"}
+    for i, r in enumerate(rows):
+        y = len(rows) - 1 - i
+        parts: dict[tuple[str, bool], float] = {}
+        for op in r["profile"]["ops"]:
+            if op["us"] is None:
+                continue
+            group = op["op"] if op["op"] in colours else "other"
+            offloaded = bool(op.get("offloaded"))
+            parts[(group, offloaded)] = parts.get((group, offloaded), 0.0) + op["us"]
+        left = 0.0
+        for group in [*named, "other"]:
+            for offloaded in (True, False):
+                width = parts.get((group, offloaded), 0.0)
+                if width:
+                    ax.barh(y, width, left=left, color=colours[group], edgecolor="white", linewidth=0.6,
+                            hatch="" if offloaded else "///")
+                    left += width
+    ax.set_yticks(range(len(rows)), [r["label"] for r in reversed(rows)], fontsize=8)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colours[g]) for g in [*named, "other"]]
+    handles.append(plt.Rectangle((0, 0), 1, 1, facecolor="white", edgecolor=BLACK, hatch="///"))
+    ax.legend(handles, [*named, "other", "not on the delegate / first provider"], fontsize=7, loc="lower right",
+              frameon=False)
+    ax.grid(alpha=0.25, axis="x")
+    return to_svg(fig, f"{device}: time per op type of each artifact", key)

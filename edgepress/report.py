@@ -15,7 +15,7 @@ from pathlib import Path
 from edgepress import files
 from edgepress.errors import GateFailed
 from edgepress.stats import busy_warnings, ratio_interval, speed_verdict, tie_notes
-from edgepress.text import drop_text, float_layers_text, interval_text, or_dash, stage_text
+from edgepress.text import drop_text, float_layers_text, interval_text, or_dash, profile_text, stage_text
 from edgepress.verdict import GATE_NAMES, failure_message, gate_value, judge
 
 
@@ -161,6 +161,11 @@ class Report:
             )
         return notes
 
+    def profile_notes(self) -> list[str]:
+        """One line per artifact and device with a per-op profile: its slowest ops and the share of each op type."""
+        return [f"{a['name']} on {a['device']}: {profile_text(a['profile'])}" for a in self.artifacts
+                if a.get("profile")]
+
     def quantize_notes(self) -> list[str]:
         """One plain sentence per accuracy-aware export: budget met or not, by which artifact, which layers float."""
         return [q["summary"] for q in self.results.get("quantize", [])]
@@ -186,6 +191,9 @@ class Report:
             lines += [f"- {note}" for note in self.quantize_notes()] + [""]
         if self.sparse_notes():
             lines += [f"Sparse tensors: {note}" for note in self.sparse_notes()] + [""]
+        if self.profile_notes():
+            lines += ["Where the time goes (slowest ops of each artifact; per-op times in results.json):", ""]
+            lines += [f"- {note}" for note in self.profile_notes()] + [""]
         if self.warnings():
             lines += ["Warnings:", ""] + [f"- {w}" for w in self.warnings()] + [""]
         env = self.results["environment"]

@@ -13,7 +13,7 @@ import json
 
 from edgepress import plots
 from edgepress.console import name_prefix
-from edgepress.text import drop_text, or_dash, percent, stage_notes
+from edgepress.text import drop_text, op_text, or_dash, percent, stage_notes, top_ops
 from edgepress.verdict import delivered, gate_value
 
 GATE_WORDS = {
@@ -55,6 +55,7 @@ def render(report) -> str:
         _summary(report),
         _artifact_table(report, numbers),
         _plots(report, numbers),
+        _profiles(report, numbers),
         _steps(report),
         _quantize(report),
         _notes(report),
@@ -317,6 +318,43 @@ def _steps(report) -> str:
             f"<table class='steps'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></section>")
 
 
+def _profiles(report, numbers: dict[str, int]) -> str:
+    """Per device, a bar of each artifact's time by op type, and its slowest ops with where they ran."""
+    results = report.results
+    prefix = name_prefix([a["name"] for a in report.artifacts])
+    parts = []
+    for device in results["devices"]:
+        rows = [a for a in report.artifacts if a["device"] == device and a.get("profile")]
+        if not rows:
+            continue
+        slug = _slug(device)
+        bars = [{"label": f"{numbers[a['name']]} {a['name'][len(prefix):]}", "profile": a["profile"]} for a in rows]
+        methods = "; ".join(sorted({a["profile"]["method"] for a in rows if a["profile"].get("method")}))
+        parts.append(f"<h3>{e(device)}</h3>" + _figure(
+            plots.op_time(device, bars, f"ops-{slug}"),
+            f"{device}: each artifact's time by op type ({methods}); hatched: ops its delegate or first execution "
+            "provider did not run."))
+        body = []
+        for a in rows:
+            profile = a["profile"]
+            if profile.get("error"):
+                body.append(f"<tr><td>{numbers[a['name']]}</td><td>{e(a['name'])}</td>"
+                            f"<td colspan='3'>{e(profile['error'])}</td></tr>")
+                continue
+            ops = "<br>".join(e(op_text(op)) for op in top_ops(profile))
+            whole = "-" if profile.get("whole_us") is None else f"{profile['whole_us']:.1f}"
+            body.append(f"<tr><td>{numbers[a['name']]}</td><td>{e(a['name'])}</td><td class='num'>{whole}</td>"
+                        f"<td class='num'>{profile['total_us']:.1f}</td><td>{ops}</td></tr>")
+        parts.append("<table class='ops'><thead><tr><th>#</th><th>artifact</th><th>whole run µs</th>"
+                     "<th>ops µs</th><th>slowest ops</th></tr></thead><tbody>" + "".join(body) + "</tbody></table>")
+    if not parts:
+        return ""
+    return ("<section id='profile'><h2>Where the time goes</h2><p class='hint'>Each artifact timed op by op on each "
+            "device: ONNX by onnxruntime's profiler, TFLite by timing each op cut out as a model of its own (each such "
+            "time holds one invocation's fixed cost, so the ops add up to more than the whole run).</p>"
+            + "".join(parts) + "</section>")
+
+
 def _quantize(report) -> str:
     entries = report.results.get("quantize") or []
     if not entries:
@@ -440,6 +478,7 @@ td.text,th.text{text-align:left}td.long{white-space:normal;min-width:7em;max-wid
 table.gates{font-size:12.5px;width:100%}table.gates td,table.gates th{text-align:left;white-space:normal}
 table.steps td:nth-child(-n+2),table.steps th:nth-child(-n+2){text-align:left}
 table.steps td:last-child{text-align:left;white-space:normal}
+table.ops td:nth-child(2),table.ops td:last-child{text-align:left}table.ops td:last-child{white-space:normal}
 tr.pass td:nth-child(2){color:var(--pass)}tr.fail td:nth-child(2),td.fail{color:var(--fail);font-weight:600}
 tr.best td{background:var(--best);font-weight:600}tr.try td{color:#444}
 .tag{font-size:.78em;border:1px solid var(--line);border-radius:3px;padding:0 4px;color:var(--dim);font-weight:400}

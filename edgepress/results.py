@@ -17,6 +17,9 @@ Notes on the values:
   latency intervals are bootstrap intervals at `confidence` (0.95); `stopped` says why the adaptive runs stopped;
   `times_ms` keeps at most 2,000 per-run times. An accuracy-aware export's rows carry `float_layers` and
   `accuracy_aware` {role, max_accuracy_drop, budget_met, accuracy_drop_from_float, remedy, min_int8_macs}.
+- `profile` on a row: where its time goes on that device, op by op (edgepress/deploy/profile.py: method, ops with
+  their time, share, delegate or execution provider, dtypes, kernel kind and MACs, by_type), or {error}; null with
+  measure.profile off.
 - `gates` on a row: each gate's limit, measured value and verdict (`minimum`: the limit is a floor); the
   baseline's gates also have the baseline's value (edgepress/verdict.py).
 - `baseline` (with gates.baseline): the comparison {path, limits, flags, regressed, rows}, or {path, error}.
@@ -129,6 +132,7 @@ class ArtifactRow(TypedDict):
     memory: dict[str, int | None]
     runtime: RuntimeInfo
     host: dict[str, Any] | None
+    profile: NotRequired[dict[str, Any] | None]
     gates: NotRequired[dict[str, Gate]]
     passed: NotRequired[bool]
     float_layers: NotRequired[list[dict[str, Any]]]

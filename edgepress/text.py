@@ -64,3 +64,33 @@ def stage_notes(model: dict) -> list[str]:
     if distill.get("scratch_accuracy") is not None:
         notes.append(f"same student without the teacher {distill['scratch_accuracy']:.2%}")
     return notes
+
+
+def op_text(op: dict) -> str:
+    """One op of a per-op profile: "CONV_2D seed_cnn/conv2d int8 -> int8 (integer, XNNPACK): 30.1 us, 38%"."""
+    name = op.get("name") or ""
+    # A TFLite op is named after its output tensor, fused ops' names joined by ';': the first says enough.
+    short = name.split(";")[0].removesuffix(":0")
+    short = short if len(short) <= 40 else "..." + short[-37:]
+    dtypes = f"{op['in']} -> {op['out']}" if op.get("in") and op.get("out") else ""
+    how = ", ".join(str(part) for part in (op.get("kind"), op.get("runs_on")) if part)
+    timed = "not timed" if op.get("us") is None else f"{op['us']:.1f} us"
+    share = f", {op['share']:.0%}" if op.get("share") is not None else ""
+    head = " ".join(part for part in (op["op"], short, dtypes) if part)
+    return head + (f" ({how})" if how else "") + f": {timed}{share}"
+
+
+def top_ops(profile: dict, count: int = 5) -> list[dict]:
+    """The `count` ops of a per-op profile that take the most time, slowest first."""
+    return sorted((op for op in profile.get("ops", []) if op["us"] is not None), key=lambda op: -op["us"])[:count]
+
+
+def profile_text(profile: dict, count: int = 3) -> str:
+    """A per-op profile in a line: its slowest ops, then the share of each op type."""
+    if profile.get("error"):
+        return f"not profiled: {profile['error']}"
+    ops = top_ops(profile, count)
+    total = profile.get("total_us") or 0
+    types = ", ".join(f"{op} {us / total:.0%}" for op, us in list(profile["by_type"].items())[:4]) if total else ""
+    return "; ".join(op_text(op) for op in ops) + (f" (by op type: {types})" if types else "")
+

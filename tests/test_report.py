@@ -279,8 +279,10 @@ def test_report_html_in_a_real_browser(run, browser, tmp_path):
     plots = browser.js("Array.from(document.querySelectorAll('svg.plot')).map(s => {"
                        "const r = s.getBoundingClientRect(); return {w: r.width, h: r.height,"
                        "shapes: s.querySelectorAll('path, use').length, label: s.getAttribute('aria-label')}})")
-    expected = 3 * len(run.results["devices"]) + 1 + len(run.results["quantize"])  # per device 3, steps, sensitivity
+    # Per device: accuracy, size and latency against p50, and where the time goes; then steps, sensitivity.
+    expected = 4 * len(run.results["devices"]) + 1 + len(run.results["quantize"])
     assert len(plots) == expected, plots
+    assert sum("time per op type" in p["label"] for p in plots) == len(run.results["devices"])
     assert all(p["w"] > 300 and p["h"] > 100 and p["shapes"] > 20 for p in plots), plots
     assert any("sensitivity" in p["label"] for p in plots)
     assert browser.js("Array.from(document.images).filter(i => !i.complete || i.naturalWidth === 0).length") == 0

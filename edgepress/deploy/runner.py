@@ -613,6 +613,124 @@ def benchmark_many(
     return {"runner_version": RUNNER_VERSION, "artifacts": artifacts, "host": _host(load_before, load_after)}
 
 
+def profile_many(paths: list[str], op_models: list[str], runs: int = 50, warmup: int = 10, threads: int = 1,
+                 providers: list[str] | None = None) -> dict:
+    """`profile_tflite` or `profile_onnx` of each file of `paths`, in one process; `op_models` are "INDEX:FILE"
+    entries giving each .tflite file its op models. Returns {runner_version, profiles: [...], host}."""
+    by_index: dict = {}
+    for entry in op_models:
+        index, sep, file = entry.partition(":")
+        if not sep or not index.isdigit() or int(index) >= len(paths):
+            raise RunnerError(f"--op-model {entry!r}: give INDEX:FILE, INDEX the artifact's place (from 0).")
+        by_index.setdefault(int(index), []).append(file)
+    profiles = []
+    for i, path in enumerate(paths):
+        if _model_format(path) == "onnx":
+            profiles.append(profile_onnx(path, runs, warmup, threads, providers))
+        else:
+            profiles.append(profile_tflite(path, by_index.get(i, []), runs, warmup, threads))
+    return {"runner_version": RUNNER_VERSION, "profiles": profiles, "host": _host()}
+
+
+def profile_tflite(path: str, op_files: list[str], runs: int = 50, warmup: int = 10, threads: int = 1) -> dict:
+    """Where a .tflite file's time goes, op by op: each of `op_files` (one operator of `path` each, cut out on the
+    host: edgepress/deploy/op_models.py) timed at batch 1 with the same runtime and delegate as the whole file, the
+    whole file beside them, interleaved. LiteRT's Python API has no op timer, so each op's time also holds one
+    invocation's fixed cost; `floor_us` (the cheapest op's time) estimates it.
+
+    Returns {method, runtime, whole_us (p50 of the whole file), floor_us, ops: [{file, us (p50), delegated (the
+    delegate took the op), plan (the ops the runtime runs for it)}]}.
+    """
+    _check_counts(runs, warmup, 1, None)
+    whole = open_model(path, threads=threads)
+    models = [open_model(file, threads=threads) for file in op_files]
+    everything = [whole, *models]
+    inputs = [[_random_input_for(detail) for detail in m._interpreter.get_input_details()] for m in everything]
+    calls = [_invoke_all(m._interpreter, x) for m, x in _pairs(everything, inputs)]
+    for call in calls:
+        for _ in range(warmup):
+            call()
+    times, _ = time_interleaved(calls, runs)
+    medians = [float(np.median(t)) * 1000.0 for t in times]
+    ops = []
+    for (file, model), us in _pairs(_pairs(op_files, models), medians[1:]):
+        plan = [op.get("op_name") for op in model._interpreter._get_ops_details()]
+        ops.append({"file": os.path.basename(file), "us": us, "delegated": "DELEGATE" in plan,
+                    "plan": [name for name in plan if name != "DELEGATE"]})
+    return {"method": "each op timed alone (a model of that op, cut out of the file)",
+            "runtime": {"name": whole.runtime, "version": whole.runtime_version},
+            "whole_us": medians[0], "floor_us": min(medians[1:], default=0.0), "ops": ops}
+
+
+def profile_onnx(path: str, runs: int = 50, warmup: int = 10, threads: int = 1,
+                 providers: list[str] | None = None) -> dict:
+    """Where an .onnx file's time goes, node by node, from onnxruntime's own profiler (`enable_profiling`): the
+    median time of each node of the graph onnxruntime runs (after its fusions) over `runs` runs at batch 1, the
+    execution provider that ran it, and the median of whole runs.
+
+    Returns {method, runtime, whole_us, ops: [{name, op, provider, us}]}.
+    """
+    import tempfile
+
+    _check_counts(runs, warmup, 1, None)
+    ort = _onnxruntime()
+    model = open_model(path, threads=threads, providers=providers)  # checks the file and the providers
+    with tempfile.TemporaryDirectory() as work:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        options.log_severity_level = 3
+        options.enable_profiling = True
+        options.profile_file_prefix = os.path.join(work, "profile")
+        session = ort.InferenceSession(path, sess_options=options, providers=model.providers)
+        feed = {session.get_inputs()[0].name: _random_input(model, 1).astype(model.input_dtype)}
+        for _ in range(warmup + runs):
+            session.run(None, feed)
+        with open(session.end_profiling()) as f:
+            events = json.load(f)
+    runs_us = [e["dur"] for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"][warmup:]
+    nodes: dict = {}
+    for e in events:
+        if e.get("cat") != "Node" or not str(e.get("name", "")).endswith("_kernel_time"):
+            continue
+        args = e.get("args", {})
+        name = e["name"][: -len("_kernel_time")]
+        entry = nodes.setdefault(name, {"name": name, "op": args.get("op_name", "?"),
+                                        "provider": args.get("provider", "?"), "in": _event_dtype(args, "input"),
+                                        "out": _event_dtype(args, "output"), "times": []})
+        entry["times"].append(e["dur"])
+    ops = []
+    for entry in nodes.values():
+        kept = entry.pop("times")[warmup:] or [0]
+        ops.append({**entry, "us": float(np.median(kept))})
+    return {"method": "onnxruntime's profiler (per node of the optimized graph)",
+            "runtime": {"name": model.runtime, "version": model.runtime_version},
+            "whole_us": float(np.median(runs_us)) if runs_us else None, "ops": ops}
+
+
+def _event_dtype(args: dict, which: str) -> str | None:
+    """The element type of the first input or output of a profiled node ({"uint8": [1, 26, 26, 16]} -> "uint8")."""
+    shapes = args.get(f"{which}_type_shape") or [{}]
+    return next(iter(shapes[0]), None) if isinstance(shapes[0], dict) else None
+
+
+def _random_input_for(detail: dict) -> np.ndarray:
+    """A random tensor for an interpreter input `detail` (its shape, batch 1 where dynamic, and dtype)."""
+    shape = [int(d) if d > 0 else 1 for d in detail["shape"]]
+    dtype = np.dtype(detail["dtype"])
+    rng = np.random.default_rng(0)
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        return rng.integers(max(info.min, -100), min(info.max, 100) + 1, size=shape).astype(dtype)
+    return rng.random(shape, dtype=np.float32).astype(dtype)
+
+
+def _invoke_all(interpreter, inputs: list[np.ndarray]):
+    """One invocation of `interpreter` on `inputs` (set once, ahead of the timing), as a no-argument callable."""
+    for detail, x in _pairs(interpreter.get_input_details(), inputs):
+        interpreter.set_tensor(detail["index"], x)
+    return interpreter.invoke
+
+
 def _check_counts(runs: int, warmup: int, batch: int, max_runs: int | None) -> None:
     if runs < 1 or warmup < 0 or batch < 1 or (max_runs is not None and max_runs < runs):
         raise RunnerError(
@@ -926,6 +1044,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--expect-sha256", action="append", default=[],
                         help="refuse to run unless the artifact has this sha256 (copy check); once per artifact")
     parser.add_argument("--expect-data-sha256", help="refuse to run unless --data has this sha256 (copy check)")
+    parser.add_argument("--profile", action="store_true",
+                        help="time the artifact op by op instead (.onnx: onnxruntime's profiler; .tflite: the files of "
+                        "--op-model, one op of it each)")
+    parser.add_argument("--op-model", action="append", default=[],
+                        help="with --profile: INDEX:FILE, one op of the INDEX-th artifact (a .tflite file, from 0) "
+                        "as its own model, in op order")
     args = parser.parse_args(argv)
 
     providers = [p.strip() for p in args.providers.split(",") if p.strip()] if args.providers else None
@@ -940,7 +1064,9 @@ def main(argv: list[str] | None = None) -> int:
             _check_copy(args.data, args.expect_data_sha256)
         x, y = load_data(args.data) if args.data else (None, None)
         with _stdout_to_stderr() if args.json else nullcontext():
-            if len(args.artifact) == 1:
+            if args.profile:
+                result = profile_many(args.artifact, args.op_model, args.runs, args.warmup, args.threads, providers)
+            elif len(args.artifact) == 1:
                 result = benchmark(
                     args.artifact[0], x, y, runs=args.runs, warmup=args.warmup, threads=args.threads,
                     batch=args.batch, providers=providers, with_predictions=args.predictions, **adaptive,
@@ -953,6 +1079,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.json:
         print(json.dumps(result))
+    elif args.profile:
+        for path, profile in _pairs(args.artifact, result["profiles"]):
+            print("\n".join([path, *(f"  {op.get('op', op.get('file'))}: {op['us']:.1f} us" for op in profile["ops"])]))
     elif "artifacts" in result:
         print("\n".join(_latency_line(r) for r in result["artifacts"]))
     else:

@@ -23,6 +23,7 @@ import shlex
 import subprocess
 import sys
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 from edgepress.deploy import runner
@@ -55,10 +56,32 @@ def run_benchmark(
             options += [f"--{flag.replace('_', '-')}", str(value)]
     if any(a.suffix == ".onnx" for a in artifacts):
         options += ["--providers", ",".join(device.execution_providers)]
+    return _run_runner(device, artifacts, eval_npz, options)
+
+
+def run_profile(device: Device, artifacts: list[Path], op_files: list[list[Path]], runs: int, warmup: int,
+                threads: int) -> dict:
+    """Time each of `artifacts` op by op on `device`, in one runner process (its --profile; a .tflite file's ops as
+    the files of its `op_files` list, edgepress/deploy/op_models.py); return the runner's JSON."""
+    if device.reach.kind == "adb":
+        raise DeviceError(f"Device '{device.name}' is reached over adb, where edgepress drives LiteRT's "
+                          "benchmark_model, which edgepress does not yet ask for its op profile.")
+    options = ["--profile", "--runs", str(runs), "--warmup", str(warmup), "--threads", str(threads), "--json"]
+    if any(a.suffix == ".onnx" for a in artifacts):
+        options += ["--providers", ",".join(device.execution_providers)]
+    tagged = [(i, file) for i, files in enumerate(op_files) for file in files]
+    return _run_runner(device, artifacts, None, options, tagged)
+
+
+def _run_runner(device: Device, artifacts: list[Path], eval_npz: Path | None, options: list[str],
+                op_files: Sequence[tuple[int, Path]] = ()) -> dict:
+    """The runner on `device` with these artifacts, data and options; `op_files` are (artifact index, op model)."""
     if device.reach.kind == "ssh":
-        return _ssh(device, artifacts, eval_npz, options)
+        return _ssh(device, artifacts, eval_npz, options, list(op_files))
     command = [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), runner.__file__, *map(str, artifacts),
                *options]
+    for index, file in op_files:
+        command += ["--op-model", f"{index}:{file}"]
     if eval_npz is not None:
         command += ["--data", str(eval_npz)]
     return _result(device, _call(device, command, "run the benchmark", device.reach.timeout_s))
@@ -94,15 +117,19 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 # -- ssh --------------------------------------------------------------------------------------------
 
 
-def _ssh(device: Device, artifacts: list[Path], eval_npz: Path | None, options: list[str]) -> dict:
+def _ssh(device: Device, artifacts: list[Path], eval_npz: Path | None, options: list[str],
+         op_files: Sequence[tuple[int, Path]] = ()) -> dict:
     reach = device.reach
     if not reach.host:
         raise DeviceError(f"Device '{device.name}' is reached over ssh but its profile has no reach.host.")
-    if len({a.name for a in artifacts}) != len(artifacts):
+    names = [p.name for p in [*artifacts, *(file for _, file in op_files)]]
+    if len(set(names)) != len(names):
         raise DeviceError(f"Device '{device.name}': artifacts with the same file name cannot share a work folder.")
     folder = f"{reach.workdir.rstrip('/')}/edgepress-{uuid.uuid4().hex[:12]}"
-    files = [Path(runner.__file__), *artifacts] + ([eval_npz] if eval_npz else [])
+    files = [Path(runner.__file__), *artifacts, *(file for _, file in op_files)] + ([eval_npz] if eval_npz else [])
     remote = [*shlex.split(reach.python), "runner.py", *(a.name for a in artifacts), *options]
+    for index, file in op_files:
+        remote += ["--op-model", f"{index}:{file.name}"]
     for a in artifacts:
         remote += ["--expect-sha256", _sha256(a)]
     if eval_npz is not None:

@@ -25,6 +25,10 @@ class MeasureSpec(BaseModel):
         "(0.05 or '5%'); null: exactly `runs` runs."
     )
     max_seconds: float = Field(10, gt=0, description="Stop adding runs after this many seconds of timing per target.")
+    profile: bool = Field(
+        True, description="Also time every artifact op by op on every target (`runs` runs each; the report's "
+        "'Where the time goes'): the ops that take the time, on which delegate or execution provider. false: skip it."
+    )
 
     @field_validator("target_ci_width", mode="before")
     @classmethod

@@ -97,6 +97,20 @@ def test_ssh_benchmark_matches_the_local_one(ssh_host, artifacts, digits, fmt):
     assert list((ssh_host["dir"] / "remote").iterdir()) == []  # the device's work folder was removed
 
 
+def test_ssh_profiles_every_op_as_the_local_runner_does(ssh_host, artifacts):
+    from edgepress.deploy.profile import profile_many
+
+    files = [artifacts["tflite"], artifacts["onnx"]]
+    remote = profile_many(files, _ssh_device(ssh_host), runs=5, warmup=1)
+    local = profile_many(files, load_device("x86-host"), runs=5, warmup=1)
+    for there, here in zip(remote, local, strict=True):
+        assert "error" not in there, there
+        assert there["device"] == "loopback-ssh" and here["device"] == "x86-host"
+        assert [op["name"] for op in there["ops"]] == [op["name"] for op in here["ops"]]
+        assert all(op["us"] > 0 for op in there["ops"])
+    assert list((ssh_host["dir"] / "remote").iterdir()) == []  # the op models went with the work folder
+
+
 def _refused(device, artifacts, digits) -> str:
     with pytest.raises(DeviceError) as e:
         measure(artifacts["tflite"], (digits.x_test[:10], digits.y_test[:10]), runs=2, warmup=0, device=device)

@@ -1,0 +1,145 @@
+"""One small model per operator of a .tflite file: how the runner times each op, since LiteRT's Python API has no op
+timer (LiteRT 2.3: neither the Interpreter nor the CompiledModel exposes its profiler).
+
+    ops = op_models(Path("m_int8.tflite"), Path("ops/"))   # [{index, op, name, prep, file, why}, ...]
+
+Each file holds one operator of the model's main graph with the tensors it reads and writes: its constant inputs
+(weights) with their data and quantization, its activations as the file's inputs, its outputs as its outputs. An
+input computed from constants only (a DEQUANTIZE of int8 or float16 weights, a DENSIFY of sparse ones) comes with
+the ops that compute it, as in the model, where a delegate may fold them into the op: they are timed with their
+consumer, not alone (`prep` names them). The runner times each file alone with the device's delegate and records
+whether the delegate took it (a DELEGATE node in its execution plan): the op's time as the device runs it, plus one
+invocation's fixed cost (edgepress/deploy/runner.py, profile_tflite). An op that calls other graphs (WHILE, IF,
+CALL_ONCE) is not cut out; its row says so. This runs on the host (it needs LiteRT's flatbuffer tools); the device
+only times the files.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+from edgepress.errors import EdgepressError, first_line
+
+# Builtin options that name other subgraphs: an op with them cannot be timed alone.
+_CONTROL_FLOW = ("WHILE", "IF", "CALL_ONCE", "STABLEHLO_WHILE", "STABLEHLO_CASE", "STABLEHLO_COMPOSITE")
+
+
+def op_models(path: Path, out_dir: Path) -> list[dict[str, Any]]:
+    """Write one .tflite file per operator of the model at `path` into `out_dir`; return one row per operator, in
+    execution order: index, op (its builtin name), name (its first output tensor's), prep (the weight-preparing ops
+    that come with it), in and out (the element types of its first activation input and its output), file (or
+    None), why (None, or why it was not cut out)."""
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    try:
+        model = flatbuffer_utils.read_model(str(path))
+    except Exception as e:  # a truncated or foreign file: flatbuffers raises plain errors
+        raise EdgepressError(f"Cannot read {path} as a TFLite model to profile it: {first_line(e)}.") from None
+    graph = model.subgraphs[0]
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    kinds = [names.get(flatbuffer_utils.get_builtin_code_from_operator_code(model.operatorCodes[op.opcodeIndex]),
+                       "CUSTOM") for op in graph.operators]
+    prep, made_by, constants = _constant_prep(model, graph)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for index, op in enumerate(graph.operators):
+        if index in prep:
+            continue  # computed from constants only: timed with the op that reads it
+        name = _tensor_name(graph.tensors[op.outputs[0]]) if len(op.outputs) else f"op{index}"
+        group = sorted(_producers(op, made_by, prep, graph)) + [index]
+        activations = [t for t in op.inputs if t >= 0 and t not in constants]
+        row = {"index": index, "op": kinds[index], "name": name, "prep": [kinds[i] for i in group[:-1]],
+               "in": _dtype(schema, graph.tensors[activations[0]]) if activations else None,
+               "out": _dtype(schema, graph.tensors[op.outputs[0]]) if len(op.outputs) else None,
+               "file": None, "why": None}
+        if kinds[index] in _CONTROL_FLOW:
+            row["why"] = f"{kinds[index]} runs other subgraphs; it is not timed alone"
+        else:
+            file = out_dir / f"op{index:04d}.tflite"
+            ops = [graph.operators[i] for i in group]
+            file.write_bytes(flatbuffer_utils.convert_object_to_bytearray(_alone(schema, model, graph, ops)))
+            row["file"] = file.name
+        rows.append(row)
+    return rows
+
+
+def _constant_prep(model, graph) -> tuple[set[int], dict[int, int], set[int]]:
+    """The ops whose every input is constant or made from constants (weights prepared at run time), the op that
+    makes each tensor, and the tensors that are constant or made from constants."""
+    constant = {i for i, t in enumerate(graph.tensors) if t.buffer and model.buffers[t.buffer].data is not None
+                and len(model.buffers[t.buffer].data)}
+    made_by, prep = {}, set()
+    for index, op in enumerate(graph.operators):
+        for t in op.outputs:
+            made_by[t] = index
+        inputs = [t for t in op.inputs if t >= 0]
+        if inputs and all(t in constant for t in inputs):
+            prep.add(index)
+            constant.update(op.outputs)
+    return prep, made_by, constant
+
+
+def _producers(op, made_by: dict[int, int], prep: set[int], graph) -> set[int]:
+    """The prep ops (see _constant_prep) that `op`'s inputs come from, through other prep ops."""
+    found, todo = set(), [t for t in op.inputs if t >= 0]
+    while todo:
+        maker = made_by.get(todo.pop())
+        if maker in prep and maker not in found:
+            found.add(maker)
+            todo += [t for t in graph.operators[maker].inputs if t >= 0]
+    return found
+
+
+def _alone(schema, model, graph, ops: list):
+    """A ModelT holding `ops` alone, in order: their tensors renumbered, the constant ones with their buffers; its
+    inputs are what the ops read and no op of theirs makes, its outputs what the last op writes."""
+    used = list(dict.fromkeys(t for op in ops for t in [*op.inputs, *op.outputs, *(op.intermediates or [])] if t >= 0))
+    renumber = {old: new for new, old in enumerate(used)}
+    buffers = [schema.BufferT()]  # buffer 0 is the empty one, by the schema's convention
+    tensors = []
+    for old in used:
+        tensor = copy.copy(graph.tensors[old])
+        source = model.buffers[tensor.buffer] if tensor.buffer else None
+        if source is not None and source.data is not None and len(source.data):
+            buffers.append(source)
+            tensor.buffer = len(buffers) - 1
+        else:
+            tensor.buffer = 0
+        tensors.append(tensor)
+    made = {t for op in ops for t in op.outputs}
+    copies = []
+    for op in ops:
+        alone = copy.copy(op)
+        alone.inputs = [renumber[t] if t >= 0 else -1 for t in op.inputs]
+        alone.outputs = [renumber[t] for t in op.outputs]
+        alone.intermediates = [renumber[t] for t in (op.intermediates or [])] or None
+        copies.append(alone)
+    subgraph = schema.SubGraphT()
+    subgraph.tensors = tensors
+    subgraph.operators = copies
+    subgraph.inputs = list(dict.fromkeys(
+        renumber[t] for op in ops for t in op.inputs
+        if t >= 0 and t not in made and not tensors[renumber[t]].buffer and not tensors[renumber[t]].isVariable))
+    subgraph.outputs = list(copies[-1].outputs)
+    subgraph.name = "op"
+    result = schema.ModelT()
+    result.version = model.version
+    result.operatorCodes = model.operatorCodes
+    result.subgraphs = [subgraph]
+    result.buffers = buffers
+    result.description = "one operator, cut out by edgepress to time it"
+    return result
+
+
+def _dtype(schema, tensor) -> str:
+    """A tensor's element type as numpy names it ("int8", "float32")."""
+    names = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+    return {"float32": "float32", "float16": "float16"}.get(names.get(tensor.type, "?"), names.get(tensor.type, "?"))
+
+
+def _tensor_name(tensor) -> str:
+    name = tensor.name
+    return name.decode() if isinstance(name, bytes) else str(name)

@@ -1,0 +1,117 @@
+"""Where an artifact's time goes on a device, op by op, and which ops its delegate or execution provider ran.
+
+    profiles = profile_many([artifact, ...], device, runs=50)   # one profile (or {"error"}) per artifact
+    profile["ops"]       # [{name, op, us, share, runs_on, offloaded, in, out, kind, macs, prep}], in execution order
+    profile["by_type"]   # {op type: us}, the ops of each type added up
+
+Measured by the on-device runner (edgepress/deploy/runner.py, --profile), so it works on a board over ssh, with no
+TensorFlow there. ONNX: onnxruntime's own profiler, per node of the graph it runs (its fusions done), with the
+execution provider of each. TFLite: LiteRT's Python API has no op timer, so each op is cut out of the file as a model
+of its own (edgepress/deploy/op_models.py, here on the host) and the runner times each with the device's delegate,
+recording whether the delegate took it (`offloaded`; for ONNX: whether the device's first execution provider ran
+it); each such time holds one invocation's fixed cost too (`floor_us`, the cheapest
+op's time, estimates it), so the ops' times add up to more than the whole file's. `method` says which way a profile was
+taken. `kind` is the kernel kind of a MAC op (integer, hybrid or float, edgepress/deploy/coverage.py), `macs` its
+multiply-accumulates.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from edgepress.artifact import Artifact
+from edgepress.devices import Device
+from edgepress.errors import EdgepressError, first_line
+
+
+def profile_many(artifacts: list[Artifact | Path], device: Device, runs: int = 50, warmup: int = 10,
+                 threads: int | None = None) -> list[dict[str, Any]]:
+    """The profile of each artifact on `device` (see the module doc), taken in one runner process; an artifact that
+    cannot be profiled there gets {"error": why} (its measurement stands without it)."""
+    from edgepress.deploy.op_models import op_models
+    from edgepress.deploy.transports import DeviceError, run_profile
+
+    paths = [Path(a.path if isinstance(a, Artifact) else a) for a in artifacts]
+    threads = threads or device.threads
+    with tempfile.TemporaryDirectory() as work:
+        cut, op_files = [], []
+        for i, path in enumerate(paths):
+            rows = op_models(path, Path(work) / f"a{i}") if path.suffix == ".tflite" else []
+            cut.append(rows)
+            # Each artifact's op files get their own names: over ssh they share one work folder.
+            files = []
+            for row in rows:
+                if row["file"]:
+                    named = Path(work) / f"a{i}_{row['file']}"
+                    (Path(work) / f"a{i}" / row["file"]).rename(named)
+                    row["file"] = named.name
+                    files.append(named)
+            op_files.append(files)
+        try:
+            raw = run_profile(device, paths, op_files, runs, warmup, threads)
+        except DeviceError as e:
+            return [{"error": str(e)} for _ in paths]
+    return [_joined(path, rows, profile, device) for path, rows, profile in
+            zip(paths, cut, raw["profiles"], strict=True)]
+
+
+def _joined(path: Path, rows: list[dict], raw: dict, device: Device) -> dict[str, Any]:
+    """The runner's timings of one file, with what the host knows of its ops (types, names, MACs, kernel kinds)."""
+    from edgepress.deploy.coverage import int8_macs
+
+    try:
+        macs = {op["name"]: op for op in int8_macs(path)["ops"]}
+    except EdgepressError as e:  # MACs not countable (an ONNX graph with unknown sizes): the timings still stand
+        macs, note = {}, f"MACs not counted: {first_line(e)}"
+    else:
+        note = None
+    if path.suffix == ".tflite":
+        timed = {op["file"]: op for op in raw["ops"]}
+        runs_on = {"xnnpack": "XNNPACK", "gpu": "GPU delegate"}.get(device.delegate, "builtin kernels")
+        ops = []
+        for row in rows:
+            op = timed.get(row["file"]) if row["file"] else None
+            ops.append({"name": row["name"], "op": row["op"], "us": None if op is None else op["us"],
+                        "runs_on": None if op is None else (runs_on if op["delegated"] else "builtin kernels"),
+                        "offloaded": None if op is None else bool(op["delegated"]),
+                        "in": row["in"], "out": row["out"], "prep": row["prep"], "why": row["why"]})
+    else:
+        first = device.execution_providers[0] if device.execution_providers else "CPUExecutionProvider"
+        ops = [{"name": op["name"], "op": op["op"], "us": op["us"], "runs_on": op["provider"],
+                "offloaded": op["provider"] == first, "in": op.get("in"), "out": op.get("out"), "prep": [],
+                "why": None} for op in raw["ops"]]
+        macs = _by_onnx_node(ops, macs)
+    total = sum(op["us"] for op in ops if op["us"] is not None)
+    by_type: dict[str, float] = {}
+    for op in ops:
+        mac = macs.get(op["name"])
+        op.update(kind=mac["kind"] if mac else None, macs=mac["macs"] if mac else None,
+                  share=None if op["us"] is None or not total else op["us"] / total)
+        if op["us"] is not None:
+            by_type[op["op"]] = by_type.get(op["op"], 0.0) + op["us"]
+    return {"method": raw["method"], "runtime": raw["runtime"], "device": device.name, "whole_us": raw["whole_us"],
+            "floor_us": raw.get("floor_us"), "total_us": total, "ops": ops,
+            "by_type": dict(sorted(by_type.items(), key=lambda item: -item[1])), "note": note}
+
+
+def _by_onnx_node(ops: list[dict], macs: dict[str, dict]) -> dict[str, dict]:
+    """The MAC ops of coverage (named as in the graph at ORT_ENABLE_EXTENDED) by the names the profiler gives their
+    nodes (the graph at ORT_ENABLE_ALL, whose layout transforms rename some: `conv2d/BiasAdd_token_1`,
+    `conv2d/Relu:0_nchwc`): the longest coverage name a profiled MAC node's name starts with; the MAC nodes left
+    are taken in order when as many are left on both sides (both graphs keep the order of the model's layers)."""
+    from edgepress.deploy.coverage import ONNX_MAC_OPS
+
+    mac_nodes = [op for op in ops if op["op"] in ONNX_MAC_OPS or op["op"] in ("Conv", "FusedConv")]
+    found, used = {}, set()
+    for op in mac_nodes:
+        names = [name for name in macs if op["name"] == name or op["name"].startswith(name + "_")]
+        if names:
+            found[op["name"]] = macs[max(names, key=len)]
+            used.add(max(names, key=len))
+    left = [op for op in mac_nodes if op["name"] not in found]
+    unmatched = [name for name in macs if name not in used]
+    if len(left) == len(unmatched):
+        found.update({op["name"]: macs[name] for op, name in zip(left, unmatched, strict=True)})
+    return found
