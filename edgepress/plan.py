@@ -68,7 +68,7 @@ class PlannedExport:
         """The exporter's request for this export of `source`."""
         s = self.spec
         return ExportRequest(source, self.path, s.format, s.precision, calibration, check_data, steps, s.batch_size,
-                             s.sparse, s.layout, s.block_size)
+                             s.sparse, s.layout, s.block_size, tuple(s.float_layers or ()))
 
 
 @dataclass(frozen=True)
@@ -205,13 +205,14 @@ def _source(recipe: Recipe, data, progress) -> tuple[Source, str, Callable | Non
     name = f"zoo:{spec.zoo}"
     entry = zoo.ZOO.get(spec.zoo)
     if entry is None or entry.save is None:
+        from edgepress.compat import keras
+
+        # Layer names come from Keras' counters: from zero here and in `train`, so the names checked are the names
+        # the trained model has (recipes name layers: qat `layers: [dense]`, an export's float_layers).
+        keras().backend.reset_uids()
         built = zoo.build(spec.zoo, data.num_classes)  # names the zoo's models when unknown
 
         def train(on_epoch) -> Source:
-            # Layer names come from Keras' counters: reset them, so the trained model's layers are named as the
-            # build checked here was (recipes name layers, e.g. qat `layers: [dense]`).
-            from edgepress.compat import keras
-
             keras().backend.reset_uids()
             model = zoo.train(spec.zoo, data, spec.train_epochs, spec.batch_size, spec.learning_rate, spec.seed,
                               on_epoch)
@@ -357,9 +358,20 @@ def _check_exports(recipe: Recipe, exports: tuple[PlannedExport, ...], final: So
                 "quantization-aware model already carries its int8 ranges. Export it as tflite int8 without "
                 "`quantize:`, or drop the qat step."
             )
-    for export in exports:
+    for i, export in enumerate(exports):
         request = export.request(final, calibration)
         exporter_for(request).check(request)
+        if request.float_layers:
+            from edgepress.deploy.layers import layer_names
+
+            if not hasattr(final, "model"):
+                raise EdgepressError(f"exports[{i}].float_layers names Keras layers, and {final.name} is "
+                                     f"{final.title}. Remove float_layers from that export.")
+            known = layer_names(final.model)
+            unknown = [name for name in request.float_layers if name not in known]
+            if unknown:
+                raise EdgepressError(f"exports[{i}].float_layers names {', '.join(map(repr, unknown))}, which "
+                                     f"'{final.name}' does not have; its layers: {', '.join(known)}.")
 
 
 def _kernel_notes(recipe: Recipe, devices: list) -> list[str]:

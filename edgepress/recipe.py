@@ -119,6 +119,19 @@ class ExportSpec(Section):
         None, description="int4_weight: quantize weights in blocks of this many (tflite 32, 64, 128 or 256, Dense "
         "layers, default per channel; onnx 16 to 256, default 32)."
     )
+    float_layers: list[str] | None = Field(
+        None, description="tflite int8 / onnx int8_static: Keras layers to keep in float, the rest int8 (e.g. the "
+        "first convolution: int8 kernels on a 1- or 3-channel input are slower than float ones on many CPUs; see "
+        "each artifact's per-op profile)."
+    )
+
+    @model_validator(mode="after")
+    def _float_layers_of_int8(self) -> ExportSpec:
+        if self.float_layers is not None and (self.precision != QUANTIZED[self.format] or self.quantize):
+            raise ValueError("float_layers keeps layers of an int8 export in float: it is for tflite int8 and onnx "
+                             "int8_static without quantize (which chooses its own), not "
+                             f"{self.format} {self.precision}")
+        return self
 
     @model_validator(mode="after")
     def _block_size_fits(self) -> ExportSpec:

@@ -53,7 +53,7 @@ def profile_many(artifacts: list[Artifact | Path], device: Device, runs: int = 5
             raw = run_profile(device, paths, op_files, runs, warmup, threads)
         except DeviceError as e:
             return [{"error": str(e)} for _ in paths]
-    return [_joined(path, rows, profile, device) for path, rows, profile in
+    return [profile if profile.get("error") else _joined(path, rows, profile, device) for path, rows, profile in
             zip(paths, cut, raw["profiles"], strict=True)]
 
 

@@ -625,10 +625,13 @@ def profile_many(paths: list[str], op_models: list[str], runs: int = 50, warmup:
         by_index.setdefault(int(index), []).append(file)
     profiles = []
     for i, path in enumerate(paths):
-        if _model_format(path) == "onnx":
-            profiles.append(profile_onnx(path, runs, warmup, threads, providers))
-        else:
-            profiles.append(profile_tflite(path, by_index.get(i, []), runs, warmup, threads))
+        try:  # one file this runtime cannot profile (a new op version) does not cost the others theirs
+            if _model_format(path) == "onnx":
+                profiles.append(profile_onnx(path, runs, warmup, threads, providers))
+            else:
+                profiles.append(profile_tflite(path, by_index.get(i, []), runs, warmup, threads))
+        except RunnerError as e:
+            profiles.append({"error": str(e)})
     return {"runner_version": RUNNER_VERSION, "profiles": profiles, "host": _host()}
 
 
@@ -643,10 +646,17 @@ def profile_tflite(path: str, op_files: list[str], runs: int = 50, warmup: int =
     """
     _check_counts(runs, warmup, 1, None)
     whole = open_model(path, threads=threads)
-    models = [open_model(file, threads=threads) for file in op_files]
-    everything = [whole, *models]
-    inputs = [[_random_input_for(detail) for detail in m._interpreter.get_input_details()] for m in everything]
-    calls = [_invoke_all(m._interpreter, x) for m, x in _pairs(everything, inputs)]
+    interpreter_class = _tflite_interpreter()[0]
+    models = []
+    for file in op_files:  # an op may read several tensors (an ADD): its own interpreter, not the Runtime class
+        try:
+            models.append(interpreter_class(model_path=file, num_threads=threads))
+            models[-1].allocate_tensors()
+        except (ValueError, RuntimeError) as e:
+            raise RunnerError(f"{file}: {whole.runtime} could not load this op of {path} ({_one_line(e)}).") from None
+    everything = [whole._interpreter, *models]
+    inputs = [[_random_input_for(detail) for detail in m.get_input_details()] for m in everything]
+    calls = [_invoke_all(m, x) for m, x in _pairs(everything, inputs)]
     for call in calls:
         for _ in range(warmup):
             call()
@@ -654,7 +664,7 @@ def profile_tflite(path: str, op_files: list[str], runs: int = 50, warmup: int =
     medians = [float(np.median(t)) * 1000.0 for t in times]
     ops = []
     for (file, model), us in _pairs(_pairs(op_files, models), medians[1:]):
-        plan = [op.get("op_name") for op in model._interpreter._get_ops_details()]
+        plan = [op.get("op_name") for op in model._get_ops_details()]
         ops.append({"file": os.path.basename(file), "us": us, "delegated": "DELEGATE" in plan,
                     "plan": [name for name in plan if name != "DELEGATE"]})
     return {"method": "each op timed alone (a model of that op, cut out of the file)",

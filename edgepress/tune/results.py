@@ -11,6 +11,7 @@ tune.json, schema_version 1:
              models [{stage, accuracy, params, macs}], devices {name: error or null},
              rows [{artifact, device, format, precision, accuracy, accuracy_drop, p50_ms, bytes, gzip_bytes, passed}]}],
     pareto {device: [rows]}, best {device: row + {trial, recipe} or null},
+    stopped_exports {device: {format:precision: why}} (no longer exported: slower than fp32 in every trial),
     closest {device: row + {misses}} for a device with no artifact within the budgets, passed
 """
 

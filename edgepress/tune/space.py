@@ -6,8 +6,9 @@ to recover with distillation from the source, and a channel multiple to round to
 its devices support, accuracy-aware int8 included: training is what a trial costs, an export a few seconds, and
 a sampler that had to find the right precision as one more choice spent its trials on slow ones (an int16x8
 that fits the size budget, 6x slower than int8, held a TPE search on the seed CNN for most of 20 minutes).
-`recipe_for` turns those choices into a plain recipe dict that `edgepress run` runs as it is: the tune depends on
-the recipe schema, not on the run's internals.
+A precision that turns out slower than its format's fp32 on a device in every trial so far (`losing_exports`) is
+no longer exported for that device. `recipe_for` turns those choices into a plain recipe dict that `edgepress run`
+runs as it is: the tune depends on the recipe schema, not on the run's internals.
 """
 
 from __future__ import annotations
@@ -124,6 +125,34 @@ def steps_for(params: dict, sensitivity: dict | None = None) -> list[dict]:
     if params.get("distill"):
         steps.append({"type": "distill", "teacher": "source", "epochs": params["fine_tune_epochs"]})
     return steps
+
+
+def losing_exports(trial_rows: list[list[dict]], devices: list[str], at_least: int = 2) -> dict[str, dict[str, str]]:
+    """Per device, the export choices slower than their format's fp32 beyond the noise (p50 intervals apart) in
+    every trial that measured both, `at_least` trials of them: a tune stops exporting those for that device (the
+    trials' reports say per op why they lose). `trial_rows`: each completed trial's report rows. fp32 itself, sparse
+    and accuracy-aware rows are never dropped."""
+    from edgepress.stats import faster
+
+    tallies: dict[tuple[str, str], list[int]] = {}
+    for rows in trial_rows:
+        for device in devices:
+            mine = [r for r in rows if r["device"] == device]
+            fp32 = {r["format"]: r for r in mine if r["precision"] == "fp32"
+                    and not (r.get("quantization") or {}).get("sparse")}
+            for row in mine:
+                base = fp32.get(row["format"])
+                if base is None or row is base or row.get("accuracy_aware") or row["precision"] == "fp32":
+                    continue
+                tally = tallies.setdefault((device, f"{row['format']}:{row['precision']}"), [0, 0])
+                tally[0] += 1
+                tally[1] += faster(base, row)
+    losing: dict[str, dict[str, str]] = {}
+    for (device, choice), (measured, lost) in tallies.items():
+        if measured >= at_least and lost == measured:
+            fmt = choice.split(":")[0]
+            losing.setdefault(device, {})[choice] = f"slower than {fmt} fp32 beyond the noise in all {measured} trials"
+    return losing
 
 
 def export_for(choice: str, aware_drop: float) -> dict:

@@ -25,7 +25,7 @@ from edgepress.specs.tune import TuneSpec
 from edgepress.text import ms, percent
 from edgepress.tune import results as out
 from edgepress.tune.execute import executor_for
-from edgepress.tune.space import Space, export_of_row, exports_for, key_of, recipe_for
+from edgepress.tune.space import Space, export_of_row, exports_for, key_of, losing_exports, recipe_for
 
 STUDY_NAME = "edgepress-tune"
 PENALTY = 1e9  # an objective a trial could not measure (its device dropped): worse than anything measured
@@ -203,6 +203,7 @@ class _Loop:
         self.budgets, self.base, self.source, self.run_dir = budgets, base, source, run_dir
         self.executor, self.progress, self.started, self.deadline = executor, progress, started, deadline
         self.dropped: dict[str, str] = {}
+        self.stopped: dict[str, dict[str, str]] = {}  # device -> export choices no longer made, and why
         self.startup = startup_trials(spec.trials)
         self.durations: list[float] = []  # of the trials this invocation ran (not cached ones)
         self.study.sampler = _sampler(spec, len(study.trials), self.startup)
@@ -221,7 +222,7 @@ class _Loop:
                 params = self.space.suggest(trial)
                 live = [n for n in self.names if n not in self.dropped]
                 name = f"t{trial.number:03d}"
-                exports = exports_for(self.space.exports, self.space.aware_drop, live)
+                exports = exports_for(self._export_choices(), self.space.aware_drop, live)
                 recipe = recipe_for(self.base, name, self.space.steps(params), exports, [self.targets[n] for n in live])
                 key = key_of(recipe)
                 trial.set_user_attr("params", params)
@@ -247,6 +248,17 @@ class _Loop:
         if self._out_of_time() and done < self.spec.trials:
             self.progress.done(f"time budget reached after {done} of {self.spec.trials} trials; run the same command "
                                "again to go on")
+
+    def _export_choices(self) -> dict[str, list[str]]:
+        """Each device's export choices, less those that lost to fp32 in every trial so far (`losing_exports`)."""
+        losing = losing_exports([r for _, r in _completed_rows(self.study)], self.names)
+        for device, choices in losing.items():
+            for choice, why in choices.items():
+                if choice not in self.stopped.setdefault(device, {}):
+                    self.stopped[device][choice] = why
+                    self.progress.done(f"{device}: {choice.replace(':', ' ')} is no longer exported: {why} (the "
+                                       "trials' reports say per op where its time goes)")
+        return {d: [c for c in cs if c not in self.stopped.get(d, {})] for d, cs in self.space.exports.items()}
 
     def _pace(self, done: int, result: dict) -> None:
         """Shorten TPE's random start to the trials that fit in the time left, once trials have been timed."""
@@ -432,6 +444,14 @@ def trial_pick(rows: list[dict], device: str, budgets: dict) -> dict | None:
 
 # -- what the study holds, as tune.json, report.html and best-<device>.yaml -----------------------------------------
 
+def _completed_rows(study) -> list[tuple[object, list[dict]]]:
+    """(trial, its rows) of every trial that ran to the end (not a cached repeat)."""
+    from optuna.trial import TrialState
+
+    return [(t, t.user_attrs["result"]["rows"]) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if "rows" in t.user_attrs.get("result", {}) and "cached_from" not in t.user_attrs["result"]]
+
+
 def _trial_rows(study) -> list[tuple[object, dict]]:
     """(trial, raw row) for every artifact measured by a trial (not counting a cached repeat twice)."""
     from optuna.trial import TrialState
@@ -520,6 +540,8 @@ def _tune_json(study, space, budgets, source, names, dropped, duration_s) -> dic
         "best": best,
         "closest": closest,
         "dropped": dropped,
+        # Exports no longer made for a device: slower than that format's fp32 in every trial that measured them.
+        "stopped_exports": losing_exports([rows for _, rows in _completed_rows(study)], names),
         "passed": all(best[d] is not None for d in names) and not dropped,
     }
 

@@ -112,3 +112,21 @@ def test_edgepress_profile_prints_the_slowest_ops(files):
     assert "m_int8.tflite on x86-host" in text and "CONV_2D" in text and "by op type" in text
     missing = cli.invoke(app, ["profile", "nope.tflite"])
     assert missing.exit_code == 2 and "nope.tflite" in missing.output and "Traceback" not in missing.output
+
+
+def test_an_int8_export_can_keep_named_layers_float_and_its_profile_shows_it(tmp_path):
+    base = {"name": "fl", "model": {"zoo": "seed_cnn", "train_epochs": 1},
+            "data": {"dataset": "digits", "train_size": 200, "test_size": 40, "calibration_samples": 20,
+                     "check_samples": 20}, "measure": {"runs": 3, "warmup": 1, "target_ci_width": None}}
+    exports = [{"format": "tflite", "precision": "int8", "float_layers": ["conv2d"]},
+               {"format": "onnx", "precision": "int8_static", "float_layers": ["conv2d"]}]
+    report = edgepress.run(edgepress.Recipe.from_dict({**base, "exports": exports}), tmp_path / "run")
+    for row in report.artifacts:
+        assert row["quantization"]["float_layers"] == ["conv2d"] and 0.5 < row["quantization"]["int8_macs"] < 1
+        kinds = [op["kind"] for op in row["profile"]["ops"] if op["macs"]]
+        assert kinds[0] == "float" and set(kinds[1:]) == {"integer"}  # the first conv float, the rest int8
+    for bad, words in (({"format": "tflite", "precision": "int8", "float_layers": ["nope"]}, "'nope', which"),
+                       ({"format": "tflite", "precision": "fp32", "float_layers": ["conv2d"]}, "not tflite fp32")):
+        with pytest.raises(edgepress.EdgepressError, match=words):
+            edgepress.run(edgepress.Recipe.from_dict({**base, "exports": [bad]}), tmp_path / "bad")
+        assert not (tmp_path / "bad").exists()

@@ -130,3 +130,17 @@ def test_random_start_is_a_third_of_the_trials_that_fit_in_the_time_left():
     # 20 minutes at 20 s a trial: 60 trials fit, so --trials 9 is what limits
     assert startup_trials(9, done=1, time_left=1200, durations=[25, 15]) == 3
     assert startup_trials(200, done=3, time_left=1200, durations=[25, 15]) == 10
+
+
+def test_losing_exports_needs_two_trials_and_a_loss_beyond_the_noise_in_each():
+    from edgepress.tune.space import losing_exports
+
+    def row(precision, p50, low, high, fmt="tflite"):
+        return {"device": "d", "format": fmt, "precision": precision, "latency": {"p50": p50, "p50_ci": [low, high]}}
+
+    slow = [row("fp32", 1.0, 0.9, 1.1), row("int16x8", 30.0, 29.0, 31.0), row("int8", 1.05, 1.0, 1.1)]
+    assert losing_exports([slow], ["d"]) == {}  # one trial is not enough
+    losing = losing_exports([slow, slow], ["d"])
+    assert list(losing["d"]) == ["tflite:int16x8"]  # int8 ties fp32 (intervals overlap): kept
+    faster_once = [row("fp32", 1.0, 0.9, 1.1), row("int16x8", 0.5, 0.4, 0.6)]
+    assert losing_exports([slow, faster_once], ["d"]) == {}  # it won once: kept

@@ -165,3 +165,16 @@ def test_a_hopeless_trial_is_stopped_after_one_fine_tune_epoch(tmp_path):
     assert not (run / "results.json").exists() and not list(run.glob("artifacts/*"))  # nothing exported
     # nothing a trial made is within the budget: the best is the source model itself, as float
     assert result.results["best"]["x86-host"]["trial"] is None
+
+
+def test_a_precision_that_loses_to_fp32_in_every_trial_is_no_longer_exported(tmp_path):
+    # int16x8 runs on LiteRT's reference-like int16 kernels (no XNNPACK path): tens of times slower than fp32 on any
+    # CPU, so two trials show it and the third is not asked to export it.
+    raw = tiny_recipe(3, targets=["x86-host"], hopeless_margin=None)
+    raw["tune"]["space"].update(ratio=[0.3, 0.6], precisions=["tflite:fp32", "tflite:int16x8"], layer_guidance=[0.0])
+    result = edgepress.tune(edgepress.Recipe.from_dict(raw), tmp_path / "out")
+    trials = [t for t in result.results["trials"] if t["status"] == "complete"]
+    assert len(trials) == 3
+    assert "tflite:int16x8" in result.results["stopped_exports"]["x86-host"]
+    assert {r["precision"] for r in trials[0]["rows"]} == {"fp32", "int16x8"}
+    assert {r["precision"] for r in trials[2]["rows"]} == {"fp32"}
