@@ -172,13 +172,13 @@ class Runtime:
 class TFLiteRuntime(Runtime):
     """A .tflite file in LiteRT, tflite_runtime or, as a last resort, tf.lite."""
 
-    def __init__(self, path: str, threads: int) -> None:
+    def __init__(self, path: str, threads: int, delegate: str = "xnnpack") -> None:
         super().__init__()
         interpreter_class, self.runtime, self.runtime_version = _tflite_interpreter()
+        self.delegate = delegate
         start = time.perf_counter()
         try:
-            self._interpreter = interpreter_class(model_path=path, num_threads=threads)
-            self._interpreter.allocate_tensors()
+            self._interpreter = _tflite_open(interpreter_class, path, threads, delegate)
         except (ValueError, RuntimeError) as e:
             raise RunnerError(
                 f"{path}: {self.runtime} could not load it ({_one_line(e)}). "
@@ -358,14 +358,38 @@ def _tflite_quant(detail: dict) -> tuple[float, int] | None:
     return None
 
 
-def open_model(path: str, threads: int = 1, providers: list[str] | None = None) -> Runtime:
-    """Load a .tflite or .onnx file in the best runtime available; `providers` applies to ONNX only."""
+def open_model(path: str, threads: int = 1, providers: list[str] | None = None, delegate: str = "xnnpack") -> Runtime:
+    """Load a .tflite or .onnx file in the best runtime available; `providers` applies to ONNX only, `delegate` to
+    TFLite only (DELEGATES)."""
     if threads < 1:
         raise RunnerError(f"threads must be 1 or more, got {threads}.")
     path = str(path)
     if _model_format(path) == "tflite":
-        return TFLiteRuntime(path, threads)
+        return TFLiteRuntime(path, threads, delegate)
     return OnnxRuntime(path, threads, providers)
+
+
+# TFLite delegates the runner applies: xnnpack, LiteRT's default on CPUs (applied by the interpreter itself), or none:
+# the builtin kernels alone (on some CPUs and precisions they beat XNNPACK: a device profile says so with
+# `delegate: none`, and the runner must honour it, not run XNNPACK anyway).
+DELEGATES = ("xnnpack", "none")
+
+
+def _tflite_open(interpreter_class, path: str, threads: int, delegate: str):
+    """An allocated interpreter of `path` with `delegate` applied (see DELEGATES)."""
+    if delegate not in DELEGATES:
+        raise RunnerError(f"TFLite delegate {delegate!r} is not one the runner applies; use one of: "
+                          f"{', '.join(DELEGATES)}.")
+    options = {}
+    if delegate == "none":
+        resolver = getattr(sys.modules[interpreter_class.__module__], "OpResolverType", None)
+        if resolver is None:  # a runtime too old to leave its default delegate out
+            raise RunnerError(f"this TFLite runtime ({interpreter_class.__module__}) cannot run without its default "
+                              "delegate; use delegate: xnnpack for this device.")
+        options["experimental_op_resolver_type"] = resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    interpreter = interpreter_class(model_path=path, num_threads=threads, **options)
+    interpreter.allocate_tensors()
+    return interpreter
 
 
 def _model_format(path: str) -> str:
@@ -390,6 +414,7 @@ def benchmark(
     threads: int = 1,
     batch: int = 1,
     providers: list[str] | None = None,
+    delegate: str = "xnnpack",
     with_predictions: bool = False,
     max_runs: int | None = None,
     target_ci_width: float | None = None,
@@ -429,7 +454,7 @@ def benchmark(
     else:
         _onnxruntime()
     baseline_rss = _current_rss()
-    model = open_model(path, threads=threads, providers=providers)
+    model = open_model(path, threads=threads, providers=providers, delegate=delegate)
     warnings = list(model.warnings)
     if x is not None:
         _check_fits(model, x)
@@ -469,6 +494,7 @@ def benchmark(
             "name": model.runtime,
             "version": model.runtime_version,
             "providers": list(model.providers),
+                        "delegate": getattr(model, "delegate", None),
             "warnings": warnings,
         },
         "threads": threads,
@@ -575,6 +601,7 @@ def benchmark_many(
     max_runs: int | None = None,
     target_ci_width: float | None = None,
     max_seconds: float | None = None,
+    delegate: str = "xnnpack",
 ) -> dict:
     """Load every file of `paths` and time them interleaved (see `time_interleaved`); no scoring.
 
@@ -584,7 +611,7 @@ def benchmark_many(
     _check_counts(runs, warmup, batch, max_runs)
     models, inputs, warnings = [], [], []
     for path in map(str, paths):
-        model = open_model(path, threads=threads, providers=providers)
+        model = open_model(path, threads=threads, providers=providers, delegate=delegate)
         if x is not None:
             _check_fits(model, np.asarray(x))
         notes = list(model.warnings)
@@ -604,6 +631,7 @@ def benchmark_many(
         artifacts.append({
             "artifact": {"path": path, "sha256": _sha256_file(path), "bytes": os.path.getsize(path)},
             "runtime": {"name": model.runtime, "version": model.runtime_version, "providers": list(model.providers),
+                        "delegate": getattr(model, "delegate", None),
                         "warnings": warnings[i]},
             "threads": threads,
             "batch": batch,
@@ -614,7 +642,7 @@ def benchmark_many(
 
 
 def profile_many(paths: list[str], op_models: list[str], runs: int = 50, warmup: int = 10, threads: int = 1,
-                 providers: list[str] | None = None) -> dict:
+                 providers: list[str] | None = None, delegate: str = "xnnpack") -> dict:
     """`profile_tflite` or `profile_onnx` of each file of `paths`, in one process; `op_models` are "INDEX:FILE"
     entries giving each .tflite file its op models. Returns {runner_version, profiles: [...], host}."""
     by_index: dict = {}
@@ -629,13 +657,14 @@ def profile_many(paths: list[str], op_models: list[str], runs: int = 50, warmup:
             if _model_format(path) == "onnx":
                 profiles.append(profile_onnx(path, runs, warmup, threads, providers))
             else:
-                profiles.append(profile_tflite(path, by_index.get(i, []), runs, warmup, threads))
+                profiles.append(profile_tflite(path, by_index.get(i, []), runs, warmup, threads, delegate))
         except RunnerError as e:
             profiles.append({"error": str(e)})
     return {"runner_version": RUNNER_VERSION, "profiles": profiles, "host": _host()}
 
 
-def profile_tflite(path: str, op_files: list[str], runs: int = 50, warmup: int = 10, threads: int = 1) -> dict:
+def profile_tflite(path: str, op_files: list[str], runs: int = 50, warmup: int = 10, threads: int = 1,
+                   delegate: str = "xnnpack") -> dict:
     """Where a .tflite file's time goes, op by op: each of `op_files` (one operator of `path` each, cut out on the
     host: edgepress/deploy/op_models.py) timed at batch 1 with the same runtime and delegate as the whole file, the
     whole file beside them, interleaved. LiteRT's Python API has no op timer, so each op's time also holds one
@@ -645,13 +674,12 @@ def profile_tflite(path: str, op_files: list[str], runs: int = 50, warmup: int =
     delegate took the op), plan (the ops the runtime runs for it)}]}.
     """
     _check_counts(runs, warmup, 1, None)
-    whole = open_model(path, threads=threads)
+    whole = open_model(path, threads=threads, delegate=delegate)
     interpreter_class = _tflite_interpreter()[0]
     models = []
     for file in op_files:  # an op may read several tensors (an ADD): its own interpreter, not the Runtime class
         try:
-            models.append(interpreter_class(model_path=file, num_threads=threads))
-            models[-1].allocate_tensors()
+            models.append(_tflite_open(interpreter_class, file, threads, delegate))
         except (ValueError, RuntimeError) as e:
             raise RunnerError(f"{file}: {whole.runtime} could not load this op of {path} ({_one_line(e)}).") from None
     everything = [whole._interpreter, *models]
@@ -668,7 +696,7 @@ def profile_tflite(path: str, op_files: list[str], runs: int = 50, warmup: int =
         ops.append({"file": os.path.basename(file), "us": us, "delegated": "DELEGATE" in plan,
                     "plan": [name for name in plan if name != "DELEGATE"]})
     return {"method": "each op timed alone (a model of that op, cut out of the file)",
-            "runtime": {"name": whole.runtime, "version": whole.runtime_version},
+            "runtime": {"name": whole.runtime, "version": whole.runtime_version, "delegate": delegate},
             "whole_us": medians[0], "floor_us": min(medians[1:], default=0.0), "ops": ops}
 
 
@@ -1049,6 +1077,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--providers", help="ONNX execution providers in order, e.g. CUDAExecutionProvider,CPUExecutionProvider"
     )
+    parser.add_argument("--delegate", default="xnnpack", choices=DELEGATES,
+                        help="TFLite: xnnpack (LiteRT's default) or none (the builtin kernels alone)")
     parser.add_argument("--predictions", action="store_true", help="include the top-1 prediction of every sample")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
     parser.add_argument("--expect-sha256", action="append", default=[],
@@ -1075,15 +1105,17 @@ def main(argv: list[str] | None = None) -> int:
         x, y = load_data(args.data) if args.data else (None, None)
         with _stdout_to_stderr() if args.json else nullcontext():
             if args.profile:
-                result = profile_many(args.artifact, args.op_model, args.runs, args.warmup, args.threads, providers)
+                result = profile_many(args.artifact, args.op_model, args.runs, args.warmup, args.threads, providers,
+                                      args.delegate)
             elif len(args.artifact) == 1:
                 result = benchmark(
                     args.artifact[0], x, y, runs=args.runs, warmup=args.warmup, threads=args.threads,
-                    batch=args.batch, providers=providers, with_predictions=args.predictions, **adaptive,
+                    batch=args.batch, providers=providers, delegate=args.delegate,
+                    with_predictions=args.predictions, **adaptive,
                 )  # fmt: skip
             else:
                 result = benchmark_many(args.artifact, x, runs=args.runs, warmup=args.warmup, threads=args.threads,
-                                        batch=args.batch, providers=providers, **adaptive)
+                                        batch=args.batch, providers=providers, delegate=args.delegate, **adaptive)
     except RunnerError as e:
         print(f"runner.py: error: {e}", file=sys.stderr)
         return 2

@@ -130,3 +130,19 @@ def test_an_int8_export_can_keep_named_layers_float_and_its_profile_shows_it(tmp
         with pytest.raises(edgepress.EdgepressError, match=words):
             edgepress.run(edgepress.Recipe.from_dict({**base, "exports": [bad]}), tmp_path / "bad")
         assert not (tmp_path / "bad").exists()
+
+
+def test_a_device_without_a_delegate_runs_and_profiles_on_the_builtin_kernels(files, digits):
+    # LiteRT applies XNNPACK by itself; a profile that says `delegate: none` must get the builtin kernels, in the
+    # measurement and in the profile alike (an int8 file runs faster on them on some CPUs).
+    from edgepress.deploy.measure import measure_many
+
+    builtin = HOST.with_overrides({"name": "x86-host-builtin", "delegate": "none"})
+    artifacts = [files["fp32"], files["int8"]]
+    for device, delegate, delegated in ((HOST, "xnnpack", True), (builtin, "none", False)):
+        results = measure_many(artifacts, (digits.x_test[:20], digits.y_test[:20]), device, 5, 1, 1)
+        assert [r["runtime"]["delegate"] for r in results] == [delegate, delegate]
+        for profile in profile_many(artifacts, device, runs=3, warmup=1):
+            convs = [op for op in profile["ops"] if op["op"] == "CONV_2D"]
+            assert convs and {op["offloaded"] for op in convs} == {delegated}
+            assert profile["runtime"]["delegate"] == delegate
