@@ -162,9 +162,33 @@ class Report:
         return notes
 
     def profile_notes(self) -> list[str]:
-        """One line per artifact and device with a per-op profile: its slowest ops and the share of each op type."""
-        return [f"{a['name']} on {a['device']}: {profile_text(a['profile'])}" for a in self.artifacts
-                if a.get("profile")]
+        """One line per artifact and device with a per-op profile: its slowest ops and the share of each op type,
+        and for a file slower than its format's fp32 file beyond the noise, the ops that make it so."""
+        notes = []
+        for a in self.artifacts:
+            if not a.get("profile"):
+                continue
+            note = f"{a['name']} on {a['device']}: {profile_text(a['profile'])}"
+            why = self.slower_than_fp32(a)
+            notes.append(note + (f". {why}" if why else ""))
+        return notes
+
+    def slower_than_fp32(self, row: dict) -> str | None:
+        """For an artifact slower than its format's fp32 file on the same device beyond the noise (p50 intervals
+        apart), which ops make it slower, from both files' per-op profiles; else None."""
+        from edgepress.deploy.profile import why_slower
+        from edgepress.stats import faster
+
+        if row["precision"] == "fp32" or not row.get("profile") or row["profile"].get("error"):
+            return None
+        base = next((a for a in self.artifacts if a["device"] == row["device"] and a["format"] == row["format"]
+                     and a["precision"] == "fp32" and not (a.get("quantization") or {}).get("sparse")
+                     and a.get("profile") and not a["profile"].get("error")), None)
+        if base is None or not faster(base, row):
+            return None
+        ops = why_slower(row["profile"], base["profile"])
+        ratio = row["latency"]["p50"] / base["latency"]["p50"]
+        return f"{ratio:.1f}x slower than {base['name']} here" + (f": {ops}" if ops else "")
 
     def quantize_notes(self) -> list[str]:
         """One plain sentence per accuracy-aware export: budget met or not, by which artifact, which layers float."""

@@ -342,6 +342,9 @@ def _profiles(report, numbers: dict[str, int]) -> str:
                             f"<td colspan='3'>{e(profile['error'])}</td></tr>")
                 continue
             ops = "<br>".join(e(op_text(op)) for op in top_ops(profile))
+            why = report.slower_than_fp32(a)
+            if why:
+                ops += f"<br><em>{e(why)}</em>"
             whole = "-" if profile.get("whole_us") is None else f"{profile['whole_us']:.1f}"
             body.append(f"<tr><td>{numbers[a['name']]}</td><td>{e(a['name'])}</td><td class='num'>{whole}</td>"
                         f"<td class='num'>{profile['total_us']:.1f}</td><td>{ops}</td></tr>")

@@ -146,3 +146,34 @@ def test_a_device_without_a_delegate_runs_and_profiles_on_the_builtin_kernels(fi
             convs = [op for op in profile["ops"] if op["op"] == "CONV_2D"]
             assert convs and {op["offloaded"] for op in convs} == {delegated}
             assert profile["runtime"]["delegate"] == delegate
+
+
+def test_why_slower_names_the_op_types_that_grew_and_where_they_ran():
+    from edgepress.deploy.profile import why_slower
+
+    def op(kind, us, how, runs_on):
+        return {"op": kind, "us": us, "kind": how, "runs_on": runs_on}
+
+    fp32 = {"ops": [op("CONV_2D", 3.5, "float", "XNNPACK"), op("FULLY_CONNECTED", 1.0, "float", "XNNPACK")]}
+    int16 = {"ops": [op("CONV_2D", 100.0, "integer", "builtin kernels"),
+                     op("CONV_2D", 7.6, "integer", "builtin kernels"), op("QUANTIZE", 2.0, None, "builtin kernels"),
+                     op("FULLY_CONNECTED", 0.5, "integer", "XNNPACK")]}
+    text = why_slower(int16, fp32)
+    assert text == ("CONV_2D 107.6 us (integer, builtin kernels) against 3.5 us (float, XNNPACK); "
+                    "QUANTIZE 2.0 us (builtin kernels), an op the fp32 file does not run")
+    assert why_slower(fp32, fp32) == ""  # nothing grew
+
+
+def test_the_report_says_per_op_why_int16x8_is_slower_than_fp32(tmp_path):
+    # int16x8 runs on LiteRT's builtin int16 kernels (XNNPACK has none): many times slower than fp32 on any CPU.
+    recipe = edgepress.Recipe.from_dict({
+        "name": "why", "model": {"zoo": "seed_cnn", "train_epochs": 1},
+        "data": {"dataset": "digits", "train_size": 200, "test_size": 40, "calibration_samples": 20,
+                 "check_samples": 20},
+        "exports": [{"format": "tflite", "precision": "fp32"}, {"format": "tflite", "precision": "int16x8"}],
+        "measure": {"runs": 20, "warmup": 2, "target_ci_width": None},
+    })
+    report = edgepress.run(recipe, tmp_path / "run")
+    note = next(n for n in report.profile_notes() if n.startswith("why_int16x8"))
+    assert "slower than why_fp32.tflite here: CONV_2D" in note and "builtin kernels" in note
+    assert "slower than" in (tmp_path / "run" / "report.html").read_text()
