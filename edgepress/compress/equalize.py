@@ -77,6 +77,8 @@ ACTIVATION_LAYERS = {"Activation", "ReLU", "LeakyReLU"}
 # Pass-through layers that do not commute with a constant shift (they insert zeros, not -c).
 PADDING = {"ZeroPadding1D", "ZeroPadding2D"}
 _CONVERGED = 1e-4  # largest |log s| of a sweep below which the scales have settled
+# Why the last layer is in no pair: nothing after it to take the scale (not a shortfall of equalization).
+MODEL_OUTPUT = "its output is an output of the model"
 CLIP_MARGIN = 0.9  # a channel scaled within a clip stays below this share of it on the calibration data
 
 
@@ -311,7 +313,7 @@ def _pair_from(layer, outs: list[Key], shared: bool, readers: dict, outputs: set
     while True:
         users = readers.get(key, [])
         if key in outputs:
-            return "its output is an output of the model"
+            return MODEL_OUTPUT
         if len(users) != 1:
             names = ", ".join(f"'{u.layer.name}'" for u in users)
             return f"its output is read by {len(users)} layers ({names}): a residual connection ties its channels"

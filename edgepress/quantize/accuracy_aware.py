@@ -487,8 +487,11 @@ def _equalized_text(details: dict) -> str:
 
 
 def _left_text(details: dict) -> str:
-    """Why the layers and residual streams equalization left as they are were left, or ""."""
-    return "; ".join([f"'{n}' {w}" for n, w in details["left"].items()]
+    """Why the layers and residual streams equalization left as they are were left, or "" (the model's output
+    layers, with nothing after them to take a scale, are not a shortfall)."""
+    from edgepress.compress.equalize import MODEL_OUTPUT
+
+    return "; ".join([f"'{n}' {w}" for n, w in details["left"].items() if w != MODEL_OUTPUT]
                      + [f"the residual stream of '{n}' {w}" for n, w in details.get("ties", {}).items()])
 
 

@@ -236,7 +236,19 @@ def test_the_residual_outlier_cnn_stays_int8_within_budget(residual, digits8, tm
     assert result.budget_met and result.chosen.remedy.startswith("equalize")
     assert result.chosen.float_layers == [] and int8_macs(result.chosen.artifact.path)["int8_macs"] >= 0.9
     said = " ".join(lines)
-    assert "the residual stream of add" in said and "partial, left as they are" in said  # the console says so
+    assert "equalization: " in said and "the residual stream of add" in said  # the console says so
+    assert "partial" not in said  # every pair and the stream equalized (the logits, the output, have no next layer)
+
+
+def test_the_console_says_what_equalization_left_and_why():
+    from edgepress.compress.equalize import MODEL_OUTPUT
+    from edgepress.quantize.accuracy_aware import _left_text
+
+    details = {"pairs": [["a", "b"]], "left": {"logits": MODEL_OUTPUT, "c": "it feeds 'squash' (Activation), ..."},
+               "ties": {"add_1": "is read by 'norm' (BatchNormalization), ..."}}
+    said = _left_text(details)
+    assert "'c' it feeds 'squash'" in said and "residual stream of 'add_1' is read by 'norm'" in said
+    assert "logits" not in said
 
 
 def test_a_pair_through_relu6_is_scaled_within_the_clip(digits8):
