@@ -53,20 +53,22 @@ class Report:
     # -- the table every view shows -------------------------------------------------------------
 
     COLUMNS = (
-        "device", "artifact", "format", "precision", "layout", "int8 MACs", "float layers", "runtime", "bytes",
-        "gzip bytes", "size vs fp32", "accuracy", "drop", "agreement", "perplexity", "p50 ms", "p90 ms",
+        "device", "artifact", "format", "precision", "layout", "int8 MACs", "int16 MACs", "float layers", "runtime",
+        "bytes", "gzip bytes", "size vs fp32", "accuracy", "drop", "agreement", "perplexity", "p50 ms", "p90 ms",
         "speed-up vs fp32", "gates",
     )
 
     def columns(self) -> list[str]:
         """COLUMNS, without perplexity unless the model is a sequence model (a language model) that has one,
         without float layers unless an accuracy-aware export tried artifacts with layers kept in float, and
-        without layout unless the artifacts take images in different layouts (a PyTorch model's NCHW and NHWC)."""
+        without layout unless the artifacts take images in different layouts (a PyTorch model's NCHW and NHWC),
+        without int16 MACs unless an artifact runs some MACs with 16-bit activations."""
         perplexity = any(a["metrics"].get("perplexity") is not None for a in self.artifacts)
         aware = any(a.get("accuracy_aware") for a in self.artifacts)
         layouts = len({a.get("layout") for a in self.artifacts} - {None}) > 1
+        int16 = any((a.get("quantization") or {}).get("int16_macs") for a in self.artifacts)
         return [c for c in self.COLUMNS if (c != "perplexity" or perplexity) and (c != "float layers" or aware)
-                and (c != "layout" or layouts)]
+                and (c != "layout" or layouts) and (c != "int16 MACs" or int16)]
 
     def table(self) -> list[dict[str, str]]:
         """One row per artifact and device, formatted; size and speed are relative to the fp32 of the same
@@ -103,6 +105,7 @@ class Report:
                 "p90 ms": or_dash(a["latency"]["p90"], "{:.3f}"),
                 "speed-up vs fp32": _speed_up(base, a) if base_p50 and p50 else "-",
                 "int8 MACs": or_dash((a.get("quantization") or {}).get("int8_macs"), "{:.0%}"),
+                "int16 MACs": or_dash((a.get("quantization") or {}).get("int16_macs"), "{:.0%}"),
                 "layout": a.get("layout") or "-",
                 "gates": ("pass" if a["passed"] else "FAIL") if a["gates"] else "-",
                 "name": a["name"],

@@ -11,7 +11,7 @@ of its own (edgepress/deploy/op_models.py, here on the host) and the runner time
 recording whether the delegate took it (`offloaded`; for ONNX: whether the device's first execution provider ran
 it); each such time holds one invocation's fixed cost too (`floor_us`, the cheapest
 op's time, estimates it), so the ops' times add up to more than the whole file's. `method` says which way a profile was
-taken. `kind` is the kernel kind of a MAC op (integer, hybrid or float, edgepress/deploy/coverage.py), `macs` its
+taken. `kind` is the kernel kind of a MAC op (integer, int16, hybrid or float, edgepress/deploy/coverage.py), `macs` its
 multiply-accumulates.
 """
 
