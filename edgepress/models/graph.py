@@ -9,7 +9,7 @@ parameters; MACs and sparsity are counted over Keras layers, which a graph has n
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import ClassVar
 
@@ -79,6 +79,10 @@ class Graph:
         return np.concatenate(outs)
 
     def count_params(self) -> int:
+        raise NotImplementedError
+
+    def weights(self) -> Iterator[tuple[str, np.ndarray]]:
+        """(name, values) of each weight."""
         raise NotImplementedError
 
     def with_input_shape(self, sample_shape: Sequence[int]) -> Graph:
