@@ -356,12 +356,12 @@ def _keras_mlp(tmp: Path) -> Path:
     return path
 
 
-def _functional_keras(tmp: Path, edit: Callable[[dict], None]) -> Path:
-    """A tf_keras functional .keras file (input -> a -> b -> logits) with its config.json edited by `edit`."""
-    inputs = tf_keras.Input((64,), name="x")
-    a = tf_keras.layers.Dense(8, name="a")(inputs)
-    b = tf_keras.layers.Dense(8, name="b")(a)
-    tf_keras.Model(inputs, tf_keras.layers.Dense(10, name="logits")(b)).save(tmp / "f.keras")
+def _functional_keras(tmp: Path, edit: Callable[[dict], None], k=tf_keras) -> Path:
+    """A functional .keras file of Keras `k` (input -> a -> b -> logits) with its config.json edited by `edit`."""
+    inputs = k.Input((64,), name="x")
+    a = k.layers.Dense(8, name="a")(inputs)
+    b = k.layers.Dense(8, name="b")(a)
+    k.Model(inputs, k.layers.Dense(10, name="logits")(b)).save(tmp / "f.keras")
     with zipfile.ZipFile(tmp / "f.keras") as archive:
         members = {name: archive.read(name) for name in archive.namelist()}
     config = json.loads(members["config.json"])
@@ -393,6 +393,20 @@ def _cycle(tmp):
 @case("a .keras model whose layer calls a missing layer", r"layer 'a' takes its input from a layer 'ghost'")
 def _missing_layer(tmp):
     return model(_functional_keras(tmp, lambda c: _calls_from(c, "a", "ghost"))), {}
+
+
+@case("a Keras 3 .keras model whose layers call each other in a cycle", r"cycle \(")
+def _cycle_keras3(tmp):
+    import keras as keras3
+
+    return model(_functional_keras(tmp, lambda c: _calls_from(c, "b", "logits"), keras3)), {}
+
+
+@case("a Keras 3 .keras model whose layer calls a missing layer", r"layer 'logits' takes its input from a layer 'gh'")
+def _missing_layer_keras3(tmp):
+    import keras as keras3
+
+    return model(_functional_keras(tmp, lambda c: _calls_from(c, "logits", "gh"), keras3)), {}
 
 
 @case("a .keras model whose config.json inflates to 100 MB", r"config\.json inflates to 1\d\d,\d{3},\d{3} bytes")
