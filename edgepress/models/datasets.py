@@ -277,20 +277,26 @@ def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """The checked `x` (float32 inputs) and `y` (int64 labels) arrays of a user's .npz file."""
     if not path.exists():
         raise EdgepressError(f"Data file {path} not found: give a .npz file with 'x' and 'y' arrays.")
+    x, y = read_npz_arrays(path, ["x", "y"])
+    # A user's arrays are used as given: they are already preprocessed the way their model expects.
+    return checked_inputs(x, f"{path}: 'x'"), checked_labels(y, len(x), f"{path}: 'y'")
+
+
+def read_npz_arrays(path: Path, names: list[str]) -> list[np.ndarray]:
+    """The arrays `names` of the .npz file at `path` (a regular file; each array's declared size checked before it is
+    read; pickled objects refused), as stored."""
     regular_file(path, "The data file", MAX_DATA_FILE_BYTES)
     try:
         with np.load(path) as f:
-            missing = [k for k in ("x", "y") if k not in f]
+            missing = [k for k in names if k not in f]
             if missing:
                 raise EdgepressError(
-                    f"{path} has arrays {sorted(f.files)} but needs 'x' (inputs) and 'y' (integer labels); "
-                    f"missing: {', '.join(missing)}."
+                    f"{path} has arrays {sorted(f.files)} but needs {', '.join(map(repr, names))}; missing: "
+                    f"{', '.join(missing)}. Save the data with np.savez(path, x=inputs, y=labels)."
                 )
-            x, y = _npz_arrays(path, f, ["x", "y"])
+            return _npz_arrays(path, f, names)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # also object (pickled) arrays: refused
         raise EdgepressError(f"{path} is not a readable .npz file ({e}).") from None
-    # A user's arrays are used as given: they are already preprocessed the way their model expects.
-    return checked_inputs(x, f"{path}: 'x'"), checked_labels(y, len(x), f"{path}: 'y'")
 
 
 def checked_inputs(x: np.ndarray, what: str) -> np.ndarray:

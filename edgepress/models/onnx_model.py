@@ -77,6 +77,13 @@ class OnnxSource(Graph):
                 f"Cannot load {self.path} as an ONNX model: {first_line(e)}. Export it again (torch.onnx.export, "
                 "tf2onnx) and pass the .onnx file."
             ) from None
+        newest = onnx.defs.onnx_opset_version()
+        for opset in self._proto.opset_import:
+            if opset.domain in ("", "ai.onnx") and opset.version > newest:
+                raise EdgepressError(
+                    f"{self.path} is stamped with ONNX opset {opset.version}, and this onnx and onnxruntime know "
+                    f"opsets up to {newest}. Export the model again with an opset they know (e.g. opset 17)."
+                )
         graph = self._proto.graph
         initializers = {i.name for i in graph.initializer}
         inputs = [i for i in graph.input if i.name not in initializers]
