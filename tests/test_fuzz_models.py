@@ -628,3 +628,32 @@ def test_the_runner_refuses_data_whose_header_declares_terabytes(tmp_path):
     _npy_bomb(tmp_path)  # writes d.npz: x.npy declares (10**12, 8) float32
     with pytest.raises(RunnerError, match=r"array x declares shape \(1000000000000, 8\)"):
         load_data(str(tmp_path / "d.npz"))
+
+
+def _tf1_saved_model(path: Path) -> Path:
+    """A TF1 SavedModel (a Session's graph, its saver's nodes in the GraphDef itself, no object graph)."""
+    graph = tf.Graph()
+    with graph.as_default(), tf.compat.v1.Session(graph=graph) as session:
+        x = tf.compat.v1.placeholder(tf.float32, [None, 64], name="x")
+        w = tf.compat.v1.get_variable("w", initializer=tf.fill([64, 10], 0.01))
+        y = tf.matmul(x, w, name="y")
+        session.run(tf.compat.v1.global_variables_initializer())
+        builder = tf.compat.v1.saved_model.Builder(str(path))
+        signature = tf.compat.v1.saved_model.predict_signature_def({"x": x}, {"y": y})
+        builder.add_meta_graph_and_variables(session, ["serve"], signature_def_map={"serving_default": signature})
+        builder.save()
+    return path
+
+
+def test_a_tf1_saved_model_passes_and_its_tampered_saver_does_not(tmp_path):
+    path = _tf1_saved_model(tmp_path / "tf1")
+    np.testing.assert_allclose(open_model(path).predict(np.ones((2, 64), np.float32)), 0.64, rtol=1e-5)
+
+    def edit(graph_def):
+        graph_def.node.append(_string_const("evil_prefix", str(marker(tmp_path))))
+        restore = next(n for n in graph_def.node if n.op == "RestoreV2")
+        restore.input[0] = "evil_prefix"
+
+    _edit_saved_model(path, edit)
+    with pytest.raises(EdgepressError, match="the graph's saver runs the op RestoreV2, which reads a checkpoint file at"):
+        open_model(path)
