@@ -657,3 +657,13 @@ def test_a_tf1_saved_model_passes_and_its_tampered_saver_does_not(tmp_path):
     _edit_saved_model(path, edit)
     with pytest.raises(EdgepressError, match="the graph's saver runs the op RestoreV2, which reads a checkpoint"):
         open_model(path)
+
+
+def test_bench_reports_an_onnx_artifact_that_does_not_return(tmp_path):
+    # Through the transport: the runner's refusal names the artifact; exit 2, no traceback, no hang.
+    build, _ = CASES["an ONNX model with a Loop that never ends"]
+    path = Path(build(tmp_path)[0]["model"]["path"])
+    result = run_cli(["bench", str(path), "--runs", "2", "--warmup", "1"], tmp_path, {"EDGEPRESS_INVOKE_LIMIT_S": "3"})
+    output = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode == 2, output
+    assert f"{path}: one call of the model did not return within 3 s" in output and "Traceback" not in output
