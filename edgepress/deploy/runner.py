@@ -29,6 +29,7 @@ import json
 import os
 import platform
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -47,6 +48,11 @@ TIMES_KEPT = 2000
 
 # predict() feeds a dynamic-batch model at most this many rows at a time, to bound memory on a device.
 PREDICT_CHUNK = 256
+MAX_DATA_BYTES = 4 << 30  # what one --data array may declare (as float32): far above any evaluation set
+# An untimed call of an .onnx model (warm-up, scoring) that has not returned after this many seconds is stopped and
+# reported for its artifact (a Loop that never ends), well before the transport's limit for the whole step (600 s by
+# default); EDGEPRESS_INVOKE_LIMIT_S sets another. Timed calls are not watched: the watch would be timed too.
+INVOKE_LIMIT_S = 300.0
 
 # Names of ONNX tensor element types as numpy dtype names.
 _ONNX_DTYPES = {
@@ -252,6 +258,7 @@ class OnnxRuntime(Runtime):
     def __init__(self, path: str, threads: int, providers: list[str] | None) -> None:
         super().__init__()
         ort = _onnxruntime()
+        self.path = path
         self.runtime = "onnxruntime"
         self.runtime_version = getattr(ort, "__version__", "unknown")
 
@@ -302,7 +309,19 @@ class OnnxRuntime(Runtime):
         self.input_dtype = _ONNX_DTYPES.get(inputs[0].type, "float32")
 
     def _invoke(self, x: np.ndarray) -> np.ndarray:
-        return self._session.run([self._output_name], {self._input_name: x})[0]
+        ort = _onnxruntime()
+        options, limit = ort.RunOptions(), _invoke_limit_s()
+        timer = threading.Timer(limit, lambda: setattr(options, "terminate", True))
+        timer.start()
+        try:
+            return self._session.run([self._output_name], {self._input_name: x}, options)[0]
+        except Exception:
+            if options.terminate:
+                raise RunnerError(f"{self.path}: one call of the model did not return within {limit:.0f} s (a Loop "
+                                  "that never ends?) and was stopped.") from None
+            raise
+        finally:
+            timer.cancel()
 
     def _bound(self, x: np.ndarray):
         # session.run itself, its output list and feed built once: the timed call is the runtime's alone.
@@ -348,6 +367,13 @@ def _onnxruntime():
             "Install it with `pip install onnxruntime` (or onnxruntime-gpu for CUDA)."
         ) from None
     return onnxruntime
+
+
+def _invoke_limit_s() -> float:
+    try:
+        return max(0.1, float(os.environ.get("EDGEPRESS_INVOKE_LIMIT_S", INVOKE_LIMIT_S)))
+    except ValueError:
+        return INVOKE_LIMIT_S
 
 
 def _tflite_quant(detail: dict) -> tuple[float, int] | None:
@@ -985,8 +1011,10 @@ def _one_line(e: BaseException) -> str:
 def load_data(path: str) -> tuple[np.ndarray, np.ndarray | None]:
     """`x` and, when present, `y` from an .npz file, with errors that say how to fix the file."""
     if not os.path.isfile(path):
-        raise RunnerError(f"Data file {path} does not exist: give an .npz file with arrays x (and y).")
+        raise RunnerError(f"Data file {path} does not exist (or is not a regular file): give an .npz file with arrays "
+                          "x (and y).")
     try:
+        _check_declared_sizes(path)
         with np.load(path, allow_pickle=False) as data:
             names = list(data.files)
             if "x" not in names:
@@ -1004,6 +1032,25 @@ def load_data(path: str) -> tuple[np.ndarray, np.ndarray | None]:
             "Save it with np.savez(path, x=inputs, y=labels)."
         ) from None
     return x, y
+
+
+def _check_declared_sizes(path: str) -> None:
+    """Refuse an .npz whose arrays' headers declare more than MAX_DATA_BYTES, before anything is allocated."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        for name in archive.namelist():
+            if not name.endswith(".npy"):
+                continue
+            with archive.open(name) as stream:
+                version = np.lib.format.read_magic(stream)
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, _, dtype = read(stream)
+            size = int(np.prod(shape, dtype=object)) * max(dtype.itemsize, 4)
+            if size > MAX_DATA_BYTES:
+                raise RunnerError(f"Data file {path}: its array {name[:-4]} declares shape {tuple(shape)} "
+                                  f"({size / 2**30:,.1f} GiB as float32), more than the runner loads "
+                                  f"({MAX_DATA_BYTES / 2**30:.0f} GiB). Give a smaller sample.")
 
 
 @contextmanager
