@@ -379,9 +379,9 @@ def _kernel_notes(recipe: Recipe, devices: list) -> list[str]:
     notes = []
     for e in recipe.exports:
         for d in devices:
-            notes += [f"{e.format} {e.precision} on {d.name}: known not to run there ({known.reason}); it will be "
-                      "reported as not measured on that device." for known in d.known_failures
-                      if (known.format, known.precision) == (e.format, e.precision)]
+            notes += [f"{e.format} {e.precision} on {d.name}: known not to run there ({known.reason}); it is tried, "
+                      "and reported for that device with the runtime's reason if it fails."
+                      for known in d.known_failures if (known.format, known.precision) == (e.format, e.precision)]
         if e.format == "tflite" and e.precision == "int4_weight" and e.block_size:
             for d in devices:
                 if d.runs("tflite") and d.delegate != "xnnpack":

@@ -66,7 +66,8 @@ def apply_gates(artifact: dict, gates: dict, memory_budget_mb: float | None = No
             share = (artifact.get("quantization") or {}).get("int8_macs")
             artifact["gates"][INT8_GATE] = {"limit": aware["min_int8_macs"], "value": share, "minimum": True,
                                             "passed": share is not None and share >= aware["min_int8_macs"] - 1e-9}
-    artifact["passed"] = all(g["passed"] for g in artifact["gates"].values())
+    # A file the device could not run (row["error"]) meets nothing there, gates or not.
+    artifact["passed"] = not artifact.get("error") and all(g["passed"] for g in artifact["gates"].values())
 
 
 def delivered(artifacts: list[dict]) -> list[dict]:
