@@ -9,7 +9,7 @@
 # leaves nothing that looks finished; a finished Debian stage is reused by the next try). Needs root, and the Debian packages qemu-user-static, binfmt-support and
 # mmdebstrap (setup.sh installs them). Prints the root's path as its last line.
 set -euo pipefail
-BOARD_VERSION="bookworm-arm64-1 numpy ai-edge-litert onnxruntime"
+BOARD_VERSION="bookworm-arm64-2 edgepress-runner litert1 tflite-runtime"
 cache="${1:-${EDGEPRESS_ARM_BOARD:-$HOME/.cache/edgepress/arm64-board}}"
 root="$cache/root"
 
@@ -42,8 +42,12 @@ in_root() {
 }
 
 mkdir -p "$cache"
-rm -rf "$root"
 partial="$cache/root.partial"
+# An outdated board keeps its Debian stage and the venvs it has: only what is missing is installed.
+if [ -d "$root" ]; then
+  rm -rf "$partial"
+  mv "$root" "$partial"
+fi
 # Stage 1, Debian itself (the slow part: every package is configured under qemu). Kept when stage 2 fails.
 if [ ! -f "$partial/.edgepress-base" ]; then
   rm -rf "$partial"
@@ -56,13 +60,24 @@ fi
 # certificate authorities as this machine does (a TLS-inspecting proxy's CA included), for this download only.
 cp /etc/resolv.conf "$partial/etc/resolv.conf"
 cp /etc/ssl/certs/ca-certificates.crt "$partial/etc/edgepress-host-ca.crt"
-rm -rf "$partial/opt/edgepress-runner"
-in_root "$partial" python3 -m venv /opt/edgepress-runner
-# `env -i`: none of this machine's settings (pip's, requests') leak into the board.
-in_root "$partial" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root PIP_CERT=/etc/edgepress-host-ca.crt \
-  /opt/edgepress-runner/bin/pip install --quiet --no-cache-dir --disable-pip-version-check \
-  numpy ai-edge-litert onnxruntime
-in_root "$partial" /opt/edgepress-runner/bin/python -c "import numpy, onnxruntime, ai_edge_litert.interpreter"
+venv() {  # venv NAME IMPORT PACKAGE...: /opt/NAME with PACKAGE..., unless a finished one is there
+  local name="$1" check="$2"
+  shift 2
+  [ -f "$partial/opt/$name/.edgepress-done" ] && return 0
+  rm -rf "$partial/opt/$name"
+  in_root "$partial" python3 -m venv "/opt/$name"
+  # `env -i`: none of this machine's settings (pip's, requests') leak into the board.
+  in_root "$partial" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root PIP_CERT=/etc/edgepress-host-ca.crt \
+    "/opt/$name/bin/pip" install --quiet --no-cache-dir --disable-pip-version-check "$@"
+  in_root "$partial" "/opt/$name/bin/python" -c "import $check"
+  touch "$partial/opt/$name/.edgepress-done"
+}
+# What README tells a Pi user to install: the newest wheels the index has for this Python.
+venv edgepress-runner "numpy, onnxruntime, ai_edge_litert.interpreter" numpy ai-edge-litert onnxruntime
+# Older runtimes a board may have (version skew, tests/deploy/test_arm_board.py): LiteRT 1.x, and tflite-runtime,
+# whose last wheels (2.14) are built for numpy 1.x.
+venv litert1 "numpy, ai_edge_litert.interpreter" "ai-edge-litert<2" numpy
+venv tflite-runtime "numpy, tflite_runtime.interpreter" tflite-runtime "numpy<2"
 rm "$partial/etc/edgepress-host-ca.crt"
 echo "$BOARD_VERSION" > "$partial/.edgepress-board"
 mv "$partial" "$root"

@@ -74,3 +74,44 @@ def test_the_demo_recipe_is_measured_on_the_board_and_here(board, tmp_path):
     assert results["best"]["rpi5-emulated"] is None  # emulated latency is never recommended on
     report = (out / "report.md").read_text()
     assert "rpi5-emulated vs x86-host" in report and "none (emulated latency)" in report
+
+
+def test_older_runtimes_on_the_board_run_what_they_can_and_name_what_they_cannot(board, tmp_path):
+    """Version skew: the same files on the board's LiteRT 1.x and on tflite-runtime 2.14 (its last wheels, numpy 1.x),
+    installed beside the current LiteRT by arm_board.sh. tflite-runtime has no int4 DEQUANTIZE: that artifact is
+    reported on that device with the reason, every other row is measured."""
+    import edgepress
+
+    def older(label: str, venv: str, **more) -> dict:
+        return {"name": str(board.profile), "label": label, "reach": {"python": f"/opt/{venv}/bin/python"}, **more}
+
+    known = [{"format": "tflite", "precision": "int4_weight", "reason": "tflite-runtime 2.14 has no int4 DEQUANTIZE"}]
+    recipe = edgepress.Recipe.from_dict({
+        "name": "skew",
+        "model": {"zoo": "seed_cnn", "train_epochs": 1},
+        "data": {"dataset": "digits", "train_size": 300, "test_size": 60, "calibration_samples": 20},
+        "exports": [{"format": "tflite", "precision": p} for p in ("fp32", "int8", "int4_weight")],
+        "targets": ["x86-host", older("rpi5-litert1", "litert1"),
+                    older("rpi5-tflite-runtime", "tflite-runtime", known_failures=known)],
+        "measure": {"runs": 5, "warmup": 1, "target_ci_width": None, "profile": False},
+    })
+
+    report = edgepress.run(recipe, tmp_path / "run")
+
+    rows = {(a["device"], a["precision"]): a for a in report.artifacts}
+    assert len(rows) == 9 and all(d["error"] is None for d in report.results["devices"].values())
+    for precision in ("fp32", "int8", "int4_weight"):
+        litert1 = rows[("rpi5-litert1", precision)]
+        assert litert1["runtime"]["name"] == "ai_edge_litert" and litert1["runtime"]["version"].startswith("1.")
+        assert litert1["metrics"]["agreement"] is not None
+    for precision in ("fp32", "int8"):
+        assert rows[("rpi5-tflite-runtime", precision)]["runtime"]["name"] == "tflite_runtime"
+        assert rows[("rpi5-tflite-runtime", precision)]["metrics"]["accuracy"] is not None
+    refused = rows[("rpi5-tflite-runtime", "int4_weight")]
+    assert "tflite_runtime 2.14" in refused["error"] and "lacks an op" in refused["error"]
+    assert refused["metrics"]["accuracy"] is None and not refused["passed"]
+    assert any("known not to run" in n and "rpi5-tflite-runtime" in n for n in report.results["notes"])
+    skew = next(e for e in report.results["across_devices"]
+                if e["device"] == "rpi5-tflite-runtime" and e["artifact"] == refused["name"])
+    assert skew["error"] == refused["error"]
+    assert "was not measured" in (report.run_dir / "report.md").read_text()
