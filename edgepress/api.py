@@ -173,19 +173,23 @@ def _measure_all(plan: Plan, made: list[tuple], reference: np.ndarray, progress:
             failures[device.name] = str(e)
             progress.done(f"{device.name} failed: {e}")
             continue
-        if plan.recipe.measure.profile:
+        ran = [(artifact, row) for (_, artifact, _), row in zip(todo, measured, strict=True) if not row.get("error")]
+        if plan.recipe.measure.profile and ran and not device.emulated:  # an emulated CPU's op times mean nothing
             from edgepress.deploy.profile import profile_many
 
-            progress.update(f"profile {len(todo)} artifact(s) op by op on {device.name}")
+            progress.update(f"profile {len(ran)} artifact(s) op by op on {device.name}")
             m = plan.recipe.measure
-            for row, profile in zip(measured, profile_many([a for _, a, _ in todo], device, m.runs, m.warmup,
+            for (_, row), profile in zip(ran, profile_many([a for a, _ in ran], device, m.runs, m.warmup,
                                                            m.threads), strict=True):
                 row["profile"] = profile
         for (_, artifact, extra), row in zip(todo, measured, strict=True):
             rows.append({**row, **extra})
+            if row.get("error"):
+                progress.done(f"{artifact.name} on {device.name}: not measured: {row['error']}")
+                continue
             progress.done(f"{artifact.name} on {device.name}: {artifact.bytes:,} bytes, "
                           f"accuracy {percent(row['metrics']['accuracy'])}, p50 {ms(row['latency']['p50'])} ms"
-                          + interval_text(row["latency"]))
+                          + (" (emulated)" if device.emulated else interval_text(row["latency"])))
     return rows, failures
 
 
@@ -197,8 +201,14 @@ def _reference(source: Source, data) -> np.ndarray:
 def _results(plan: Plan, source: Source, stages: list[dict], rows: list[dict], failures: dict, quantized: list,
              started: float) -> Results:
     """results.json, less the verdict (`judge` adds it)."""
+    from edgepress.across import across_devices
+
     data, recipe = plan.export_data, plan.recipe
     source_accuracy = stages[0]["accuracy"]
+    # Each artifact on each device against the first device that ran it (the predictions are not kept).
+    across = across_devices(rows, recipe.gates.max_accuracy_drop)
+    for row in rows:
+        row.pop("predictions", None)
     for row in rows:
         accuracy = row["metrics"]["accuracy"]
         row["metrics"]["accuracy_drop"] = None if accuracy is None else source_accuracy - accuracy
@@ -220,8 +230,9 @@ def _results(plan: Plan, source: Source, stages: list[dict], rows: list[dict], f
                    "metrics": source_metrics},
         "models": stages,
         "devices": {d.name: {"reach": d.reach.kind, "error": failures.get(d.name),
-                             "memory_budget_mb": d.memory_budget_mb} for d in plan.devices},
+                             "memory_budget_mb": d.memory_budget_mb, "emulated": d.emulated} for d in plan.devices},
         "artifacts": rows,
+        "across_devices": across,
         "gates": recipe.gates.model_dump(),
         "quantize": [q.to_dict() for q in quantized],
         "notes": list(plan.notes),
@@ -297,13 +308,40 @@ def _measure(plan: Plan, artifacts: list, reference: np.ndarray, device) -> list
 
     m, data = plan.recipe.measure, plan.export_data
     results = measure_many(artifacts, (data.x_test, data.y_test), device, m.runs, m.warmup, m.threads, reference,
-                           m.run_cap, m.target_ci_width, m.max_seconds)
+                           m.run_cap, m.target_ci_width, m.max_seconds, keep_going=True)
     return [_row(artifact, device, result) for artifact, result in zip(artifacts, results, strict=True)]
 
 
+# An artifact's runtime facts and numbers when the device could not run it (the `error` says why).
+_NOT_RUN = {
+    "metrics": {"accuracy": None, "agreement": None},
+    "latency": {"p50": None, "p90": None, "p99": None, "mean": None, "std": None, "min": None, "max": None,
+                "runs": 0, "warmup": 0, "threads": None, "batch": None, "p50_ci": None, "p90_ci": None,
+                "confidence": 0.95, "stopped": None, "times_ms": [], "unit": "ms"},
+    "load_ms": None, "memory": {"peak_rss_bytes": None}, "host": None,
+    "runtime": {"name": "-", "version": None, "providers": [], "warnings": []},
+}
+
+
 def _row(artifact, device, result: dict) -> dict:
-    latency = dict(result["latency_ms"], unit="ms", threads=result["threads"], batch=result["batch"])
-    return {
+    if result.get("error"):
+        import copy
+
+        numbers = copy.deepcopy(_NOT_RUN)
+        latency = numbers.pop("latency")
+    else:
+        latency = dict(result["latency_ms"], unit="ms", threads=result["threads"], batch=result["batch"])
+        numbers = {
+            "metrics": {"accuracy": result["accuracy"], "agreement": result.get("agreement"),
+                        **{k: result[k] for k in ("cross_entropy", "perplexity") if result.get(k) is not None}},
+            "load_ms": result["load_ms"],
+            "memory": result["memory"],
+            "runtime": result["runtime"],
+            "host": result.get("host"),  # CPU, cores, load average before and after the timing (the runner's)
+        }
+    if device.emulated:
+        latency["emulated"] = True  # recorded, never compared with a real board's nor recommended on
+    row = {
         "name": artifact.name,
         "device": device.name,
         "format": artifact.format,
@@ -316,12 +354,13 @@ def _row(artifact, device, result: dict) -> dict:
         "quantization": artifact.quantization,
         "check": artifact.check,
         "layout": artifact.layout,
-        "metrics": {"accuracy": result["accuracy"], "agreement": result.get("agreement"),
-                    **{k: result[k] for k in ("cross_entropy", "perplexity") if result.get(k) is not None}},
+        **numbers,
         "latency": latency,
-        "load_ms": result["load_ms"],
-        "memory": result["memory"],
-        "runtime": result["runtime"],
-        "host": result.get("host"),  # CPU, cores, load average before and after the timing (the runner's)
+        "output_checksum": result.get("output_checksum"),  # the outputs rounded to 4 decimals, hashed (the runner's)
         "profile": None,  # the per-op profile (edgepress/deploy/profile.py), when measure.profile is on
     }
+    if result.get("error"):
+        row["error"] = result["error"]
+    if result.get("predictions") is not None:
+        row["predictions"] = result["predictions"]  # for across_devices; not kept in results.json
+    return row

@@ -62,9 +62,12 @@ def run(
         help="Log the run to MLflow: a folder for a local store (e.g. mlruns), sqlite:///FILE, or http://HOST:PORT."
     )] = None,
     trust_model: TrustModel = False,
+    device: Annotated[list[str] | None, typer.Option(
+        help="Measure on this device instead of the recipe's targets (a shipped profile name or a .yaml profile "
+        "file); repeat for several, e.g. --device x86-host --device rpi5-emulated.")] = None,
 ) -> None:
     """Run a recipe: load or train the model, compress, export, measure, and apply the gates."""
-    _run(recipe, output, data, model, trust_model, baseline, junit, mlflow)
+    _run(recipe, output, data, model, trust_model, baseline, junit, mlflow, device)
 
 
 @app.command()
@@ -385,13 +388,14 @@ def _run_name(stem: str) -> str:
 
 
 def _run(recipe_path: Path, output: Path | None, data: str | None, model: str | None, trust_model: bool = False,
-         baseline: Path | None = None, junit: Path | None = None, mlflow: str | None = None) -> None:
+         baseline: Path | None = None, junit: Path | None = None, mlflow: str | None = None,
+         devices: list[str] | None = None) -> None:
     from edgepress.recipe import Recipe
 
     def work():
         from edgepress.api import run as run_recipe
 
-        recipe = Recipe.from_yaml(recipe_path).with_overrides(data=data, model=model)
+        recipe = Recipe.from_yaml(recipe_path).with_overrides(data=data, model=model, devices=devices)
         if trust_model:  # --trust-model is model.trusted: true
             recipe = recipe.model_copy(update={"model": recipe.model.model_copy(update={"trusted": True})})
         if baseline is not None:

@@ -402,6 +402,10 @@ def _kernel_notes(recipe: Recipe, devices: list) -> list[str]:
     """Where a device's runtime has no right kernel for an export's precision (said, not hidden)."""
     notes = []
     for e in recipe.exports:
+        for d in devices:
+            notes += [f"{e.format} {e.precision} on {d.name}: known not to run there ({known.reason}); it is tried, "
+                      "and reported for that device with the runtime's reason if it fails."
+                      for known in d.known_failures if (known.format, known.precision) == (e.format, e.precision)]
         if e.format == "tflite" and e.precision == "int4_weight" and e.block_size:
             for d in devices:
                 if d.runs("tflite") and d.delegate != "xnnpack":

@@ -315,9 +315,14 @@ class Recipe(Section):
             }
         )
 
-    def with_overrides(self, data: str | None = None, model: str | None = None) -> Recipe:
-        """This recipe with the data path and/or the model file replaced (command-line --data / --model)."""
+    def with_overrides(self, data: str | None = None, model: str | None = None,
+                       devices: list[str] | None = None) -> Recipe:
+        """This recipe with the data path, the model file and/or the targets replaced (command-line --data, --model,
+        --device: shipped profile names or profile files, relative to the working directory)."""
         recipe = self
+        if devices:
+            targets = _profile_paths(list(devices), Path.cwd())
+            recipe = recipe.model_copy(update={"targets": [Target(name=name) for name in targets]})
         if data is not None:
             spec = recipe.data.model_copy(update={"path": str(Path(data).resolve())})
             recipe = recipe.model_copy(update={"data": spec})

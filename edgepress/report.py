@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgepress import files
+from edgepress.across import across_text
 from edgepress.errors import GateFailed
 from edgepress.stats import busy_warnings, ratio_interval, speed_verdict, tie_notes
 from edgepress.text import drop_text, float_layers_text, interval_text, or_dash, profile_text, stage_text
@@ -101,7 +102,8 @@ class Report:
                 "drop": drop_text(a["metrics"]["accuracy_drop"]),
                 "agreement": or_dash(a["metrics"]["agreement"], "{:.2%}"),
                 "perplexity": or_dash(a["metrics"].get("perplexity"), "{:.3f}"),
-                "p50 ms": or_dash(p50, "{:.3f}") + interval_text(a["latency"]),
+                "p50 ms": or_dash(p50, "{:.3f}") + (" emulated" if a["latency"].get("emulated") else
+                                                     interval_text(a["latency"])),
                 "p90 ms": or_dash(a["latency"]["p90"], "{:.3f}"),
                 "speed-up vs fp32": _speed_up(base, a) if base_p50 and p50 else "-",
                 "int8 MACs": or_dash((a.get("quantization") or {}).get("int8_macs"), "{:.0%}"),
@@ -117,6 +119,11 @@ class Report:
     def warnings(self) -> list[str]:
         """What a reader must know to trust the numbers: runtime fallbacks, failed devices."""
         notes = [f"{a['name']} on {a['device']}: {w}" for a in self.artifacts for w in a["runtime"]["warnings"]]
+        notes += [f"{a['name']} on {a['device']} was not measured: {a['error']}" for a in self.artifacts
+                  if a.get("error")]
+        notes += [f"latency on {name} is emulated (qemu): recorded, never compared with a real board nor recommended "
+                  "on; its accuracy and agreement are ARM's own kernels'" for name, d in self.results["devices"].items()
+                  if d.get("emulated")]
         notes += [f"device {name} failed: {d['error']}" for name, d in self.results["devices"].items() if d["error"]]
         return notes + busy_warnings(self.results)
 
@@ -218,6 +225,10 @@ class Report:
             lines += [f"- {note}" for note in self.quantize_notes()] + [""]
         if self.sparse_notes():
             lines += [f"Sparse tensors: {note}" for note in self.sparse_notes()] + [""]
+        if self.results.get("across_devices"):
+            lines += ["The same artifact across devices (outputs, accuracy and top-1 predictions on the same samples):",
+                      ""]
+            lines += [f"- {across_text(entry)}" for entry in self.results["across_devices"]] + [""]
         if self.profile_notes():
             lines += ["Where the time goes (slowest ops of each artifact; per-op times in results.json):", ""]
             lines += [f"- {note}" for note in self.profile_notes()] + [""]
@@ -231,7 +242,9 @@ class Report:
         gates = {k: v for k, v in self.results["gates"].items() if k in GATE_NAMES and v is not None}
         limits = ", ".join(f"{k} <= {gate_value(k, v)}" for k, v in gates.items()) or "no gates set"
         verdict = "PASSED" if self.passed else "FAILED"
-        best = "; ".join(f"on {device}: {name or 'none'}" for device, name in self.results["best"].items())
+        emulated = {name for name, d in self.results["devices"].items() if d.get("emulated")}
+        best = "; ".join(f"on {device}: {name or ('none (emulated latency)' if device in emulated else 'none')}"
+                         for device, name in self.results["best"].items())
         return (f"Gates ({limits}, require {self.results['gates']['require']}): {verdict}. "
                 f"Recommended (fastest within the gates) {best}.")
 

@@ -12,6 +12,7 @@ import html
 import json
 
 from edgepress import plots
+from edgepress.across import across_text
 from edgepress.console import name_prefix
 from edgepress.text import drop_text, op_text, or_dash, percent, stage_notes, top_ops
 from edgepress.verdict import delivered, gate_value
@@ -85,6 +86,11 @@ def _summary(report) -> str:
     for device, info in results["devices"].items():
         if info.get("error"):
             cards.append(f"<div class='card fail'><h3>{e(device)}: not measured</h3><p>{e(info['error'])}</p></div>")
+            continue
+        if info.get("emulated"):
+            cards.append(f"<div class='card'><h3>{e(device)}: emulated, no recommendation</h3><p>Its CPU is emulated: "
+                         "accuracy and agreement are its ARM kernels', latency is recorded but not a board's. See "
+                         "the notes for each artifact against the other devices.</p></div>")
             continue
         cards.append(_device_card(report, device))
     require = {"any": "every device needs an artifact that meets every gate",
@@ -418,7 +424,8 @@ def render_tune(tune: dict) -> str:
 
 def _notes(report) -> str:
     results = report.results
-    items = [*report.notes(), *(f"Sparse tensors: {n}" for n in report.sparse_notes()),
+    items = [*report.notes(), *(f"Across devices: {across_text(entry)}" for entry in results.get("across_devices", [])),
+             *(f"Sparse tensors: {n}" for n in report.sparse_notes()),
              *(f"Warning: {w}" for w in report.warnings())]
     data = results["data"]
     env = results["environment"]

@@ -20,6 +20,11 @@ Notes on the values:
 - `profile` on a row: where its time goes on that device, op by op (edgepress/deploy/profile.py: method, ops with
   their time, share, delegate or execution provider, dtypes, kernel kind and MACs, by_type), or {error}; null with
   measure.profile off.
+- `error` on a row: the device could not run that artifact (its runtime lacks an op, op version or schema, or the
+  format), and its numbers are null; `latency.emulated` marks a device whose CPU is emulated (never judged on p50).
+- `across_devices`: each artifact on each device against the first device that ran it: accuracy on both, top-1
+  agreement between them, same outputs to 4 decimals, and `flagged` when the accuracy moved beyond the budget
+  (edgepress/across.py).
 - `gates` on a row: each gate's limit, measured value and verdict (`minimum`: the limit is a floor); the
   baseline's gates also have the baseline's value (edgepress/verdict.py).
 - `baseline` (with gates.baseline): the comparison {path, limits, flags, regressed, rows}, or {path, error}.
@@ -67,6 +72,7 @@ class DeviceInfo(TypedDict):
     reach: str
     error: str | None
     memory_budget_mb: float | None
+    emulated: NotRequired[bool]  # its CPU is emulated: latency recorded, never judged nor recommended on
 
 
 class Metrics(TypedDict):
@@ -95,6 +101,7 @@ class Latency(TypedDict, total=False):
     confidence: float
     stopped: str | None
     times_ms: list[float]
+    emulated: bool
 
 
 class RuntimeInfo(TypedDict):
@@ -137,6 +144,8 @@ class ArtifactRow(TypedDict):
     passed: NotRequired[bool]
     float_layers: NotRequired[list[dict[str, Any]]]
     accuracy_aware: NotRequired[dict[str, Any]]
+    output_checksum: NotRequired[str | None]
+    error: NotRequired[str]  # the device could not run it (its numbers are null)
 
 
 class Results(TypedDict):
@@ -157,6 +166,7 @@ class Results(TypedDict):
     best: NotRequired[dict[str, str | None]]
     passed: NotRequired[bool]
     baseline: NotRequired[dict[str, Any]]
+    across_devices: NotRequired[list[dict[str, Any]]]  # edgepress/across.py
 
 
 def check_results(raw: Any, what: str) -> Results:

@@ -48,6 +48,8 @@ def apply_gates(artifact: dict, gates: dict, memory_budget_mb: float | None = No
         "max_memory_mb": None if peak is None else peak / 2**20,
     }
     limits = dict(gates, max_memory_mb=memory_budget_mb)
+    if artifact["latency"].get("emulated"):
+        limits["max_p50_ms"] = None  # an emulated CPU's latency is no board's: it is recorded, not judged
     artifact["gates"] = {
         name: {"limit": limits[name], "value": values[name],
                "passed": values[name] is not None and values[name] <= limits[name]}
@@ -66,7 +68,8 @@ def apply_gates(artifact: dict, gates: dict, memory_budget_mb: float | None = No
             share = (artifact.get("quantization") or {}).get("int8_macs")
             artifact["gates"][INT8_GATE] = {"limit": aware["min_int8_macs"], "value": share, "minimum": True,
                                             "passed": share is not None and share >= aware["min_int8_macs"] - 1e-9}
-    artifact["passed"] = all(g["passed"] for g in artifact["gates"].values())
+    # A file the device could not run (row["error"]) meets nothing there, gates or not.
+    artifact["passed"] = not artifact.get("error") and all(g["passed"] for g in artifact["gates"].values())
 
 
 def delivered(artifacts: list[dict]) -> list[dict]:
@@ -98,10 +101,11 @@ def judge(results: dict) -> dict:
 
 def choose_best(artifacts: list[dict]) -> dict[str, str | None]:
     """Per device, the fastest artifact (p50) among those that meet every gate; a tie (overlapping p50 intervals)
-    goes to the smaller file, then the more accurate (edgepress/stats.py, rank_best)."""
+    goes to the smaller file, then the more accurate (edgepress/stats.py, rank_best). None on an emulated device:
+    its latency is not a board's."""
     best: dict[str, str | None] = {}
     for device in dict.fromkeys(a["device"] for a in artifacts):
-        passing = [a for a in artifacts if a["device"] == device and a["passed"]]
+        passing = [a for a in artifacts if a["device"] == device and a["passed"] and not a["latency"].get("emulated")]
         speed = [a for a in passing if a["latency"]["p50"] is not None]
         best[device] = rank_best(speed)["name"] if speed else None
     return best

@@ -18,7 +18,7 @@ import numpy as np
 
 from edgepress.artifact import Artifact
 from edgepress.deploy import runner
-from edgepress.deploy.transports import run_benchmark
+from edgepress.deploy.transports import RunnerRefused, run_benchmark
 from edgepress.devices import Device, load_device
 from edgepress.errors import EdgepressError
 from edgepress.models.datasets import Dataset, fit_to_input
@@ -67,6 +67,7 @@ def measure_many(
     max_runs: int | None = None,
     target_ci_width: float | None = None,
     max_seconds: float | None = None,
+    keep_going: bool = False,
 ) -> list[dict]:
     """`measure` for every artifact of `artifacts` on one device, their latencies timed interleaved.
 
@@ -74,6 +75,9 @@ def measure_many(
     per artifact, in order. `max_seconds` caps the interleaved timing of all of them together.
     Over adb (LiteRT's benchmark_model, no per-run times) each artifact is timed alone, `runs`
     runs, and its p50 interval is a normal approximation from benchmark_model's standard deviation.
+    With `keep_going`, an artifact the device's runner refuses (its runtime lacks an op, an op version or the
+    format) gets {"error": why, "device"} and the others are measured; a device that cannot be reached still
+    raises DeviceError.
     """
     device = load_device(device) if isinstance(device, str) else device
     paths = [_checked_path(a, device) for a in artifacts]
@@ -89,17 +93,26 @@ def measure_many(
                 continue
             evals.append(Path(work) / f"eval{i}.npz")
             np.savez(evals[-1], x=x.astype(np.float32), y=data[1])
+        def alone(path: Path, eval_npz: Path | None, count: int, options: dict | None) -> dict:
+            try:
+                return run_benchmark(device, path, eval_npz, count, warmup, threads, options)
+            except RunnerRefused as e:
+                if not keep_going:
+                    raise
+                return {"error": str(e)}
+
         if len(paths) == 1 or device.reach.kind == "adb":
-            results = [run_benchmark(device, p, e, runs, warmup, threads, adaptive) for p, e in zip(paths, evals,
-                                                                                                      strict=True)]
+            results = [alone(p, e, runs, adaptive) for p, e in zip(paths, evals, strict=True)]
         else:
             # Scored alone (one timed run: the latency comes from the interleaved rounds below).
-            results = [run_benchmark(device, p, e, 1, warmup, threads) for p, e in zip(paths, evals, strict=True)]
+            results = [alone(p, e, 1, None) for p, e in zip(paths, evals, strict=True)]
+            loaded = [i for i, result in enumerate(results) if "error" not in result]
             same_shape = data is not None and len({x.shape for x in inputs}) == 1  # else each times a random input
-            timed = time_together(paths, device, runs, warmup, threads, inputs[0][:1] if same_shape else None,
-                                  **adaptive)
-            for result, (latency, host) in zip(results, timed, strict=True):
-                result["latency_ms"], result["host"] = latency, host
+            if loaded:
+                timed = time_together([paths[i] for i in loaded], device, runs, warmup, threads,
+                                      inputs[0][:1] if same_shape else None, **adaptive)
+                for i, (latency, host) in zip(loaded, timed, strict=True):
+                    results[i]["latency_ms"], results[i]["host"] = latency, host
     for result in results:
         result["device"] = device.name
         if reference is not None and result.get("predictions") is not None:
@@ -130,6 +143,8 @@ def time_together(
             latency_npz = Path(work) / "latency.npz"
             np.savez(latency_npz, x=np.asarray(x, dtype=np.float32))
         timed = run_benchmark(device, list(paths), latency_npz, runs, warmup, threads or device.threads, adaptive)
+    if "artifacts" not in timed:  # one file: the runner's single-artifact JSON
+        return [(timed["latency_ms"], timed["host"])]
     return [(t["latency_ms"], timed["host"]) for t in timed["artifacts"]]
 
 

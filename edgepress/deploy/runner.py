@@ -185,11 +185,9 @@ class TFLiteRuntime(Runtime):
         start = time.perf_counter()
         try:
             self._interpreter = _tflite_open(interpreter_class, path, threads, delegate)
-        except (ValueError, RuntimeError) as e:
-            raise RunnerError(
-                f"{path}: {self.runtime} could not load it ({_one_line(e)}). "
-                "Check that it is a complete .tflite file (copy it again if it was truncated)."
-            ) from None
+        except (ValueError, RuntimeError, SystemError) as e:
+            raise RunnerError(f"{path}: {self.runtime} {self.runtime_version} could not load it ({_one_line(e)}). "
+                              + _tflite_load_hint(e, self.runtime)) from None
         self.load_ms = (time.perf_counter() - start) * 1000.0
 
         inputs = self._interpreter.get_input_details()
@@ -356,6 +354,19 @@ def _tflite_interpreter() -> tuple[type, str, str]:
         "No TFLite runtime found (" + "; ".join(failures) + "). Install one with `pip install ai-edge-litert` "
         "(or `pip install tflite-runtime` on devices LiteRT has no wheel for)."
     )
+
+
+def _tflite_load_hint(error: Exception, runtime: str) -> str:
+    """What to do about a .tflite file the interpreter would not load, from what it said."""
+    text = str(error)
+    if isinstance(error, SystemError):
+        # tflite-runtime (2.14 and older) is built for numpy 1.x; under numpy 2 its wrapper fails this way.
+        return (f"{runtime} was probably built for another numpy than this one ({np.__version__}): install "
+                "'numpy<2' next to tflite-runtime, or use ai-edge-litert.")
+    if any(word in text for word in ("failed to prepare", "Didn't find op", "version", "not supported")):
+        return (f"This {runtime} lacks an op, an op version or a tensor type this file needs (an older runtime than "
+                "the converter's): install a newer runtime on the device, or export a precision it runs.")
+    return "Check that it is a complete .tflite file (copy it again if it was truncated)."
 
 
 def _onnxruntime():

@@ -35,6 +35,11 @@ class DeviceError(EdgepressError):
     """A device could not be reached or could not run the benchmark."""
 
 
+class RunnerRefused(DeviceError):
+    """The device was reached but its runner refused the job (e.g. its runtime cannot load an artifact: an op, op
+    version or schema it lacks; no runtime for the format). A fault of that artifact there, not of the device."""
+
+
 def run_benchmark(
     device: Device, artifact: Path | list[Path], eval_npz: Path | None, runs: int, warmup: int, threads: int,
     adaptive: dict | None = None,
@@ -289,7 +294,7 @@ def _call(device: Device, command: list[str], what: str, timeout_s: float) -> st
         text = (done.stderr or done.stdout).strip()
         runner_error = re.search(r"runner\.py: error: (.*)", text)
         if runner_error:
-            raise DeviceError(f"Device '{device.name}': the runner refused: {runner_error.group(1)}")
+            raise RunnerRefused(f"Device '{device.name}': the runner refused: {runner_error.group(1)}")
         for pattern, diagnosis in _DIAGNOSES:
             if re.search(pattern, text):
                 raise DeviceError(f"Device '{device.name}' ({_where(device)}): could not {what}: {diagnosis}. "

@@ -94,6 +94,16 @@ class ExportChoice(BaseModel):
         return self
 
 
+class KnownFailure(BaseModel):
+    """An export this device's runtime is known not to run (an op, op version or schema its runtime lacks)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["tflite", "onnx"]
+    precision: str
+    reason: str = Field(description="What the runtime lacks, e.g. 'ai-edge-litert 1.4 has no int4 FULLY_CONNECTED'.")
+
+
 class Device(BaseModel):
     """A target device profile."""
 
@@ -115,6 +125,13 @@ class Device(BaseModel):
         "width or tile); structured_prune's round_to takes it. 1: no preference."
     )
     reach: Reach = Field(default_factory=Reach)
+    emulated: bool = Field(
+        False, description="Its CPU is emulated (qemu): accuracy and agreement are the real ARM kernels', latency is "
+        "not a board's. Emulated latency is recorded but never compared with real devices nor recommended on."
+    )
+    known_failures: list[KnownFailure] = Field(
+        default_factory=list, description="Exports its runtime is known not to run; the plan warns when one is chosen."
+    )
 
     def runs(self, format: str) -> bool:
         """True if one of this device's runtimes runs `format` files."""
