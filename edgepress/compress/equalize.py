@@ -53,11 +53,12 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from edgepress.compress.step import Step, register
 from edgepress.errors import EdgepressError
 from edgepress.models.keras_graph import PASS_THROUGH, Key, axes, calls, function_name, values
+from edgepress.specs.section import Section
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ PADDING = {"ZeroPadding1D", "ZeroPadding2D"}
 _CONVERGED = 1e-4  # largest |log s| of a sweep below which the scales have settled
 
 
-class EqualizeConfig(BaseModel):
+class EqualizeConfig(Section):
     """Cross-layer equalization of consecutive Conv / Dense pairs, high-bias absorption, bias correction."""
 
     model_config = ConfigDict(extra="forbid")
