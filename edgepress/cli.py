@@ -358,7 +358,7 @@ def tune(
                 raise EdgepressError("--data is needed with a model file: 'digits', an MNIST idx directory or "
                                      "mnist.npz, or an .npz with x and y.")
             kind, path = _dataset_of(data)
-            raw = {"name": Path(source).stem or "model", "model": {"path": str(Path(source).resolve())},
+            raw = {"name": _run_name(Path(source).stem), "model": {"path": str(Path(source).resolve())},
                    "data": {"dataset": kind, "path": None if kind == "digits" else str(Path(path).resolve())}}
         if devices:
             raw["targets"] = devices

@@ -152,8 +152,8 @@ def check_run_dir(run_dir: str | os.PathLike) -> None:
     path = Path(run_dir)
     if not path.is_dir():
         return
-    real_dir_inside(path, path / PREVIOUS, "where an earlier run is moved")
     if is_run_dir(path):
+        real_dir_inside(path, path / PREVIOUS, "where an earlier run is moved")
         return
     others = sorted(p.name for p in path.iterdir() if not p.name.startswith("."))
     if others:

@@ -31,10 +31,11 @@ from __future__ import annotations
 import functools
 from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 from typing_extensions import NotRequired, TypedDict
 
 from edgepress.errors import EdgepressError
+from edgepress.values import plain_path
 
 SCHEMA_VERSION = 1
 
@@ -47,6 +48,7 @@ Share = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
 Number = Annotated[float, Field(allow_inf_nan=False)]
 Interval = Annotated[list[Ms], Field(min_length=2, max_length=2)]
 Name = Annotated[str, Field(min_length=1, max_length=300, pattern=r"^[^/\\\x00]+$")]
+FilePath = Annotated[str, Field(max_length=4096), AfterValidator(plain_path)]  # no NUL, no part over 255 bytes
 # What a results.json may be, at most: a run's file is megabytes (2,000 times per row), nested a few levels.
 MAX_BYTES = 200_000_000
 MAX_DEPTH = 32
@@ -133,7 +135,7 @@ class ArtifactRow(TypedDict):
     device: Name
     format: str
     precision: str
-    path: str
+    path: FilePath
     bytes: Count
     gzip_bytes: Count
     sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
