@@ -496,27 +496,35 @@ def _guard(work) -> None:
 
 def _ending(work, before: Path | None) -> None:
     """`_guard`'s body: run `work` and turn how it ended into a message and an exit code."""
-    from edgepress import files, interrupt
+    from edgepress import interrupt
 
     try:
         work()
         interrupt.check()  # a Ctrl-C a library swallowed (printed nothing, raised nothing) still ends with 130
-    except EdgepressError as e:
-        errors.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
-        raise typer.Exit(EXIT_BAD_INPUT) from None
-    except GateFailed as e:
-        errors.print(f"[bold red]gates failed:[/] {escape(str(e))}", highlight=False)
-        raise typer.Exit(EXIT_GATES) from None
     except KeyboardInterrupt:
         _interrupted()
     except (typer.Exit, typer.Abort, TyperException):  # the CLI's own exits and usage errors: typer shows them
         raise
-    except Exception as e:  # the boundary: anything else is a bug, reported, not shown as a traceback
-        if interrupt.requested():  # a library turned the KeyboardInterrupt into its own error
+    except Exception as e:
+        if interrupt.requested():  # after a Ctrl-C, whatever a library made of it: the user stopped the run
             _interrupted()
-        run_dir = files.current_run_dir()
-        _report_bug(e, run_dir if run_dir is not before else None)  # `is`: the directory this work prepared
-        raise typer.Exit(EXIT_BUG) from None
+        _failed(e, before)
+
+
+def _failed(e: Exception, before: Path | None) -> None:
+    """The message and exit code of `e`: bad input, failed gates, or (anything else) a bug in edgepress, reported
+    with its traceback saved, never shown."""
+    from edgepress import files
+
+    if isinstance(e, EdgepressError):
+        errors.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    if isinstance(e, GateFailed):
+        errors.print(f"[bold red]gates failed:[/] {escape(str(e))}", highlight=False)
+        raise typer.Exit(EXIT_GATES) from None
+    run_dir = files.current_run_dir()
+    _report_bug(e, run_dir if run_dir is not before else None)  # `is`: the directory this work prepared
+    raise typer.Exit(EXIT_BUG) from None
 
 
 def _interrupted() -> None:
