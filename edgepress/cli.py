@@ -176,7 +176,7 @@ def bench(
                       title=f"on {target.name} ({target.reach.kind})", title_justify="left")
         results, failed = [], []
         for artifact in artifacts:
-            with console.status(f"measuring {artifact.name} on {target.name}"):
+            with console.status(f"measuring {artifact.name} on {target.name}"), _warnings_logged():
                 try:
                     r = measure(artifact, pair, runs, warmup, threads, device=target)
                 except EdgepressError as e:
@@ -225,7 +225,7 @@ def profile(
         for path in artifacts:
             if not path.is_file() or path.suffix not in (".tflite", ".onnx"):
                 raise EdgepressError(f"{path}: give .tflite or .onnx files that exist.")
-        with console.status(f"profiling {len(artifacts)} artifact(s) op by op on {target.name}"):
+        with console.status(f"profiling {len(artifacts)} artifact(s) op by op on {target.name}"), _warnings_logged():
             profiles = profile_many(artifacts, target, runs, warmup, threads)
         failed = []
         for path, result in zip(artifacts, profiles, strict=True):
@@ -434,8 +434,14 @@ def _run(recipe_path: Path, output: Path | None, data: str | None, model: str | 
 
 @contextmanager
 def _live_progress() -> Iterator[_LiveProgress]:
-    """A spinner line for the current stage, a log line per finished stage; a library's Python warning (Keras'
-    UserWarning) becomes a log line too, not text written into the spinner's line."""
+    """A spinner line for the current stage, a log line per finished stage (and per library warning)."""
+    with console.status("starting (importing TensorFlow)") as status, _warnings_logged():
+        yield _LiveProgress(status)
+
+
+@contextmanager
+def _warnings_logged() -> Iterator[None]:
+    """A library's Python warning (Keras' UserWarning) as a log line, not text written into a spinner's line."""
     import warnings
 
     shown = warnings.showwarning
@@ -444,12 +450,11 @@ def _live_progress() -> Iterator[_LiveProgress]:
         console.log(f"warning ({escape(category.__name__)}, {escape(Path(filename).name)}:{lineno}): "
                     f"{escape(str(message).strip())}")
 
-    with console.status("starting (importing TensorFlow)") as status:
-        warnings.showwarning = log_warning
-        try:
-            yield _LiveProgress(status)
-        finally:
-            warnings.showwarning = shown
+    warnings.showwarning = log_warning
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
 
 
 class _LiveProgress:
