@@ -17,6 +17,7 @@ on this CPU (a 1024x1024 fully connected layer at batch 64, fp32 and int8, timed
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -207,8 +208,9 @@ def render(rows: list[dict], seconds: float, args) -> str:
         "interval of the p50 in brackets; builtin-kernel rows timed alone after them); per-op times from "
         "edgepress's profile (ONNX: onnxruntime's profiler; TFLite: each op timed alone, which adds about 1 us of "
         "invocation cost per op). This machine's CPU: "
-        f"{environment()['cpu']} (AVX2 and FMA; no AVX-512, no VNNI, no AMX: its int8 dot products are "
-        "vpmaddubsw/vpmaddwd, which do not outrun fp32 FMA).",
+        f"{environment()['cpu']} ({int8_units()}). Load average when the tables were written: "
+        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (other work on the machine slows every file alike, "
+        "since a model's files are timed interleaved, but widens the intervals).",
         "",
         "Runtime peaks on this CPU (a 1024x1024 fully connected layer at batch 64): "
         + ", ".join(f"{label} {value / 1e9:.1f} GMAC/s" for label, value in peak.items()) + ".",
@@ -237,6 +239,18 @@ def render(rows: list[dict], seconds: float, args) -> str:
                   f"file, {best_float['label']} at {best_float['p50'] * 1000:.1f} us.", ""]
     lines.append("Measured on " + ", ".join(f"{k} {v}" for k, v in environment().items()) + ".")
     return "\n".join(lines) + "\n"
+
+
+def int8_units() -> str:
+    """What this CPU has for int8 dot products, from /proc/cpuinfo (the kernels' fast paths depend on it)."""
+    try:
+        flags = set(next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split(":")[1].split())
+    except (OSError, StopIteration):
+        return "CPU flags unknown"
+    units = [name for flag, name in (("avx512_vnni", "AVX-512 VNNI"), ("avx_vnni", "AVX-VNNI"),
+                                     ("amx_int8", "AMX-INT8"), ("avx512bw", "AVX-512 BW"), ("avx2", "AVX2"))
+             if flag in flags]
+    return "int8 units: " + (", ".join(units) if units else "none beyond SSE")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,11 @@
 1. Trains the seed CNN on real MNIST (benchmarks/compression.py's `mnist_and_seed_cnn`: the first 8,000 images
    of ../shared/data/mnist train, the last 2,000 test) and makes its outlier variant as
    benchmarks/accuracy_aware.py does (two units of the 64-unit Dense layer scaled by 500, the logits weights
-   reading them divided by 500: the same function). Both models are exported fp32 to TFLite and ONNX.
+   reading them divided by 500: the same function). Trains `residual_cnn` (the MobileNetV2 pattern, small:
+   Conv-BN-ReLU6, a depthwise-separable block, an inverted residual block added to its linear stream) on the same
+   images and makes its outlier variant (`add_stream_outliers`: two channels of the residual stream, both tensors
+   the Add sums, scaled by 300, the layers reading the stream dividing their weights by 300: the same function).
+   Every model is exported fp32 to TFLite and ONNX.
 2. On each model, with the same calibration data (the first 200 training images) and the same validation data
    (the 2,000 test images), budget 0.5 pt of accuracy:
    - edgepress: `quantize_to_budget` for TFLite and ONNX (full int8, cross-layer equalization, then the fewest
@@ -45,6 +49,7 @@ CALIBRATION = 200  # training images that calibrate every quantizer (as benchmar
 NNCF_PACKAGES = ("nncf", "onnx", "onnxruntime", "numpy")
 INSTALL_TIMEOUT = 1200  # seconds for the NNCF venv and its pip install
 PEER_TIMEOUT = 1800  # seconds for one peer's quantization
+RESIDUAL_EPOCHS = 8  # the residual CNN's training on the 8,000 images (the seed CNN's TRAIN_EPOCHS: compression.py)
 
 
 def main() -> None:
@@ -79,6 +84,9 @@ def main() -> None:
         data, seed_cnn = mnist_and_seed_cnn(args.data)
     outliers = training.copy_model(seed_cnn)
     add_outliers(outliers.layers[-2], outliers.layers[-1])
+    residual = train_residual_cnn(data, epochs=1 if args.tiny else RESIDUAL_EPOCHS)
+    residual_outliers = training.copy_model(residual)
+    add_stream_outliers(residual_outliers)
     x_calibration = data.x_train[:CALIBRATION]
     x_eval, y_eval = data.x_test, data.y_test.astype(np.int64)
     arrays = work / "data.npz"
@@ -86,7 +94,8 @@ def main() -> None:
 
     nncf_python, nncf_problem = nncf_interpreter(Path(args.nncf_venv), install=not args.tiny, say=say)
     rows: list[dict] = []
-    for label, model in (("seed CNN", seed_cnn), ("seed CNN with outliers", outliers)):
+    for label, model in (("seed CNN", seed_cnn), ("seed CNN with outliers", outliers), ("residual CNN", residual),
+                         ("residual CNN with stream outliers", residual_outliers)):
         model_dir = work / label.replace(" ", "_")
         say(f"{label}: float accuracy {training.accuracy(training.predict(model, x_eval), y_eval):.2%}")
         rows += quantize_all(label, model, model_dir, x_calibration, x_eval, y_eval, arrays, nncf_python,
@@ -99,6 +108,68 @@ def main() -> None:
                   nncf_python)
     write_section(Path(args.results), "quantization peers", body)
     print(body)
+
+
+def residual_cnn(k, input_shape=(28, 28, 1), width: int = 16, num_classes: int = 10, name: str = "residual_cnn"):
+    """The MobileNetV2 pattern, small: Conv-BN-ReLU6 stem (stride 2), a depthwise-separable block (depthwise-BN-ReLU6,
+    1x1 `ds_project`-BN with no activation: the residual stream), an inverted residual block on that stream
+    (1x1 `b2_expand`-BN-ReLU6, depthwise-BN-ReLU6, 1x1 `b2_project`-BN with no activation) added to it (`add`),
+    then a 1x1 `head` Conv-BN-ReLU6, global average pooling and the `logits` Dense. `k` is the Keras module."""
+    layers = k.layers
+
+    def bn(x, label):  # momentum 0.9: the moving statistics settle within the few hundred steps of a small run
+        return layers.BatchNormalization(momentum=0.9, name=f"{label}_bn")(x)
+
+    inputs = layers.Input(input_shape)
+    x = layers.ReLU(6.0, name="stem_relu6")(bn(layers.Conv2D(width, 3, strides=2, padding="same", use_bias=False,
+                                                             name="stem")(inputs), "stem"))
+    x = layers.ReLU(6.0, name="ds_dw_relu6")(bn(layers.DepthwiseConv2D(3, padding="same", use_bias=False,
+                                                                       name="ds_dw")(x), "ds_dw"))
+    stream = bn(layers.Conv2D(width, 1, use_bias=False, name="ds_project")(x), "ds_project")
+    y = layers.ReLU(6.0, name="b2_expand_relu6")(bn(layers.Conv2D(width * 3, 1, use_bias=False,
+                                                                  name="b2_expand")(stream), "b2_expand"))
+    y = layers.ReLU(6.0, name="b2_dw_relu6")(bn(layers.DepthwiseConv2D(3, padding="same", use_bias=False,
+                                                                       name="b2_dw")(y), "b2_dw"))
+    y = bn(layers.Conv2D(width, 1, use_bias=False, name="b2_project")(y), "b2_project")
+    x = layers.Add(name="add")([stream, y])
+    x = layers.ReLU(6.0, name="head_relu6")(bn(layers.Conv2D(width * 2, 1, use_bias=False, name="head")(x), "head"))
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    return k.Model(inputs, layers.Dense(num_classes, name="logits")(x), name=name)
+
+
+def train_residual_cnn(data, epochs: int):
+    """residual_cnn trained on `data` (tf_keras, as the seed CNN) from a fixed seed."""
+    from edgepress.compat import keras
+    from edgepress.models import training
+
+    k = keras()
+    k.utils.set_random_seed(0)
+    model = residual_cnn(k, tuple(data.x_train.shape[1:]))
+    training.fit(model, data.x_train, data.y_train, epochs=epochs, learning_rate=3e-3)
+    return model
+
+
+STREAM_OUTLIERS = (1, 5)  # channels of residual_cnn's stream made outliers
+STREAM_SCALE = 300.0
+
+
+def add_stream_outliers(model, channels=STREAM_OUTLIERS, scale: float = STREAM_SCALE) -> None:
+    """Make `channels` of residual_cnn's residual stream `scale` times larger, in place, computing the same function:
+    both tensors the `add` sums (ds_project_bn's and b2_project_bn's gamma and beta) are scaled, and every layer
+    reading the stream (b2_expand before the add, head after it) divides the weights reading those channels."""
+    for bn in ("ds_project_bn", "b2_project_bn"):
+        layer = model.get_layer(bn)
+        gamma, beta, mean, variance = layer.get_weights()
+        for c in channels:
+            gamma[c] *= scale
+            beta[c] *= scale
+        layer.set_weights([gamma, beta, mean, variance])
+    for reader in ("b2_expand", "head"):
+        layer = model.get_layer(reader)
+        kernel, *rest = layer.get_weights()
+        for c in channels:
+            kernel[..., c, :] /= scale
+        layer.set_weights([kernel, *rest])
 
 
 def tiny_mnist_and_seed_cnn(data_dir: str):
@@ -309,7 +380,12 @@ def render(rows: list[dict], train: int, test: int, args, seconds: float, load_b
         f"Written by `benchmarks/quantization.py{' --tiny' if args.tiny else ''}` on {dt.date.today():%Y-%m-%d} "
         f"({seconds / 60:.1f} min, one run). The seed CNN trained on real MNIST ({train:,} images; test: the last "
         f"{test:,}) and its outlier variant (benchmarks/accuracy_aware.py: two units of the 64-unit Dense layer "
-        "scaled by 500, the weights reading them divided by 500, same function). Every quantizer gets the same "
+        "scaled by 500, the weights reading them divided by 500, same function); a residual CNN (`residual_cnn`: "
+        "Conv-BN-ReLU6, a depthwise-separable block and an inverted residual block added to its linear stream, the "
+        f"MobileNetV2 pattern; {RESIDUAL_EPOCHS} epochs on the same images) and its outlier variant "
+        f"(`add_stream_outliers`: channels {', '.join(map(str, STREAM_OUTLIERS))} of the residual stream, both "
+        f"tensors the Add sums, scaled by {STREAM_SCALE:g}, the layers reading the stream dividing their weights by "
+        f"{STREAM_SCALE:g}, same function). Every quantizer gets the same "
         f"calibration data (the first {CALIBRATION} training images), and the accuracy-controlled ones the same "
         f"validation data (the {test:,} test images) and budget ({BUDGET:.1%} absolute accuracy drop). NNCF runs on "
         "the fp32 ONNX file edgepress exported, LiteRT's quantizer on the fp32 TFLite file. Every file measured by "

@@ -387,8 +387,11 @@ def _dataset_of(data: str) -> tuple[str, str | None]:
         return "npz", data  # the loader names the missing file
     import numpy as np
 
-    with np.load(data) as npz:  # keras' mnist.npz has x_train / y_train / x_test / y_test, a user's x and y
-        return ("mnist" if "x_train" in npz.files else "npz"), data
+    try:
+        with np.load(data) as npz:  # keras' mnist.npz has x_train / y_train / x_test / y_test, a user's x and y
+            return ("mnist" if "x_train" in npz.files else "npz"), data
+    except Exception:  # not a readable .npz: the loader says what is wrong with it
+        return "npz", data
 
 
 def _run_name(stem: str) -> str:

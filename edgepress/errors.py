@@ -3,6 +3,7 @@
 `EdgepressError` is bad input or an unmet requirement the user can fix: the CLI prints its message
 (one paragraph naming the thing at fault and what to do) and exits with code 2, no traceback.
 `GateFailed` means the run worked but its artifacts miss the recipe's gates: exit code 1.
+`InternalError` is edgepress's own failure it caught (exit code 70, like any other bug).
 """
 
 
@@ -12,6 +13,11 @@ class EdgepressError(Exception):
 
 class GateFailed(Exception):
     """The measured artifacts do not meet the recipe's gates; the message names each failing gate."""
+
+
+class InternalError(Exception):
+    """edgepress failed in work of its own choosing (a remedy it tried, a layer it picked): a bug, never bad input.
+    The CLI exits 70 and saves the traceback, which holds the error it was raised from."""
 
 
 class Hopeless(Exception):

@@ -115,6 +115,7 @@ def make_plan(recipe: Recipe, run_dir: str | os.PathLike | None = None, progress
     _check_one_input_one_output(source, source_name)
     data = data.fit_to(tuple(source.input_shape[1:]))
     _check_data_fits(source, data, source_name)
+    _check_finite(source, data.x_test[: spec.check_samples], source_name)
     recipe, notes = _applicable(source, recipe)
     notes += _kernel_notes(recipe, devices)
     steps, final = _steps(recipe, source, data)
@@ -254,6 +255,29 @@ def _check_data_fits(source: Source, data, what: str) -> None:
             f"The labels of '{data.name}' go up to {data.num_classes - 1} ({data.num_classes} classes), but {what} "
             f"outputs {classes} classes. Give data whose labels are 0..{classes - 1}, or a model with "
             f"{data.num_classes} outputs."
+        )
+
+
+def _check_finite(source: Source, x: np.ndarray, what: str) -> None:
+    """Refuse a model with NaN or infinite weights, or whose outputs on the check samples are not finite numbers:
+    every export of it would be measured against nonsense (an export check of NaN against NaN agrees)."""
+    bad = [(name, values) for name, values in source.weights()
+           if values.dtype.kind == "f" and not np.isfinite(values).all()]
+    if bad:
+        name, values = bad[0]
+        more = f" (and {len(bad) - 1} more weights)" if len(bad) > 1 else ""
+        raise EdgepressError(
+            f"{what} has weights that are not finite numbers: '{name}' holds {int(np.isnan(values).sum())} NaN and "
+            f"{int(np.isinf(values).sum())} infinite values{more}. The model diverged in training or the file is "
+            "damaged; train it again (a lower learning rate) or pass another file."
+        )
+    outputs = np.asarray(source.predict(x))
+    if not np.isfinite(outputs).all():
+        rows = int((~np.isfinite(outputs.reshape(len(outputs), -1))).any(axis=1).sum())
+        raise EdgepressError(
+            f"{what} outputs values that are not finite numbers (NaN or infinite) for {rows} of {len(x)} test "
+            "samples. Its exports could only be measured against nonsense; fix the model (or the data: check that "
+            "it is scaled the way the model expects) and try again."
         )
 
 

@@ -53,20 +53,22 @@ class Report:
     # -- the table every view shows -------------------------------------------------------------
 
     COLUMNS = (
-        "device", "artifact", "format", "precision", "layout", "int8 MACs", "float layers", "runtime", "bytes",
-        "gzip bytes", "size vs fp32", "accuracy", "drop", "agreement", "perplexity", "p50 ms", "p90 ms",
+        "device", "artifact", "format", "precision", "layout", "int8 MACs", "int16 MACs", "float layers", "runtime",
+        "bytes", "gzip bytes", "size vs fp32", "accuracy", "drop", "agreement", "perplexity", "p50 ms", "p90 ms",
         "speed-up vs fp32", "gates",
     )
 
     def columns(self) -> list[str]:
         """COLUMNS, without perplexity unless the model is a sequence model (a language model) that has one,
         without float layers unless an accuracy-aware export tried artifacts with layers kept in float, and
-        without layout unless the artifacts take images in different layouts (a PyTorch model's NCHW and NHWC)."""
+        without layout unless the artifacts take images in different layouts (a PyTorch model's NCHW and NHWC),
+        without int16 MACs unless an artifact runs some MACs with 16-bit activations."""
         perplexity = any(a["metrics"].get("perplexity") is not None for a in self.artifacts)
         aware = any(a.get("accuracy_aware") for a in self.artifacts)
         layouts = len({a.get("layout") for a in self.artifacts} - {None}) > 1
+        int16 = any((a.get("quantization") or {}).get("int16_macs") for a in self.artifacts)
         return [c for c in self.COLUMNS if (c != "perplexity" or perplexity) and (c != "float layers" or aware)
-                and (c != "layout" or layouts)]
+                and (c != "layout" or layouts) and (c != "int16 MACs" or int16)]
 
     def table(self) -> list[dict[str, str]]:
         """One row per artifact and device, formatted; size and speed are relative to the fp32 of the same
@@ -103,6 +105,7 @@ class Report:
                 "p90 ms": or_dash(a["latency"]["p90"], "{:.3f}"),
                 "speed-up vs fp32": _speed_up(base, a) if base_p50 and p50 else "-",
                 "int8 MACs": or_dash((a.get("quantization") or {}).get("int8_macs"), "{:.0%}"),
+                "int16 MACs": or_dash((a.get("quantization") or {}).get("int16_macs"), "{:.0%}"),
                 "layout": a.get("layout") or "-",
                 "gates": ("pass" if a["passed"] else "FAIL") if a["gates"] else "-",
                 "name": a["name"],
@@ -162,9 +165,33 @@ class Report:
         return notes
 
     def profile_notes(self) -> list[str]:
-        """One line per artifact and device with a per-op profile: its slowest ops and the share of each op type."""
-        return [f"{a['name']} on {a['device']}: {profile_text(a['profile'])}" for a in self.artifacts
-                if a.get("profile")]
+        """One line per artifact and device with a per-op profile: its slowest ops and the share of each op type,
+        and for a file slower than its format's fp32 file beyond the noise, the ops that make it so."""
+        notes = []
+        for a in self.artifacts:
+            if not a.get("profile"):
+                continue
+            note = f"{a['name']} on {a['device']}: {profile_text(a['profile'])}"
+            why = self.slower_than_fp32(a)
+            notes.append(note + (f". {why}" if why else ""))
+        return notes
+
+    def slower_than_fp32(self, row: dict) -> str | None:
+        """For an artifact slower than its format's fp32 file on the same device beyond the noise (p50 intervals
+        apart), which ops make it slower, from both files' per-op profiles; else None."""
+        from edgepress.deploy.profile import why_slower
+        from edgepress.stats import faster
+
+        if row["precision"] == "fp32" or not row.get("profile") or row["profile"].get("error"):
+            return None
+        base = next((a for a in self.artifacts if a["device"] == row["device"] and a["format"] == row["format"]
+                     and a["precision"] == "fp32" and not (a.get("quantization") or {}).get("sparse")
+                     and a.get("profile") and not a["profile"].get("error")), None)
+        if base is None or not faster(base, row):
+            return None
+        ops = why_slower(row["profile"], base["profile"])
+        ratio = row["latency"]["p50"] / base["latency"]["p50"]
+        return f"{ratio:.1f}x slower than {base['name']} here" + (f": {ops}" if ops else "")
 
     def quantize_notes(self) -> list[str]:
         """One plain sentence per accuracy-aware export: budget met or not, by which artifact, which layers float."""

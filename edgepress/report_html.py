@@ -36,6 +36,7 @@ RAW = {
     "p50 ms": lambda a: a["latency"]["p50"],
     "p90 ms": lambda a: a["latency"]["p90"],
     "int8 MACs": lambda a: (a.get("quantization") or {}).get("int8_macs"),
+    "int16 MACs": lambda a: (a.get("quantization") or {}).get("int16_macs"),
 }
 RATIOS = ("size vs fp32", "speed-up vs fp32")  # formatted "1.23x"
 
@@ -342,6 +343,9 @@ def _profiles(report, numbers: dict[str, int]) -> str:
                             f"<td colspan='3'>{e(profile['error'])}</td></tr>")
                 continue
             ops = "<br>".join(e(op_text(op)) for op in top_ops(profile))
+            why = report.slower_than_fp32(a)
+            if why:
+                ops += f"<br><em>{e(why)}</em>"
             whole = "-" if profile.get("whole_us") is None else f"{profile['whole_us']:.1f}"
             body.append(f"<tr><td>{numbers[a['name']]}</td><td>{e(a['name'])}</td><td class='num'>{whole}</td>"
                         f"<td class='num'>{profile['total_us']:.1f}</td><td>{ops}</td></tr>")
@@ -454,7 +458,8 @@ after the warm-up runs.</dd>
 int8). Tries other than the final one are reported, not recommended.</dd>
 <dt>int8 MACs</dt><dd>Share of the model's multiply-accumulates that the runtime runs in integer kernels, read
 from the ops the file really executes (for ONNX, the graph onnxruntime optimizes): a dequantize before a float
-kernel does not count, nor does a dynamic-range (hybrid) op.</dd>
+kernel does not count, nor does a dynamic-range (hybrid) op, nor one with 16-bit activations (int16 MACs, shown
+when a file has any).</dd>
 </dl></section>"""
 
 CSS = """

@@ -13,7 +13,7 @@ Notes on the values:
   adds `distill` {student, teacher, temperature, alpha, epochs, teacher_accuracy, student_accuracy,
   scratch_accuracy}.
 - `artifacts`: one row per artifact and device; a value a device could not measure (adb: accuracy) is null. Every
-  `quantization` has int8_macs, hybrid_macs and macs; a sparse TFLite export adds sparse and sparse_tensors. The
+  `quantization` has int8_macs, int16_macs, hybrid_macs, macs; a sparse TFLite export adds sparse(_tensors). The
   latency intervals are bootstrap intervals at `confidence` (0.95); `stopped` says why the adaptive runs stopped;
   `times_ms` keeps at most 2,000 per-run times. An accuracy-aware export's rows carry `float_layers` and
   `accuracy_aware` {role, max_accuracy_drop, budget_met, accuracy_drop_from_float, remedy, min_int8_macs}.

@@ -24,6 +24,8 @@ GATE_NAMES = ("max_accuracy_drop", "max_p50_ms", "max_bytes", "max_perplexity")
 BUDGET_GATE = "quantize_max_accuracy_drop"
 # ... and the share of its MACs that must run in integer kernels (quantize.min_int8_macs), on its final artifact.
 INT8_GATE = "quantize_min_int8_macs"
+# An accuracy-aware export's own gates: each fails the run whatever else is exported, the floor first.
+AWARE_GATES = (INT8_GATE, BUDGET_GATE)
 # The gates a baseline comparison adds to each row (edgepress/compare.py makes the comparison).
 BASELINE_GATES = ("baseline_p50", "baseline_accuracy", "baseline_bytes")
 
@@ -78,8 +80,9 @@ def judge(results: dict) -> dict:
     {"best": the recommended artifact per device, "passed": the run's verdict}.
 
     The run passes when, over the delivered artifacts, `gates.require` holds (any: every measured device has
-    an artifact meeting every gate; all: every row does), every device was measured, and every accuracy-aware
-    budget was met.
+    an artifact meeting every gate; all: every row does), every device was measured, and every delivered
+    accuracy-aware artifact meets its own gates (its budget and its int8 floor): another export that passes,
+    an fp32 file under `require: any`, does not make up for an int8 export that is not int8.
     """
     float_accuracy = results["models"][-1]["accuracy"] if results.get("models") else None
     devices = results.get("devices", {})
@@ -89,8 +92,8 @@ def judge(results: dict) -> dict:
         add_baseline_gates(row, results.get("baseline"))  # edgepress/compare.py: gates.baseline's comparison
     rows = delivered(results["artifacts"])
     failures = {name: d["error"] for name, d in devices.items() if d.get("error")}
-    budgets = all(a["gates"][BUDGET_GATE]["passed"] for a in rows if BUDGET_GATE in a["gates"])
-    return {"best": choose_best(rows), "passed": run_passed(rows, failures, results["gates"]["require"]) and budgets}
+    aware = all(a["gates"][g]["passed"] for a in rows for g in AWARE_GATES if g in a["gates"])
+    return {"best": choose_best(rows), "passed": run_passed(rows, failures, results["gates"]["require"]) and aware}
 
 
 def choose_best(artifacts: list[dict]) -> dict[str, str | None]:
@@ -159,23 +162,40 @@ def gate_value(name: str, value: float) -> str:
 
 
 def failure_message(results: dict) -> str:
-    """What a run that did not pass says: each gate that failed (with the artifacts that failed it), each failed
-    device, and each accuracy-aware export whose budget was not met."""
+    """What a run that did not pass says: each gate the delivered artifacts failed (an accuracy-aware export's
+    int8 floor first, then its budget, then the recipe's gates), each failed device, each accuracy-aware export
+    whose budget was not met, and last, in their own section, the gates of the artifacts an accuracy-aware search
+    tried and did not deliver (reported, never judged)."""
+    artifacts = results["artifacts"]
+    given = delivered(artifacts)
+    tried = [a for a in artifacts if not any(a is d for d in given)]
+    lines = _failed_gates(given)
+    lines += [f"device {name} failed: {d['error']}" for name, d in results["devices"].items() if d["error"]]
+    lines += [q["summary"] for q in results.get("quantize", []) if not q["budget_met"]]
+    others = _failed_gates(tried)
+    if others:
+        lines += ["artifacts tried by the accuracy-aware search (not delivered, not judged):"]
+        lines += ["  " + line for line in others]
+    what = {"any": "not every device has an artifact that meets every gate",
+            "all": "not every artifact meets every gate"}[results["gates"]["require"]]
+    if any(not a["gates"][g]["passed"] for a in given for g in AWARE_GATES if g in a["gates"]):
+        what = "a delivered accuracy-aware artifact fails its own gates"
+    return f"{what}:\n  " + "\n  ".join(lines)
+
+
+def _failed_gates(artifacts: list[dict]) -> list[str]:
+    """One line per gate that some of `artifacts` failed, naming them: the accuracy-aware gates first."""
     failing: dict[str, list[str]] = {}
     limits: dict[str, float] = {}
-    for a in results["artifacts"]:
+    for a in artifacts:
         for name, gate in a["gates"].items():
             limits.setdefault(name, gate["limit"])
             if not gate["passed"]:
                 value = "not measured" if gate["value"] is None else gate_value(name, gate["value"])
                 failing.setdefault(name, []).append(f"{a['name']} on {a['device']} ({value})")
-    lines = [f"gate {name} {'>=' if name == INT8_GATE else '<='} {gate_value(name, limits[name])} failed for: "
-             f"{', '.join(who)}" for name, who in failing.items()]
-    lines += [f"device {name} failed: {d['error']}" for name, d in results["devices"].items() if d["error"]]
-    lines += [q["summary"] for q in results.get("quantize", []) if not q["budget_met"]]
-    what = {"any": "not every device has an artifact that meets every gate",
-            "all": "not every artifact meets every gate"}[results["gates"]["require"]]
-    return f"{what}:\n  " + "\n  ".join(lines)
+    order = sorted(failing, key=lambda name: AWARE_GATES.index(name) if name in AWARE_GATES else len(AWARE_GATES))
+    return [f"gate {name} {'>=' if name == INT8_GATE else '<='} {gate_value(name, limits[name])} failed for: "
+            f"{', '.join(failing[name])}" for name in order]
 
 
 # -- a tune's budgets ----------------------------------------------------------------------------------------

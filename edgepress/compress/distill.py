@@ -32,7 +32,7 @@ from edgepress.compat import keras, keras_of
 from edgepress.compress.step import Step, register
 from edgepress.errors import EdgepressError
 from edgepress.models import training
-from edgepress.models.datasets import fit_to_input
+from edgepress.models.datasets import checked_inputs, fit_to_input, read_npz_arrays
 from edgepress.models.keras_graph import calls, is_graph, with_widths
 from edgepress.specs.section import Section
 from edgepress.values import MAX_BATCH, MAX_EPOCHS, MAX_LEARNING_RATE
@@ -309,13 +309,10 @@ def _single_output(model, role: str) -> tuple:
 
 
 def _load_unlabelled(path: str, teacher) -> np.ndarray:
-    if not Path(path).is_file():
+    if not Path(path).exists():
         raise EdgepressError(f"distill: unlabelled samples {path} not found; give an .npz file with an `x` array.")
-    with np.load(path) as npz:
-        if "x" not in npz:
-            raise EdgepressError(f"distill: {path} has no `x` array (it has: {', '.join(npz.files)}).")
-        x = npz["x"]
-    return fit_to_input(x, tuple(teacher.input_shape[1:]), Path(path).name)
+    (x,) = read_npz_arrays(Path(path), ["x"])  # a regular file, its header's declared size checked before loading
+    return fit_to_input(checked_inputs(x, f"distill: {path}: 'x'"), tuple(teacher.input_shape[1:]), Path(path).name)
 
 
 def _log_probs(outputs: np.ndarray, logits: bool) -> np.ndarray:

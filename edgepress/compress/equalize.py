@@ -16,13 +16,24 @@ unchanged. The walk is structured pruning's (edgepress.models.keras_graph: the s
 - A BatchNormalization between them is followed, not folded (the architecture stays): its gamma and
   beta take the 1/s_i, which scales its output exactly, and the first layer's range is that of the
   kernel with the BatchNormalization folded in, as the TFLite and ONNX converters fold it.
-- ReLU6 is not positively homogeneous (the clip at 6 does not scale), so a pair through ReLU6 is left
-  as it is (named in the notes). Replacing ReLU6 by ReLU, as the paper does for MobileNetV2, changes
-  the float model; that is the user's choice to make, not this step's.
+- ReLU6 is not positively homogeneous (the clip at 6 does not scale), but min(max(x, 0), 6) / s =
+  min(max(x / s, 0), 6) wherever neither x nor x / s reaches 6. So a pair through a ReLU6 layer (any
+  min(max(x, 0), b) layer) is scaled within the clip: a channel that reaches the clip on the calibration
+  data keeps its scale (it is counted in the notes), every other channel is scaled down at least enough
+  to stay below CLIP_MARGIN of it. The function is then exact on the calibration data and within a tenth of
+  the clip's headroom elsewhere. A ReLU6 given as a Conv's own activation (no tensor before it to
+  measure) leaves that layer as it is, and says so. Replacing ReLU6 by ReLU, as the paper does for
+  MobileNetV2, changes the float model; that is the user's choice to make, not this step's.
 - Residual connections: a tensor read by more than one layer (the skip of a residual block) or met
-  by an Add ties its channels to every other layer of the Add; those layers are left whole, as in the
-  paper, which equalizes within residual blocks. Scaling a whole residual stream jointly would need one
-  scale for every producer and reader of the stream, which mostly lands near 1 and gains little.
+  by an Add ties its channels to every other tensor of the Add, so it is in no pair. The whole set of
+  tensors an Add ties (its inputs, its sum, and through further Adds the rest of the residual stream,
+  reached through BatchNormalization, ReLU, linear and pooling only) is equalized as one `Group`: one
+  per-channel scale for all of them, held by the layers that make them (a BatchNormalization's gamma and
+  beta, or a Conv's kernel) and taken back by every Conv / Dense that reads them. Its s_i balances the
+  stream's own range on the calibration data (a_i, per-tensor int8's problem: a few outlier channels
+  of the stream) against its readers' weights: s_i = sqrt(a_i / r2_i). A stream that also passes
+  through a layer that does not scale (ReLU6, a BatchNormalization reading the sum) is left as it is,
+  and why is said (`Details.ties`).
 
 Per pair, s_i = sqrt(r1_i / r2_i) = (1 / r2_i) sqrt(r1_i r2_i), with r1_i the largest |weight| of
 output channel i of the first layer and r2_i that of input channel i of the second; after it both are
@@ -67,6 +78,9 @@ ACTIVATION_LAYERS = {"Activation", "ReLU", "LeakyReLU"}
 # Pass-through layers that do not commute with a constant shift (they insert zeros, not -c).
 PADDING = {"ZeroPadding1D", "ZeroPadding2D"}
 _CONVERGED = 1e-4  # largest |log s| of a sweep below which the scales have settled
+# Why the last layer is in no pair: nothing after it to take the scale (not a shortfall of equalization).
+MODEL_OUTPUT = "its output is an output of the model"
+CLIP_MARGIN = 0.9  # a channel scaled within a clip stays below this share of it on the calibration data
 
 
 class EqualizeConfig(Section):
@@ -100,6 +114,26 @@ class Pair:
     positions: list[int] | None  # channel of each input position of `second` (after a Flatten); None: the same
     shift_key: Key | None  # the activation whose minimum can be absorbed; None: no absorption (why: no_absorb)
     no_absorb: str = ""
+    clips: list[tuple[Key, float]] = field(default_factory=list)  # (the tensor a ReLU6-like clip reads, its bound)
+    held: int = 0  # channels that reach a clip on the calibration data, so keep their scale
+
+
+@dataclass
+class Group:
+    """Tensors tied by residual Adds (a residual stream): every tensor an Add sums and the sum itself take one
+    per-channel scale together. The scale reaches each tensor through layers that commute with it (ReLU, linear,
+    pooling, padding); each `holder` (a BatchNormalization's gamma and beta, or a Conv / Dense layer's kernel and
+    bias) multiplies its output channel i by 1/s_i, and each `reader` (Conv / Dense) its input channel i by s_i."""
+
+    adds: list[str]
+    holders: list[str]
+    readers: list[str]
+    keys: list[Key]  # every tensor of the stream (their ranges on the calibration data set the scales)
+    layers: list[str]  # the Conv / Dense layers whose outputs the stream carries (no longer left as they are)
+
+    def label(self) -> str:
+        return (f"residual stream of {', '.join(self.adds)} ({', '.join(self.holders)} -> "
+                f"{', '.join(self.readers)})")
 
 
 @dataclass
@@ -108,25 +142,40 @@ class Details:
 
     pairs: list[Pair]
     left: dict[str, str]  # layer -> why it is in no pair
+    groups: list[Group] = field(default_factory=list)  # residual streams equalized as one
+    ties: dict[str, str] = field(default_factory=dict)  # Add layer -> why its stream is left as it is
     sweeps: int = 0
     largest_scale: float = 1.0  # max over channels of max(s, 1/s) applied in total
     absorbed: dict[str, float] = field(default_factory=dict)  # first layer -> largest shift c moved
     corrected: list[str] = field(default_factory=list)  # layers whose bias was corrected
 
+    @property
+    def found(self) -> bool:
+        """Whether there is anything to equalize: a pair or a residual stream."""
+        return bool(self.pairs or self.groups)
+
     def notes(self) -> list[str]:
         lines = [f"pairs equalized: {', '.join(f'{p.first} -> {p.second}' for p in self.pairs) or 'none'}"]
+        lines += [f"equalized as one: {g.label()}" for g in self.groups]
         if self.sweeps:
             lines.append(f"{self.sweeps} sweep(s), largest channel scale {self.largest_scale:.3g}x")
+        lines += [f"{p.first} -> {p.second}: scaled within its clip (ReLU6)"
+                  + (f"; {p.held} channel(s) reach the clip on the calibration data and keep their scale"
+                     if p.held else "") for p in self.pairs if p.clips]
         lines += [f"{p.first} -> {p.second}: no bias absorption, {p.no_absorb}" for p in self.pairs if p.no_absorb]
         if self.absorbed:
             lines.append("high biases absorbed: " + ", ".join(f"{n} (up to {c:.3g})" for n, c in self.absorbed.items()))
         if self.corrected:
             lines.append(f"biases corrected: {', '.join(self.corrected)}")
+        lines += [f"residual stream of {name} left as it is: {why}" for name, why in self.ties.items()]
         return lines + [f"{name} left as it is: {why}" for name, why in self.left.items()]
 
     def to_dict(self) -> dict:
         return {
             "pairs": [[p.first, p.second] for p in self.pairs], "left": dict(self.left), "sweeps": self.sweeps,
+            "clipped": {p.first: {"second": p.second, "channels_held": p.held} for p in self.pairs if p.clips},
+            "groups": [{"adds": g.adds, "holders": g.holders, "readers": g.readers} for g in self.groups],
+            "ties": dict(self.ties),
             "largest_scale": self.largest_scale, "absorbed": dict(self.absorbed), "corrected": list(self.corrected),
         }
 
@@ -155,7 +204,7 @@ def equalize_for_quantization(model, calibration: np.ndarray) -> tuple[object, D
 
     config = EqualizeConfig(bias_correction=False, samples=max(1, len(calibration)))
     details = find_pairs(model)
-    if not details.pairs:
+    if not details.found:
         return training.copy_model(model), details
     return _equalize(model, calibration, config)
 
@@ -163,13 +212,15 @@ def equalize_for_quantization(model, calibration: np.ndarray) -> tuple[object, D
 def check_equalizable(model, config: EqualizeConfig | None = None) -> None:
     """Raise EdgepressError, saying why for each layer, when `model` has no pair to equalize."""
     details = find_pairs(model)
-    if details.pairs:
+    if details.found:
         return
-    why = "; ".join(f"'{name}' {reason}" for name, reason in details.left.items())
+    why = "; ".join([f"'{name}' {reason}" for name, reason in details.left.items()]
+                    + [f"the residual stream of '{name}' {reason}" for name, reason in details.ties.items()])
     raise EdgepressError(
         f"equalize found no pair of layers in '{model.name}' to equalize (a Conv2D, DepthwiseConv2D or Dense "
         "followed, through BatchNormalization, ReLU, pooling or Flatten only, by another one that alone reads its "
-        f"output){': ' + why if why else ''}. Leave out this step."
+        "output), nor a residual stream (the tensors an Add sums, made and read through such layers only)"
+        f"{': ' + why if why else ''}. Leave out this step."
     )
 
 
@@ -177,6 +228,8 @@ def equalize_notes(model, config: EqualizeConfig | None = None) -> list[str]:
     """Lines for the run log before the step runs: the pairs found and the layers left as they are."""
     details = find_pairs(model)
     return [f"pairs: {', '.join(f'{p.first} -> {p.second}' for p in details.pairs)}"] + [
+        f"equalized as one: {g.label()}" for g in details.groups] + [
+        f"residual stream of {name} left as it is: {why}" for name, why in details.ties.items()] + [
         f"{name} left as it is: {why}" for name, why in details.left.items()]
 
 
@@ -189,7 +242,7 @@ def _equalize(model, x: np.ndarray, config: EqualizeConfig):
     result = training.copy_model(model)
     details = find_pairs(result)
     samples = np.asarray(x[: config.samples])
-    _cross_layer(result, details, config.iterations)
+    _cross_layer(result, details, config.iterations, samples)
     if config.bias_absorption:
         _absorb(result, details, samples)
     if config.bias_correction:
@@ -217,7 +270,19 @@ def find_pairs(model) -> Details:
             pairs.append(found)
         else:
             left[layer.name] = found
-    return Details(pairs, left)
+    details = Details(pairs, left)
+    makers = {key: call for call in graph.calls for key in call.outputs}
+    for call in graph.calls:
+        if type(call.layer).__name__ != "Add" or any(call.outputs[0] in g.keys for g in details.groups):
+            continue
+        group = _group_from(call, readers, makers, set(graph.outputs), graph.shapes)
+        if isinstance(group, Group):
+            details.groups.append(group)
+            for name in group.layers:
+                left.pop(name, None)
+        else:
+            details.ties[call.layer.name] = group
+    return details
 
 
 def _weighted(layer, shared: bool) -> str | None:
@@ -242,14 +307,14 @@ def _pair_from(layer, outs: list[Key], shared: bool, readers: dict, outputs: set
     if not _homogeneous(layer.activation):
         return f"its activation ({function_name(layer.activation)}) does not commute with scaling"
     key, bn, passed, shift_key, no_absorb = outs[0], None, False, outs[0], ""
-    positions = None
+    positions, clips = None, []
     nonlinear = not _linear(layer.activation)
     if not _identity_above_zero(layer.activation):
         shift_key, no_absorb = None, f"its activation ({function_name(layer.activation)}) is not the identity above 0"
     while True:
         users = readers.get(key, [])
         if key in outputs:
-            return "its output is an output of the model"
+            return MODEL_OUTPUT
         if len(users) != 1:
             names = ", ".join(f"'{u.layer.name}'" for u in users)
             return f"its output is read by {len(users)} layers ({names}): a residual connection ties its channels"
@@ -265,7 +330,7 @@ def _pair_from(layer, outs: list[Key], shared: bool, readers: dict, outputs: set
             if shift_key is not None and kind != "Dense" and nxt.padding != "valid" and any(
                     k != 1 for k in nxt.kernel_size):
                 shift_key, no_absorb = None, f"'{nxt.name}' pads its input with zeros"
-            return Pair(layer.name, nxt.name, bn, positions, shift_key, no_absorb)
+            return Pair(layer.name, nxt.name, bn, positions, shift_key, no_absorb, clips)
         if kind == "BatchNormalization" and axes(nxt.axis, rank) == [rank - 1]:
             if passed or nonlinear or key != outs[0]:
                 return f"it feeds '{nxt.name}' (BatchNormalization) after an activation or another layer"
@@ -292,6 +357,12 @@ def _pair_from(layer, outs: list[Key], shared: bool, readers: dict, outputs: set
             repeat, channels = math.prod(int(d) for d in shape[1:-1]), int(shape[-1])
             positions = [p % channels for p in range(repeat * channels)]  # channels last: channel is fastest
             passed = True
+        elif kind in ACTIVATION_LAYERS and _clip_bound(nxt) is not None and positions is None and not nshared:
+            # min(max(x, 0), b) commutes with 1/s wherever neither x nor x / s reaches b: scaled within the clip.
+            clips.append((nins[0], _clip_bound(nxt)))
+            nonlinear = True
+            if shift_key is not None:
+                shift_key, no_absorb = None, f"'{nxt.name}' clips at {_clip_bound(nxt):g}"
         elif kind in ACTIVATION_LAYERS:
             clip = f", max_value {nxt.max_value:g}" if getattr(nxt, "max_value", None) is not None else ""
             return (f"it feeds '{nxt.name}' ({kind}{clip}), which does not commute with a per-channel scale "
@@ -299,6 +370,95 @@ def _pair_from(layer, outs: list[Key], shared: bool, readers: dict, outputs: set
         else:
             return f"it feeds '{nxt.name}' ({kind}), which does not commute with a per-channel scale"
         key = nouts[0]
+
+
+def _group_from(add, readers: dict, makers: dict, outputs: set, shapes: dict) -> Group | str:
+    """The residual stream through the Add call `add`: every tensor tied to its output by Adds and by layers that
+    commute with a per-channel scale, with the layers that hold and read the scale; or why there is none."""
+    keys: list[Key] = []
+    holders, readers_of, layers, adds = [], [], [], []
+    todo = [add.outputs[0]]
+    while todo:
+        key = todo.pop()
+        if key in keys:
+            continue
+        keys.append(key)
+        if key in outputs:
+            return "is an output of the model"
+        call = makers.get(key)
+        if call is None:
+            return "starts at the model's input, which has no layer to take the scale"
+        made = _stream_maker(call, shapes)
+        if isinstance(made, str):
+            return made
+        role, more = made
+        if role == "add":
+            adds.append(call.layer.name)
+        elif role == "holder":
+            holders.append(call.layer.name)
+            layers.append(more.pop())  # the Conv / Dense whose output the holder scales (itself, or before a BN)
+        todo += more
+        for user in readers.get(key, []):
+            read = _stream_reader(user)
+            if read not in ("reader", "add", "through"):
+                return read  # why not
+            if read == "reader":
+                readers_of.append(user.layer.name)
+            else:
+                todo += list(user.outputs) + (list(user.inputs) if read == "add" else [])
+    channels = {(shapes.get(k) or (None,))[-1] for k in keys}
+    if len(channels) != 1 or None in channels:
+        return f"ties tensors whose channel counts differ or are unknown ({sorted(map(str, channels))})"
+    if not readers_of:
+        return "is read by no Conv2D, DepthwiseConv2D or Dense layer to take the scale back"
+    return Group(adds, list(dict.fromkeys(holders)), list(dict.fromkeys(readers_of)), keys,
+                 list(dict.fromkeys(n for n in layers if n)))
+
+
+def _stream_maker(call, shapes: dict) -> tuple[str, list] | str:
+    """How the layer call that makes a stream tensor takes the scale: ("add", its inputs: the stream goes on
+    through them), ("holder", [the Conv / Dense it scales or None]) or ("through", its inputs); or why it cannot."""
+    layer, kind = call.layer, type(call.layer).__name__
+    if call.shared:
+        return f"is made by '{layer.name}', which is called more than once"
+    if kind == "Add":
+        return "add", list(call.inputs)
+    if kind == "BatchNormalization":
+        rank = len(shapes.get(call.inputs[0]) or ())
+        if not rank or axes(layer.axis, rank) != [rank - 1] or not layer.scale:
+            return f"is made by '{layer.name}', a BatchNormalization not over channels or without gamma"
+        return "holder", [call.inputs[0][0]]
+    if kind in FIRST_OR_SECOND:
+        why = _weighted(layer, False)
+        if why or not _homogeneous(layer.activation):
+            why = why or f"its activation ({function_name(layer.activation)}) does not commute with scaling"
+            return f"is made by '{layer.name}': {why}"
+        return "holder", [layer.name]
+    if (kind in ACTIVATION_LAYERS and _homogeneous(layer)) or kind in PASS_THROUGH:
+        return "through", list(call.inputs)
+    return f"is made by '{layer.name}' ({kind}){_clip_text(layer)}, which does not commute with a per-channel scale"
+
+
+def _stream_reader(call) -> str:
+    """How a layer reading a stream tensor takes the scale: "reader" (a Conv / Dense scales its input channels),
+    "add" (another Add: the stream goes on through its output and its other inputs), "through" (the stream goes
+    on through its output); else why it cannot."""
+    layer, kind = call.layer, type(call.layer).__name__
+    if call.shared:
+        return f"is read by '{layer.name}', which is called more than once"
+    if kind == "Add":
+        return "add"
+    if kind in FIRST_OR_SECOND:
+        why = _weighted(layer, False)
+        return f"is read by '{layer.name}', but {why}" if why else "reader"
+    if (kind in ACTIVATION_LAYERS and _homogeneous(layer)) or kind in PASS_THROUGH:  # zeros padded stay zeros
+        return "through"
+    return f"is read by '{layer.name}' ({kind}){_clip_text(layer)}, which does not commute with a per-channel scale"
+
+
+def _clip_text(layer) -> str:
+    clip = getattr(layer, "max_value", None)
+    return f", max_value {clip:g}: a clip does not scale" if clip is not None else ""
 
 
 _PROBE = np.array([[-20.0, -3.0, -0.5, 0.0, 0.5, 3.0, 7.0, 20.0]], np.float32)
@@ -316,6 +476,15 @@ def _homogeneous(fn) -> bool:
     base = _apply(fn, _PROBE)
     return base is not None and all(
         np.allclose(_apply(fn, a * _PROBE), a * base, rtol=1e-5, atol=1e-6) for a in (0.25, 4.0))
+
+
+def _clip_bound(fn) -> float | None:
+    """b when f(x) = min(max(x, 0), b) (ReLU6: 6), else None."""
+    out = _apply(fn, _PROBE)
+    if out is None:
+        return None
+    bound = float(out.max())
+    return bound if 0 < bound < float(_PROBE.max()) and np.allclose(out, np.clip(_PROBE, 0, bound)) else None
 
 
 def _linear(fn) -> bool:
@@ -392,16 +561,37 @@ def _scale_in(model, pair: Pair, factor: np.ndarray) -> None:
     layer.set_weights(weights)
 
 
-def _cross_layer(model, details: Details, iterations: int) -> None:
+def _cross_layer(model, details: Details, iterations: int, x: np.ndarray) -> None:
     total = {p.first: None for p in details.pairs}
+    # Each stream's per-channel range on the calibration data; a sweep's scale s divides it exactly.
+    ranges = [_stream_ranges(model, g, x) for g in details.groups]
+    # Each clipped pair's per-channel share of its clip reached on the calibration data (1: it clips), likewise.
+    reached = _clip_shares(model, details.pairs, x)
+    held = {first: share >= 1 for first, share in reached.items()}
+    for pair in details.pairs:
+        if pair.first in held:
+            pair.held = int(held[pair.first].sum())
     for sweep in range(1, iterations + 1):
         moved = 0.0
+        for index, group in enumerate(details.groups):
+            s = _stream_scales(model, group, ranges[index])
+            for holder in group.holders:
+                _scale_holder(model, holder, (1 / s).astype(np.float32))
+            for reader in group.readers:
+                _scale_in(model, Pair("", reader, None, None, None), s.astype(np.float32))
+            ranges[index] = ranges[index] / s
+            name = f"stream:{group.adds[0]}"
+            total[name] = s if total.get(name) is None else total[name] * s
+            moved = max(moved, float(np.abs(np.log(s)).max(initial=0.0)))
         for pair in details.pairs:
             r1 = np.abs(_out_weights(model, pair.first, pair.bn)).max(axis=1).astype(np.float64)
             r2 = _in_ranges(model, pair, len(r1)).astype(np.float64)
             s = np.ones_like(r1)
             live = (r1 > 0) & (r2 > 0)  # a dead channel (all zeros on one side) keeps its scale
             s[live] = np.sqrt(r1[live] / r2[live])
+            if pair.first in reached:
+                s = _within_clip(s, reached[pair.first], held[pair.first])
+                reached[pair.first] = reached[pair.first] / s
             _scale_out(model, pair, (1 / s).astype(np.float32))
             _scale_in(model, pair, s.astype(np.float32))
             total[pair.first] = s if total[pair.first] is None else total[pair.first] * s
@@ -409,7 +599,65 @@ def _cross_layer(model, details: Details, iterations: int) -> None:
         details.sweeps = sweep
         if moved < _CONVERGED:
             break
-    details.largest_scale = max(float(np.maximum(s, 1 / s).max(initial=1.0)) for s in total.values())
+    details.largest_scale = max((float(np.maximum(s, 1 / s).max(initial=1.0)) for s in total.values()
+                                 if s is not None), default=1.0)
+
+
+def _clip_shares(model, pairs: list[Pair], x: np.ndarray) -> dict[str, np.ndarray]:
+    """For each pair through a clip (ReLU6), keyed by its first layer: the share of the clip each channel reaches on
+    inputs `x` (its largest value before the clip over the bound; the largest over its clips)."""
+    clipped = [p for p in pairs if p.clips]
+    if not clipped:
+        return {}
+    keys = [key for p in clipped for key, _ in p.clips]
+    found = iter(values(model, keys, x))
+    shares = {}
+    for pair in clipped:
+        per_clip = [next(found) for _ in pair.clips]
+        shares[pair.first] = np.max([v.reshape(-1, v.shape[-1]).max(axis=0) / bound
+                                     for v, (_, bound) in zip(per_clip, pair.clips, strict=True)], axis=0)
+    return shares
+
+
+def _within_clip(s: np.ndarray, reached: np.ndarray, held: np.ndarray) -> np.ndarray:
+    """`s` kept where a clip stays exact: a channel that reaches the clip on the calibration data keeps its scale
+    (1); another is scaled down at least enough that it stays below CLIP_MARGIN of the clip, so that neither the
+    model as given nor the scaled one clips it there."""
+    s = s.copy()
+    s[held] = 1.0
+    free = ~held
+    s[free] = np.maximum(s[free], reached[free] / CLIP_MARGIN)
+    return s
+
+
+def _stream_ranges(model, group: Group, x: np.ndarray) -> np.ndarray:
+    """The largest |value| of each channel over every tensor of the stream, on inputs `x`."""
+    found = values(model, list(group.keys), x)
+    return np.max([np.abs(v.reshape(-1, v.shape[-1])).max(axis=0) for v in found], axis=0).astype(np.float64)
+
+
+def _stream_scales(model, group: Group, ranges: np.ndarray) -> np.ndarray:
+    """s_i = sqrt(a_i / r_i): a_i the stream's range of channel i, r_i the largest weight of its readers reading it.
+    After it both a_i / s_i and r_i s_i are proportional to sqrt(a_i r_i): the stream's channels, quantized with one
+    per-tensor range, and its readers' weights, quantized per output channel, share the imbalance evenly. Scaled
+    so the median live channel keeps its scale (a common factor changes nothing quantization sees)."""
+    r = np.max([_in_ranges(model, Pair("", reader, None, None, None), len(ranges)) for reader in group.readers],
+               axis=0).astype(np.float64)
+    s = np.ones_like(ranges)
+    live = (ranges > 0) & (r > 0)  # a dead channel keeps its scale
+    if live.any():
+        s[live] = np.sqrt(ranges[live] / r[live])
+        s[live] /= np.median(s[live])
+    return s
+
+
+def _scale_holder(model, name: str, factor: np.ndarray) -> None:
+    """Multiply output channel i of layer `name` by factor[i]: a BatchNormalization's gamma and beta, or a Conv /
+    Dense layer's kernel and bias."""
+    if type(model.get_layer(name)).__name__ == "BatchNormalization":
+        _scale_out(model, Pair("", "", name, None, None), factor)
+    else:
+        _scale_out(model, Pair(name, "", None, None, None), factor)
 
 
 # -- high-bias absorption and bias correction ---------------------------------------------------------

@@ -6,7 +6,8 @@ A file can hold int8 tensors and still compute in float: TFLite's weight-only mo
 weights into float ops, and onnxruntime may run a QuantizeLinear/DequantizeLinear pair around a MatMul
 as DequantizeLinear + a float Gemm. So the count reads the ops the runtime executes, not the file's dtypes:
 - TFLite: each op of the flatbuffer (as LiteRT reads it), with its tensors' types and shapes. An op is
-  integer when its input activations and its weights are integers (int8, int16 activations); "hybrid"
+  integer when its input activations and its weights are integers, counted apart by activation width:
+  int8 (`int8_macs`) or int16 (`int16_macs`: int16x8 kernels, which are not int8 ones); "hybrid"
   when its activations are float and its weights integer (dynamic-range quantization: the kernel
   quantizes the activations at run time); float otherwise (a DEQUANTIZE op before it included).
 - ONNX: the graph onnxruntime builds after its optimizations, saved with `optimized_model_filepath`
@@ -31,14 +32,15 @@ import numpy as np
 
 from edgepress.errors import EdgepressError, first_line
 
-INTEGER, HYBRID, FLOAT = "integer", "hybrid", "float"
+INTEGER, INT16, HYBRID, FLOAT = "integer", "int16", "hybrid", "float"  # INTEGER: int8 (or uint8) activations
 
 
 def int8_macs(path: str | Path) -> dict[str, Any]:
     """The MACs of the .tflite or .onnx file at `path`, split by the kind of kernel that runs them.
 
-    Returns `int8_macs` (integer MACs / all MACs, 0.0 for a model without MAC ops), `macs` (all),
-    `integer_macs`, `hybrid_macs`, `float_macs`, `float_ops` (the names of the float MAC ops: TFLite
+    Returns `int8_macs` (MACs of integer kernels with 8-bit activations / all MACs, 0.0 for a model without MAC
+    ops), `int16_macs` (the same share for 16-bit activations), `macs` (all), `integer_macs` (8-bit),
+    `integer16_macs`, `hybrid_macs`, `float_macs`, `float_ops` (the names of the float MAC ops: TFLite
     output tensors, ONNX node names) and `ops`: one dict per MAC op (name, op, kind, macs).
     """
     path = Path(path)
@@ -56,12 +58,14 @@ def int8_macs(path: str | Path) -> dict[str, Any]:
 
 def summarize(ops: Iterable[dict]) -> dict[str, Any]:
     ops = list(ops)
-    by_kind = {kind: sum(op["macs"] for op in ops if op["kind"] == kind) for kind in (INTEGER, HYBRID, FLOAT)}
+    by_kind = {kind: sum(op["macs"] for op in ops if op["kind"] == kind) for kind in (INTEGER, INT16, HYBRID, FLOAT)}
     total = sum(by_kind.values())
     return {
         "int8_macs": by_kind[INTEGER] / total if total else 0.0,
+        "int16_macs": by_kind[INT16] / total if total else 0.0,
         "macs": total,
         "integer_macs": by_kind[INTEGER],
+        "integer16_macs": by_kind[INT16],
         "hybrid_macs": by_kind[HYBRID],
         "float_macs": by_kind[FLOAT],
         "float_ops": [op["name"] for op in ops if op["kind"] == FLOAT],
@@ -82,6 +86,7 @@ def manifest_fields(path: str | Path) -> dict[str, Any]:
     total = c["macs"]
     return {
         "int8_macs": round(c["int8_macs"], 4),
+        "int16_macs": round(c["int16_macs"], 4),
         "hybrid_macs": round(c["hybrid_macs"] / total, 4) if total else 0.0,
         "macs": total,
         "float_mac_ops": c["float_ops"],
@@ -90,7 +95,7 @@ def manifest_fields(path: str | Path) -> dict[str, Any]:
 
 # --- TFLite -------------------------------------------------------------------------------------------------
 
-_INT_ACTIVATIONS = ("int8", "uint8", "int16")
+_INT_ACTIVATIONS = ("int8", "uint8")  # int16: its own kind, INT16
 _INT_WEIGHTS = ("int8", "uint8", "int4", "int16")
 # op: (activation input, weight input). The weight of BATCH_MATMUL is its second operand, constant or not.
 _TFLITE_MAC_OPS = {
@@ -135,6 +140,8 @@ def _dtype(tensor) -> str:
 
 def _kind(activation: str, weight: str) -> str:
     if weight in _INT_WEIGHTS:
+        if activation == "int16":
+            return INT16
         return INTEGER if activation in _INT_ACTIVATIONS else HYBRID
     return FLOAT
 

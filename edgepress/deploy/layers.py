@@ -43,21 +43,42 @@ def layer_of(node: str, layers: Iterable[str], outputs: Sequence[str] = ()) -> s
     return None
 
 
+def node_layer(node: str, tensors: Sequence[str], layers: Iterable[str], outputs: Sequence[str] = ()) -> str | None:
+    """The Keras layer a graph node comes from, by one rule whichever name was read: the layer its own name names,
+    else the one its first output tensor that names a layer names.
+
+    A converter that folds a layer into the one before it names the node after the first and its output after the
+    second (tf2onnx folds Conv2D -> BatchNormalization into one Conv node `m/proj/Conv2D` whose output is
+    `m/proj_bn/FusedBatchNormV3:0`): the node is `proj`'s, whether the node or its output tensor was read.
+    `tensors` are the node's output tensors; `outputs` as in `layer_of`.
+    """
+    layers = set(layers)
+    found = layer_of(node, layers, outputs) if node else None
+    return found or next((t for t in (layer_of(o, layers, outputs) for o in tensors) if t is not None), None)
+
+
 def output_layers(model) -> list[str]:
     """The names of the layers that produce the model's outputs."""
     return list(getattr(model, "output_names", None) or [model.layers[-1].name])
 
 
-def nodes_of(wanted: Sequence[str], nodes: Sequence[str], model, what: str) -> list[str]:
+def nodes_of(wanted: Sequence[str], nodes: Sequence[str], model, what: str,
+             tensors: dict[str, Sequence[str]] | None = None) -> list[str]:
     """The nodes (op names) that make up the layers in `wanted`; a name may also be a node itself.
 
+    `tensors` (node -> its output tensors) makes a node's layer `node_layer`'s (ONNX, where node and tensor names
+    can name different layers); a layer folded into another (a BatchNormalization into its Conv) then also names
+    the node it was folded into. Without it a node's layer is its name's (TFLite names ops by their outputs).
     Raises EdgepressError naming any entry that matches no node, with the layers that do have nodes.
     """
     layers, outputs = layer_names(model), output_layers(model)
-    owner = {node: layer_of(node, layers, outputs) for node in nodes}
+    tensors = tensors or {}
+    owner = {node: node_layer(node, tensors.get(node, ()), layers, outputs) for node in nodes}
+    folded = {node: {layer_of(t, layers, outputs) for t in tensors.get(node, ())} - {None} for node in nodes}
     found, missing = [], []
     for name in wanted:
         matched = [node for node in nodes if owner[node] == name or node == name]
+        matched = matched or [node for node in nodes if name in folded[node]]
         if not matched:
             missing.append(name)
         found.extend(n for n in matched if n not in found)

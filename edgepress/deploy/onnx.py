@@ -26,7 +26,7 @@ import numpy as np
 from edgepress.artifact import Artifact
 from edgepress.compat import quiet
 from edgepress.deploy.check import calibration_inputs
-from edgepress.deploy.layers import layer_names, layer_of, nodes_of, output_layers, typical_magnitude
+from edgepress.deploy.layers import layer_names, layer_of, node_layer, nodes_of, output_layers, typical_magnitude
 from edgepress.deploy.registry import Exporter, ExportRequest, export, register
 from edgepress.deploy.signature import signature
 from edgepress.errors import EdgepressError, first_line
@@ -166,8 +166,10 @@ def _quantize_static(
     prepared = work / "prepared.onnx"
     quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)  # symbolic shapes are for transformers
     # Layer names become node names of the graph being quantized (the optimizer fuses and renames nodes).
-    nodes = [n.name for n in onnx.load(str(prepared)).graph.node]
-    excluded = nodes_of(float_layers, nodes, source.model, "ONNX int8_static float_layers") if float_layers else []
+    graph = onnx.load(str(prepared)).graph
+    nodes, tensors = [n.name for n in graph.node], {n.name: list(n.output) for n in graph.node}
+    excluded = nodes_of(float_layers, nodes, source.model, "ONNX int8_static float_layers",
+                        tensors) if float_layers else []
     types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
     # The histogram calibrators print their progress to stdout; send it where quiet() sends chatter.
     with contextlib.redirect_stdout(sys.stderr):
@@ -279,15 +281,21 @@ def layer_errors(source, float_path: str | Path, qdq_path: str | Path, calibrati
     def rms(x: np.ndarray) -> float:
         return float(np.sqrt(np.mean(np.square(x))))
 
+    import onnx
+
     layers, outputs = layer_names(source.model), output_layers(source.model)
+    # A tensor is named after the layer of the node that makes it (`node_layer`), the rule float_layers is read by.
+    producer = {t: n for n in onnx.load(str(qdq_path)).graph.node for t in n.output}
     errors = []
     for tensor, match in matched.items():
         if "float" not in match:  # a tensor the float model does not have (made by the quantizer)
             continue
         reference, quantized, before = flat(match["float"]), flat(match["post_qdq"]), flat(match["pre_qdq"])
         typical = typical_magnitude(reference)
+        node = producer.get(tensor)
         errors.append({
-            "layer": layer_of(tensor, layers, outputs),
+            "layer": node_layer(node.name, node.output, layers, outputs) if node is not None else
+            layer_of(tensor, layers, outputs),
             "node": tensor,
             "error": ratio(rms(reference - quantized), typical),
             "relative_error": ratio(rms(reference - quantized), rms(reference)),

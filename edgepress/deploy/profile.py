@@ -11,7 +11,7 @@ of its own (edgepress/deploy/op_models.py, here on the host) and the runner time
 recording whether the delegate took it (`offloaded`; for ONNX: whether the device's first execution provider ran
 it); each such time holds one invocation's fixed cost too (`floor_us`, the cheapest
 op's time, estimates it), so the ops' times add up to more than the whole file's. `method` says which way a profile was
-taken. `kind` is the kernel kind of a MAC op (integer, hybrid or float, edgepress/deploy/coverage.py), `macs` its
+taken. `kind` is the kernel kind of a MAC op (integer, int16, hybrid or float, edgepress/deploy/coverage.py), `macs` its
 multiply-accumulates.
 """
 
@@ -115,3 +115,40 @@ def _by_onnx_node(ops: list[dict], macs: dict[str, dict]) -> dict[str, dict]:
     if len(left) == len(unmatched):
         found.update({op["name"]: macs[name] for op, name in zip(left, unmatched, strict=True)})
     return found
+
+
+def why_slower(profile: dict, base: dict, count: int = 2) -> str:
+    """Why a file is slower than `base` (its format's fp32 on the same device), from the two per-op profiles: the op
+    types whose time grew the most, each with its time in both files and where it ran ("CONV_2D 107.6 us (integer,
+    builtin kernels) against 3.5 us (float, XNNPACK)"), and the op types only it runs (the quantize and dequantize
+    ops at its edges, a dynamic-range quantizer)."""
+    def by_type(p: dict) -> dict[str, dict]:
+        types: dict[str, dict] = {}
+        for op in p.get("ops", []):
+            if op.get("us") is None:
+                continue
+            row = types.setdefault(op["op"], {"us": 0.0, "how": {}})
+            row["us"] += op["us"]
+            how = ", ".join(str(part) for part in (op.get("kind"), op.get("runs_on")) if part)
+            if how:
+                row["how"][how] = None
+        return types
+
+    mine, theirs = by_type(profile), by_type(base)
+    grown = sorted(((t, row["us"] - theirs.get(t, {"us": 0.0})["us"]) for t, row in mine.items()),
+                   key=lambda item: -item[1])
+    parts = []
+    for op_type, extra in grown[:count]:
+        if extra <= 0:
+            break
+        here = f"{op_type} {_timed(mine[op_type])}"
+        if op_type in theirs:
+            parts.append(f"{here} against {_timed(theirs[op_type])}")
+        else:
+            parts.append(f"{here}, an op the fp32 file does not run")
+    return "; ".join(parts)
+
+
+def _timed(row: dict) -> str:
+    """An op type's time and where it ran: "107.6 us (integer, builtin kernels)"."""
+    return f"{row['us']:.1f} us" + (f" ({'; '.join(row['how'])})" if row["how"] else "")

@@ -29,6 +29,7 @@ import json
 import os
 import platform
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -47,6 +48,11 @@ TIMES_KEPT = 2000
 
 # predict() feeds a dynamic-batch model at most this many rows at a time, to bound memory on a device.
 PREDICT_CHUNK = 256
+MAX_DATA_BYTES = 4 << 30  # what one --data array may declare (as float32): far above any evaluation set
+# An untimed call of an .onnx model (warm-up, scoring) that has not returned after this many seconds is stopped and
+# reported for its artifact (a Loop that never ends), well before the transport's limit for the whole step (600 s by
+# default); EDGEPRESS_INVOKE_LIMIT_S sets another. Timed calls are not watched: the watch would be timed too.
+INVOKE_LIMIT_S = 300.0
 
 # Names of ONNX tensor element types as numpy dtype names.
 _ONNX_DTYPES = {
@@ -172,13 +178,13 @@ class Runtime:
 class TFLiteRuntime(Runtime):
     """A .tflite file in LiteRT, tflite_runtime or, as a last resort, tf.lite."""
 
-    def __init__(self, path: str, threads: int) -> None:
+    def __init__(self, path: str, threads: int, delegate: str = "xnnpack") -> None:
         super().__init__()
         interpreter_class, self.runtime, self.runtime_version = _tflite_interpreter()
+        self.delegate = delegate
         start = time.perf_counter()
         try:
-            self._interpreter = interpreter_class(model_path=path, num_threads=threads)
-            self._interpreter.allocate_tensors()
+            self._interpreter = _tflite_open(interpreter_class, path, threads, delegate)
         except (ValueError, RuntimeError) as e:
             raise RunnerError(
                 f"{path}: {self.runtime} could not load it ({_one_line(e)}). "
@@ -252,6 +258,7 @@ class OnnxRuntime(Runtime):
     def __init__(self, path: str, threads: int, providers: list[str] | None) -> None:
         super().__init__()
         ort = _onnxruntime()
+        self.path = path
         self.runtime = "onnxruntime"
         self.runtime_version = getattr(ort, "__version__", "unknown")
 
@@ -302,7 +309,19 @@ class OnnxRuntime(Runtime):
         self.input_dtype = _ONNX_DTYPES.get(inputs[0].type, "float32")
 
     def _invoke(self, x: np.ndarray) -> np.ndarray:
-        return self._session.run([self._output_name], {self._input_name: x})[0]
+        ort = _onnxruntime()
+        options, limit = ort.RunOptions(), _invoke_limit_s()
+        timer = threading.Timer(limit, lambda: setattr(options, "terminate", True))
+        timer.start()
+        try:
+            return self._session.run([self._output_name], {self._input_name: x}, options)[0]
+        except Exception:
+            if options.terminate:
+                raise RunnerError(f"{self.path}: one call of the model did not return within {limit:.0f} s (a Loop "
+                                  "that never ends?) and was stopped.") from None
+            raise
+        finally:
+            timer.cancel()
 
     def _bound(self, x: np.ndarray):
         # session.run itself, its output list and feed built once: the timed call is the runtime's alone.
@@ -350,6 +369,13 @@ def _onnxruntime():
     return onnxruntime
 
 
+def _invoke_limit_s() -> float:
+    try:
+        return max(0.1, float(os.environ.get("EDGEPRESS_INVOKE_LIMIT_S", INVOKE_LIMIT_S)))
+    except ValueError:
+        return INVOKE_LIMIT_S
+
+
 def _tflite_quant(detail: dict) -> tuple[float, int] | None:
     """(scale, zero_point) of a quantized integer TFLite tensor, else None."""
     scale, zero_point = detail.get("quantization", (0.0, 0))
@@ -358,14 +384,38 @@ def _tflite_quant(detail: dict) -> tuple[float, int] | None:
     return None
 
 
-def open_model(path: str, threads: int = 1, providers: list[str] | None = None) -> Runtime:
-    """Load a .tflite or .onnx file in the best runtime available; `providers` applies to ONNX only."""
+def open_model(path: str, threads: int = 1, providers: list[str] | None = None, delegate: str = "xnnpack") -> Runtime:
+    """Load a .tflite or .onnx file in the best runtime available; `providers` applies to ONNX only, `delegate` to
+    TFLite only (DELEGATES)."""
     if threads < 1:
         raise RunnerError(f"threads must be 1 or more, got {threads}.")
     path = str(path)
     if _model_format(path) == "tflite":
-        return TFLiteRuntime(path, threads)
+        return TFLiteRuntime(path, threads, delegate)
     return OnnxRuntime(path, threads, providers)
+
+
+# TFLite delegates the runner applies: xnnpack, LiteRT's default on CPUs (applied by the interpreter itself), or none:
+# the builtin kernels alone (on some CPUs and precisions they beat XNNPACK: a device profile says so with
+# `delegate: none`, and the runner must honour it, not run XNNPACK anyway).
+DELEGATES = ("xnnpack", "none")
+
+
+def _tflite_open(interpreter_class, path: str, threads: int, delegate: str):
+    """An allocated interpreter of `path` with `delegate` applied (see DELEGATES)."""
+    if delegate not in DELEGATES:
+        raise RunnerError(f"TFLite delegate {delegate!r} is not one the runner applies; use one of: "
+                          f"{', '.join(DELEGATES)}.")
+    options = {}
+    if delegate == "none":
+        resolver = getattr(sys.modules[interpreter_class.__module__], "OpResolverType", None)
+        if resolver is None:  # a runtime too old to leave its default delegate out
+            raise RunnerError(f"this TFLite runtime ({interpreter_class.__module__}) cannot run without its default "
+                              "delegate; use delegate: xnnpack for this device.")
+        options["experimental_op_resolver_type"] = resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    interpreter = interpreter_class(model_path=path, num_threads=threads, **options)
+    interpreter.allocate_tensors()
+    return interpreter
 
 
 def _model_format(path: str) -> str:
@@ -390,6 +440,7 @@ def benchmark(
     threads: int = 1,
     batch: int = 1,
     providers: list[str] | None = None,
+    delegate: str = "xnnpack",
     with_predictions: bool = False,
     max_runs: int | None = None,
     target_ci_width: float | None = None,
@@ -429,7 +480,7 @@ def benchmark(
     else:
         _onnxruntime()
     baseline_rss = _current_rss()
-    model = open_model(path, threads=threads, providers=providers)
+    model = open_model(path, threads=threads, providers=providers, delegate=delegate)
     warnings = list(model.warnings)
     if x is not None:
         _check_fits(model, x)
@@ -469,6 +520,7 @@ def benchmark(
             "name": model.runtime,
             "version": model.runtime_version,
             "providers": list(model.providers),
+                        "delegate": getattr(model, "delegate", None),
             "warnings": warnings,
         },
         "threads": threads,
@@ -575,6 +627,7 @@ def benchmark_many(
     max_runs: int | None = None,
     target_ci_width: float | None = None,
     max_seconds: float | None = None,
+    delegate: str = "xnnpack",
 ) -> dict:
     """Load every file of `paths` and time them interleaved (see `time_interleaved`); no scoring.
 
@@ -584,7 +637,7 @@ def benchmark_many(
     _check_counts(runs, warmup, batch, max_runs)
     models, inputs, warnings = [], [], []
     for path in map(str, paths):
-        model = open_model(path, threads=threads, providers=providers)
+        model = open_model(path, threads=threads, providers=providers, delegate=delegate)
         if x is not None:
             _check_fits(model, np.asarray(x))
         notes = list(model.warnings)
@@ -604,6 +657,7 @@ def benchmark_many(
         artifacts.append({
             "artifact": {"path": path, "sha256": _sha256_file(path), "bytes": os.path.getsize(path)},
             "runtime": {"name": model.runtime, "version": model.runtime_version, "providers": list(model.providers),
+                        "delegate": getattr(model, "delegate", None),
                         "warnings": warnings[i]},
             "threads": threads,
             "batch": batch,
@@ -614,7 +668,7 @@ def benchmark_many(
 
 
 def profile_many(paths: list[str], op_models: list[str], runs: int = 50, warmup: int = 10, threads: int = 1,
-                 providers: list[str] | None = None) -> dict:
+                 providers: list[str] | None = None, delegate: str = "xnnpack") -> dict:
     """`profile_tflite` or `profile_onnx` of each file of `paths`, in one process; `op_models` are "INDEX:FILE"
     entries giving each .tflite file its op models. Returns {runner_version, profiles: [...], host}."""
     by_index: dict = {}
@@ -629,13 +683,14 @@ def profile_many(paths: list[str], op_models: list[str], runs: int = 50, warmup:
             if _model_format(path) == "onnx":
                 profiles.append(profile_onnx(path, runs, warmup, threads, providers))
             else:
-                profiles.append(profile_tflite(path, by_index.get(i, []), runs, warmup, threads))
+                profiles.append(profile_tflite(path, by_index.get(i, []), runs, warmup, threads, delegate))
         except RunnerError as e:
             profiles.append({"error": str(e)})
     return {"runner_version": RUNNER_VERSION, "profiles": profiles, "host": _host()}
 
 
-def profile_tflite(path: str, op_files: list[str], runs: int = 50, warmup: int = 10, threads: int = 1) -> dict:
+def profile_tflite(path: str, op_files: list[str], runs: int = 50, warmup: int = 10, threads: int = 1,
+                   delegate: str = "xnnpack") -> dict:
     """Where a .tflite file's time goes, op by op: each of `op_files` (one operator of `path` each, cut out on the
     host: edgepress/deploy/op_models.py) timed at batch 1 with the same runtime and delegate as the whole file, the
     whole file beside them, interleaved. LiteRT's Python API has no op timer, so each op's time also holds one
@@ -645,13 +700,12 @@ def profile_tflite(path: str, op_files: list[str], runs: int = 50, warmup: int =
     delegate took the op), plan (the ops the runtime runs for it)}]}.
     """
     _check_counts(runs, warmup, 1, None)
-    whole = open_model(path, threads=threads)
+    whole = open_model(path, threads=threads, delegate=delegate)
     interpreter_class = _tflite_interpreter()[0]
     models = []
     for file in op_files:  # an op may read several tensors (an ADD): its own interpreter, not the Runtime class
         try:
-            models.append(interpreter_class(model_path=file, num_threads=threads))
-            models[-1].allocate_tensors()
+            models.append(_tflite_open(interpreter_class, file, threads, delegate))
         except (ValueError, RuntimeError) as e:
             raise RunnerError(f"{file}: {whole.runtime} could not load this op of {path} ({_one_line(e)}).") from None
     everything = [whole._interpreter, *models]
@@ -668,7 +722,7 @@ def profile_tflite(path: str, op_files: list[str], runs: int = 50, warmup: int =
         ops.append({"file": os.path.basename(file), "us": us, "delegated": "DELEGATE" in plan,
                     "plan": [name for name in plan if name != "DELEGATE"]})
     return {"method": "each op timed alone (a model of that op, cut out of the file)",
-            "runtime": {"name": whole.runtime, "version": whole.runtime_version},
+            "runtime": {"name": whole.runtime, "version": whole.runtime_version, "delegate": delegate},
             "whole_us": medians[0], "floor_us": min(medians[1:], default=0.0), "ops": ops}
 
 
@@ -957,8 +1011,10 @@ def _one_line(e: BaseException) -> str:
 def load_data(path: str) -> tuple[np.ndarray, np.ndarray | None]:
     """`x` and, when present, `y` from an .npz file, with errors that say how to fix the file."""
     if not os.path.isfile(path):
-        raise RunnerError(f"Data file {path} does not exist: give an .npz file with arrays x (and y).")
+        raise RunnerError(f"Data file {path} does not exist (or is not a regular file): give an .npz file with arrays "
+                          "x (and y).")
     try:
+        _check_declared_sizes(path)
         with np.load(path, allow_pickle=False) as data:
             names = list(data.files)
             if "x" not in names:
@@ -976,6 +1032,25 @@ def load_data(path: str) -> tuple[np.ndarray, np.ndarray | None]:
             "Save it with np.savez(path, x=inputs, y=labels)."
         ) from None
     return x, y
+
+
+def _check_declared_sizes(path: str) -> None:
+    """Refuse an .npz whose arrays' headers declare more than MAX_DATA_BYTES, before anything is allocated."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        for name in archive.namelist():
+            if not name.endswith(".npy"):
+                continue
+            with archive.open(name) as stream:
+                version = np.lib.format.read_magic(stream)
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, _, dtype = read(stream)
+            size = int(np.prod(shape, dtype=object)) * max(dtype.itemsize, 4)
+            if size > MAX_DATA_BYTES:
+                raise RunnerError(f"Data file {path}: its array {name[:-4]} declares shape {tuple(shape)} "
+                                  f"({size / 2**30:,.1f} GiB as float32), more than the runner loads "
+                                  f"({MAX_DATA_BYTES / 2**30:.0f} GiB). Give a smaller sample.")
 
 
 @contextmanager
@@ -1049,6 +1124,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--providers", help="ONNX execution providers in order, e.g. CUDAExecutionProvider,CPUExecutionProvider"
     )
+    parser.add_argument("--delegate", default="xnnpack", choices=DELEGATES,
+                        help="TFLite: xnnpack (LiteRT's default) or none (the builtin kernels alone)")
     parser.add_argument("--predictions", action="store_true", help="include the top-1 prediction of every sample")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
     parser.add_argument("--expect-sha256", action="append", default=[],
@@ -1075,15 +1152,17 @@ def main(argv: list[str] | None = None) -> int:
         x, y = load_data(args.data) if args.data else (None, None)
         with _stdout_to_stderr() if args.json else nullcontext():
             if args.profile:
-                result = profile_many(args.artifact, args.op_model, args.runs, args.warmup, args.threads, providers)
+                result = profile_many(args.artifact, args.op_model, args.runs, args.warmup, args.threads, providers,
+                                      args.delegate)
             elif len(args.artifact) == 1:
                 result = benchmark(
                     args.artifact[0], x, y, runs=args.runs, warmup=args.warmup, threads=args.threads,
-                    batch=args.batch, providers=providers, with_predictions=args.predictions, **adaptive,
+                    batch=args.batch, providers=providers, delegate=args.delegate,
+                    with_predictions=args.predictions, **adaptive,
                 )  # fmt: skip
             else:
                 result = benchmark_many(args.artifact, x, runs=args.runs, warmup=args.warmup, threads=args.threads,
-                                        batch=args.batch, providers=providers, **adaptive)
+                                        batch=args.batch, providers=providers, delegate=args.delegate, **adaptive)
     except RunnerError as e:
         print(f"runner.py: error: {e}", file=sys.stderr)
         return 2

@@ -57,8 +57,7 @@ def run_benchmark(
     for flag, value in (adaptive or {}).items():
         if value is not None:
             options += [f"--{flag.replace('_', '-')}", str(value)]
-    if any(a.suffix == ".onnx" for a in artifacts):
-        options += ["--providers", ",".join(device.execution_providers)]
+    options += _runtime_options(device, artifacts)
     return _run_runner(device, artifacts, eval_npz, options)
 
 
@@ -70,10 +69,20 @@ def run_profile(device: Device, artifacts: list[Path], op_files: list[list[Path]
         raise DeviceError(f"Device '{device.name}' is reached over adb, where edgepress drives LiteRT's "
                           "benchmark_model, which edgepress does not yet ask for its op profile.")
     options = ["--profile", "--runs", str(runs), "--warmup", str(warmup), "--threads", str(threads), "--json"]
-    if any(a.suffix == ".onnx" for a in artifacts):
-        options += ["--providers", ",".join(device.execution_providers)]
+    options += _runtime_options(device, artifacts)
     tagged = [(i, file) for i, files in enumerate(op_files) for file in files]
     return _run_runner(device, artifacts, None, options, tagged)
+
+
+def _runtime_options(device: Device, artifacts: list[Path]) -> list[str]:
+    """The runner options that make it run files as the device profile says: ONNX execution providers, and for
+    TFLite the builtin kernels alone when the profile says `delegate: none` (LiteRT applies XNNPACK otherwise)."""
+    options = []
+    if any(a.suffix == ".onnx" for a in artifacts):
+        options += ["--providers", ",".join(device.execution_providers)]
+    if device.delegate == "none" and any(a.suffix == ".tflite" for a in artifacts):
+        options += ["--delegate", "none"]
+    return options
 
 
 def _run_runner(device: Device, artifacts: list[Path], eval_npz: Path | None, options: list[str],

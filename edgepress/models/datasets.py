@@ -15,12 +15,17 @@ import os
 import struct
 import sysconfig
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from edgepress.errors import EdgepressError
+from edgepress.limits import MAX_ARRAY_BYTES, MAX_DATA_FILE_BYTES, check_array, regular_file
+
+# The most classes a label may name (a large vocabulary's worth): a label of 1e9 is a mistake, not a class.
+MAX_CLASSES = 1 << 20
 
 
 @dataclass
@@ -177,17 +182,18 @@ def _load_digits(seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _load_mnist(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if path.is_file() and path.suffix == ".npz":
+        regular_file(path, "The data file", MAX_DATA_FILE_BYTES)
         try:
             with np.load(path) as f:
                 if not {"x_train", "y_train", "x_test", "y_test"} <= set(f.files):
                     raise EdgepressError(f"{path} is not a keras mnist.npz file (it needs x_train, y_train, x_test "
                                          f"and y_test; it has {', '.join(sorted(f.files)) or 'no arrays'}).")
                 # The keras file holds both splits; edgepress splits the concatenation itself.
-                x = np.concatenate([f["x_train"], f["x_test"]])
-                y = np.concatenate([f["y_train"], f["y_test"]])
+                parts = _npz_arrays(path, f, ["x_train", "x_test", "y_train", "y_test"])
+                x, y = np.concatenate(parts[:2]), np.concatenate(parts[2:])
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
             raise EdgepressError(f"{path} is not a readable .npz file ({e}).") from None
-        return checked_inputs(x / 255.0, f"{path}: x"), checked_labels(y, len(x), f"{path}: y")
+        return checked_inputs(x, f"{path}: x") / np.float32(255), checked_labels(y, len(x), f"{path}: y")
     if not path.is_dir():
         raise EdgepressError(
             f"MNIST data not found at {path}: give a directory with idx files or a keras mnist.npz file."
@@ -199,13 +205,18 @@ def _load_mnist(path: Path) -> tuple[np.ndarray, np.ndarray]:
         if img and lab:
             images.append(_read_idx(img))
             labels.append(_read_idx(lab))
+            if images[-1].ndim < 2 or labels[-1].ndim != 1 or len(images[-1]) != len(labels[-1]):
+                raise EdgepressError(
+                    f"The MNIST files {img.name} and {lab.name} in {path} do not match: {images[-1].shape} images "
+                    f"and {labels[-1].shape} labels (one label per image is needed). Download the pair again."
+                )
     if not images:
         raise EdgepressError(
             f"No MNIST idx files in {path}: expected t10k-images-idx3-ubyte[.gz] and "
             "t10k-labels-idx1-ubyte[.gz] (and/or the train-* pair)."
         )
     x, y = np.concatenate(images), np.concatenate(labels)
-    return (x / 255.0).astype(np.float32), y.astype(np.int64)
+    return x.astype(np.float32) / np.float32(255), y.astype(np.int64)
 
 
 def _find(directory: Path, stem: str) -> Path | None:
@@ -216,37 +227,76 @@ def _find(directory: Path, stem: str) -> Path | None:
 
 
 def _read_idx(path: Path) -> np.ndarray:
-    """Read an idx file (the MNIST format: magic, dims as big-endian int32, then uint8 data)."""
+    """Read an idx file (the MNIST format: magic, dims as big-endian int32, then uint8 data).
+
+    The dimensions its header declares are checked before the data is read (a small gzip file can declare and
+    inflate to gigabytes), and the data must be exactly what they declare.
+    """
     opener = gzip.open if path.suffix == ".gz" else open
+    regular_file(path, "The MNIST idx file", MAX_ARRAY_BYTES)
     try:
         with opener(path, "rb") as f:
-            data = f.read()
-        zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
-        if zero != 0 or dtype_code != 0x08:
-            raise ValueError("not an unsigned-byte idx file")
-        dims = struct.unpack(">" + "I" * ndim, data[4 : 4 + 4 * ndim])
-        return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
-    except (OSError, ValueError, struct.error) as e:
+            zero, dtype_code, ndim = struct.unpack(">HBB", f.read(4))
+            if zero != 0 or dtype_code != 0x08:
+                raise ValueError("not an unsigned-byte idx file")
+            dims = struct.unpack(">" + "I" * ndim, f.read(4 * ndim))
+            check_array(dims, np.uint8, f"The MNIST idx file {path}")
+            size = int(np.prod(dims, dtype=np.int64))
+            data = f.read(size + 1)
+        if len(data) != size:
+            raise ValueError(f"its header declares {size:,} bytes of data, and it holds "
+                             f"{'more' if len(data) > size else f'{len(data):,}'}")
+        return np.frombuffer(data, dtype=np.uint8, count=size).reshape(dims)
+    except (OSError, ValueError, EOFError, struct.error, zlib.error) as e:
         raise EdgepressError(f"{path} is not a readable MNIST idx file ({e}). Re-download it.") from None
+
+
+def _npz_arrays(path: Path, npz, names: list[str]) -> list[np.ndarray]:
+    """The arrays `names` of the open .npz file `npz` (at `path`), each .npy header's declared shape checked before
+    the array is read; a member that is not a .npy array is refused."""
+    with zipfile.ZipFile(path) as archive:
+        for name in names:
+            member = f"{name}.npy"
+            if member not in archive.namelist():
+                raise EdgepressError(f"{path}: its entry '{name}' is not a .npy array (np.savez writes {name}.npy); "
+                                     "save the data with np.savez(path, x=inputs, y=labels).")
+            with archive.open(member) as stream:
+                version = np.lib.format.read_magic(stream)
+                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)
+                shape, _, dtype = read_header(stream)
+            check_array(shape, dtype, f"{path}: '{name}'")
+    arrays = [npz[name] for name in names]
+    for name, array in zip(names, arrays, strict=True):
+        if not isinstance(array, np.ndarray):
+            raise EdgepressError(f"{path}: its entry '{name}' is not a numpy array; save the data with np.savez.")
+    return arrays
 
 
 def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """The checked `x` (float32 inputs) and `y` (int64 labels) arrays of a user's .npz file."""
-    if not path.is_file():
+    if not path.exists():
         raise EdgepressError(f"Data file {path} not found: give a .npz file with 'x' and 'y' arrays.")
-    try:
-        with np.load(path) as f:
-            missing = [k for k in ("x", "y") if k not in f]
-            if missing:
-                raise EdgepressError(
-                    f"{path} has arrays {sorted(f.files)} but needs 'x' (inputs) and 'y' (integer labels); "
-                    f"missing: {', '.join(missing)}."
-                )
-            x, y = f["x"], f["y"]
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # also object (pickled) arrays: refused
-        raise EdgepressError(f"{path} is not a readable .npz file ({e}).") from None
+    x, y = read_npz_arrays(path, ["x", "y"])
     # A user's arrays are used as given: they are already preprocessed the way their model expects.
     return checked_inputs(x, f"{path}: 'x'"), checked_labels(y, len(x), f"{path}: 'y'")
+
+
+def read_npz_arrays(path: Path, names: list[str]) -> list[np.ndarray]:
+    """The arrays `names` of the .npz file at `path` (a regular file; each array's declared size checked before it is
+    read; pickled objects refused), as stored."""
+    regular_file(path, "The data file", MAX_DATA_FILE_BYTES)
+    try:
+        with np.load(path) as f:
+            missing = [k for k in names if k not in f]
+            if missing:
+                raise EdgepressError(
+                    f"{path} has arrays {sorted(f.files)} but needs {', '.join(map(repr, names))}; missing: "
+                    f"{', '.join(missing)}. Save the data with np.savez(path, x=inputs, y=labels)."
+                )
+            return _npz_arrays(path, f, names)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # also object (pickled) arrays: refused
+        raise EdgepressError(f"{path} is not a readable .npz file ({e}).") from None
 
 
 def checked_inputs(x: np.ndarray, what: str) -> np.ndarray:
@@ -279,6 +329,9 @@ def checked_labels(y: np.ndarray, samples: int, what: str) -> np.ndarray:
     if (y < 0).any():
         raise EdgepressError(f"{what} has negative labels (e.g. {int(y.min())}); labels must be class indices 0, 1, "
                              "2, ... (relabel, or drop unlabelled samples).")
+    if y.size and y.max() >= MAX_CLASSES:
+        raise EdgepressError(f"{what} has a label of {y.max():g}; labels are class indices 0, 1, 2, ..., and "
+                             f"edgepress handles at most {MAX_CLASSES:,} classes. Relabel the data as 0..N-1.")
     return y.astype(np.int64)
 
 

@@ -9,7 +9,7 @@ parameters; MACs and sparsity are counted over Keras layers, which a graph has n
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import ClassVar
 
@@ -80,6 +80,10 @@ class Graph:
 
     def count_params(self) -> int:
         raise NotImplementedError
+
+    def weights(self) -> Iterator[tuple[str, np.ndarray]]:
+        """(name, values) of each weight; none for a kind that does not list them (its outputs are still checked)."""
+        return iter(())
 
     def with_input_shape(self, sample_shape: Sequence[int]) -> Graph:
         """This graph with its unknown sample dimensions fixed to `sample_shape` (no batch)."""

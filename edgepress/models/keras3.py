@@ -45,6 +45,7 @@ class Keras3Source(KerasModel):
         and Keras 3's safe mode is on. A custom class is refused either way: loading it would import its module."""
         keras3 = _keras3(path)
         config = keras_files.model_config(path)
+        keras_files.check_config_graph(path, config)
         if not trusted:
             trust.check_untrusted(path, [config])
         custom = trust.custom_classes(config)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from edgepress.errors import EdgepressError, first_line
+from edgepress.limits import MAX_CONFIG_BYTES, MAX_GRAPH_BYTES, regular_file, zip_member
 
 KERAS_SUFFIXES = (".keras",)
 H5_SUFFIXES = (".h5", ".hdf5")
@@ -67,6 +68,7 @@ def keras_metadata(path: Path) -> list[dict]:
     from tf_keras.protobuf import saved_metadata_pb2
 
     metadata = saved_metadata_pb2.SavedMetadata()
+    regular_file(path / "keras_metadata.pb", "The Keras metadata", MAX_GRAPH_BYTES)
     try:
         metadata.ParseFromString((path / "keras_metadata.pb").read_bytes())
         return [json.loads(node.metadata) for node in metadata.nodes if node.metadata]
@@ -81,7 +83,7 @@ def keras_version_of_archive(path: Path) -> str:
     """The keras_version in a .keras archive's metadata.json (both Kerases write one)."""
     try:
         with zipfile.ZipFile(path) as archive:
-            metadata = json.loads(archive.read("metadata.json"))
+            metadata = json.loads(zip_member(archive, "metadata.json", path, MAX_CONFIG_BYTES))
         return str(metadata["keras_version"])
     except (zipfile.BadZipFile, KeyError, ValueError, TypeError, OSError) as error:  # TypeError: not a mapping
         raise EdgepressError(
@@ -136,14 +138,123 @@ def model_config(path: Path) -> Any:
     try:
         if path.suffix.lower() in KERAS_SUFFIXES:
             with zipfile.ZipFile(path) as archive:
-                return json.loads(archive.read("config.json"))
+                return json.loads(zip_member(archive, "config.json", path, MAX_CONFIG_BYTES))
         import h5py
 
         with h5py.File(path, "r") as h5:
             config = h5.attrs["model_config"]
         return json.loads(config.decode() if isinstance(config, bytes) else config)
+    except EdgepressError:
+        raise
     except Exception as error:  # a missing member or attribute, invalid JSON, a corrupt archive
         raise EdgepressError(
             f"Cannot load {path}: its model config cannot be read ({first_line(error)}). The file may be truncated or "
             f"corrupt; {SAVE_HINT} again and pass the new file."
         ) from None
+
+
+def check_config_graph(path: Path, config: Any) -> None:
+    """Refuse a functional model config whose layers call a layer it does not have, a call of a layer that never
+    happens, or calls that depend on each other in a cycle: Keras waits for such inputs forever when it rebuilds
+    the model. Nested functional models are checked the same way; JSON only, nothing deserialized."""
+    for model in _functional_configs(config):
+        layers = {_entry_name(entry): entry for entry in model["layers"] if isinstance(entry, dict)}
+        calls = {name: _inbound_nodes(entry) for name, entry in layers.items()}
+        edges: dict[tuple, list[tuple]] = {}
+        for name, nodes in calls.items():
+            for index, node in enumerate(nodes):
+                edges[(name, index)] = refs = [(ref, ref_node) for ref, ref_node in _references(node)]
+                for ref, ref_node in refs:
+                    if ref not in layers:
+                        _refuse(path, f"layer '{name}' takes its input from a layer '{ref}' the model does not have")
+                    if ref_node >= max(1, len(calls[ref])):  # an Input layer has one call and no inbound node
+                        _refuse(path, f"layer '{name}' takes the output of call {ref_node} of layer '{ref}', which "
+                                      f"is called {len(calls[ref])} time(s)")
+        for key in ("input_layers", "output_layers"):
+            for ref, _ in _references(model.get(key)):
+                if ref not in layers:
+                    _refuse(path, f"the model's {key} name a layer '{ref}' the model does not have")
+        cycle = _cycle(edges)
+        if cycle:
+            _refuse(path, "its layers take their inputs from each other in a cycle (" + " -> ".join(cycle) + ")")
+
+
+def _refuse(path: Path, what: str) -> None:
+    raise EdgepressError(f"{path} is refused: {what}, so Keras could never build it. The file is damaged or was "
+                         f"not written by Keras; {SAVE_HINT} again and pass the new file.")
+
+
+def _functional_configs(config: Any, depth: int = 0) -> list[dict]:
+    """The configs (with a `layers` list of called layers) of the functional models in `config`, nested ones too."""
+    found: list[dict] = []
+    if depth > 100:
+        return found
+    if isinstance(config, dict):
+        inner = config.get("config")
+        if config.get("class_name") in ("Functional", "Model") and isinstance(inner, dict) and \
+                isinstance(inner.get("layers"), list):
+            found.append(inner)
+        for value in config.values():
+            found += _functional_configs(value, depth + 1)
+    elif isinstance(config, list):
+        for value in config:
+            found += _functional_configs(value, depth + 1)
+    return found
+
+
+def _entry_name(entry: dict) -> Any:
+    inner = entry.get("config")
+    return entry.get("name") or (inner.get("name") if isinstance(inner, dict) else None)
+
+
+def _inbound_nodes(entry: dict) -> list:
+    nodes = entry.get("inbound_nodes")
+    return nodes if isinstance(nodes, list) else []
+
+
+def _references(node: Any, depth: int = 0) -> list[tuple[str, int]]:
+    """(layer name, call index) of each tensor a call's config refers to: Keras 3's `keras_history` entries, tf_keras's
+    [name, node_index, tensor_index(, kwargs)] lists."""
+    refs: list[tuple[str, int]] = []
+    if depth > 100:
+        return refs
+    if isinstance(node, dict):
+        history = node.get("keras_history")
+        if isinstance(history, list) and len(history) >= 2 and isinstance(history[0], str):
+            refs.append((history[0], history[1] if isinstance(history[1], int) else 0))
+        for key, value in node.items():
+            if key != "keras_history":
+                refs += _references(value, depth + 1)
+    elif isinstance(node, list):
+        if len(node) in (3, 4) and isinstance(node[0], str) and isinstance(node[1], int) and isinstance(node[2], int):
+            refs.append((node[0], node[1]))
+            refs += _references(node[3:], depth + 1)  # tf_keras's call kwargs may name tensors too
+        else:
+            for value in node:
+                refs += _references(value, depth + 1)
+    return refs
+
+
+def _cycle(edges: dict[tuple, list[tuple]]) -> list[str] | None:
+    """A cycle in the calls' graph, as layer names, or None (an iterative depth-first search)."""
+    state: dict[tuple, int] = {}  # 1: on the current path, 2: done
+    for start in edges:
+        if start in state:
+            continue
+        path, stack = [], [(start, iter(edges.get(start, ())))]
+        state[start] = 1
+        path.append(start)
+        while stack:
+            node, children = stack[-1]
+            child = next(children, None)
+            if child is None:
+                state[node] = 2
+                stack.pop()
+                path.pop()
+            elif state.get(child) == 1:
+                return [name for name, _ in path[path.index(child):]] + [child[0]]
+            elif child not in state:
+                state[child] = 1
+                path.append(child)
+                stack.append((child, iter(edges.get(child, ()))))
+    return None

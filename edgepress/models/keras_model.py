@@ -7,7 +7,7 @@ reach TensorFlow, how it goes to ONNX, how it is written to a file. Every step t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -95,6 +95,11 @@ class KerasModel:
     def tf_variables(self) -> list:
         """The model's weights as TensorFlow variables (what a SavedModel of its call must hold)."""
         raise NotImplementedError
+
+    def weights(self) -> Iterator[tuple[str, np.ndarray]]:
+        """(name, values) of each weight."""
+        for variable in self.model.weights:
+            yield getattr(variable, "path", None) or variable.name, np.asarray(variable.numpy())
 
     def to_onnx(self, out: Path, batch_size: int | None, opset: int) -> None:
         raise NotImplementedError

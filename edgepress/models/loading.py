@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from edgepress.errors import EdgepressError
+from edgepress.limits import MAX_MODEL_BYTES, regular_file
 from edgepress.models.keras_files import ACCEPTED, H5_SUFFIXES, KERAS_SUFFIXES, SAVE_HINT
 from edgepress.models.source import Source, kinds
 
@@ -31,9 +32,13 @@ def open_model(path: str | os.PathLike, trusted: bool = False) -> Source:
     """The model at `path` as a Source of its kind; EdgepressError naming the file and what to do on any input that
     is not a model edgepress can load (or that would run code, unless `trusted`)."""
     path = Path(path)
+    if "\0" in str(path):
+        raise EdgepressError(f"The model path {str(path)!r} contains a NUL byte; give the path of the model file.")
     if not path.exists():
         raise EdgepressError(f"Model not found: {path} does not exist. Pass the path of {ACCEPTED}, an .onnx file "
                              "or a .pt2 torch.export program.")
+    if not path.is_dir():  # a FIFO would block the first read, /dev/zero never end it: refused before opening
+        regular_file(path, "The model file", MAX_MODEL_BYTES)
     for cls in kinds().values():
         if cls.opens(path):
             return cls.load(path, trusted)

@@ -9,7 +9,9 @@ edgepress.models.trust.check_external_data).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import ClassVar
 
@@ -18,7 +20,18 @@ import numpy as np
 from edgepress.errors import EdgepressError, first_line
 from edgepress.models.graph import Graph, temporary
 from edgepress.models.source import register
-from edgepress.models.trust import check_external_data
+from edgepress.models.trust import check_external_data, check_onnx_ops
+
+# How long one call of the model may take before it is stopped (seconds): far above what a model edgepress serves
+# needs; EDGEPRESS_INVOKE_LIMIT_S sets another.
+INVOKE_LIMIT_S = 60.0
+
+
+def invoke_limit_s() -> float:
+    try:
+        return max(0.1, float(os.environ.get("EDGEPRESS_INVOKE_LIMIT_S", INVOKE_LIMIT_S)))
+    except ValueError:
+        return INVOKE_LIMIT_S
 
 # Why an .onnx model has no TFLite export, for the run's notes. It is checked, not assumed: onnx2tf
 # 2.x needs Python 3.12+, and onnx2tf 1.29 (the last for older Pythons) pins TensorFlow 2.19 and
@@ -45,7 +58,7 @@ class OnnxSource(Graph):
         "or use the ONNX post-training quantization (exports onnx int8_dynamic and int8_static)"
     )
 
-    def __init__(self, path: str | Path, keep: object | None = None) -> None:
+    def __init__(self, path: str | Path, keep: object | None = None, trusted: bool = False) -> None:
         import onnx
 
         self.path = Path(path)
@@ -54,19 +67,32 @@ class OnnxSource(Graph):
         check_external_data(self.path)
         try:
             self._proto = onnx.load(str(self.path))  # with its external data, now known to be inside the folder
+            if not trusted:
+                check_onnx_ops(self.path, self._proto)
             onnx.checker.check_model(self._proto)
+        except EdgepressError:
+            raise
         except Exception as e:  # a protobuf DecodeError, onnx's ValidationError, OSError
             raise EdgepressError(
                 f"Cannot load {self.path} as an ONNX model: {first_line(e)}. Export it again (torch.onnx.export, "
                 "tf2onnx) and pass the .onnx file."
             ) from None
+        newest = onnx.defs.onnx_opset_version()
+        for opset in self._proto.opset_import:
+            if opset.domain in ("", "ai.onnx") and opset.version > newest:
+                raise EdgepressError(
+                    f"{self.path} is stamped with ONNX opset {opset.version}, and this onnx and onnxruntime know "
+                    f"opsets up to {newest}. Export the model again with an opset they know (e.g. opset 17)."
+                )
         graph = self._proto.graph
         initializers = {i.name for i in graph.initializer}
         inputs = [i for i in graph.input if i.name not in initializers]
-        if len(inputs) != 1:
+        if len(inputs) != 1 or len(graph.output) != 1:
             raise EdgepressError(
-                f"{self.path} has {len(inputs)} inputs ({', '.join(i.name for i in inputs)}); edgepress handles "
-                "models with one input tensor."
+                f"{self.path} has {len(inputs)} inputs ({', '.join(i.name for i in inputs)}) and {len(graph.output)} "
+                f"outputs ({', '.join(o.name for o in graph.output)}); edgepress handles models with one input tensor "
+                "and one output tensor (a classifier's logits or probabilities). Export the single-input, "
+                "single-output model you deploy."
             )
         tensor = inputs[0].type.tensor_type
         self.input_name = inputs[0].name
@@ -89,17 +115,23 @@ class OnnxSource(Graph):
 
     @classmethod
     def load(cls, path: Path, trusted: bool) -> OnnxSource:
-        return cls(path)
+        return cls(path, trusted=trusted)
 
     @classmethod
     def from_trained(cls, model, save: Callable[[object, Path], None]) -> OnnxSource:
         """A model trained here, written as .onnx by `save(model, path)` into a temporary directory, and opened."""
         keep, path = temporary("edgepress-onnx-", "model.onnx")
         save(model, path)
-        return cls(path, keep=keep)
+        return cls(path, keep=keep, trusted=True)  # written by this process from a model trained here
 
     def count_params(self) -> int:
         return int(sum(np.prod(i.dims) for i in self._proto.graph.initializer))
+
+    def weights(self) -> Iterator[tuple[str, np.ndarray]]:
+        from onnx import numpy_helper
+
+        for initializer in self._proto.graph.initializer:
+            yield initializer.name, numpy_helper.to_array(initializer)
 
     layout = None  # the file does not say which layout its image input takes
 
@@ -120,12 +152,33 @@ class OnnxSource(Graph):
         onnx.save(self._proto, str(path))
 
     def _run(self, x: np.ndarray) -> np.ndarray:
-        if self._session is None:
-            import onnxruntime as ort
+        import onnxruntime as ort
 
+        if self._session is None:
             options = ort.SessionOptions()
             options.log_severity_level = 3
-            self._session = ort.InferenceSession(
-                self._proto.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"]
-            )
-        return self._session.run(None, {self.input_name: x})[0]
+            try:
+                self._session = ort.InferenceSession(
+                    self._proto.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"]
+                )
+            except Exception as e:  # an unknown op or opset, a type onnxruntime has no kernel for
+                raise EdgepressError(
+                    f"onnxruntime cannot run {self.path}: {first_line(e)}. Export the model again with ops and an "
+                    "opset onnxruntime supports (torch.onnx.export or tf2onnx, opset 17)."
+                ) from None
+        # A graph can loop forever (a Loop whose condition never turns false): a call that does not return within
+        # the limit is stopped (RunOptions.terminate) and reported.
+        options, limit = ort.RunOptions(), invoke_limit_s()
+        timer = threading.Timer(limit, lambda: setattr(options, "terminate", True))
+        timer.start()
+        try:
+            return self._session.run(None, {self.input_name: x}, options)[0]
+        except Exception as e:
+            if options.terminate:
+                raise EdgepressError(
+                    f"{self.path} did not return within {limit:.0f} s on a batch of {len(x)} sample(s) "
+                    "(a Loop that never ends?), and was stopped. Export a model that returns on every input."
+                ) from None
+            raise EdgepressError(f"onnxruntime could not run {self.path}: {first_line(e)}.") from None
+        finally:
+            timer.cancel()

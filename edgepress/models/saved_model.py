@@ -5,13 +5,14 @@ measured, never retrained.
     source = SavedModelSource(Path("saved_model_dir"))   # called through its serving signature
 
 A SavedModel is graphs (GraphDefs and their function library) and variables, no pickled Python objects; its graph is
-checked before it is loaded (edgepress.models.trust.check_python_ops).
+checked before it is loaded (edgepress.models.trust.check_graph: no Python, and unless the file is trusted, no op
+that reaches outside the model).
 """
 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import ClassVar
 
@@ -22,7 +23,7 @@ from edgepress.errors import EdgepressError, first_line
 from edgepress.models.graph import Graph, temporary
 from edgepress.models.keras_files import is_plain_saved_model
 from edgepress.models.source import register
-from edgepress.models.trust import check_python_ops
+from edgepress.models.trust import check_graph
 
 SERVING = "serving_default"
 
@@ -38,14 +39,14 @@ class SavedModelSource(Graph):
         "quantization-aware training wrap Keras layers with tfmot, and distillation trains a Keras student"
     )
 
-    def __init__(self, path: str | Path, keep: object | None = None) -> None:
+    def __init__(self, path: str | Path, keep: object | None = None, trusted: bool = False) -> None:
         from edgepress.compat import tensorflow
 
         tf = tensorflow()
         self.path = Path(path)
         self.name = self.path.name
         self._keep = keep  # a TemporaryDirectory that holds the files, when edgepress saved them
-        check_python_ops(self.path)
+        check_graph(self.path, trusted)
         try:
             with quiet():
                 self._loaded = tf.saved_model.load(str(self.path))
@@ -86,7 +87,7 @@ class SavedModelSource(Graph):
 
     @classmethod
     def load(cls, path: Path, trusted: bool) -> SavedModelSource:
-        return cls(path)
+        return cls(path, trusted=trusted)
 
     @classmethod
     def from_trained(cls, module, save: Callable[[object, Path], None]) -> SavedModelSource:
@@ -96,10 +97,14 @@ class SavedModelSource(Graph):
         """
         keep, path = temporary("edgepress-savedmodel-", getattr(module, "name", None) or "module")
         save(module, path)
-        return cls(path, keep=keep)
+        return cls(path, keep=keep, trusted=True)  # saved by this process from a module built here
 
     def count_params(self) -> int:
         return int(sum(np.prod(v.shape) for v in self._function.variables))
+
+    def weights(self) -> Iterator[tuple[str, np.ndarray]]:
+        for variable in self._function.variables:
+            yield variable.name, np.asarray(variable.numpy())
 
     def tf_function(self):
         """The serving function as a tf.function of one tensor named `input`, for tf2onnx and fixed shapes."""

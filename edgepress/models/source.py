@@ -19,7 +19,7 @@ inside the methods that need them.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -67,6 +67,9 @@ class Source(Protocol):
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Float32 outputs for `x`."""
+
+    def weights(self) -> Iterator[tuple[str, np.ndarray]]:
+        """(name, values) of each weight (a variable, an initializer, a parameter or buffer)."""
 
     def with_input_shape(self, sample_shape: Sequence[int]) -> Source:
         """This model with its unknown sample dimensions fixed to `sample_shape` (one sample, no batch)."""

@@ -54,9 +54,14 @@ class TfKerasSource(KerasModel):
                     f"Pass {keras_files.ACCEPTED}."
                 )
             if not trusted:
-                trust.check_untrusted(path, keras_files.keras_metadata(path))
-        elif not trusted:
-            trust.check_untrusted(path, [keras_files.model_config(path)])
+                trust.check_graph(path, trusted)  # tf_keras revives layers from the graph's functions
+            configs = keras_files.keras_metadata(path)
+        else:
+            configs = [keras_files.model_config(path)]
+        for config in configs:
+            keras_files.check_config_graph(path, config)
+        if not trusted:
+            trust.check_untrusted(path, configs)
         tf_keras = keras()
         from tf_keras.src.saving.serialization_lib import SafeModeScope
 

@@ -9,7 +9,7 @@ Its TFLite exports go through litert-torch (`edgepress.deploy.torch_tflite`), it
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import ClassVar
 
@@ -65,6 +65,12 @@ class TorchSource(Graph):
                 f"{self.path} takes {len(inputs)} inputs ({', '.join(n.name for n in inputs)}); edgepress handles "
                 "PyTorch programs with one input tensor."
             )
+        outputs = self.program.graph_signature.user_outputs
+        if len(outputs) != 1:
+            raise EdgepressError(
+                f"{self.path} has {len(outputs)} outputs; edgepress handles PyTorch programs with one output tensor "
+                "(a classifier's logits or probabilities). Export the single-output model you deploy."
+            )
         value = inputs[0].meta["val"]
         self.input_name = inputs[0].name
         self.input_dtype = np.dtype(str(value.dtype).removeprefix("torch."))
@@ -107,6 +113,11 @@ class TorchSource(Graph):
 
     def count_params(self) -> int:
         return int(sum(p.numel() for p in self.program.parameters()))
+
+    def weights(self) -> Iterator[tuple[str, np.ndarray]]:
+        for name, tensor in [*self.program.state_dict.items(), *self.program.constants.items()]:
+            if hasattr(tensor, "detach"):
+                yield name, tensor.detach().float().numpy() if tensor.is_floating_point() else tensor.numpy()
 
     def to_onnx(self, out: Path, batch_size: int | None, opset: int) -> None:
         """The fp32 ONNX file of this program at `out`, with torch.onnx.export (batch dynamic unless fixed)."""

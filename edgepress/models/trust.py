@@ -1,8 +1,10 @@
 """A model file is data: what in a file would run code when it is loaded, found before anything is loaded.
 
     check_untrusted(path, [model_config(path)])   # a Keras config: Lambda layers, serialized functions, modules
-    check_python_ops(path)                         # a SavedModel graph that calls Python
+    check_graph(path, trusted)                     # a SavedModel graph that calls Python, or (untrusted) runs an
+                                                   # op reaching outside the model (edgepress.models.graph_ops)
     check_external_data(path)                      # an .onnx file whose weights are read from outside its folder
+    check_onnx_ops(path, proto)                    # an .onnx graph with custom-domain ops
     check_pt2_is_data(path)                        # a .pt2 program that torch.export.load would unpickle
 
 Each kind of model (edgepress.models.keras3, tf_keras, saved_model, onnx_model, torch_program) calls its check
@@ -18,6 +20,7 @@ from typing import Any
 
 from edgepress.compat import keras, quiet
 from edgepress.errors import EdgepressError, first_line
+from edgepress.limits import MAX_CONFIG_BYTES, zip_member
 from edgepress.models.keras_files import MODEL_CLASSES, SAVE_HINT, SKIPPED_CONFIG_KEYS, TF_OP_LAYERS, read_model_config
 
 TRUST_HINT = (
@@ -255,24 +258,68 @@ _TFMOT = "tensorflow_model_optimization"
 PYTHON_OPS = ("EagerPyFunc", "PyFunc", "PyFuncStateless")
 
 
-def check_python_ops(path: Path) -> None:
+def check_graph(path: Path, trusted: bool) -> None:
+    """Refuse a SavedModel (plain or tf_keras's) whose graph calls Python (always: that Python is not in the file)
+    or, unless `trusted`, runs an op that reaches outside the model (edgepress.models.graph_ops)."""
+    from edgepress.models.graph_ops import refused_tf_ops
+
+    proto = saved_model_proto(path)
+    if proto is None:
+        return  # tf.saved_model.load, next, says what is wrong with the file
+    check_python_ops(path, proto)
+    found = [] if trusted else refused_tf_ops(proto)
+    if found:
+        more = f" (and {len(found) - 5} more)" if len(found) > 5 else ""
+        raise EdgepressError(
+            f"{path} is refused: {'; '.join(found[:5])}{more}. A model file is data, and edgepress runs no graph op "
+            f"that reaches outside the model (files, network, environment) unless told the file is trusted. "
+            f"{TRUST_HINT}; otherwise save the model again without those ops."
+        )
+
+
+def check_onnx_ops(path: Path, proto) -> None:
+    """Refuse an ONNX model (`proto`, read from `path`) with an op from a custom domain: code from a library outside
+    onnxruntime (edgepress.models.graph_ops.ONNX_DOMAINS lists the domains onnxruntime implements itself)."""
+    from edgepress.models.graph_ops import ONNX_DOMAINS, refused_onnx_ops
+
+    found = refused_onnx_ops(proto)
+    if found:
+        known = ", ".join(sorted(set(ONNX_DOMAINS.values())))
+        raise EdgepressError(
+            f"{path} is refused: {'; '.join(found[:5])}. A custom-domain op is code from a library outside "
+            f"onnxruntime, and a model file is data: edgepress runs only {known} unless told the file is trusted. "
+            f"{TRUST_HINT}."
+        )
+
+
+def saved_model_proto(path: Path):
+    """The SavedModel protobuf of the directory `path` (its graph file size-checked), or None if it does not parse."""
+    from google.protobuf import text_format
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    from edgepress.limits import MAX_GRAPH_BYTES, regular_file
+
+    proto = saved_model_pb2.SavedModel()
+    binary = path / "saved_model.pb"
+    graph = binary if binary.exists() or binary.is_symlink() else path / "saved_model.pbtxt"
+    regular_file(graph, "The SavedModel graph", MAX_GRAPH_BYTES)
+    try:
+        if graph is binary:
+            proto.ParseFromString(graph.read_bytes())
+        else:
+            text_format.Parse(graph.read_text(), proto)
+    except Exception:
+        return None
+    return proto
+
+
+def check_python_ops(path: Path, proto) -> None:
     """Refuse a SavedModel whose graph calls Python: its functions cannot run outside the process that saved it.
 
     A SavedModel is graphs (GraphDefs and their function library) and variables, no pickled Python objects;
     loading it with tf.saved_model.load runs no code from the file, and this check names the one kind of op
     that would need Python the file does not have.
     """
-    from google.protobuf import text_format
-    from tensorflow.core.protobuf import saved_model_pb2
-
-    proto = saved_model_pb2.SavedModel()
-    try:
-        if (path / "saved_model.pb").exists():
-            proto.ParseFromString((path / "saved_model.pb").read_bytes())
-        else:
-            text_format.Parse((path / "saved_model.pbtxt").read_text(), proto)
-    except Exception:
-        return  # tf.saved_model.load, next, says what is wrong with the file
     for meta_graph in proto.meta_graphs:
         graphs = [("the graph", meta_graph.graph_def.node)]
         graphs += [(f"function {f.signature.name}", f.node_def) for f in meta_graph.graph_def.library.function]
@@ -327,7 +374,15 @@ def check_pt2_is_data(path: Path) -> None:
                 if inner.startswith((names.WEIGHTS_DIR, names.CONSTANTS_DIR)) and inner.endswith(".pt"):
                     raise refuse(f"its entry {inner} is a pickled (legacy) weights file")
                 if inner.endswith(("_weights_config.json", "_constants_config.json")):
-                    for key, meta in json.loads(archive.read(name)).get("config", {}).items():
+                    config = json.loads(zip_member(archive, name, path, MAX_CONFIG_BYTES))
+                    entries = config.get("config") if isinstance(config, dict) else None
+                    if not isinstance(entries, dict) or not all(isinstance(m, dict) for m in entries.values()):
+                        raise EdgepressError(
+                            f"Cannot load {path} as a PyTorch exported program: its {inner.rsplit('/', 1)[-1]} (the "
+                            "weights config) is not the mapping torch.export.save writes. The file is damaged or "
+                            "was not written by torch.export.save; export the model again."
+                        )
+                    for key, meta in entries.items():
                         pickled = meta.get("use_pickle") or str(meta.get("path_name", "")).startswith(
                             (names.CUSTOM_OBJ_FILENAME_PREFIX, names.OPAQUE_OBJ_FILENAME_PREFIX))
                         if pickled:

@@ -42,7 +42,7 @@ import numpy as np
 
 from edgepress import files
 from edgepress.artifact import Artifact
-from edgepress.errors import EdgepressError
+from edgepress.errors import EdgepressError, InternalError
 from edgepress.formats import QUANTIZED, artifact_filename
 from edgepress.models.source import Source, wrap
 from edgepress.specs.quantize import QuantizeConfig, parse_config
@@ -267,7 +267,8 @@ def quantize_to_budget(
     the calibration. `x_calibration` are inputs for activation ranges and layer errors; (x_eval, y_eval) are
     the inputs and integer labels the accuracy is measured on. Artifacts go to `out_dir` as
     <name>_<precision>.<format> (fully quantized) and <name>_<precision>_try<i>.<format>, each with its
-    manifest; `name` defaults to the model's. `on_trial` receives one line per artifact tried.
+    manifest; `name` defaults to the model's. `on_trial` receives one line per artifact tried, and one saying what
+    equalization did (or why not).
     Bad input raises EdgepressError before anything is written.
     """
     from edgepress.models import training
@@ -310,14 +311,19 @@ def quantize_to_budget(
                 return t
         path = out_dir / artifact_filename(stem, format, precision, trial=len(trials))
         made_by = [*steps, "equalize"] if kind.startswith("equalize") else steps
-        artifact = _export(models[kind], format, path, calibration, check_data, made_by, float_layers, options[kind])
+        try:
+            artifact = _export(models[kind], format, path, calibration, check_data, made_by, float_layers,
+                               options[kind])
+        except EdgepressError as e:
+            if not trials:
+                raise  # the model as given, fully quantized: the user's model and settings
+            raise _own_failure(f"exporting {path.name} ({_trial_text(float_layers, kind)})", e) from e
         accuracy = _accuracy(artifact, x_eval, y_eval)
         drop = float_accuracy - accuracy
         trial = Trial(artifact, list(float_layers), accuracy, drop, drop <= config.max_accuracy_drop + _TOLERANCE,
                       kind)
         trials.append(trial)
-        kept = f"{len(float_layers)} layer(s) in float ({', '.join(float_layers)})" if float_layers else "full int8"
-        kept += {"none": "", "equalize": ", equalized"}.get(kind, f", {kind}")
+        kept = _trial_text(float_layers, kind)
         say(f"{artifact.name}: {kept}, accuracy {accuracy:.2%}, drop {_pt(drop)} "
             f"({'meets' if trial.meets_budget else 'misses'} the {_pt(config.max_accuracy_drop)} budget)")
         return trial
@@ -331,12 +337,15 @@ def quantize_to_budget(
         equalized, equalized_details, why = _equalized(source, calibration)
         if equalized is None:
             notes.append(f"Cross-layer equalization was not tried: {why}")
+            say(f"equalization skipped: {why}")
         else:
+            left = _left_text(equalized_details)
+            say(f"equalization: {_equalized_text(equalized_details)}"
+                + (f"; partial, left as they are: {left}" if left else ""))
             models["equalize"], options["equalize"], remedy = equalized, onnx_options, "equalize"
             balanced = attempt([])
-            pairs = ", ".join(f"{first} -> {second}" for first, second in equalized_details["pairs"])
-            notes.append(f"Cross-layer equalization of {pairs}: full int8 accuracy {full.accuracy:.2%} -> "
-                         f"{balanced.accuracy:.2%}.")
+            notes.append(f"Cross-layer equalization of {_equalized_text(equalized_details)}: full int8 "
+                         f"accuracy {full.accuracy:.2%} -> {balanced.accuracy:.2%}.")
             if not balanced.meets_budget and balanced.accuracy > full.accuracy:
                 # Layers of the equalized model are kept in float from here: rank them by their own errors.
                 sensitivity = _sensitivity(equalized, format, balanced.artifact, calibration, onnx_options)
@@ -349,8 +358,8 @@ def quantize_to_budget(
     if not start.meets_budget:
         limit = min(config.max_float_layers or len(candidates) - 1, len(candidates) - 1)
         if limit < 1:
-            notes.append(f"'{source.name}' has {len(candidates)} quantized layer(s); keeping it in float would leave "
-                         "nothing int8, so there was nothing to try.")
+            notes.append(f"'{source.name}' has {len(candidates)} quantized layer(s); keeping it in float would "
+                         "leave nothing int8, so there was nothing to try.")
         else:
             kept = _grow(candidates, limit, config.search, attempt)
             if kept is not None:
@@ -461,10 +470,29 @@ def _equalized(source: Source, calibration) -> tuple[Source | None, dict | None,
         equalized, details = equalize_for_quantization(source.model, calibration)
     except EdgepressError as e:  # a model the walker cannot follow (subclassed, ...): say so, go on
         return None, None, str(e)
-    if not details.pairs:
-        why = "; ".join(f"'{n}' {w}" for n, w in details.left.items()) or "no Conv / Dense layer"
-        return None, details.to_dict(), f"'{source.name}' has no pair of layers to equalize ({why})."
+    if not details.found:
+        why = "; ".join([f"'{n}' {w}" for n, w in details.left.items()]
+                        + [f"the residual stream of '{n}' {w}" for n, w in details.ties.items()])
+        return None, details.to_dict(), (f"'{source.name}' has no pair of layers and no residual stream to "
+                                         f"equalize ({why or 'no Conv / Dense layer'}).")
     return wrap(equalized), details.to_dict(), ""
+
+
+def _equalized_text(details: dict) -> str:
+    """What equalization did, in a few words: its pairs and residual streams."""
+    parts = [f"{first} -> {second}" for first, second in details["pairs"]]
+    parts += [f"the residual stream of {', '.join(g['adds'])} ({', '.join(g['holders'])} -> "
+              f"{', '.join(g['readers'])})" for g in details.get("groups", [])]
+    return ", ".join(parts) or "nothing"
+
+
+def _left_text(details: dict) -> str:
+    """Why the layers and residual streams equalization left as they are were left, or "" (the model's output
+    layers, with nothing after them to take a scale, are not a shortfall)."""
+    from edgepress.compress.equalize import MODEL_OUTPUT
+
+    return "; ".join([f"'{n}' {w}" for n, w in details["left"].items() if w != MODEL_OUTPUT]
+                     + [f"the residual stream of '{n}' {w}" for n, w in details.get("ties", {}).items()])
 
 
 def _export(source: Source, format, path, calibration, check_data, steps, float_layers, onnx_options) -> Artifact:
@@ -484,8 +512,27 @@ def _accuracy(artifact: Artifact, x: np.ndarray, y: np.ndarray) -> float:
     return training.accuracy(outputs, y)
 
 
+def _trial_text(float_layers: Sequence[str], remedy: str) -> str:
+    """"full int8" or "2 layer(s) in float (a, b)", and the remedy: what one trial is."""
+    kept = f"{len(float_layers)} layer(s) in float ({', '.join(float_layers)})" if float_layers else "full int8"
+    return kept + {"none": "", "equalize": ", equalized"}.get(remedy, f", {remedy}")
+
+
+def _own_failure(doing: str, error: EdgepressError) -> InternalError:
+    """A failure in work edgepress chose itself (a remedy, a layer it picked), which no input of the user's can
+    cause: a bug, exit 70 with the traceback saved, never exit 2."""
+    return InternalError(f"accuracy-aware int8 failed inside its own search, {doing}: {error}")
+
+
 def _sensitivity(source: Source, format, full: Artifact, calibration, onnx_options) -> list[LayerSensitivity]:
-    """Each layer's error in the fully quantized model, most sensitive first."""
+    """Each layer's error in the fully quantized model, most sensitive first (its failure: edgepress's bug)."""
+    try:
+        return _layer_sensitivity(source, format, full, calibration, onnx_options)
+    except EdgepressError as e:
+        raise _own_failure(f"measuring the layer errors of {full.name}", e) from e
+
+
+def _layer_sensitivity(source: Source, format, full: Artifact, calibration, onnx_options) -> list[LayerSensitivity]:
     if format == "tflite":
         from edgepress.deploy.tflite import layer_errors
 

@@ -125,8 +125,11 @@ def test_residual_cnn_pairs_bn_and_ties(residual_cnn, digits8):
     found = {(p.first, p.second): p for p in details.pairs}
     assert set(found) == {("a", "a2"), ("a2", "b"), ("head", "hidden"), ("hidden", "logits")}
     assert found[("a", "a2")].bn == "a_bn"
-    # The stem's output is also the skip of the residual Add; b's output meets the Add: both left whole.
-    assert "residual connection" in details.left["stem"] and "add" in details.left["b"]
+    # The stem's output is also the skip of the residual Add, b's output meets the Add: no pair, but together
+    # they are the residual stream, equalized as one (issue 27).
+    assert "stem" not in details.left and "b" not in details.left
+    (group,) = details.groups
+    assert set(group.holders) == {"stem_bn", "b_bn"} and set(group.readers) == {"a", "head"}
     # a2 pads its input with zeros: a's high biases cannot be moved into it; b is 1x1: they can.
     assert found[("a", "a2")].shift_key is None and "pads" in found[("a", "a2")].no_absorb
     assert found[("a2", "b")].shift_key is not None
@@ -137,10 +140,12 @@ def test_residual_cnn_pairs_bn_and_ties(residual_cnn, digits8):
     for pair in details.pairs:
         ratio = _range_ratio(equalized, pair)
         assert np.abs(np.log(ratio[np.isfinite(ratio) & (ratio > 0)])).max() < 0.05, pair
-    # BatchNormalization took the scale (gamma changed, the conv's kernel did not).
+    # BatchNormalization took the scale (gamma changed); the conv's kernel changed only by its input channels'
+    # scale, as a reader of the residual stream (one factor per input channel, the same for every output).
     assert not np.allclose(equalized.get_layer("a_bn").get_weights()[0],
                            residual_cnn.get_layer("a_bn").get_weights()[0])
-    assert np.allclose(equalized.get_layer("a").get_weights()[0], residual_cnn.get_layer("a").get_weights()[0])
+    ratio = equalized.get_layer("a").get_weights()[0] / residual_cnn.get_layer("a").get_weights()[0]
+    assert np.allclose(ratio, ratio[:1, :1, :, :1], rtol=1e-4)
     assert equalized.get_config() == residual_cnn.get_config()  # the same architecture, new weights
 
 
@@ -208,11 +213,11 @@ def test_recipe_step_runs(outlier_mlp, tmp_path):
 
 def test_a_model_with_no_pair_is_refused_naming_why():
     k = _keras()
-    relu6 = k.Sequential([k.layers.Input((16,)), k.layers.Dense(8, name="d1"), k.layers.ReLU(6.0, name="clip"),
-                          k.layers.Dense(4, name="d2")], name="clipped")
-    clipped = r"no pair.*'clipped'.*'d1'.*'clip' \(ReLU, max_value 6\).*does not commute"
-    with pytest.raises(EdgepressError, match=clipped):
-        check_equalizable(relu6, EqualizeConfig())
+    squashed = k.Sequential([k.layers.Input((16,)), k.layers.Dense(8, name="d1"),
+                             k.layers.Activation("sigmoid", name="squash"), k.layers.Dense(4, name="d2")],
+                            name="squashed")
+    with pytest.raises(EdgepressError, match=r"no pair.*'squashed'.*'d1'.*'squash' \(Activation\).*does not commute"):
+        check_equalizable(squashed, EqualizeConfig())
     single = k.Sequential([k.layers.Input((16,)), k.layers.Dense(4, name="only")], name="single")
     with pytest.raises(EdgepressError, match="'only' its output is an output of the model"):
         check_equalizable(single)

@@ -64,10 +64,16 @@ def test_fp32_tflite_runs_nothing_in_integer_and_counts_the_keras_macs(exported,
     assert len(c["float_ops"]) == 4
 
 
-@pytest.mark.parametrize("precision", ["int8", "int16x8"])
-def test_full_integer_tflite_runs_every_mac_in_integer(exported, small_cnn, precision):
-    c = int8_macs(exported["tflite", precision].path)
-    assert c["int8_macs"] == 1.0 and c["macs"] == keras_macs(small_cnn) and c["float_ops"] == []
+def test_full_integer_tflite_runs_every_mac_in_integer(exported, small_cnn):
+    c = int8_macs(exported["tflite", "int8"].path)
+    assert c["int8_macs"] == 1.0 and c["int16_macs"] == 0.0
+    assert c["macs"] == keras_macs(small_cnn) and c["float_ops"] == []
+
+
+def test_int16_activations_are_their_own_column_not_int8(exported, small_cnn):
+    c = int8_macs(exported["tflite", "int16x8"].path)
+    assert c["int16_macs"] == 1.0 and c["int8_macs"] == 0.0 and c["integer_macs"] == 0
+    assert c["integer16_macs"] == c["macs"] == keras_macs(small_cnn) and c["float_ops"] == []
 
 
 def test_dynamic_range_tflite_is_hybrid_not_int8(exported):

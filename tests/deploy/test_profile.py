@@ -130,3 +130,50 @@ def test_an_int8_export_can_keep_named_layers_float_and_its_profile_shows_it(tmp
         with pytest.raises(edgepress.EdgepressError, match=words):
             edgepress.run(edgepress.Recipe.from_dict({**base, "exports": [bad]}), tmp_path / "bad")
         assert not (tmp_path / "bad").exists()
+
+
+def test_a_device_without_a_delegate_runs_and_profiles_on_the_builtin_kernels(files, digits):
+    # LiteRT applies XNNPACK by itself; a profile that says `delegate: none` must get the builtin kernels, in the
+    # measurement and in the profile alike (an int8 file runs faster on them on some CPUs).
+    from edgepress.deploy.measure import measure_many
+
+    builtin = HOST.with_overrides({"name": "x86-host-builtin", "delegate": "none"})
+    artifacts = [files["fp32"], files["int8"]]
+    for device, delegate, delegated in ((HOST, "xnnpack", True), (builtin, "none", False)):
+        results = measure_many(artifacts, (digits.x_test[:20], digits.y_test[:20]), device, 5, 1, 1)
+        assert [r["runtime"]["delegate"] for r in results] == [delegate, delegate]
+        for profile in profile_many(artifacts, device, runs=3, warmup=1):
+            convs = [op for op in profile["ops"] if op["op"] == "CONV_2D"]
+            assert convs and {op["offloaded"] for op in convs} == {delegated}
+            assert profile["runtime"]["delegate"] == delegate
+
+
+def test_why_slower_names_the_op_types_that_grew_and_where_they_ran():
+    from edgepress.deploy.profile import why_slower
+
+    def op(kind, us, how, runs_on):
+        return {"op": kind, "us": us, "kind": how, "runs_on": runs_on}
+
+    fp32 = {"ops": [op("CONV_2D", 3.5, "float", "XNNPACK"), op("FULLY_CONNECTED", 1.0, "float", "XNNPACK")]}
+    int16 = {"ops": [op("CONV_2D", 100.0, "integer", "builtin kernels"),
+                     op("CONV_2D", 7.6, "integer", "builtin kernels"), op("QUANTIZE", 2.0, None, "builtin kernels"),
+                     op("FULLY_CONNECTED", 0.5, "integer", "XNNPACK")]}
+    text = why_slower(int16, fp32)
+    assert text == ("CONV_2D 107.6 us (integer, builtin kernels) against 3.5 us (float, XNNPACK); "
+                    "QUANTIZE 2.0 us (builtin kernels), an op the fp32 file does not run")
+    assert why_slower(fp32, fp32) == ""  # nothing grew
+
+
+def test_the_report_says_per_op_why_int16x8_is_slower_than_fp32(tmp_path):
+    # int16x8 runs on LiteRT's builtin int16 kernels (XNNPACK has none): many times slower than fp32 on any CPU.
+    recipe = edgepress.Recipe.from_dict({
+        "name": "why", "model": {"zoo": "seed_cnn", "train_epochs": 1},
+        "data": {"dataset": "digits", "train_size": 200, "test_size": 40, "calibration_samples": 20,
+                 "check_samples": 20},
+        "exports": [{"format": "tflite", "precision": "fp32"}, {"format": "tflite", "precision": "int16x8"}],
+        "measure": {"runs": 20, "warmup": 2, "target_ci_width": None},
+    })
+    report = edgepress.run(recipe, tmp_path / "run")
+    note = next(n for n in report.profile_notes() if n.startswith("why_int16x8"))
+    assert "slower than why_fp32.tflite here: CONV_2D" in note and "builtin kernels" in note
+    assert "slower than" in (tmp_path / "run" / "report.html").read_text()

@@ -273,8 +273,9 @@ def test_plain_saved_model_loads_as_a_graph(tmp_path):
 
 
 def test_onnx_runtime_has_no_python_op(tmp_path):
-    # onnxruntime-extensions' PyOp (domain ai.onnx.contrib) would call Python; plain onnxruntime, which edgepress
-    # uses, does not know it, so an .onnx file cannot make it run Python.
+    # onnxruntime-extensions' PyOp (domain ai.onnx.contrib) would call Python; its custom domain is refused unless the
+    # file is trusted, and plain onnxruntime, which edgepress uses, does not know it: an .onnx file cannot make it
+    # run Python.
     import onnx
     from onnx import TensorProto, helper
 
@@ -285,8 +286,10 @@ def test_onnx_runtime_has_no_python_op(tmp_path):
     opsets = [helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.contrib", 1)]
     model = helper.make_model(graph, opset_imports=opsets)
     onnx.save(model, tmp_path / "pyop.onnx")
-    with pytest.raises(Exception, match="not a registered function/op"):
-        open_model(tmp_path / "pyop.onnx").predict(np.ones((1, 4), "float32"))
+    with pytest.raises(EdgepressError, match="PyOp of the custom domain 'ai.onnx.contrib'"):
+        open_model(tmp_path / "pyop.onnx")
+    with pytest.raises(EdgepressError, match="not a registered function/op"):
+        open_model(tmp_path / "pyop.onnx", trusted=True).predict(np.ones((1, 4), "float32"))
 
 
 # --- through the CLI ------------------------------------------------------------------------------

@@ -128,7 +128,9 @@ def test_equalization_is_tried_before_float_layers_and_keeps_every_layer_int8(ou
     # The equalized model, fully quantized, is the second artifact tried, and it is enough: no float layer.
     assert result.trials[1] is chosen and chosen.remedy == "equalize" == result.remedy
     assert chosen.float_layers == [] and result.budget_met and chosen.accuracy_drop <= 0.01
-    assert len(result.trials) == len(lines) == 2 and "equalized" in lines[1]
+    # One line per artifact tried, and one saying what equalization did (and left as it is, and why).
+    assert len(result.trials) == 2 and len(lines) == 3 and "equalized" in lines[2]
+    assert lines[1].startswith("equalization: ") and "hidden -> mid" in lines[1]
     assert ("hidden", "mid") in {tuple(p) for p in result.equalized["pairs"]}
     assert "after cross-layer equalization" in result.summary()
     manifest = Artifact.load(chosen.artifact.path)

@@ -1,0 +1,79 @@
+"""Bounds on what one input file may make edgepress read or allocate, checked before it is read.
+
+    regular_file(path, "the SavedModel graph", MAX_GRAPH_BYTES)  # a regular file (not a FIFO, a device, a symlink
+                                                                  # to /dev/zero) no larger than the limit
+    zip_member(archive, "config.json", path, MAX_CONFIG_BYTES)    # a member's declared size, checked before inflating
+    check_array(shape, dtype, "x", path)                          # a header's declared array, before allocating it
+
+A file given as a model or data is data, and a few bytes of it must not make edgepress wait forever (a FIFO),
+read without end (/dev/zero) or allocate gigabytes (a zip member that inflates to 2.5 GB, an idx or npy header
+declaring terabytes). The limits are far above what edgepress's models and data need.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from edgepress.errors import EdgepressError
+
+GiB = 1 << 30
+MAX_GRAPH_BYTES = 2 * GiB  # protobuf's own limit for one message (a SavedModel graph, an .onnx file)
+MAX_MODEL_BYTES = 64 * GiB  # a model file: the check that matters is that it is a regular file
+MAX_CONFIG_BYTES = 64 << 20  # a model's JSON config or metadata: kilobytes for any real model
+MAX_ARRAY_BYTES = 2 * GiB  # one data array, as float32 samples (the full MNIST is 0.2 GB)
+MAX_DATA_FILE_BYTES = 8 * GiB  # a data file (.npz) holding such arrays
+
+
+def regular_file(path: str | os.PathLike, what: str, limit: int) -> int:
+    """The size of the regular file at `path` (symlinks followed), refused when it is not one or is too large."""
+    path = Path(path)
+    try:
+        info = path.stat()
+    except OSError as e:
+        raise EdgepressError(f"{what} {path} cannot be read ({e.strerror or e}).") from None
+    if not stat.S_ISREG(info.st_mode):
+        kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(info.st_mode) else "a device" if
+                stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode) else "a socket" if
+                stat.S_ISSOCK(info.st_mode) else "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file")
+        target = f" (it points to {os.path.realpath(path)})" if path.is_symlink() else ""
+        raise EdgepressError(f"{what} {path} is {kind}{target}, not a regular file: edgepress reads model and data "
+                             "files only. Pass the file itself.")
+    if info.st_size > limit:
+        raise EdgepressError(f"{what} {path} has {info.st_size:,} bytes, more than edgepress reads ({limit:,}). "
+                             "Pass a smaller file.")
+    return info.st_size
+
+
+def zip_member(archive: zipfile.ZipFile, name: str, path: str | os.PathLike, limit: int) -> bytes:
+    """The member `name` of `archive` (the file at `path`), its uncompressed size checked before it is inflated."""
+    info = archive.getinfo(name)  # KeyError for a missing member: the caller says what the file lacks
+    if info.file_size > limit:
+        raise EdgepressError(
+            f"{path}: its entry {name} inflates to {info.file_size:,} bytes, more than edgepress reads for it "
+            f"({limit:,}). The file is not a model or data file edgepress wrote or reads; pass another."
+        )
+    with archive.open(info) as member:
+        data = member.read(limit + 1)  # the declared size may lie: read no more than the limit either way
+    if len(data) > limit:
+        raise EdgepressError(f"{path}: its entry {name} inflates to more than {limit:,} bytes; pass another file.")
+    return data
+
+
+def check_array(shape: Sequence[int], dtype: np.dtype | str, what: str, limit: int = MAX_ARRAY_BYTES) -> None:
+    """Refuse an array a header declares (`shape`, `dtype`) before allocating it, when it would be too large: counted
+    as float32 samples, what edgepress turns data into."""
+    values = 1
+    for d in shape:
+        values *= int(d)
+    size = values * max(np.dtype(dtype).itemsize, 4)
+    if size > limit:
+        raise EdgepressError(
+            f"{what} declares an array of shape {tuple(int(d) for d in shape)} ({size / GiB:,.1f} GiB as float32), "
+            f"more than edgepress loads ({limit / GiB:.0f} GiB). Give a smaller sample of the data."
+        )
