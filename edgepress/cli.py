@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Annotated
@@ -21,6 +23,9 @@ from typer.exceptions import TyperException
 
 from edgepress import compat  # noqa: F401  (sets TF_USE_LEGACY_KERAS before any TF import)
 from edgepress.errors import EdgepressError, GateFailed
+from edgepress.values import MAX_RUNS, MAX_THREADS
+
+MAX_SAMPLES = 10_000_000
 
 app = typer.Typer(
     help="Compress trained models, export TFLite and ONNX artifacts, and measure them on edge targets.",
@@ -33,7 +38,9 @@ app = typer.Typer(
 )
 # Logs and CI are not terminals: give them wide lines so table rows stay whole.
 console = Console(log_path=False, width=None if sys.stdout.isatty() else 160)
-errors = Console(stderr=True)
+# Messages are whole lines (soft_wrap): the terminal wraps them, so a path stays whole to copy and a message reads
+# the same in any width (a test's long temp path does not fold a phrase across lines).
+errors = Console(stderr=True, soft_wrap=True)
 
 RunDir = Annotated[Path | None, typer.Option("--output", "-o", help="Run directory (default: runs/<name>-<time>).")]
 TrustModel = Annotated[bool, typer.Option(
@@ -149,9 +156,9 @@ def bench(
         "x86-host"
     ),
     data: Annotated[Path | None, typer.Option(help=".npz with x (preprocessed inputs) and y (labels).")] = None,
-    runs: Annotated[int, typer.Option(min=1)] = 100,
-    warmup: Annotated[int, typer.Option(min=0)] = 10,
-    threads: Annotated[int | None, typer.Option(min=1, help="Default: the device's.")] = None,
+    runs: Annotated[int, typer.Option(min=1, max=MAX_RUNS)] = 100,
+    warmup: Annotated[int, typer.Option(min=0, max=MAX_RUNS)] = 10,
+    threads: Annotated[int | None, typer.Option(min=1, max=MAX_THREADS, help="Default: the device's.")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the results to this JSON file.")] = None,
 ) -> None:
     """Measure existing artifacts on one device: latency, load time, memory, and accuracy with --data."""
@@ -164,13 +171,15 @@ def bench(
         from edgepress.models.datasets import read_npz
         from edgepress.text import interval_text, ms
 
+        if json_out is not None:
+            files.check_output_file(json_out, "--json")
         target = load_device(device)
         pair = None if data is None else read_npz(data)  # checked: x finite numbers, y integer labels
         table = Table("artifact", "runtime", "accuracy", "p50 ms", "p90 ms", "mean ms", "load ms", "peak MiB",
                       title=f"on {target.name} ({target.reach.kind})", title_justify="left")
         results, failed = [], []
         for artifact in artifacts:
-            with console.status(f"measuring {artifact.name} on {target.name}"):
+            with console.status(f"measuring {artifact.name} on {target.name}"), _warnings_logged():
                 try:
                     r = measure(artifact, pair, runs, warmup, threads, device=target)
                 except EdgepressError as e:
@@ -202,10 +211,10 @@ def profile(
     device: Annotated[str, typer.Option(help="Device profile name or .yaml file (see `edgepress devices`).")] = (
         "x86-host"
     ),
-    runs: Annotated[int, typer.Option(min=1, max=100_000, help="Timed runs of each op.")] = 100,
-    warmup: Annotated[int, typer.Option(min=0, max=100_000)] = 10,
-    threads: Annotated[int | None, typer.Option(min=1, max=1024, help="Default: the device's.")] = None,
-    top: Annotated[int, typer.Option(min=1, help="Ops to list per artifact, slowest first.")] = 10,
+    runs: Annotated[int, typer.Option(min=1, max=MAX_RUNS, help="Timed runs of each op.")] = 100,
+    warmup: Annotated[int, typer.Option(min=0, max=MAX_RUNS)] = 10,
+    threads: Annotated[int | None, typer.Option(min=1, max=MAX_THREADS, help="Default: the device's.")] = None,
+    top: Annotated[int, typer.Option(min=1, max=100_000, help="Ops to list per artifact, slowest first.")] = 10,
 ) -> None:
     """Where each artifact's time goes on a device, op by op: time, share, dtypes, kernel kind, and whether the
     delegate (TFLite) or the first execution provider (ONNX) ran it."""
@@ -219,7 +228,7 @@ def profile(
         for path in artifacts:
             if not path.is_file() or path.suffix not in (".tflite", ".onnx"):
                 raise EdgepressError(f"{path}: give .tflite or .onnx files that exist.")
-        with console.status(f"profiling {len(artifacts)} artifact(s) op by op on {target.name}"):
+        with console.status(f"profiling {len(artifacts)} artifact(s) op by op on {target.name}"), _warnings_logged():
             profiles = profile_many(artifacts, target, runs, warmup, threads)
         failed = []
         for path, result in zip(artifacts, profiles, strict=True):
@@ -253,15 +262,18 @@ def quantize(
     precision: Annotated[str, typer.Option(help="int8: TFLite int8 or ONNX int8_static.")] = "int8",
     output: RunDir = None,
     dataset: Annotated[str | None, typer.Option(help="digits, mnist or npz; default: from --data.")] = None,
-    test_size: Annotated[int | None, typer.Option(min=1, help="Evaluation samples, from the end of the data.")] = None,
-    calibration_samples: Annotated[int, typer.Option(min=1, help="Calibration samples, from the start.")] = 200,
+    test_size: Annotated[int | None, typer.Option(
+        min=1, max=MAX_SAMPLES, help="Evaluation samples, from the end of the data.")] = None,
+    calibration_samples: Annotated[int, typer.Option(
+        min=1, max=MAX_SAMPLES, help="Calibration samples, from the start.")] = 200,
     preset: Annotated[str, typer.Option(help="ONNX target: default, x86-avx2, x86-avx512-vnni, arm64.")] = "default",
     calibration_method: Annotated[str | None, typer.Option(help="ONNX: minmax, entropy or percentile.")] = None,
     per_channel: Annotated[bool | None, typer.Option("--per-channel/--per-tensor", help="ONNX weights.")] = None,
     quant_format: Annotated[str | None, typer.Option(help="ONNX: qdq or qoperator.")] = None,
     search: Annotated[str, typer.Option(help="linear or bisect.")] = "linear",
-    max_float_layers: Annotated[int | None, typer.Option(min=1, help="Keep at most this many layers float.")] = None,
-    runs: Annotated[int, typer.Option(min=1, help="Timed runs per artifact.")] = 100,
+    max_float_layers: Annotated[int | None, typer.Option(
+        min=1, max=100_000, help="Keep at most this many layers float.")] = None,
+    runs: Annotated[int, typer.Option(min=1, max=MAX_RUNS, help="Timed runs per artifact.")] = 100,
     trust_model: TrustModel = False,
 ) -> None:
     """Quantize MODEL to int8 within an accuracy budget, keeping the most sensitive layers in float if needed."""
@@ -290,8 +302,8 @@ def quantize(
             "exports": [{"format": fmt, "precision": "fp32"}, {"format": fmt, "quantize": config.model_dump()}],
             "measure": {"runs": runs},
         }, source="for the quantize command")
-        with console.status("starting (importing TensorFlow)") as status:
-            report = run_recipe(recipe, output, _LiveProgress(status))
+        with _live_progress() as progress:
+            report = run_recipe(recipe, output, progress)
         _print_report(report)
         report.check()
 
@@ -308,9 +320,11 @@ def tune(
         help="Device profile to tune for (repeat for several; default: the recipe's targets or x86-host).")] = None,
     max_accuracy_drop: Annotated[str | None, typer.Option(help="Budget: drop from the source, 0.01 or 1%.")] = None,
     max_p50_ms: Annotated[float | None, typer.Option(help="Budget: median latency at batch 1, ms.")] = None,
-    max_bytes: Annotated[int | None, typer.Option(help="Budget: artifact file size.")] = None,
-    trials: Annotated[int | None, typer.Option(min=1, help="Finished trials the study holds (default 20).")] = None,
-    time_budget: Annotated[str | None, typer.Option(help="Stop starting trials after this: 30m, 1h, 900s.")] = None,
+    max_bytes: Annotated[int | None, typer.Option(min=1, max=2**62, help="Budget: artifact file size.")] = None,
+    trials: Annotated[int | None, typer.Option(min=1, max=10_000, help=(
+        "Finished trials the study holds (default 20; with --time-budget: as many as fit)."))] = None,
+    time_budget: Annotated[str | None, typer.Option(help=(
+        "Stop starting trials after this: 30m, 1h, 900s. Without --trials, the budget alone ends the tune."))] = None,
     ray: Annotated[str | None, typer.Option(help="Run trials as Ray tasks: 'auto' or the head's HOST:PORT.")] = None,
     sampler: Annotated[str | None, typer.Option(help="tpe or nsga2.")] = None,
     output: RunDir = None,
@@ -324,14 +338,15 @@ def tune(
         recipe = _tune_recipe(source, data, device, max_accuracy_drop, max_p50_ms, max_bytes, trials, time_budget,
                               sampler)
         run_dir = output or Path("runs") / f"tune-{recipe.name}"
-        with console.status("starting (importing TensorFlow)") as status:
-            result = run_tune(recipe, run_dir, _LiveProgress(status), ray=ray)
+        with _live_progress() as progress:
+            result = run_tune(recipe, run_dir, progress, ray=ray)
         for name, best in result.best.items():
             if best:
                 console.print(f"{escape(name)}: trial {best['trial']} {escape(best['artifact'])}: accuracy "
                               f"{best['accuracy']:.2%}, p50 {best['p50_ms']:.3f} ms, {best['bytes']:,} bytes -> "
-                              f"{escape(best['recipe'])}")
-        console.print(f"Run directory: {run_dir} (tune.json, report.html, best-<device>.yaml, study.db)")
+                              f"{escape(best['recipe'])}", soft_wrap=True)
+        console.print(f"Run directory: {escape(str(run_dir))} (tune.json, report.html, best-<device>.yaml, study.db)",
+                      highlight=False, soft_wrap=True)
         result.check()
 
     def _tune_recipe(source, data, devices, drop, p50, size, trials, budget, sampler):
@@ -339,12 +354,14 @@ def tune(
             recipe = Recipe.from_yaml(source).with_overrides(data=data)
             raw = recipe.model_dump(mode="json", exclude_unset=False)
             raw["exports"] = []  # the tune chooses them; the recipe's default ones came from its targets
+            # What the recipe's tune: section sets, not its defaults: a --time-budget lifts an unset trial count.
+            raw["tune"] = recipe.tune.model_dump(mode="json", exclude_unset=True) if recipe.tune else None
         else:
             if data is None:
                 raise EdgepressError("--data is needed with a model file: 'digits', an MNIST idx directory or "
                                      "mnist.npz, or an .npz with x and y.")
             kind, path = _dataset_of(data)
-            raw = {"name": Path(source).stem or "model", "model": {"path": str(Path(source).resolve())},
+            raw = {"name": _run_name(Path(source).stem), "model": {"path": str(Path(source).resolve())},
                    "data": {"dataset": kind, "path": None if kind == "digits" else str(Path(path).resolve())}}
         if devices:
             raw["targets"] = devices
@@ -395,6 +412,10 @@ def _run(recipe_path: Path, output: Path | None, data: str | None, model: str | 
     def work():
         from edgepress.api import run as run_recipe
 
+        if junit is not None:
+            from edgepress import files
+
+            files.check_output_file(junit, "--junit")
         recipe = Recipe.from_yaml(recipe_path).with_overrides(data=data, model=model, devices=devices)
         if trust_model:  # --trust-model is model.trusted: true
             recipe = recipe.model_copy(update={"model": recipe.model.model_copy(update={"trusted": True})})
@@ -402,13 +423,13 @@ def _run(recipe_path: Path, output: Path | None, data: str | None, model: str | 
             from edgepress.compare import with_baseline
 
             recipe = with_baseline(recipe, baseline)
-        with console.status("starting (importing TensorFlow)") as status:
-            report = run_recipe(recipe, output, _LiveProgress(status))
+        with _live_progress() as progress:
+            report = run_recipe(recipe, output, progress)
         _print_report(report)
         if junit is not None:
             from edgepress.junit import write_junit
 
-            console.print(f"JUnit: {write_junit(report.results, junit)}")
+            console.print(f"JUnit: {escape(str(write_junit(report.results, junit)))}", highlight=False, soft_wrap=True)
         if mlflow is not None:
             from edgepress.tracking import log_run
 
@@ -418,6 +439,31 @@ def _run(recipe_path: Path, output: Path | None, data: str | None, model: str | 
     _guard(work)
 
 
+@contextmanager
+def _live_progress() -> Iterator[_LiveProgress]:
+    """A spinner line for the current stage, a log line per finished stage (and per library warning)."""
+    with console.status("starting (importing TensorFlow)") as status, _warnings_logged():
+        yield _LiveProgress(status)
+
+
+@contextmanager
+def _warnings_logged() -> Iterator[None]:
+    """A library's Python warning (Keras' UserWarning) as a log line, not text written into a spinner's line."""
+    import warnings
+
+    shown = warnings.showwarning
+
+    def log_warning(message, category, filename, lineno, file=None, line=None) -> None:
+        console.log(f"warning ({escape(category.__name__)}, {escape(Path(filename).name)}:{lineno}): "
+                    f"{escape(str(message).strip())}")
+
+    warnings.showwarning = log_warning
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
+
+
 class _LiveProgress:
     """Shows the current stage on a spinner line and logs each finished stage."""
 
@@ -425,9 +471,15 @@ class _LiveProgress:
         self.status = status
 
     def update(self, message: str) -> None:
+        from edgepress import interrupt
+
+        interrupt.check()  # a safe point: each epoch, step, export and measurement reports here
         self.status.update(escape(message))
 
     def done(self, message: str) -> None:
+        from edgepress import interrupt
+
+        interrupt.check()
         console.log(escape(message))
 
 
@@ -435,7 +487,8 @@ def _print_report(report) -> None:
     from edgepress.console import print_report
 
     print_report(report, console)
-    console.print(f"Run directory: {report.run_dir} (results.json, report.md, report.html)", highlight=False)
+    console.print(f"Run directory: {escape(str(report.run_dir))} (results.json, report.md, report.html)",
+                  highlight=False, soft_wrap=True)  # soft_wrap: the path whole, on one line, at any width
 
 
 # Exit codes (README "Exit codes"): 1 a gate failed, 2 bad input, 70 a bug in edgepress (EX_SOFTWARE in sysexits.h:
@@ -446,27 +499,50 @@ EXIT_GATES, EXIT_BAD_INPUT, EXIT_BUG, EXIT_INTERRUPTED = 1, 2, 70, 130
 def _guard(work) -> None:
     """Run `work`: the one boundary between edgepress and the terminal. Every failure becomes a short message and
     an exit code, never a traceback; an unexpected one (a bug) has its traceback saved to a file."""
-    from edgepress import files
+    from edgepress import files, interrupt
 
     before = files.current_run_dir()
+    with interrupt.catching():  # Ctrl-C is recorded as well as raised: a library callback cannot swallow it
+        _ending(work, before)
+
+
+def _ending(work, before: Path | None) -> None:
+    """`_guard`'s body: run `work` and turn how it ended into a message and an exit code."""
+    from edgepress import interrupt
+
     try:
         work()
-    except EdgepressError as e:
-        errors.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
-        raise typer.Exit(EXIT_BAD_INPUT) from None
-    except GateFailed as e:
-        errors.print(f"[bold red]gates failed:[/] {escape(str(e))}", highlight=False)
-        raise typer.Exit(EXIT_GATES) from None
+        interrupt.check()  # a Ctrl-C a library swallowed (printed nothing, raised nothing) still ends with 130
     except KeyboardInterrupt:
-        errors.print("[bold red]interrupted[/] (Ctrl-C): the run stopped; every file it wrote is complete.",
-                     highlight=False, soft_wrap=True)
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+        _interrupted()
     except (typer.Exit, typer.Abort, TyperException):  # the CLI's own exits and usage errors: typer shows them
         raise
-    except Exception as e:  # the boundary: anything else is a bug, reported, not shown as a traceback
-        run_dir = files.current_run_dir()
-        _report_bug(e, run_dir if run_dir is not before else None)  # `is`: the directory this work prepared
-        raise typer.Exit(EXIT_BUG) from None
+    except Exception as e:
+        if interrupt.requested():  # after a Ctrl-C, whatever a library made of it: the user stopped the run
+            _interrupted()
+        _failed(e, before)
+
+
+def _failed(e: Exception, before: Path | None) -> None:
+    """The message and exit code of `e`: bad input, failed gates, or (anything else) a bug in edgepress, reported
+    with its traceback saved, never shown."""
+    from edgepress import files
+
+    if isinstance(e, EdgepressError):
+        errors.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    if isinstance(e, GateFailed):
+        errors.print(f"[bold red]gates failed:[/] {escape(str(e))}", highlight=False)
+        raise typer.Exit(EXIT_GATES) from None
+    run_dir = files.current_run_dir()
+    _report_bug(e, run_dir if run_dir is not before else None)  # `is`: the directory this work prepared
+    raise typer.Exit(EXIT_BUG) from None
+
+
+def _interrupted() -> None:
+    errors.print("[bold red]interrupted[/] (Ctrl-C): the run stopped; every file it wrote is complete.",
+                 highlight=False)
+    raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
 def _report_bug(error: BaseException, run_dir: Path | None) -> None:

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from edgepress.errors import EdgepressError
-from edgepress.results import check_results
+from edgepress.results import MAX_BYTES, check_results
 from edgepress.specs.baseline import BaselineSpec
 from edgepress.specs.measure import MeasureSpec
 
@@ -146,10 +146,16 @@ def load_results(path: str | Path, what: str = "Baseline") -> dict:
     if not path.is_file():
         raise EdgepressError(f"{what} {path} not found: give a run's results.json (a first run has no baseline: "
                              "keep its results.json as the baseline for the next).")
+    if path.stat().st_size > MAX_BYTES:
+        raise EdgepressError(f"{what} {path} is {path.stat().st_size:,} bytes; a results.json is at most "
+                             f"{MAX_BYTES:,}. Give a run's results.json.")
     try:
         raw = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise EdgepressError(f"{what} {path} is not a results.json ({e}).") from None
+    except RecursionError:
+        raise EdgepressError(f"{what} {path} nests too deeply to be a results.json. Give a run's results.json, as "
+                             "that run wrote it.") from None
     return check_results(raw, f"{what} {path}")
 
 
@@ -272,11 +278,16 @@ def measure_of(results: dict) -> MeasureSpec:
 
 
 def _artifact_file(row: dict, run_dir: Path) -> Path | None:
-    """The file a results row measured: its path, else the same name in run_dir/artifacts; None when neither is
-    there with the recorded sha256."""
+    """The file a results row measured: its path when that is inside `run_dir` (a results file does not choose which
+    of the user's files edgepress reads and copies to a device), else the same name in run_dir/artifacts; None when
+    neither is there with the recorded sha256."""
     import hashlib
 
-    for path in (Path(row["path"]), Path(run_dir) / "artifacts" / Path(row["path"]).name):
+    recorded, inside = Path(row["path"]), Path(run_dir).resolve()
+    candidates = [recorded] if recorded.resolve().is_relative_to(inside) else []
+    if recorded.name not in ("", ".", ".."):
+        candidates.append(Path(run_dir) / "artifacts" / recorded.name)
+    for path in candidates:
         if path.is_file() and (not row.get("sha256") or hashlib.sha256(path.read_bytes()).hexdigest() == row["sha256"]):
             return path
     return None

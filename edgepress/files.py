@@ -52,6 +52,29 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return write_bytes(path, text.encode("utf-8"))
 
 
+def check_output_file(path: str | os.PathLike, what: str) -> Path:
+    """`path`, checked before any work to be a file edgepress can write (an option such as --json or --junit);
+    EdgepressError naming `what` otherwise: a folder, a special file, a place under /proc, /sys or /dev, or a
+    folder that cannot be made or written."""
+    from edgepress.errors import EdgepressError
+
+    path = Path(path)
+    if "\0" in str(path):
+        raise EdgepressError(f"{what} {str(path)!r} contains a NUL byte; give a file path.")
+    if path.is_dir():
+        raise EdgepressError(f"{what} {path} is a folder; give a file path, e.g. {path / 'results.json'}.")
+    if path.exists() and not path.is_file():
+        raise EdgepressError(f"{what} {path} is not a regular file (a device, a pipe?); give a file path.")
+    resolved = path.resolve()
+    if resolved.parts[1:2] and resolved.parts[1] in ("proc", "sys", "dev"):
+        raise EdgepressError(f"{what} {path} is under /{resolved.parts[1]}, which holds no files to write; give a "
+                             "file path in a folder of yours.")
+    existing = next(p for p in (path.parent.absolute(), *path.parent.absolute().parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise EdgepressError(f"{what} {path} cannot be written: {existing} is not a folder you can write to.")
+    return path
+
+
 # -- run directories ----------------------------------------------------------------------------------
 
 # The name atomic_path gives its temporaries: what a killed run leaves behind.
@@ -93,14 +116,44 @@ def is_run_dir(path: str | os.PathLike) -> bool:
         return False
 
 
+def real_dir_inside(root: str | os.PathLike, path: str | os.PathLike, what: str) -> Path:
+    """`path`, checked to be a real folder inside `root` when it exists (not a symlink, not a file, not leading
+    out of `root`): edgepress moves files into it. EdgepressError naming `what` otherwise."""
+    from edgepress.errors import EdgepressError
+
+    root, path = Path(root), Path(path)
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        kind = "a symbolic link" if path.is_symlink() else "a file"
+        raise EdgepressError(f"{path} ({what}) is {kind}, not a folder: edgepress moves files into it and keeps "
+                             f"them inside {root}. Move it away (or remove it) and run again.")
+    if path.exists() and not path.resolve().is_relative_to(root.resolve()):
+        raise EdgepressError(f"{path} ({what}) leads outside {root}; move it away and run again.")
+    return path
+
+
+def remove_inside(root: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Remove `path` (a file or a folder tree) if it is inside `root`; a symlink is removed, never followed."""
+    path = Path(path)
+    if path.is_symlink():
+        path.unlink()
+    elif path.is_dir() and path.resolve().is_relative_to(Path(root).resolve()):
+        shutil.rmtree(path)
+    elif path.is_file():
+        path.unlink()
+
+
 def check_run_dir(run_dir: str | os.PathLike) -> None:
     """Refuse a folder of other files as a run directory (EdgepressError): a run would mix its files with them and
     replace any named like its own. New, empty (hidden files aside) or holding an earlier run: fine
-    (prepare_run_dir moves that run aside). Whether the path can be made and written is plan.py's check."""
+    (prepare_run_dir moves that run aside, into previous/, which must be a real folder inside it). Whether the
+    path can be made and written is plan.py's check."""
     from edgepress.errors import EdgepressError
 
     path = Path(run_dir)
-    if not path.is_dir() or is_run_dir(path):
+    if not path.is_dir():
+        return
+    if is_run_dir(path):
+        real_dir_inside(path, path / PREVIOUS, "where an earlier run is moved")
         return
     others = sorted(p.name for p in path.iterdir() if not p.name.startswith("."))
     if others:
@@ -140,11 +193,12 @@ def _move_earlier_run(path: Path) -> Path | None:
         return None
     started = (marker if marker.exists() else path / "results.json").stat().st_mtime
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(started))
-    target = path / PREVIOUS / stamp
+    previous = real_dir_inside(path, path / PREVIOUS, "where an earlier run is moved")
+    target = previous / stamp
     n = 1
-    while target.exists():
+    while target.exists() or target.is_symlink():
         n += 1
-        target = path / PREVIOUS / f"{stamp}-{n}"
+        target = previous / f"{stamp}-{n}"
     target.mkdir(parents=True)
     for entry in entries:
         os.replace(entry, target / entry.name)

@@ -23,18 +23,15 @@ from edgepress.formats import PRECISIONS, QUANTIZED, precision_names, sparse_pre
 from edgepress.specs.baseline import BaselineSpec
 from edgepress.specs.measure import MeasureSpec
 from edgepress.specs.quantize import QuantizeConfig
+from edgepress.specs.section import Section
 from edgepress.specs.tune import TuneSpec
-from edgepress.values import MAX_EPOCHS, fraction, plain_path
+from edgepress.values import MAX_BATCH, MAX_EPOCHS, MAX_LEARNING_RATE, fraction, plain_name, plain_path
 
 STEPS = registered()
 SPARSE_PRECISIONS = sparse_precisions("tflite")
 # Limits past which a value can only be a mistake (a typo that would train for days or fail deep in numpy).
 MAX_SEED = 2**32 - 1
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED, description="Random seed, 0 to 2**32 - 1.")]
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class ModelSpec(Section):
@@ -45,7 +42,7 @@ class ModelSpec(Section):
         None, description=".keras or .h5 file, SavedModel directory (Keras, or a plain tf.Module: exports only), "
         "or .onnx file (e.g. from PyTorch: ONNX exports only)."
     )
-    input_shape: list[int] | None = Field(
+    input_shape: list[Annotated[int, Field(ge=1, le=1_000_000)]] | None = Field(
         None, description="One sample's input shape, without the batch, for a model whose input has unknown "
         "dimensions (e.g. [28, 28] for an LSTM built on (None, 28)): data, calibration and TFLite need them fixed."
     )
@@ -54,8 +51,8 @@ class ModelSpec(Section):
         "when it is loaded. Off, such a file is refused before anything in it runs; set it only for files you trust."
     )
     train_epochs: int = Field(5, ge=1, le=MAX_EPOCHS, description="Training epochs for a zoo model.")
-    batch_size: int = Field(128, ge=1)
-    learning_rate: float = Field(1e-3, gt=0)
+    batch_size: int = Field(128, ge=1, le=MAX_BATCH)
+    learning_rate: float = Field(1e-3, gt=0, le=MAX_LEARNING_RATE)
     seed: Seed = 0
 
     @field_validator("path")
@@ -89,6 +86,13 @@ class DataSpec(Section):
     def _a_path(cls, value):
         return plain_path(value)
 
+    @model_validator(mode="after")
+    def _path_of_a_dataset_that_reads_one(self) -> DataSpec:
+        if self.dataset == "digits" and self.path is not None:
+            raise ValueError("dataset digits is scikit-learn's, built in: it reads no file, so path "
+                             f"{self.path!r} would be ignored; remove path, or set dataset to mnist or npz")
+        return self
+
 
 # One config per registered step, told apart by its `type`.
 Step = Annotated[Union[tuple(step.config for step in STEPS.values())], Field(discriminator="type")]  # noqa: UP007
@@ -100,8 +104,8 @@ class ExportSpec(Section):
     format: Literal["tflite", "onnx"]
     precision: str = "fp32"
     batch_size: int | None = Field(
-        None, ge=1, description="Fix the artifact's batch dimension (default: dynamic). TFLite needs it for LSTM "
-        "and GRU layers (set 1): they convert only with a static batch and sequence length."
+        None, ge=1, le=MAX_BATCH, description="Fix the artifact's batch dimension (default: dynamic). TFLite needs "
+        "it for LSTM and GRU layers (set 1): they convert only with a static batch and sequence length."
     )
     quantize: QuantizeConfig | None = Field(
         None, description="Accuracy-aware int8: keep the most sensitive layers in float until the accuracy drop "
@@ -186,6 +190,11 @@ class Target(BaseModel):
 
     name: str
     label: str | None = Field(None, description="The target's name in the report; default: the profile's name.")
+
+    @field_validator("label")
+    @classmethod
+    def _a_name(cls, value):
+        return None if value is None else plain_name(value)
 
     def device(self):
         from edgepress.devices import load_device

@@ -33,13 +33,30 @@ Notes on the values:
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Annotated, Any
 
+from pydantic import AfterValidator, Field
 from typing_extensions import NotRequired, TypedDict
 
 from edgepress.errors import EdgepressError
+from edgepress.values import plain_path
 
 SCHEMA_VERSION = 1
+
+# The numbers a comparison computes with are checked to be what a run writes: finite, in range (a results file read
+# back may come from anyone: a string, NaN, a negative size or a one-value interval would end in a wrong verdict or
+# a crash).
+Count = Annotated[int, Field(ge=0)]
+Ms = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Share = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+Number = Annotated[float, Field(allow_inf_nan=False)]
+Interval = Annotated[list[Ms], Field(min_length=2, max_length=2)]
+Name = Annotated[str, Field(min_length=1, max_length=300, pattern=r"^[^/\\\x00]+$")]
+FilePath = Annotated[str, Field(max_length=4096), AfterValidator(plain_path)]  # no NUL, no part over 255 bytes
+# What a results.json may be, at most: a run's file is megabytes (2,000 times per row), nested a few levels.
+MAX_BYTES = 200_000_000
+MAX_DEPTH = 32
 
 
 class DataInfo(TypedDict):
@@ -76,31 +93,31 @@ class DeviceInfo(TypedDict):
 
 
 class Metrics(TypedDict):
-    accuracy: float | None
-    accuracy_drop: NotRequired[float | None]
-    agreement: float | None
-    cross_entropy: NotRequired[float]
-    perplexity: NotRequired[float]
+    accuracy: Share | None
+    accuracy_drop: NotRequired[Number | None]
+    agreement: Share | None
+    cross_entropy: NotRequired[Number]
+    perplexity: NotRequired[Number]
 
 
 class Latency(TypedDict, total=False):
     unit: str
-    p50: float | None
-    p90: float | None
-    p99: float | None
-    mean: float | None
-    std: float | None
-    min: float | None
-    max: float | None
-    runs: int
-    warmup: int
-    threads: int | None
-    batch: int | None
-    p50_ci: list[float] | None
-    p90_ci: list[float] | None
-    confidence: float
+    p50: Ms | None
+    p90: Ms | None
+    p99: Ms | None
+    mean: Ms | None
+    std: Ms | None
+    min: Ms | None
+    max: Ms | None
+    runs: Count
+    warmup: Count | None
+    threads: Count | None
+    batch: Count | None
+    p50_ci: Interval | None
+    p90_ci: Interval | None
+    confidence: Share
     stopped: str | None
-    times_ms: list[float]
+    times_ms: list[Ms]
     emulated: bool
 
 
@@ -121,14 +138,14 @@ class Gate(TypedDict):
 
 
 class ArtifactRow(TypedDict):
-    name: str
-    device: str
+    name: Name
+    device: Name
     format: str
     precision: str
-    path: str
-    bytes: int
-    gzip_bytes: int
-    sha256: str
+    path: FilePath
+    bytes: Count
+    gzip_bytes: Count
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
     steps: list[str]
     quantization: dict[str, Any]
     check: dict[str, Any]
@@ -171,19 +188,45 @@ class Results(TypedDict):
 
 def check_results(raw: Any, what: str) -> Results:
     """`raw` (a results.json read back) if it has the shape of `Results` at this SCHEMA_VERSION; EdgepressError naming
-    the first keys at fault otherwise (`what` names the file in the message)."""
-    from pydantic import TypeAdapter, ValidationError
+    the first keys at fault otherwise (`what` names the file in the message). Strict: a value of another type is
+    refused, not converted (the raw values are what the caller uses)."""
+    from pydantic import ValidationError
 
     if not isinstance(raw, dict) or "artifacts" not in raw:
         raise EdgepressError(f"{what} is not an edgepress results.json (it has no artifacts).")
     version = raw.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if version != SCHEMA_VERSION or isinstance(version, bool):
         raise EdgepressError(f"{what} has schema_version {version!r}, this edgepress writes {SCHEMA_VERSION}: "
                              "measure it again with this version.")
+    depth = _depth(raw)
+    if depth > MAX_DEPTH:
+        raise EdgepressError(f"{what} nests {depth} levels deep; a results.json nests at most {MAX_DEPTH}. Give the "
+                             "results.json of a run, as that run wrote it.")
     try:
-        TypeAdapter(Results).validate_python(raw, strict=False)
+        _adapter().validate_python(raw, strict=True)
     except ValidationError as e:
         problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()[:3])
         raise EdgepressError(f"{what} is not a results.json this edgepress can read ({problems}). Give the "
                              "results.json of a run, as that run wrote it.") from None
     return raw
+
+
+@functools.cache
+def _adapter():
+    """The validator of `Results`, built once, on first use."""
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(Results)
+
+
+def _depth(value: Any) -> int:
+    """How deeply `value` nests lists and dicts (without recursion: the value may be a hostile file's)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, level)
+            if deepest > MAX_DEPTH:
+                return deepest
+            stack.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest

@@ -36,7 +36,7 @@ def read_mapping(path: str | Path, what: str) -> dict:
     if depth > MAX_DEPTH:
         raise EdgepressError(f"{what} {path} nests {depth} levels deep; at most {MAX_DEPTH} are allowed.")
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_StrictLoader)  # noqa: S506  (a SafeLoader: plain data only)
     except yaml.YAMLError as e:
         raise EdgepressError(f"{what} {path} is not valid YAML: {e}") from None
     except RecursionError:
@@ -46,6 +46,44 @@ def read_mapping(path: str | Path, what: str) -> dict:
                              f"{'an empty file' if raw is None else type(raw).__name__}.")
     _check_size(raw, what, path)
     return raw
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """safe_load's loader, strict: a key given twice is an error (PyYAML keeps the last silently: `steps` given twice
+    ran with no steps), and a value its tag cannot read (`!!int abc`, the date 2026-13-01, a 5,000-digit integer)
+    is a YAML error at its line, not a ValueError from deep inside the parser."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: merged keys may be overridden
+                    continue
+                try:
+                    key = self.construct_object(key_node, deep=True)
+                    hash(key)
+                except TypeError:  # a list or mapping as a key: PyYAML's own error says so
+                    continue
+                if key in seen and key != "<<":
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"the key {key!r} is given twice, at lines {seen[key] + 1} and "
+                        f"{key_node.start_mark.line + 1} (YAML would keep only the last); keep one",
+                        key_node.start_mark)
+                seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_object(self, node, deep=False):
+        try:
+            return super().construct_object(node, deep=deep)
+        except yaml.YAMLError:
+            raise
+        except (ValueError, TypeError, OverflowError, ArithmeticError) as e:
+            text = str(node.value)
+            shown = repr(text) if len(text) <= 40 else f"{text[:20]!r}... ({len(text):,} characters)"
+            reason = "more digits than any setting takes" if "digits" in str(e) else str(e)
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{shown} cannot be read as {node.tag.rsplit(':', 1)[-1]} ({reason})", node.start_mark
+            ) from None
 
 
 def _flow_depth(text: str) -> int:

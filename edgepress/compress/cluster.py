@@ -13,12 +13,13 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from edgepress.compress.step import Step, register
 from edgepress.errors import EdgepressError
 from edgepress.models import training
-from edgepress.values import MAX_EPOCHS
+from edgepress.specs.section import Section
+from edgepress.values import MAX_BATCH, MAX_EPOCHS, MAX_LEARNING_RATE
 
 # Recipe names of tfmot's CentroidInitialization members.
 CENTROID_INITIALIZATIONS = {
@@ -29,7 +30,7 @@ CENTROID_INITIALIZATIONS = {
 }
 
 
-class ClusterConfig(BaseModel):
+class ClusterConfig(Section):
     """Cluster the kernels of Conv and Dense layers to a few shared values, then fine-tune the centroids."""
 
     model_config = ConfigDict(extra="forbid")
@@ -45,8 +46,8 @@ class ClusterConfig(BaseModel):
         False, description="Keep the zeros of a pruned model as zeros (sparsity-preserving clustering)."
     )
     fine_tune_epochs: int = Field(2, le=MAX_EPOCHS, ge=1, description="Epochs of training the centroids.")
-    batch_size: int = Field(128, ge=1)
-    learning_rate: float = Field(1e-4, gt=0)
+    batch_size: int = Field(128, ge=1, le=MAX_BATCH)
+    learning_rate: float = Field(1e-4, gt=0, le=MAX_LEARNING_RATE)
     layers: list[str] | None = Field(
         None, description="Names of the layers to cluster; default: every layer with kernels tfmot can cluster."
     )

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from edgepress.compat import keras, keras_of
 from edgepress.compress.step import Step, register
@@ -34,10 +34,11 @@ from edgepress.errors import EdgepressError
 from edgepress.models import training
 from edgepress.models.datasets import checked_inputs, fit_to_input, read_npz_arrays
 from edgepress.models.keras_graph import calls, is_graph, with_widths
-from edgepress.values import MAX_EPOCHS
+from edgepress.specs.section import Section
+from edgepress.values import MAX_BATCH, MAX_EPOCHS, MAX_LEARNING_RATE
 
 
-class StudentSpec(BaseModel):
+class StudentSpec(Section):
     """The student: exactly one of a zoo architecture, a model file, or a width-scaled copy of the teacher."""
 
     model_config = ConfigDict(extra="forbid")
@@ -63,7 +64,7 @@ class StudentSpec(BaseModel):
         return f"zoo:{self.zoo}" if self.zoo else f"width {self.width:g}" if self.width else str(self.path)
 
 
-class DistillConfig(BaseModel):
+class DistillConfig(Section):
     """Knowledge distillation from the model entering the step (the teacher) into a student."""
 
     model_config = ConfigDict(extra="forbid")
@@ -82,8 +83,8 @@ class DistillConfig(BaseModel):
         0.1, ge=0, le=1, description="Weight of the hard-label loss; the soft (teacher) loss gets 1 - alpha, x T^2."
     )
     epochs: int = Field(10, le=MAX_EPOCHS, ge=1, description="Epochs of training the student.")
-    batch_size: int = Field(128, ge=1)
-    learning_rate: float = Field(1e-3, gt=0)
+    batch_size: int = Field(128, ge=1, le=MAX_BATCH)
+    learning_rate: float = Field(1e-3, gt=0, le=MAX_LEARNING_RATE)
     unlabelled: str | None = Field(
         None, description=".npz with `x`: distil on these samples instead of the recipe's training data. It has no "
         "labels, so alpha must be 0."

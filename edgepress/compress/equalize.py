@@ -64,11 +64,12 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from edgepress.compress.step import Step, register
 from edgepress.errors import EdgepressError
 from edgepress.models.keras_graph import PASS_THROUGH, Key, axes, calls, function_name, values
+from edgepress.specs.section import Section
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ MODEL_OUTPUT = "its output is an output of the model"
 CLIP_MARGIN = 0.9  # a channel scaled within a clip stays below this share of it on the calibration data
 
 
-class EqualizeConfig(BaseModel):
+class EqualizeConfig(Section):
     """Cross-layer equalization of consecutive Conv / Dense pairs, high-bias absorption, bias correction."""
 
     model_config = ConfigDict(extra="forbid")

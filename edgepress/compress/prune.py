@@ -16,15 +16,16 @@ import math
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from edgepress.compress.step import Step, register
 from edgepress.errors import EdgepressError
 from edgepress.models import training
-from edgepress.values import MAX_EPOCHS
+from edgepress.specs.section import Section
+from edgepress.values import MAX_BATCH, MAX_EPOCHS, MAX_LEARNING_RATE
 
 
-class PruneConfig(BaseModel):
+class PruneConfig(Section):
     """Magnitude pruning of Conv and Dense kernels to a target sparsity, then fine-tuning."""
 
     model_config = ConfigDict(extra="forbid")
@@ -37,8 +38,8 @@ class PruneConfig(BaseModel):
     )
     initial_sparsity: float = Field(0.0, ge=0, lt=1, description="Start of the polynomial_decay ramp.")
     fine_tune_epochs: int = Field(2, le=MAX_EPOCHS, ge=1, description="Epochs of training while and after pruning.")
-    batch_size: int = Field(128, ge=1)
-    learning_rate: float = Field(1e-3, gt=0)
+    batch_size: int = Field(128, ge=1, le=MAX_BATCH)
+    learning_rate: float = Field(1e-3, gt=0, le=MAX_LEARNING_RATE)
     layers: list[str] | None = Field(
         None, description="Names of the layers to prune; default: every layer with weights tfmot can prune."
     )

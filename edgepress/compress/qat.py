@@ -22,23 +22,24 @@ from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from edgepress.compress.step import Step, register
 from edgepress.errors import EdgepressError, first_line
 from edgepress.models import training
-from edgepress.values import MAX_EPOCHS
+from edgepress.specs.section import Section
+from edgepress.values import MAX_BATCH, MAX_EPOCHS, MAX_LEARNING_RATE
 
 
-class QatConfig(BaseModel):
+class QatConfig(Section):
     """Quantization-aware fine-tuning (8-bit weights and activations)."""
 
     model_config = ConfigDict(extra="forbid")
 
     type: Literal["qat"] = "qat"
     fine_tune_epochs: int = Field(1, le=MAX_EPOCHS, ge=1, description="Epochs of quantization-aware fine-tuning.")
-    batch_size: int = Field(128, ge=1)
-    learning_rate: float = Field(1e-4, gt=0)
+    batch_size: int = Field(128, ge=1, le=MAX_BATCH)
+    learning_rate: float = Field(1e-4, gt=0, le=MAX_LEARNING_RATE)
     layers: list[str] | None = Field(
         None, description="Names of the layers to quantize; default: the whole model."
     )

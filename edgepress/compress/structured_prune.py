@@ -41,21 +41,22 @@ from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from edgepress.compat import keras_of
 from edgepress.compress.step import Step, register
 from edgepress.errors import EdgepressError, first_line
 from edgepress.models import training
 from edgepress.models.keras_graph import PASS_THROUGH, Key, axes, calls, function_name, with_widths
-from edgepress.values import MAX_EPOCHS
+from edgepress.specs.section import Section
+from edgepress.values import MAX_BATCH, MAX_EPOCHS, MAX_LEARNING_RATE
 
 log = logging.getLogger(__name__)
 
 Ratio = Annotated[float, Field(ge=0, le=1)]
 
 
-class StructuredPruneConfig(BaseModel):
+class StructuredPruneConfig(Section):
     """Remove whole channels (Conv filters, Dense units) with the smallest norms, then fine-tune."""
 
     model_config = ConfigDict(extra="forbid")
@@ -82,8 +83,8 @@ class StructuredPruneConfig(BaseModel):
     fine_tune_epochs: int = Field(
         3, le=MAX_EPOCHS, ge=0, description="Epochs of training after (oneshot) or while (gradual) pruning."
     )
-    batch_size: int = Field(128, ge=1)
-    learning_rate: float = Field(1e-3, gt=0)
+    batch_size: int = Field(128, ge=1, le=MAX_BATCH)
+    learning_rate: float = Field(1e-3, gt=0, le=MAX_LEARNING_RATE)
 
     @model_validator(mode="after")
     def _rounds_fit(self) -> StructuredPruneConfig:

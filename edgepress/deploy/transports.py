@@ -20,10 +20,13 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
+import tempfile
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from edgepress.deploy import runner
@@ -133,12 +136,38 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 
 def _ssh(device: Device, artifacts: list[Path], eval_npz: Path | None, options: list[str],
          op_files: Sequence[tuple[int, Path]] = ()) -> dict:
-    reach = device.reach
-    if not reach.host:
+    if not device.reach.host:
         raise DeviceError(f"Device '{device.name}' is reached over ssh but its profile has no reach.host.")
-    names = [p.name for p in [*artifacts, *(file for _, file in op_files)]]
-    if len(set(names)) != len(names):
-        raise DeviceError(f"Device '{device.name}': artifacts with the same file name cannot share a work folder.")
+    # The work folder on the device is flat: files of the same name (one recipe's artifact in two runs, timed
+    # together by `compare`) go there under names that differ.
+    with _distinct_names([*artifacts, *(file for _, file in op_files)]) as staged:
+        named = staged[: len(artifacts)]
+        return _ssh_run(device, named, eval_npz, options,
+                        [(index, file) for (index, _), file in zip(op_files, staged[len(artifacts):], strict=True)])
+
+
+@contextmanager
+def _distinct_names(paths: list[Path]) -> Iterator[list[Path]]:
+    """`paths` themselves when their file names differ; else links to them (copies where a link cannot be made)
+    named <i>-<name> in a temporary folder, removed after the block."""
+    if len({p.name for p in paths}) == len(paths):
+        yield paths
+        return
+    with tempfile.TemporaryDirectory(prefix="edgepress-ssh-") as folder:
+        staged = []
+        for i, path in enumerate(paths):
+            link = Path(folder) / f"{i}-{path.name}"
+            try:
+                os.link(path, link)
+            except OSError:  # another file system, or links not allowed
+                shutil.copyfile(path, link)
+            staged.append(link)
+        yield staged
+
+
+def _ssh_run(device: Device, artifacts: list[Path], eval_npz: Path | None, options: list[str],
+             op_files: Sequence[tuple[int, Path]]) -> dict:
+    reach = device.reach
     folder = f"{reach.workdir.rstrip('/')}/edgepress-{uuid.uuid4().hex[:12]}"
     files = [Path(runner.__file__), *artifacts, *(file for _, file in op_files)] + ([eval_npz] if eval_npz else [])
     remote = [*shlex.split(reach.python), "runner.py", *(a.name for a in artifacts), *options]
@@ -239,9 +268,14 @@ def parse_benchmark_model(output: str) -> dict:
         return float(values[key]) / 1000 if key in values else None
 
     init_mb, overall_mb = number(r"init=([\d.e+]+)"), number(r"overall=([\d.e+]+)")
+    init_us = number(r"Init: ([\d.e+]+)")
+    if init_us is None:
+        raise EdgepressError("benchmark_model printed its timings but no 'Init:' line (the model's load time): "
+                             "this version's output is not one edgepress reads. Use LiteRT's benchmark_model "
+                             "(2.x), or give reach.benchmark_model the path of one.")
     return {
         "runtime": {"name": "benchmark_model", "version": None, "providers": [], "warnings": []},
-        "load_ms": number(r"Init: ([\d.e+]+)") / 1000,
+        "load_ms": init_us / 1000,
         "first_inference_ms": (number(r"First inference: ([\d.e+]+)") or 0) / 1000,
         "latency_ms": {
             "runs": int(count), "warmup": None, "mean": ms("avg"), "std": ms("std"), "min": ms("min"),

@@ -18,9 +18,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgepress.errors import EdgepressError
+from edgepress.specs.section import Section
 
 TFLITE_RUNTIMES = ("ai_edge_litert", "tflite_runtime", "tf.lite", "benchmark_model")
 ONNX_RUNTIMES = ("onnxruntime",)
@@ -32,7 +33,7 @@ _HOSTNAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
 _USER = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]{0,63}")
 
 
-class Reach(BaseModel):
+class Reach(Section):
     """How edgepress gets an artifact onto the device and runs it."""
 
     model_config = ConfigDict(extra="forbid")
@@ -69,6 +70,19 @@ class Reach(BaseModel):
                              "only, not starting with '-')")
         return host
 
+    @field_validator("python")
+    @classmethod
+    def _a_command(cls, python: str) -> str:
+        import shlex
+
+        try:
+            words = shlex.split(python)
+        except ValueError as e:  # an unclosed quote
+            raise ValueError(f"{python!r} is not a command line ({e})") from None
+        if not words:
+            raise ValueError("give the Python command on the device, e.g. python3")
+        return python
+
     @field_validator("user")
     @classmethod
     def _user_name(cls, user: str | None) -> str | None:
@@ -78,7 +92,7 @@ class Reach(BaseModel):
         return user
 
 
-class ExportChoice(BaseModel):
+class ExportChoice(Section):
     model_config = ConfigDict(extra="forbid")
 
     format: Literal["tflite", "onnx"]
@@ -94,7 +108,7 @@ class ExportChoice(BaseModel):
         return self
 
 
-class KnownFailure(BaseModel):
+class KnownFailure(Section):
     """An export this device's runtime is known not to run (an op, op version or schema its runtime lacks)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -104,7 +118,7 @@ class KnownFailure(BaseModel):
     reason: str = Field(description="What the runtime lacks, e.g. 'ai-edge-litert 1.4 has no int4 FULLY_CONNECTED'.")
 
 
-class Device(BaseModel):
+class Device(Section):
     """A target device profile."""
 
     model_config = ConfigDict(extra="forbid")
@@ -132,6 +146,13 @@ class Device(BaseModel):
     known_failures: list[KnownFailure] = Field(
         default_factory=list, description="Exports its runtime is known not to run; the plan warns when one is chosen."
     )
+
+    @field_validator("name")
+    @classmethod
+    def _a_name(cls, name: str) -> str:
+        from edgepress.values import plain_name
+
+        return plain_name(name)
 
     def runs(self, format: str) -> bool:
         """True if one of this device's runtimes runs `format` files."""

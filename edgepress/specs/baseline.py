@@ -5,27 +5,35 @@ Pure schema (pydantic only); `edgepress.compare` does the comparison.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
+
+from edgepress.specs.section import Section
 
 
 def _fraction(value, name: str, points: bool = False):
-    """0.1 or '10%' -> 0.1; for points, also '0.2 pt' -> 0.002 (accuracy is a fraction, a point is 1%)."""
+    """0.1 or '10%' -> 0.1; for points, also '0.2 pt' -> 0.002 (accuracy is a fraction, a point is 1%). A limit is
+    0 or more and finite (a negative one would call every run a regression)."""
+    example = "0.002 or '0.2 pt'" if points else "0.1 or '10%'"
+    given = value
     if isinstance(value, str):
         text = value.strip().lower()
         for unit in (("pt", "%") if points else ("%",)):
             if text.endswith(unit):
                 try:
-                    return float(text[: -len(unit)]) / 100
+                    value = float(text[: -len(unit)]) / 100
                 except ValueError:
-                    break
-        example = "0.002 or '0.2 pt'" if points else "0.1 or '10%'"
-        raise ValueError(f"{name} must be a fraction or a percentage ({example}), got {value!r}")
-    if value is None or float(value) < 0:
-        raise ValueError(f"{name} must be 0 or more, got {value!r}")
+                    pass
+                break
+        if isinstance(value, str):
+            raise ValueError(f"{name} must be a fraction or a percentage ({example}), got {given!r}")
+    if value is None or isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name} must be a fraction or a percentage ({example}), got {given!r}")
+    if not 0 <= float(value) < float("inf"):
+        raise ValueError(f"{name} must be 0 or more (and finite), got {given!r}")
     return value
 
 
-class BaselineSpec(BaseModel):
+class BaselineSpec(Section):
     """gates.baseline: a previous run's results.json and how far this run may fall behind it."""
 
     model_config = ConfigDict(extra="forbid")

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator
 
 from edgepress.errors import EdgepressError
 from edgepress.formats import QUANTIZED
+from edgepress.specs.section import Section
 from edgepress.values import fraction
 
 # ONNX static quantization settings per target, after optimum's AutoQuantizationConfig (static, QDQ).
@@ -28,7 +29,7 @@ PRESETS: dict[str, dict] = {
 }
 
 
-class CalibrationConfig(BaseModel):
+class CalibrationConfig(Section):
     """How activation ranges are calibrated. Only `samples` applies to TFLite (its converter calibrates min-max)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -55,7 +56,7 @@ class CalibrationConfig(BaseModel):
         return options
 
 
-class QuantizeConfig(BaseModel):
+class QuantizeConfig(Section):
     """Quantize to int8 within an accuracy budget, keeping the most sensitive layers in float if needed."""
 
     model_config = ConfigDict(extra="forbid")

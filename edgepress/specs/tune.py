@@ -9,9 +9,14 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
+
+from edgepress.specs.section import Section
 
 _UNITS = {"s": 1, "m": 60, "h": 3600}
+DEFAULT_TRIALS = 20
+# The trial count a time budget stands for when no count is given: the budget, not a count, ends such a tune.
+MAX_TRIALS = 10_000
 
 
 def parse_duration(value) -> float | None:
@@ -24,7 +29,7 @@ def parse_duration(value) -> float | None:
     return float(match.group(1)) * _UNITS[match.group(2) or "s"]
 
 
-class SpaceSpec(BaseModel):
+class SpaceSpec(Section):
     """What a trial may choose. Each device's precisions come from its profile unless `precisions` lists some."""
 
     model_config = ConfigDict(extra="forbid")
@@ -60,28 +65,36 @@ class SpaceSpec(BaseModel):
             raise ValueError(f"ratio must be [low, high] with 0 <= low <= high < 1, not {list(self.ratio)}")
         return self
 
-    @field_validator("fine_tune_epochs")
+    @field_validator("fine_tune_epochs", "round_to")
     @classmethod
-    def _positive(cls, value: list[int]) -> list[int]:
-        if any(e < 1 for e in value):
-            raise ValueError("every fine_tune_epochs choice must be at least 1")
+    def _positive(cls, value: list[int] | None, info) -> list[int] | None:
+        if value is not None and any(e < 1 for e in value):
+            raise ValueError(f"every {info.field_name} choice must be at least 1")
+        return value
+
+    @field_validator("layer_guidance")
+    @classmethod
+    def _guidance(cls, value: list[float]) -> list[float]:
+        if any(not 0 <= g <= 1 for g in value):
+            raise ValueError("every layer_guidance choice must be between 0 and 1")
         return value
 
 
-class TuneSpec(BaseModel):
+class TuneSpec(Section):
     """A search for the fastest artifact per device within the recipe's gates (`edgepress tune`)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    trials: int = Field(20, ge=1, description="Finished trials the study should hold (a resumed tune counts "
-                        "the ones it has; raise it to extend a finished tune).")
+    trials: int = Field(DEFAULT_TRIALS, ge=1, le=MAX_TRIALS, description="Finished trials the study should hold (a "
+                        f"resumed tune counts the ones it has; raise it to extend a finished tune). Default "
+                        f"{DEFAULT_TRIALS}, or with a time_budget as many as fit in it (up to {MAX_TRIALS}).")
     time_budget: float | None = Field(
         None, gt=0, description="Wall-time limit of this invocation, seconds or '30m': no trial starts after it "
         "(a trial under way finishes)."
     )
     sampler: Literal["tpe", "nsga2"] = Field("tpe", description="Optuna multi-objective sampler (TPE's random "
                                              "start: a third of the trials that fit, 2 to 10).")
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)
     parallel: int | None = Field(
         None, ge=1, description="Trials at once; default 1 locally (latency is measured on this machine), the "
         "cluster's CPUs with Ray."
@@ -103,3 +116,11 @@ class TuneSpec(BaseModel):
     @classmethod
     def _duration(cls, value):
         return parse_duration(value)
+
+    @model_validator(mode="after")
+    def _budget_lifts_the_trial_count(self) -> TuneSpec:
+        # A time budget without a trial count: the tune runs trials until the budget is spent (the default count,
+        # 20, stopped a 15-minute tune with a third of its time left).
+        if self.time_budget is not None and "trials" not in self.model_fields_set:
+            self.trials = MAX_TRIALS
+        return self

@@ -21,7 +21,7 @@ from pathlib import Path
 from edgepress import files, verdict
 from edgepress.compress.step import registered
 from edgepress.errors import EdgepressError, GateFailed
-from edgepress.specs.tune import TuneSpec
+from edgepress.specs.tune import MAX_TRIALS, TuneSpec
 from edgepress.text import ms, percent
 from edgepress.tune import results as out
 from edgepress.tune.execute import executor_for
@@ -86,6 +86,9 @@ def tune(recipe, run_dir: str | Path, progress=None, ray: str | None = None) -> 
     budgets = {"max_accuracy_drop": gates.max_accuracy_drop, "max_p50_ms": gates.max_p50_ms,
                "max_bytes": gates.max_bytes}
     space = Space.of(spec, devices, gates.max_accuracy_drop)
+    _check_tune_dir(run_dir)
+    if run_dir.is_dir():  # a killed tune's temporaries, at any depth (tune.json's, a trial's artifacts')
+        files.clean_leftovers(run_dir)
     db = run_dir / "study.db"
     # A corrupt study file stops the tune before any work.
     study = _open_study(db, spec, names, space, budgets) if db.exists() else None
@@ -118,6 +121,29 @@ def tune(recipe, run_dir: str | Path, progress=None, ray: str | None = None) -> 
     results = summarize(study, space, budgets, source, names, loop.dropped, base, targets, run_dir,
                         time.monotonic() - started)
     return TuneResult(results, run_dir)
+
+
+# What a tune writes into its run directory: a folder holding any of these is a tune's (resumed or extended).
+_TUNE_FILES = ("study.db", "tune.json", "source", "trials")
+
+
+def _check_tune_dir(run_dir: Path) -> None:
+    """Refuse, before any work, a run directory that is a folder of the user's own files (as `edgepress run` does),
+    and a source/ or trials/ that is not a real folder inside it (a symlink out would take the trials' files
+    elsewhere)."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise EdgepressError(f"The run directory {run_dir} is an existing file, not a folder. Give -o a folder path.")
+    if not run_dir.is_dir():
+        return
+    for name in ("source", "trials"):
+        files.real_dir_inside(run_dir, run_dir / name, "where the tune keeps its runs")
+    if any((run_dir / name).exists() for name in _TUNE_FILES):
+        return
+    others = sorted(p.name for p in run_dir.iterdir() if not p.name.startswith("."))
+    if others:
+        shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+        raise EdgepressError(f"The run directory {run_dir} already holds other files ({shown}) and no tune: give -o "
+                             "a new or empty folder, or the folder of a tune to resume it.")
 
 
 def _open_study(db: Path, spec: TuneSpec, names: list[str], space: Space, budgets: dict):
@@ -221,7 +247,7 @@ class _Loop:
                 trial = self.study.ask()
                 params = self.space.suggest(trial)
                 live = [n for n in self.names if n not in self.dropped]
-                name = f"t{trial.number:03d}"
+                name = _trial_name(trial.number)
                 exports = exports_for(self._export_choices(), self.space.aware_drop, live)
                 recipe = recipe_for(self.base, name, self.space.steps(params), exports, [self.targets[n] for n in live])
                 key = key_of(recipe)
@@ -246,8 +272,8 @@ class _Loop:
                 done += 1
                 self._pace(done, result)
         if self._out_of_time() and done < self.spec.trials:
-            self.progress.done(f"time budget reached after {done} of {self.spec.trials} trials; run the same command "
-                               "again to go on")
+            of = f" of {self.spec.trials}" if self.spec.trials < MAX_TRIALS else ""
+            self.progress.done(f"time budget reached after {done}{of} trials; run the same command again to go on")
 
     def _export_choices(self) -> dict[str, list[str]]:
         """Each device's export choices, less those that lost to fp32 in every trial so far (`losing_exports`)."""
@@ -277,7 +303,8 @@ class _Loop:
                                "the time budget")
 
     def _status(self, done: int) -> str:
-        text = f"trial {done}/{self.spec.trials} done"
+        # Under a time budget without a trial count, the budget is the limit: no "/10000".
+        text = f"trial {done}/{self.spec.trials} done" if self.spec.trials < MAX_TRIALS else f"trial {done} done"
         if self.deadline is not None:
             text += f", {max(0, self.deadline - time.monotonic()) / 60:.1f} min left"
         return text
@@ -301,6 +328,9 @@ class _Loop:
             # Trial(study, id) is Optuna's handle for a trial of a study; FrozenTrial keeps the id as _trial_id.
             optuna.trial.Trial(self.study, t._trial_id).set_user_attr("interrupted", True)
             self.study.tell(t.number, state=TrialState.FAIL)
+            # Its half-done folder (models, artifacts, their temporaries) is no trial's result: the asked-again
+            # trial gets its own.
+            files.remove_inside(self.run_dir, self.run_dir / "trials" / _trial_name(t.number))
             if t.params:
                 self.study.enqueue_trial(t.params, skip_if_exists=False)
             self.progress.done(f"trial {t.number} was interrupted by a stopped tune: asked again")
@@ -382,6 +412,11 @@ class _Loop:
         best = _best_points(self.study, self.source, self.names)
         return "; ".join(f"{d} {p['artifact']} {ms(p['p50_ms'])} ms {percent(p['accuracy'])} "
                          f"{p['bytes']:,} B" if p else f"{d} none within the budgets" for d, p in best.items())
+
+
+def _trial_name(number: int) -> str:
+    """A trial's folder under trials/."""
+    return f"t{number:03d}"
 
 
 def _constrain(trial, constraints: dict[str, float]) -> None:
