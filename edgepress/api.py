@@ -173,7 +173,7 @@ def _measure_all(plan: Plan, made: list[tuple], reference: np.ndarray, progress:
             failures[device.name] = str(e)
             progress.done(f"{device.name} failed: {e}")
             continue
-        if plan.recipe.measure.profile:
+        if plan.recipe.measure.profile and plan.recipe.lm is None:  # a decoder's signatures are timed by the runner
             from edgepress.deploy.profile import profile_many
 
             progress.update(f"profile {len(todo)} artifact(s) op by op on {device.name}")
@@ -295,9 +295,12 @@ def _measure(plan: Plan, artifacts: list, reference: np.ndarray, device) -> list
     """The report rows of `artifacts` on `device`: scored one by one, timed together (adaptive runs)."""
     from edgepress.deploy.measure import measure_many
 
-    m, data = plan.recipe.measure, plan.export_data
-    results = measure_many(artifacts, (data.x_test, data.y_test), device, m.runs, m.warmup, m.threads, reference,
-                           m.run_cap, m.target_ci_width, m.max_seconds)
+    m, data, lm = plan.recipe.measure, plan.export_data, plan.recipe.lm
+    x, y = data.x_test, data.y_test
+    if lm is not None:  # a decoder LM: its first eval_windows, each teacher-forced token by token through the file
+        x, y, reference = x[: lm.eval_windows], y[: lm.eval_windows], reference[: lm.eval_windows]
+    results = measure_many(artifacts, (x, y), device, m.runs, m.warmup, m.threads, reference, m.run_cap,
+                           m.target_ci_width, m.max_seconds, None if lm is None else lm.prompt_len)
     return [_row(artifact, device, result) for artifact, result in zip(artifacts, results, strict=True)]
 
 
@@ -323,5 +326,6 @@ def _row(artifact, device, result: dict) -> dict:
         "memory": result["memory"],
         "runtime": result["runtime"],
         "host": result.get("host"),  # CPU, cores, load average before and after the timing (the runner's)
+        "lm": result.get("lm"),  # a decoder LM's TTFT, decode tokens/s, cache and prompt lengths (runner.lm_benchmark)
         "profile": None,  # the per-op profile (edgepress/deploy/profile.py), when measure.profile is on
     }

@@ -22,6 +22,8 @@ GATE_WORDS = {
     "max_bytes": "file size",
     "max_perplexity": "perplexity",
     "max_memory_mb": "peak memory",
+    "min_decode_tokens_per_s": "decode tokens/s",
+    "max_ttft_ms": "time to first token",
     "quantize_max_accuracy_drop": "accuracy-aware budget: drop from the exported float model",
     "quantize_min_int8_macs": "accuracy-aware int8: share of MACs in integer kernels",
 }
