@@ -118,7 +118,7 @@ class DecoderTflite(Exporter):
         cache, prompt = check_lm_request(request)
         config = request.source.config
         wrapper = _Static(request.source.module)
-        kv = torch.zeros((2 * config.layers, 1, config.heads, cache, config.head_dim))
+        kv = torch.zeros((2 * config.layers, 1, config.kv_heads, cache, config.head_dim))
         prefill = {"tokens": torch.zeros((1, prompt), dtype=torch.int32),
                    "input_pos": torch.arange(prompt, dtype=torch.int32), "kv": kv}
         decode = {"tokens": torch.zeros((1, 1), dtype=torch.int32), "input_pos": torch.zeros(1, dtype=torch.int32),
@@ -167,7 +167,7 @@ class DecoderOnnx(Exporter):
         config = source.config
         names = past_names(config.layers)
         # A sample past of 1 token, so the tracer sees the concatenation with a real past.
-        pasts = tuple(torch.zeros((1, config.heads, 1, config.head_dim)) for _ in names)
+        pasts = tuple(torch.zeros((1, config.kv_heads, 1, config.head_dim)) for _ in names)
         ids = torch.zeros((1, 2), dtype=torch.int64)
         presents = [n.replace("past_key_values.", "present.") for n in names]
         axes = {"input_ids": {1: "sequence"}, "logits": {1: "sequence"},

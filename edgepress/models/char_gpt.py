@@ -43,6 +43,10 @@ class GPTConfig:
         return self.width // self.heads
 
     @property
+    def kv_heads(self) -> int:
+        return self.heads
+
+    @property
     def hidden(self) -> int:
         return self.mlp or 2 * self.width
 
@@ -86,7 +90,57 @@ class Block(nn.Module):
         return x + self.down(torch.nn.functional.silu(self.gate(h)) * self.up(h)), cache
 
 
-class CharGPT(nn.Module):
+class CachedDecoder(nn.Module):
+    """The three ways a decoder runs (whole sequence, fixed cache, growing cache), over a subclass's
+    `_run(tokens, positions, mask, merges)`: logits and each layer's cache, a block calling `merges[i](k, v)` to get
+    the keys and values its queries see. `config` has vocab, layers, kv_heads, head_dim and max_len."""
+
+    def _run(self, tokens, positions, mask, merges):
+        raise NotImplementedError
+
+    def forward(self, tokens):
+        """Logits (B, T, vocab) of the next token after each of `tokens` (B, T), causal, no cache."""
+        t = tokens.shape[1]
+        positions = torch.arange(t, device=tokens.device)
+        mask = torch.triu(torch.full((t, t), MASKED, device=tokens.device), diagonal=1)
+        logits, _ = self._run(tokens, positions, mask, [lambda k, v: (k, v, None)] * self.config.layers)
+        return logits
+
+    def step_static(self, tokens, input_pos, kv):
+        """`tokens` (1, T) at positions `input_pos` (T,) against the fixed cache `kv` (2 * layers, 1, kv_heads, S,
+        head_dim): logits (1, T, vocab) and the cache with these tokens' keys and values written at `input_pos`."""
+        size = kv.shape[3]
+        mask = torch.where(torch.arange(size)[None, :] <= input_pos[:, None].long(), 0.0, MASKED)
+        index = input_pos.long()
+
+        def merge_at(layer):
+            def merge(k, v):
+                keys = kv[2 * layer].index_copy(2, index, k)
+                values = kv[2 * layer + 1].index_copy(2, index, v)
+                return keys, values, (keys, values)
+            return merge
+
+        logits, caches = self._run(tokens, input_pos, mask, [merge_at(i) for i in range(self.config.layers)])
+        return logits, torch.stack([z for pair in caches for z in pair])
+
+    def step_growing(self, tokens, pasts):
+        """`tokens` (B, T) after the past keys and values `pasts` [(k, v) per layer, each (B, kv_heads, P,
+        head_dim)]: logits (B, T, vocab) and the presents [(k, v)], each (B, kv_heads, P + T, head_dim)."""
+        t, past = tokens.shape[1], pasts[0][0].shape[2]
+        positions = torch.arange(t) + past
+        mask = torch.where(torch.arange(past + t)[None, :] <= positions[:, None], 0.0, MASKED)
+
+        def merge_after(layer):
+            def merge(k, v):
+                keys = torch.cat([pasts[layer][0], k], dim=2)
+                values = torch.cat([pasts[layer][1], v], dim=2)
+                return keys, values, (keys, values)
+            return merge
+
+        return self._run(tokens, positions, mask, [merge_after(i) for i in range(self.config.layers)])
+
+
+class CharGPT(CachedDecoder):
     """A decoder-only transformer over a character vocabulary; see the module docstring."""
 
     def __init__(self, config: GPTConfig) -> None:
@@ -106,47 +160,6 @@ class CharGPT(nn.Module):
             caches.append(cache)
         return self.head(self.norm(x)), caches
 
-    def forward(self, tokens):
-        """Logits (B, T, vocab) of the next token after each of `tokens` (B, T), causal, no cache."""
-        t = tokens.shape[1]
-        positions = torch.arange(t, device=tokens.device)
-        mask = torch.triu(torch.full((t, t), MASKED, device=tokens.device), diagonal=1)
-        logits, _ = self._run(tokens, positions, mask, [lambda k, v: (k, v, None)] * len(self.blocks))
-        return logits
-
-    def step_static(self, tokens, input_pos, kv):
-        """`tokens` (1, T) at positions `input_pos` (T,) against the fixed cache `kv` (2 * layers, 1, heads, S,
-        head_dim): logits (1, T, vocab) and the cache with these tokens' keys and values written at `input_pos`."""
-        size = kv.shape[3]
-        mask = torch.where(torch.arange(size)[None, :] <= input_pos[:, None].long(), 0.0, MASKED)
-        index = input_pos.long()
-
-        def merge_at(layer):
-            def merge(k, v):
-                keys = kv[2 * layer].index_copy(2, index, k)
-                values = kv[2 * layer + 1].index_copy(2, index, v)
-                return keys, values, (keys, values)
-            return merge
-
-        logits, caches = self._run(tokens, input_pos, mask, [merge_at(i) for i in range(len(self.blocks))])
-        return logits, torch.stack([z for pair in caches for z in pair])
-
-    def step_growing(self, tokens, pasts):
-        """`tokens` (B, T) after the past keys and values `pasts` [(k, v) per layer, each (B, heads, P, head_dim)]:
-        logits (B, T, vocab) and the presents [(k, v)], each (B, heads, P + T, head_dim)."""
-        t, past = tokens.shape[1], pasts[0][0].shape[2]
-        positions = torch.arange(t) + past
-        mask = torch.where(torch.arange(past + t)[None, :] <= positions[:, None], 0.0, MASKED)
-
-        def merge_after(layer):
-            def merge(k, v):
-                keys = torch.cat([pasts[layer][0], k], dim=2)
-                values = torch.cat([pasts[layer][1], v], dim=2)
-                return keys, values, (keys, values)
-            return merge
-
-        return self._run(tokens, positions, mask, [merge_after(i) for i in range(len(self.blocks))])
-
 
 def build_char_gpt(vocab: int = 97, width: int = 128, layers: int = 2, heads: int = 4, max_len: int = 256,
                    mlp: int = 0, seed: int = 0) -> CharGPT:
@@ -165,7 +178,12 @@ def train_char_gpt(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int =
     inputs, labels = torch.from_numpy(np.asarray(x, np.int64)), torch.from_numpy(np.asarray(y, np.int64))
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.01)
     steps = max(1, epochs * math.ceil(len(inputs) / batch_size))
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, learning_rate, total_steps=steps, pct_start=0.1)
+    warmup = max(1, steps // 20)
+
+    def rate(i: int) -> float:  # linear warm-up, then a cosine decay to 10% of the learning rate
+        return min(1.0, (i + 1) / warmup) * (0.1 + 0.45 * (1 + math.cos(math.pi * min(i, steps) / steps)))
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, rate)
     generator = torch.Generator().manual_seed(seed)
     if teacher is not None:
         teacher.eval()

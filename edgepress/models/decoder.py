@@ -1,4 +1,5 @@
-"""A decoder-only language model (PyTorch) with a KV cache: the zoo's char_gpt, or a model directory.
+"""A decoder-only language model (PyTorch) with a KV cache: the zoo's char_gpt, or a model directory (char_gpt's, or
+a Hugging Face Llama's: edgepress.models.llama).
 
     source = DecoderSource(build_char_gpt(), window=64)   # a module with step_static / step_growing
     source = DecoderSource.load(Path("runs/x/models/0-source"), trusted=False)   # config.json + model.safetensors
@@ -24,6 +25,8 @@ from edgepress.models.graph import Graph, temporary
 from edgepress.models.source import register
 
 ARCHITECTURE_KEY = "edgepress_decoder"
+# The token window the model is scored on (the data's), kept in config.json and on the module (a step's result).
+WINDOW_KEY = "edgepress_window"
 
 
 @register
@@ -48,7 +51,14 @@ class DecoderSource(Graph):
         self.name = path.name if path is not None else name
         self.input_name = "tokens"
         self.input_dtype = np.dtype("float32")  # token ids as float, like every edgepress input
+        window = window if window is not None else getattr(module, WINDOW_KEY, None)
         self.input_shape = (None, window)
+        setattr(module, WINDOW_KEY, window)
+
+    def with_input_shape(self, sample_shape) -> DecoderSource:
+        super().with_input_shape(sample_shape)
+        setattr(self.module, WINDOW_KEY, self.input_shape[1])
+        return self
 
     @property
     def model(self):
@@ -69,24 +79,32 @@ class DecoderSource(Graph):
 
     @classmethod
     def opens(cls, path: Path) -> bool:
-        config = path / "config.json"
-        if not (path.is_dir() and config.is_file() and (path / "model.safetensors").is_file()):
+        """A directory with config.json (edgepress's char_gpt, or a Hugging Face Llama) and safetensors weights."""
+        if not (path.is_dir() and (path / "config.json").is_file() and any(path.glob("*.safetensors"))):
             return False
         try:
-            return ARCHITECTURE_KEY in json.loads(config.read_text())
+            settings = json.loads((path / "config.json").read_text())
         except (ValueError, OSError):
             return False
+        from edgepress.models.llama import is_llama
+
+        return isinstance(settings, dict) and (ARCHITECTURE_KEY in settings or is_llama(settings))
 
     @classmethod
     def load(cls, path: Path, trusted: bool = False) -> DecoderSource:
+        """The decoder in `path`, read as data (JSON settings, safetensors tensors) whether or not `trusted`."""
+        from edgepress.models.llama import is_llama, load_llama
+
+        settings = json.loads((path / "config.json").read_text())
+        window = settings.pop(WINDOW_KEY, None)
+        if is_llama(settings):
+            return cls(load_llama(path, settings), window, path)
         from safetensors.torch import load_file
 
         from edgepress.models.char_gpt import CharGPT, GPTConfig
 
         try:
-            settings = json.loads((path / "config.json").read_text())
             architecture = settings.pop(ARCHITECTURE_KEY)
-            window = settings.pop("window", None)
             if architecture != "char_gpt":
                 raise EdgepressError(f"{path}/config.json names the architecture {architecture!r}; edgepress builds "
                                      "char_gpt decoders from a config.json.")
@@ -94,7 +112,7 @@ class DecoderSource(Graph):
             module.load_state_dict(load_file(str(path / "model.safetensors")))
         except EdgepressError:
             raise
-        except Exception as e:  # bad JSON, unknown settings, missing or misshapen tensors
+        except Exception as e:  # unknown settings, missing or misshapen tensors
             raise EdgepressError(
                 f"Cannot load the decoder in {path}: {first_line(e)}. A decoder directory is what edgepress writes "
                 "into a run's models/ folder (config.json + model.safetensors)."
@@ -122,16 +140,23 @@ class DecoderSource(Graph):
         import torch
 
         linear = sum(m.weight.numel() for m in self.module.modules() if isinstance(m, torch.nn.Linear))
-        attention = self.config.layers * self.config.heads * self.config.head_dim * window * (window + 1)
+        heads = getattr(self.config, "heads", 1)
+        attention = self.config.layers * heads * self.config.head_dim * window * (window + 1)
         return {"params": self.count_params(), "macs": int(linear * window + attention), "sparsity": None}
 
     def write(self, path: Path) -> None:
         from safetensors.torch import save_file
 
         path.mkdir(parents=True)
-        settings = {ARCHITECTURE_KEY: "char_gpt", **self.config.to_dict(), "window": self.input_shape[1]}
+        if hasattr(self.module, "tensors"):  # a Hugging Face model: its own config.json and tensor names
+            settings, tensors = dict(self.module.settings), self.module.tensors()
+        else:
+            settings = {ARCHITECTURE_KEY: "char_gpt", **self.config.to_dict()}
+            tensors = {k: v.contiguous() for k, v in self.module.state_dict().items()}
+        if self.input_shape[1] is not None:
+            settings[WINDOW_KEY] = self.input_shape[1]
         (path / "config.json").write_text(json.dumps(settings, indent=2) + "\n")
-        save_file({k: v.contiguous() for k, v in self.module.state_dict().items()}, str(path / "model.safetensors"))
+        save_file(tensors, str(path / "model.safetensors"))
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         import torch
