@@ -27,6 +27,7 @@ def ci_sized(tmp_path) -> dict:
     """recipes/python_char_gpt.yaml with a test-sized model, data, cache and timing (its exports and gates kept)."""
     recipe = yaml.safe_load((REPO / "recipes" / "python_char_gpt.yaml").read_text())
     recipe["model"].update(zoo="char_gpt_tiny", train_epochs=1)
+    recipe["steps"] = [{**recipe["steps"][0], "width": 16, "layers": 1, "heads": 2, "epochs": 1}]
     recipe["data"].update(train_size=300, test_size=8, check_samples=2)
     recipe["lm"] = {"cache_len": 72, "prompt_len": 8, "eval_windows": 4}
     recipe["exports"] = [e for e in recipe["exports"] if e["precision"] in ("fp32", "dynamic", "int4_weight")]
@@ -43,6 +44,8 @@ def test_the_char_gpt_recipe_runs_end_to_end(tmp_path):
     assert result.exit_code == 0, result.output
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["source"]["kind"] == "decoder" and results["recipe"]["lm"]["prompt_len"] == 8
+    teacher, student = results["models"]
+    assert student["stage"] == "lm_distill" and student["params"] < teacher["params"] == student["teacher_params"]
     rows = {(a["format"], a["precision"]): a for a in results["artifacts"]}
     assert set(rows) == {("tflite", "fp32"), ("tflite", "dynamic"), ("tflite", "int4_weight"), ("onnx", "fp32"),
                          ("onnx", "int4_weight")}
@@ -58,6 +61,7 @@ def test_the_char_gpt_recipe_runs_end_to_end(tmp_path):
     report = (tmp_path / "run" / "report.md").read_text()
     assert "decode tokens/s" in report and "TTFT ms" in report and "min_decode_tokens_per_s >=" in report
     assert (tmp_path / "run" / "models" / "0-source" / "model.safetensors").is_file()
+    assert json.loads((tmp_path / "run" / "models" / "1-lm_distill" / "config.json").read_text())["width"] == 16
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +104,13 @@ def test_an_lm_section_for_a_model_that_is_not_a_decoder(tmp_path):
     path = save_torch_program(torch.nn.Sequential(torch.nn.Linear(64, 97)), torch.zeros(2, 64), tmp_path / "m.pt2")
     with pytest.raises(EdgepressError, match="not a decoder"):
         _plan(tmp_path, {"path": str(path)}, {"cache_len": 64})
+
+
+def test_a_student_no_smaller_than_its_teacher_is_refused(decoder_dir, tmp_path):
+    recipe = {"name": "g", "model": {"path": str(decoder_dir)}, "steps": [{"type": "lm_distill", "width": 32}],
+              "data": {"dataset": "python_source", "train_size": 10, "test_size": 4}}
+    with pytest.raises(EdgepressError, match="no smaller than its teacher \\(width 16, 1 layers\\)"):
+        make_plan(Recipe.model_validate(recipe), tmp_path / "run")
 
 
 def test_a_prompt_longer_than_the_cache_is_refused_by_the_schema():
