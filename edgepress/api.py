@@ -183,6 +183,12 @@ def _measure_all(plan: Plan, made: list[tuple], reference: np.ndarray, progress:
                 row["profile"] = profile
         for (_, artifact, extra), row in zip(todo, measured, strict=True):
             rows.append({**row, **extra})
+            if row.get("lm"):  # a decoder LM: what its user reads
+                lm = row["lm"]
+                progress.done(f"{artifact.name} on {device.name}: {artifact.bytes:,} bytes, perplexity "
+                              f"{row['metrics']['perplexity']:.3f}, {lm['decode_tokens_per_s']['p50']:,.0f} decode "
+                              f"tokens/s, TTFT {ms(lm['ttft_ms']['p50'])} ms for {lm['prompt_len']} tokens")
+                continue
             progress.done(f"{artifact.name} on {device.name}: {artifact.bytes:,} bytes, "
                           f"accuracy {percent(row['metrics']['accuracy'])}, p50 {ms(row['latency']['p50'])} ms"
                           + interval_text(row["latency"]))

@@ -116,7 +116,7 @@ def make_plan(recipe: Recipe, run_dir: str | os.PathLike | None = None, progress
     data = load_dataset(spec.dataset, spec.path, spec.train_size, spec.test_size, spec.seed)
     source, source_name, train = _source(recipe, data, progress)
     _check_one_input_one_output(source, source_name)
-    recipe = _with_lm(recipe, source, source_name)
+    recipe = _with_lm(recipe, source, source_name, devices, data)
     data = data.fit_to(tuple(source.input_shape[1:]))
     _check_data_fits(source, data, source_name)
     recipe, notes = _applicable(source, recipe)
@@ -262,10 +262,11 @@ def _check_data_fits(source: Source, data, what: str) -> None:
         )
 
 
-def _with_lm(recipe: Recipe, source: Source, what: str) -> Recipe:
-    """The recipe with its lm: section resolved for a decoder LM (defaults filled in), refused where the model or
-    the data cannot have it: a cache past the model's position limit, a prompt or a cache that does not fit the
-    data's windows, lm: for a model that is not a decoder."""
+def _with_lm(recipe: Recipe, source: Source, what: str, devices: list[Device], data: Dataset) -> Recipe:
+    """The recipe with its lm: section resolved for a decoder LM (defaults filled in), refused where the model, the
+    data or a target cannot have it: token ids past the model's vocabulary, a cache past its position limit, a
+    prompt or a cache that does not fit the data's windows, a target reached over adb (benchmark_model times one
+    signature), lm: for a model that is not a decoder."""
     if source.kind != "decoder":
         if recipe.lm is not None:
             raise EdgepressError(
@@ -275,6 +276,17 @@ def _with_lm(recipe: Recipe, source: Source, what: str) -> Recipe:
             )
         return recipe
     lm = recipe.lm or LMSpec(cache_len=min(LMSpec().cache_len, source.max_len))
+    top, vocab = int(max(data.x_train.max(initial=0), data.x_test.max(initial=0))), source.config.vocab
+    if top >= vocab:
+        raise EdgepressError(f"The data '{data.name}' has token ids up to {top}, and {what} has a vocabulary of "
+                             f"{vocab}: its tokenizer cannot encode the data. Give a model whose vocabulary covers "
+                             f"{top + 1} ids, or data encoded with the model's own tokenizer.")
+    adb = [d.name for d in devices if d.reach.kind == "adb"]
+    if adb:
+        raise EdgepressError(f"{what} is a decoder language model, measured through its prefill and decode by "
+                             f"edgepress's runner, and {', '.join(adb)} is reached over adb, where LiteRT's "
+                             "benchmark_model times one signature only. Reach it over ssh with a Python, or measure on "
+                             "another target.")
     window = source.input_shape[1]
     if lm.cache_len > source.max_len:
         raise EdgepressError(f"lm.cache_len {lm.cache_len} is above the position limit of {what} ({source.max_len} "

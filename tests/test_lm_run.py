@@ -60,6 +60,7 @@ def test_the_char_gpt_recipe_runs_end_to_end(tmp_path):
     assert rows["tflite", "fp32"]["check"]["max_abs_diff"] < 1e-4 and source > 1
     report = (tmp_path / "run" / "report.md").read_text()
     assert "decode tokens/s" in report and "TTFT ms" in report and "min_decode_tokens_per_s >=" in report
+    assert "x86-host: perplexity against decode tokens/s" in (tmp_path / "run" / "report.html").read_text()
     assert (tmp_path / "run" / "models" / "0-source" / "model.safetensors").is_file()
     assert json.loads((tmp_path / "run" / "models" / "1-lm_distill" / "config.json").read_text())["width"] == 16
 
@@ -110,6 +111,20 @@ def test_a_student_no_smaller_than_its_teacher_is_refused(decoder_dir, tmp_path)
     recipe = {"name": "g", "model": {"path": str(decoder_dir)}, "steps": [{"type": "lm_distill", "width": 32}],
               "data": {"dataset": "python_source", "train_size": 10, "test_size": 4}}
     with pytest.raises(EdgepressError, match="no smaller than its teacher \\(width 16, 1 layers\\)"):
+        make_plan(Recipe.model_validate(recipe), tmp_path / "run")
+
+
+def test_a_vocabulary_that_cannot_encode_the_data(tmp_path):
+    small = build_char_gpt(vocab=64, width=16, layers=1, heads=2, max_len=96)
+    DecoderSource(small, window=64).write(tmp_path / "small")
+    with pytest.raises(EdgepressError, match="token ids up to 9[0-9], and .* has a vocabulary of 64"):
+        _plan(tmp_path, {"path": str(tmp_path / "small")}, None)
+
+
+def test_a_target_over_adb_is_refused(decoder_dir, tmp_path):
+    recipe = {"name": "g", "model": {"path": str(decoder_dir)}, "targets": ["android-arm64"],
+              "data": {"dataset": "python_source", "train_size": 10, "test_size": 4}}
+    with pytest.raises(EdgepressError, match="reached over adb"):
         make_plan(Recipe.model_validate(recipe), tmp_path / "run")
 
 
