@@ -174,7 +174,8 @@ def _measure_all(plan: Plan, made: list[tuple], reference: np.ndarray, progress:
             progress.done(f"{device.name} failed: {e}")
             continue
         ran = [(artifact, row) for (_, artifact, _), row in zip(todo, measured, strict=True) if not row.get("error")]
-        if plan.recipe.measure.profile and ran and not device.emulated:  # an emulated CPU's op times mean nothing
+        # An emulated CPU's op times mean nothing; a decoder's signatures are timed by the runner's LM mode.
+        if plan.recipe.measure.profile and ran and not device.emulated and plan.recipe.lm is None:
             from edgepress.deploy.profile import profile_many
 
             progress.update(f"profile {len(ran)} artifact(s) op by op on {device.name}")
@@ -186,6 +187,12 @@ def _measure_all(plan: Plan, made: list[tuple], reference: np.ndarray, progress:
             rows.append({**row, **extra})
             if row.get("error"):
                 progress.done(f"{artifact.name} on {device.name}: not measured: {row['error']}")
+                continue
+            if row.get("lm"):  # a decoder LM: what its user reads
+                lm = row["lm"]
+                progress.done(f"{artifact.name} on {device.name}: {artifact.bytes:,} bytes, perplexity "
+                              f"{row['metrics']['perplexity']:.3f}, {lm['decode_tokens_per_s']['p50']:,.0f} decode "
+                              f"tokens/s, TTFT {ms(lm['ttft_ms']['p50'])} ms for {lm['prompt_len']} tokens")
                 continue
             progress.done(f"{artifact.name} on {device.name}: {artifact.bytes:,} bytes, "
                           f"accuracy {percent(row['metrics']['accuracy'])}, p50 {ms(row['latency']['p50'])} ms"
@@ -306,9 +313,13 @@ def _measure(plan: Plan, artifacts: list, reference: np.ndarray, device) -> list
     """The report rows of `artifacts` on `device`: scored one by one, timed together (adaptive runs)."""
     from edgepress.deploy.measure import measure_many
 
-    m, data = plan.recipe.measure, plan.export_data
-    results = measure_many(artifacts, (data.x_test, data.y_test), device, m.runs, m.warmup, m.threads, reference,
-                           m.run_cap, m.target_ci_width, m.max_seconds, keep_going=True)
+    m, data, lm = plan.recipe.measure, plan.export_data, plan.recipe.lm
+    x, y = data.x_test, data.y_test
+    if lm is not None:  # a decoder LM: its first eval_windows, each teacher-forced token by token through the file
+        x, y, reference = x[: lm.eval_windows], y[: lm.eval_windows], reference[: lm.eval_windows]
+    results = measure_many(artifacts, (x, y), device, m.runs, m.warmup, m.threads, reference, m.run_cap,
+                           m.target_ci_width, m.max_seconds, keep_going=True,
+                           lm_prompt=None if lm is None else lm.prompt_len)
     return [_row(artifact, device, result) for artifact, result in zip(artifacts, results, strict=True)]
 
 
@@ -357,6 +368,7 @@ def _row(artifact, device, result: dict) -> dict:
         **numbers,
         "latency": latency,
         "output_checksum": result.get("output_checksum"),  # the outputs rounded to 4 decimals, hashed (the runner's)
+        "lm": result.get("lm"),  # a decoder LM's TTFT, decode tokens/s, cache and prompt lengths (runner.lm_benchmark)
         "profile": None,  # the per-op profile (edgepress/deploy/profile.py), when measure.profile is on
     }
     if result.get("error"):

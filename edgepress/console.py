@@ -20,11 +20,13 @@ from rich.table import Table
 
 # Kept first to last: at a narrow width the columns at the end go first. The device is each table's title.
 PRIORITY = (
-    "artifact", "precision", "accuracy", "perplexity", "drop", "p50 ms", "speed-up", "gates", "bytes", "format",
-    "layout", "int8", "float layers", "size", "agreement", "p90 ms", "gzip bytes", "runtime",
+    "artifact", "precision", "accuracy", "perplexity", "tokens/s", "TTFT ms", "drop", "p50 ms", "speed-up", "gates",
+    "bytes", "format", "peak MiB", "layout", "int8", "float layers", "size", "agreement", "p90 ms", "gzip bytes",
+    "runtime",
 )
 # The report's column each console column shows, where the name differs (shorter headers fit more columns).
-SOURCE = {"speed-up": "speed-up vs fp32", "int8": "int8 MACs", "size": "size vs fp32"}
+SOURCE = {"speed-up": "speed-up vs fp32", "int8": "int8 MACs", "size": "size vs fp32",
+          "tokens/s": "decode tokens/s"}
 # Only these may wrap; every other cell is one unbroken line.
 WRAPPING = ("float layers", "runtime")
 

@@ -30,6 +30,7 @@ from edgepress.formats import FORMATS, TITLES, artifact_filename, is_calibrated,
 from edgepress.models.datasets import Dataset
 from edgepress.models.source import Source
 from edgepress.recipe import ExportSpec, Recipe
+from edgepress.specs.lm import LMSpec
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class PlannedExport:
 
     spec: ExportSpec
     path: Path
+    lm: LMSpec | None = None  # a decoder LM's cache and prompt lengths
 
     @property
     def label(self) -> str:
@@ -67,8 +69,9 @@ class PlannedExport:
                 steps: tuple[str, ...] = ()) -> ExportRequest:
         """The exporter's request for this export of `source`."""
         s = self.spec
+        lm = {} if self.lm is None else {"cache_len": self.lm.cache_len, "prompt_len": self.lm.prompt_len}
         return ExportRequest(source, self.path, s.format, s.precision, calibration, check_data, steps, s.batch_size,
-                             s.sparse, s.layout, s.block_size, tuple(s.float_layers or ()))
+                             s.sparse, s.layout, s.block_size, tuple(s.float_layers or ()), **lm)
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,7 @@ def make_plan(recipe: Recipe, run_dir: str | os.PathLike | None = None, progress
     data = load_dataset(spec.dataset, spec.path, spec.train_size, spec.test_size, spec.seed)
     source, source_name, train = _source(recipe, data, progress)
     _check_one_input_one_output(source, source_name)
+    recipe = _with_lm(recipe, source, source_name, devices, data)
     data = data.fit_to(tuple(source.input_shape[1:]))
     _check_data_fits(source, data, source_name)
     _check_finite(source, data.x_test[: spec.check_samples], source_name)
@@ -123,7 +127,8 @@ def make_plan(recipe: Recipe, run_dir: str | os.PathLike | None = None, progress
     calibration = _calibration(recipe, export_data)
     exports = tuple(
         PlannedExport(e, run_dir / "artifacts" / artifact_filename(
-            recipe.name, e.format, e.precision, e.batch_size, e.sparse, layout=e.layout, block_size=e.block_size))
+            recipe.name, e.format, e.precision, e.batch_size, e.sparse, layout=e.layout, block_size=e.block_size),
+            recipe.lm)
         for e in recipe.exports
     )
     _check_exports(recipe, exports, final, calibration)
@@ -279,6 +284,45 @@ def _check_finite(source: Source, x: np.ndarray, what: str) -> None:
             "samples. Its exports could only be measured against nonsense; fix the model (or the data: check that "
             "it is scaled the way the model expects) and try again."
         )
+
+
+def _with_lm(recipe: Recipe, source: Source, what: str, devices: list[Device], data: Dataset) -> Recipe:
+    """The recipe with its lm: section resolved for a decoder LM (defaults filled in), refused where the model, the
+    data or a target cannot have it: token ids past the model's vocabulary, a cache past its position limit, a
+    prompt or a cache that does not fit the data's windows, a target reached over adb (benchmark_model times one
+    signature), lm: for a model that is not a decoder."""
+    if source.kind != "decoder":
+        if recipe.lm is not None:
+            raise EdgepressError(
+                f"The recipe has an lm: section (a KV cache for a decoder language model), and {what} is "
+                f"{source.title}, not a decoder: edgepress exports decoders it built (model.zoo: char_gpt) or a model "
+                "directory with config.json and model.safetensors. Remove lm:, or give a decoder."
+            )
+        return recipe
+    lm = recipe.lm or LMSpec(cache_len=min(LMSpec().cache_len, source.max_len))
+    top, vocab = int(max(data.x_train.max(initial=0), data.x_test.max(initial=0))), source.config.vocab
+    if top >= vocab:
+        raise EdgepressError(f"The data '{data.name}' has token ids up to {top}, and {what} has a vocabulary of "
+                             f"{vocab}: its tokenizer cannot encode the data. Give a model whose vocabulary covers "
+                             f"{top + 1} ids, or data encoded with the model's own tokenizer.")
+    adb = [d.name for d in devices if d.reach.kind == "adb"]
+    if adb:
+        raise EdgepressError(f"{what} is a decoder language model, measured through its prefill and decode by "
+                             f"edgepress's runner, and {', '.join(adb)} is reached over adb, where LiteRT's "
+                             "benchmark_model times one signature only. Reach it over ssh with a Python, or measure on "
+                             "another target.")
+    window = source.input_shape[1]
+    if lm.cache_len > source.max_len:
+        raise EdgepressError(f"lm.cache_len {lm.cache_len} is above the position limit of {what} ({source.max_len} "
+                             f"tokens): it cannot attend that far. Set lm.cache_len to at most {source.max_len}.")
+    if window is not None and lm.cache_len < window:
+        raise EdgepressError(f"lm.cache_len {lm.cache_len} is shorter than the data's windows ({window} tokens), "
+                             f"which are scored through the cache: set lm.cache_len to at least {window}.")
+    if window is not None and lm.prompt_len >= window:
+        raise EdgepressError(f"lm.prompt_len {lm.prompt_len} is not shorter than the data's windows ({window} tokens): "
+                             "perplexity is measured on the tokens decoded after the prompt. Set lm.prompt_len "
+                             f"below {window}.")
+    return recipe.model_copy(update={"lm": lm})
 
 
 def _refuse_steps(recipe: Recipe, what: str, kind) -> None:

@@ -240,6 +240,41 @@ def bytes_latency(device: str, points: list[dict], gates: dict, key: str) -> str
     return to_svg(fig, f"{device}: file size against p50 latency", key)
 
 
+def perplexity_speed(device: str, points: list[dict], gates: dict, key: str) -> str:
+    """A decoder LM's perplexity against its decode tokens/s (log) for one device, the max_perplexity and
+    min_decode_tokens_per_s gates shaded. `points`: {number, precision, format, tokens_per_s, perplexity}."""
+    plt = _pyplot()
+    pts = [p for p in points if p["tokens_per_s"] is not None and p["perplexity"] is not None]
+    fig, ax = plt.subplots(figsize=(7.2, 3.4))
+    ax.set_title(f"{device}: perplexity against decode speed")
+    ax.set_xscale("log")
+    ax.set_xlabel("decode tokens/s (p50, log scale)")
+    ax.set_ylabel("perplexity on the test windows")
+    if not pts:
+        ax.text(0.5, 0.5, "no decoder measured on this device", ha="center", transform=ax.transAxes)
+        return to_svg(fig, f"{device}: no decoder measured", key)
+    speeds, perplexities = [p["tokens_per_s"] for p in pts], [p["perplexity"] for p in pts]
+    floor, ceiling = gates.get("min_decode_tokens_per_s"), gates.get("max_perplexity")
+    xlo, xhi = _log_limits(speeds, floor)
+    pad = max(0.05 * (max(perplexities) - min(perplexities)), 0.01 * max(perplexities))
+    ylo = min(perplexities) - pad
+    yhi = max([*perplexities, ceiling or 0]) + pad
+    ax.set_xlim(xlo, xhi)
+    ax.set_ylim(ylo, yhi)
+    if floor is not None:  # too slow: left of the floor
+        _shade_beyond(ax, "x", floor, xlo / 100, f"fails min_decode_tokens_per_s ({floor:g})")
+    if ceiling is not None:
+        _shade_beyond(ax, "y", ceiling, yhi * 10, f"fails max_perplexity ({ceiling:g})")
+    ax.set_xlim(xlo, xhi)
+    ax.set_ylim(ylo, yhi)
+    for p in pts:
+        ax.scatter(p["tokens_per_s"], p["perplexity"], s=36, zorder=3, **style_of(p["precision"], p["format"]))
+    ax.grid(alpha=0.25, which="major")
+    place_labels(ax, speeds, perplexities, [str(p["number"]) for p in pts])
+    _legend(ax, pts)
+    return to_svg(fig, f"{device}: perplexity against decode tokens/s", key)
+
+
 def has_times(rows: list[dict]) -> bool:
     """True when every row's latency keeps its timed runs (`latency.times`, ms): a true box plot can be drawn."""
     return bool(rows) and all(r["latency"].get("times") for r in rows if r["latency"].get("p50") is not None)

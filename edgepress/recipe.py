@@ -21,6 +21,7 @@ from edgepress.compress.step import registered
 from edgepress.errors import EdgepressError
 from edgepress.formats import PRECISIONS, QUANTIZED, precision_names, sparse_precisions
 from edgepress.specs.baseline import BaselineSpec
+from edgepress.specs.lm import LMSpec
 from edgepress.specs.measure import MeasureSpec
 from edgepress.specs.quantize import QuantizeConfig
 from edgepress.specs.section import Section
@@ -215,6 +216,16 @@ class Gates(Section):
     max_perplexity: float | None = Field(
         None, ge=1, description="Per-token perplexity of a sequence model (a language model) on the test data."
     )
+    min_decode_tokens_per_s: float | None = Field(
+        None, gt=0, description="A decoder LM's decode speed: tokens per second (1000 / the decode step's p50)."
+    )
+    max_ttft_ms: float | None = Field(
+        None, gt=0, description="A decoder LM's time to first token (the p50 of a prefill of lm.prompt_len tokens)."
+    )
+    max_memory_mb: float | None = Field(
+        None, gt=0, description="Peak memory (RSS, MiB) of the runner with the model loaded (a decoder's KV cache "
+        "full); a target's own memory budget is a gate too."
+    )
     require: Literal["any", "all"] = Field(
         "any", description="any: every target has an artifact meeting every gate; all: every row must pass."
     )
@@ -254,6 +265,10 @@ class Recipe(Section):
         description="Devices to measure on (see `edgepress devices`): names, profile files, or {name, overrides}.",
     )
     measure: MeasureSpec = Field(default_factory=MeasureSpec)
+    lm: LMSpec | None = Field(
+        None, description="A decoder language model's KV cache length, prompt length and evaluation windows "
+        "(default for a decoder: cache_len 128, prompt_len 16, eval_windows 32)."
+    )
     gates: Gates = Field(default_factory=Gates)
     tune: TuneSpec | None = Field(
         None, description="`edgepress tune`: search steps and exports for the fastest artifact per target within "

@@ -17,7 +17,7 @@ from edgepress.across import across_text
 from edgepress.errors import GateFailed
 from edgepress.stats import busy_warnings, ratio_interval, speed_verdict, tie_notes
 from edgepress.text import drop_text, float_layers_text, interval_text, or_dash, profile_text, stage_text
-from edgepress.verdict import GATE_NAMES, failure_message, gate_value, judge
+from edgepress.verdict import GATE_NAMES, MINIMUM_GATES, failure_message, gate_value, judge
 
 
 @dataclass
@@ -56,8 +56,9 @@ class Report:
     COLUMNS = (
         "device", "artifact", "format", "precision", "layout", "int8 MACs", "int16 MACs", "float layers", "runtime",
         "bytes", "gzip bytes", "size vs fp32", "accuracy", "drop", "agreement", "perplexity", "p50 ms", "p90 ms",
-        "speed-up vs fp32", "gates",
+        "speed-up vs fp32", "TTFT ms", "decode tokens/s", "peak MiB", "gates",
     )
+    LM_COLUMNS = ("TTFT ms", "decode tokens/s", "peak MiB")  # a decoder LM's (the runner's `lm` numbers)
 
     def columns(self) -> list[str]:
         """COLUMNS, without perplexity unless the model is a sequence model (a language model) that has one,
@@ -68,8 +69,9 @@ class Report:
         aware = any(a.get("accuracy_aware") for a in self.artifacts)
         layouts = len({a.get("layout") for a in self.artifacts} - {None}) > 1
         int16 = any((a.get("quantization") or {}).get("int16_macs") for a in self.artifacts)
+        lm = any(a.get("lm") for a in self.artifacts)
         return [c for c in self.COLUMNS if (c != "perplexity" or perplexity) and (c != "float layers" or aware)
-                and (c != "layout" or layouts) and (c != "int16 MACs" or int16)]
+                and (c != "layout" or layouts) and (c != "int16 MACs" or int16) and (c not in self.LM_COLUMNS or lm)]
 
     def table(self) -> list[dict[str, str]]:
         """One row per artifact and device, formatted; size and speed are relative to the fp32 of the same
@@ -109,6 +111,7 @@ class Report:
                 "int8 MACs": or_dash((a.get("quantization") or {}).get("int8_macs"), "{:.0%}"),
                 "int16 MACs": or_dash((a.get("quantization") or {}).get("int16_macs"), "{:.0%}"),
                 "layout": a.get("layout") or "-",
+                **lm_cells(a),
                 "gates": ("pass" if a["passed"] else "FAIL") if a["gates"] else "-",
                 "name": a["name"],
                 "best": "yes" if is_best else "",
@@ -239,8 +242,10 @@ class Report:
         return "\n".join(lines) + "\n"
 
     def verdict(self) -> str:
-        gates = {k: v for k, v in self.results["gates"].items() if k in GATE_NAMES and v is not None}
-        limits = ", ".join(f"{k} <= {gate_value(k, v)}" for k, v in gates.items()) or "no gates set"
+        gates = {k: v for k, v in self.results["gates"].items()
+                 if k in (*GATE_NAMES, "max_memory_mb") and v is not None}
+        limits = ", ".join(f"{k} {'>=' if k in MINIMUM_GATES else '<='} {gate_value(k, v)}"
+                           for k, v in gates.items()) or "no gates set"
         verdict = "PASSED" if self.passed else "FAILED"
         emulated = {name for name, d in self.results["devices"].items() if d.get("emulated")}
         best = "; ".join(f"on {device}: {name or ('none (emulated latency)' if device in emulated else 'none')}"
@@ -278,3 +283,15 @@ def _speed_up(base: dict, row: dict) -> str:
 def _sparse(artifact: dict) -> bool:
     """A TFLite artifact whose mostly-zero weights are stored as sparse tensors (export option `sparse`)."""
     return bool((artifact.get("quantization") or {}).get("sparse"))
+
+
+def lm_cells(artifact: dict) -> dict[str, str]:
+    """A decoder LM's columns: TTFT p50, decode tokens/s (p50 and its interval), peak memory with the cache full."""
+    lm = artifact.get("lm")
+    if not lm:
+        return dict.fromkeys(Report.LM_COLUMNS, "-")
+    speed, peak = lm["decode_tokens_per_s"], artifact["memory"].get("peak_rss_bytes")
+    low, high = speed["p50_ci"]
+    return {"TTFT ms": f"{lm['ttft_ms']['p50']:.3f}",
+            "decode tokens/s": f"{speed['p50']:,.0f} [{low:,.0f}, {high:,.0f}]",
+            "peak MiB": or_dash(None if peak is None else peak / 2**20, "{:.1f}")}

@@ -23,6 +23,8 @@ GATE_WORDS = {
     "max_bytes": "file size",
     "max_perplexity": "perplexity",
     "max_memory_mb": "peak memory",
+    "min_decode_tokens_per_s": "decode tokens/s",
+    "max_ttft_ms": "time to first token",
     "quantize_max_accuracy_drop": "accuracy-aware budget: drop from the exported float model",
     "quantize_min_int8_macs": "accuracy-aware int8: share of MACs in integer kernels",
 }
@@ -284,6 +286,13 @@ def _plots(report, numbers: dict[str, int]) -> str:
             "(no other artifact is both faster and more accurate); the ring marks the recommended artifact.", key)
             + _figure(plots.bytes_latency(device, points, results["gates"], f"size-{slug}"),
                       f"{device}: file size against p50, both on log scales.", key) + "</div>")
+        if any(a.get("lm") for a, _ in rows):  # decoder LMs: what a user of one reads, speed against perplexity
+            lm_points = [{"number": numbers[a["name"]], "precision": r["precision"], "format": a["format"],
+                          "tokens_per_s": (a.get("lm") or {}).get("decode_tokens_per_s", {}).get("p50"),
+                          "perplexity": a["metrics"].get("perplexity")} for a, r in rows]
+            figures.append(_figure(plots.perplexity_speed(device, lm_points, results["gates"], f"lm-{slug}"),
+                                   f"{device}: perplexity (teacher-forced through each file's prefill and decode) "
+                                   "against decode tokens/s. Shaded, hatched: fails a gate.", key))
         dist = [{"label": f"{numbers[a['name']]} {a['name'][len(prefix):]}", "precision": r["precision"],
                  "format": a["format"], "latency": a["latency"]} for a, r in rows]
         how = ("a box plot of the timed runs: the box spans the quartiles, the thick bar is the median, the "

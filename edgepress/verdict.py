@@ -19,7 +19,10 @@ import math
 
 from edgepress.stats import rank_best
 
-GATE_NAMES = ("max_accuracy_drop", "max_p50_ms", "max_bytes", "max_perplexity")
+GATE_NAMES = ("max_accuracy_drop", "max_p50_ms", "max_bytes", "max_perplexity", "min_decode_tokens_per_s",
+              "max_ttft_ms")
+# Gates whose limit is a minimum (the measured value must reach it).
+MINIMUM_GATES = ("min_decode_tokens_per_s",)
 # An accuracy-aware export's budget, a gate on its final artifact: the drop from the exported float model.
 BUDGET_GATE = "quantize_max_accuracy_drop"
 # ... and the share of its MACs that must run in integer kernels (quantize.min_int8_macs), on its final artifact.
@@ -40,22 +43,30 @@ def apply_gates(artifact: dict, gates: dict, memory_budget_mb: float | None = No
     exported float model (`float_accuracy`), as measured on this device.
     """
     peak = artifact["memory"].get("peak_rss_bytes")
+    lm = artifact.get("lm") or {}
     values = {
         "max_accuracy_drop": artifact["metrics"]["accuracy_drop"],
         "max_p50_ms": artifact["latency"]["p50"],
         "max_bytes": artifact["bytes"],
         "max_perplexity": artifact["metrics"].get("perplexity"),
         "max_memory_mb": None if peak is None else peak / 2**20,
+        "min_decode_tokens_per_s": (lm.get("decode_tokens_per_s") or {}).get("p50"),
+        "max_ttft_ms": (lm.get("ttft_ms") or {}).get("p50"),
     }
-    limits = dict(gates, max_memory_mb=memory_budget_mb)
+    # The recipe's memory gate and the device's budget: the tighter one holds.
+    memory = [m for m in (gates.get("max_memory_mb"), memory_budget_mb) if m is not None]
+    limits = dict(gates, max_memory_mb=min(memory) if memory else None)
     if artifact["latency"].get("emulated"):
-        limits["max_p50_ms"] = None  # an emulated CPU's latency is no board's: it is recorded, not judged
-    artifact["gates"] = {
-        name: {"limit": limits[name], "value": values[name],
-               "passed": values[name] is not None and values[name] <= limits[name]}
-        for name in (*GATE_NAMES, "max_memory_mb")
-        if limits.get(name) is not None
-    }
+        # An emulated CPU's latency is no board's: it is recorded, not judged.
+        limits.update(max_p50_ms=None, max_ttft_ms=None, min_decode_tokens_per_s=None)
+    artifact["gates"] = {}
+    for name in (*GATE_NAMES, "max_memory_mb"):
+        if limits.get(name) is None:
+            continue
+        value, minimum = values[name], name in MINIMUM_GATES
+        passed = value is not None and (value >= limits[name] if minimum else value <= limits[name])
+        artifact["gates"][name] = {"limit": limits[name], "value": value, "passed": passed,
+                                   **({"minimum": True} if minimum else {})}
     aware = artifact.get("accuracy_aware")
     if aware:
         accuracy, limit = artifact["metrics"]["accuracy"], aware["max_accuracy_drop"]
@@ -162,6 +173,10 @@ def gate_value(name: str, value: float) -> str:
         return f"{value:.3f}"
     if name == "max_memory_mb":
         return f"{value:.1f} MiB"
+    if name == "min_decode_tokens_per_s":
+        return f"{value:,.1f} tokens/s"
+    if name == "max_ttft_ms":
+        return f"{value:.3f} ms"
     return f"{value:,} bytes"
 
 
@@ -198,7 +213,8 @@ def _failed_gates(artifacts: list[dict]) -> list[str]:
                 value = "not measured" if gate["value"] is None else gate_value(name, gate["value"])
                 failing.setdefault(name, []).append(f"{a['name']} on {a['device']} ({value})")
     order = sorted(failing, key=lambda name: AWARE_GATES.index(name) if name in AWARE_GATES else len(AWARE_GATES))
-    return [f"gate {name} {'>=' if name == INT8_GATE else '<='} {gate_value(name, limits[name])} failed for: "
+    minimums = (INT8_GATE, *MINIMUM_GATES)
+    return [f"gate {name} {'>=' if name in minimums else '<='} {gate_value(name, limits[name])} failed for: "
             f"{', '.join(failing[name])}" for name in order]
 
 

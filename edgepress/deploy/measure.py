@@ -68,9 +68,13 @@ def measure_many(
     target_ci_width: float | None = None,
     max_seconds: float | None = None,
     keep_going: bool = False,
+    lm_prompt: int | None = None,
 ) -> list[dict]:
     """`measure` for every artifact of `artifacts` on one device, their latencies timed interleaved.
 
+    `lm_prompt`: the artifacts are decoder LMs (a KV cache): each is scored on the data's token windows through its
+    prefill and decode, its `latency_ms` is one decode step's, and its `lm` holds time to first token for a prompt
+    of this many tokens and decode tokens/s (runner.lm_benchmark), timed interleaved with the others'.
     `data` is an (x, y) pair already fitted to the artifacts' input, or None. Returns one result
     per artifact, in order. `max_seconds` caps the interleaved timing of all of them together.
     Over adb (LiteRT's benchmark_model, no per-run times) each artifact is timed alone, `runs`
@@ -82,7 +86,11 @@ def measure_many(
     device = load_device(device) if isinstance(device, str) else device
     paths = [_checked_path(a, device) for a in artifacts]
     threads = threads or device.threads
-    adaptive = {"max_runs": max_runs, "target_ci_width": target_ci_width, "max_seconds": max_seconds}
+    adaptive = {"max_runs": max_runs, "target_ci_width": target_ci_width, "max_seconds": max_seconds,
+                "lm_prompt": lm_prompt}
+    if lm_prompt is not None and device.reach.kind == "adb":
+        raise EdgepressError(f"Device '{device.name}' is reached over adb, whose benchmark_model times one signature; "
+                             "decoder LMs are measured by the runner (local or ssh).")
     with tempfile.TemporaryDirectory() as work:
         # Each artifact scored on the data in the layout it takes (an NHWC file from a PyTorch model: channels last).
         inputs = [None if data is None else _in_artifact_layout(data[0], a) for a in artifacts]
@@ -105,14 +113,26 @@ def measure_many(
             results = [alone(p, e, runs, adaptive) for p, e in zip(paths, evals, strict=True)]
         else:
             # Scored alone (one timed run: the latency comes from the interleaved rounds below).
-            results = [alone(p, e, 1, None) for p, e in zip(paths, evals, strict=True)]
+            results = [alone(p, e, 1, {"lm_prompt": lm_prompt}) for p, e in zip(paths, evals, strict=True)]
             loaded = [i for i, result in enumerate(results) if "error" not in result]
+            if lm_prompt is not None and loaded:  # time to first token and a decode step of every file, interleaved
+                timed = run_benchmark(device, [paths[i] for i in loaded], None, runs, warmup, threads, adaptive)
+                for i, t in zip(loaded, timed["artifacts"], strict=True):
+                    results[i]["latency_ms"], results[i]["host"] = t["latency_ms"], timed["host"]
+                    results[i]["lm"].update({k: t["lm"][k] for k in ("ttft_ms", "decode_tokens_per_s")})
+                return _finish(results, device, reference)
             same_shape = data is not None and len({x.shape for x in inputs}) == 1  # else each times a random input
             if loaded:
                 timed = time_together([paths[i] for i in loaded], device, runs, warmup, threads,
-                                      inputs[0][:1] if same_shape else None, **adaptive)
+                                      inputs[0][:1] if same_shape else None, max_runs=max_runs,
+                                      target_ci_width=target_ci_width, max_seconds=max_seconds)
                 for i, (latency, host) in zip(loaded, timed, strict=True):
                     results[i]["latency_ms"], results[i]["host"] = latency, host
+    return _finish(results, device, reference)
+
+
+def _finish(results: list[dict], device: Device, reference: np.ndarray | None) -> list[dict]:
+    """Each result with its device, and its agreement with the source's predictions when both are known."""
     for result in results:
         result["device"] = device.name
         if reference is not None and result.get("predictions") is not None:

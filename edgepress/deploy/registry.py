@@ -48,6 +48,9 @@ class ExportRequest:
     # int8_static: onnxruntime's quantize_static settings (calibration_method, per_channel, quant_format,
     # activation_type, weight_type); those not given take edgepress.deploy.onnx's defaults.
     onnx_static: dict[str, Any] = field(default_factory=dict)
+    # A decoder LM (edgepress.deploy.decoder): its KV cache length and the prompt length its prefill takes.
+    cache_len: int | None = None
+    prompt_len: int | None = None
 
     @property
     def label(self) -> str:
@@ -80,7 +83,7 @@ class Exporter:
 
 EXPORTERS: list[Exporter] = []
 # The modules whose exporters register themselves, imported on first use.
-EXPORTER_MODULES = ("tflite", "torch_tflite", "onnx", "weight_only")
+EXPORTER_MODULES = ("decoder", "tflite", "torch_tflite", "onnx", "weight_only")
 
 
 def register(cls: type[Exporter]) -> type[Exporter]:
@@ -124,14 +127,19 @@ def export(request: ExportRequest) -> Artifact:
     exporter = exporter_for(request)
     exporter.check(request)
     layout = exporter.layout(request)
+    decoder = request.source.kind == "decoder"  # a file with a KV cache: checked through prefill and decode
+    if decoder:
+        from edgepress.deploy.decoder_check import check_decoder, decoder_signature
     path = Path(request.path)
     with files.atomic_path(path) as tmp:
         quantization = exporter.write(request, tmp)
         check = {}
-        if request.check_data is not None:
+        if request.check_data is not None and decoder:
+            check = check_decoder(request.source, tmp, request.check_data, request.prompt_len)
+        elif request.check_data is not None:
             artifact_x = to_layout(request.check_data, request.source.layout, layout)
             check = compare(request.source, tmp, request.check_data, artifact_x)
-    inputs, outputs = signature(path)
+    inputs, outputs = decoder_signature(path) if decoder else signature(path)
     quantization.update(manifest_fields(path))
     return Artifact.record(path, request.format, request.precision, inputs=inputs, outputs=outputs,
                            steps=list(request.steps), quantization=quantization, check=check, layout=layout)

@@ -931,6 +931,327 @@ def latency_stats(times_ms: list[float], warmup: int, stopped: str = "runs") -> 
     }
 
 
+
+# --- Decoder language models: prefill and decode against a KV cache -------------------------------------------
+#
+# A decoder .tflite file has a `prefill_N` signature (N prompt tokens at once) and a `decode` one (one token), each
+# taking `tokens` (1, T) int32, `input_pos` (T,) int32 and `kv` (2 * layers, 1, heads, cache, head_dim), the whole
+# cache, and returning `logits` (1, T, vocabulary) and the cache with the tokens' keys and values written in.
+# A decoder .onnx file has onnxruntime-genai's layout: `input_ids` (1, T) int64 and `past_key_values.{i}.key` /
+# `.value` (1, heads, past, head_dim) in, `logits` and `present.{i}.key` / `.value` (past + T) out; its cache
+# length is in the file's metadata (edgepress.lm.cache_len).
+
+
+class Decoder:
+    """A decoder LM file with its KV cache: `prefill` a prompt, then `decode` one token at a time."""
+
+    runtime: str
+    runtime_version: str
+    load_ms: float
+    cache_len: int
+    prefill_len: int | None  # the prompt length a prefill takes (TFLite: fixed by its signature); None: any
+
+    def __init__(self) -> None:
+        self.providers: list[str] = []
+        self.warnings: list[str] = []
+        self.position = 0
+
+    def reset(self) -> None:
+        raise NotImplementedError
+
+    def prefill(self, tokens: np.ndarray) -> np.ndarray:
+        """Logits (T, vocabulary) of the token after each of `tokens`, which start an empty cache."""
+        tokens = np.asarray(tokens).reshape(-1)
+        if self.prefill_len is not None and len(tokens) != self.prefill_len:
+            raise RunnerError(f"this file prefills prompts of {self.prefill_len} tokens (its prefill_"
+                              f"{self.prefill_len} signature), got {len(tokens)}: export it for that prompt length.")
+        self._check_room(len(tokens), fresh=True)
+        self.reset()
+        return self._run(tokens, keep=True)
+
+    def decode(self, token: int) -> np.ndarray:
+        """Logits (vocabulary,) of the token after `token`, which goes into the cache at the next position."""
+        self._check_room(1)
+        return self._run(np.asarray([token]), keep=True)[0]
+
+    def decode_timer(self):
+        """A no-argument callable: one decode step at the current position whose cache is not kept, so every call
+        times the same step (what decode tokens/s is measured on)."""
+        self._check_room(1)
+        token = np.asarray([1])
+        return functools.partial(self._run, token, False)
+
+    def _check_room(self, count: int, fresh: bool = False) -> None:
+        used = 0 if fresh else self.position
+        if used + count > self.cache_len:
+            raise RunnerError(f"the KV cache holds {self.cache_len} tokens and {used + count} were asked for "
+                              f"({used} in it, {count} more): a longer text needs a file exported with a longer "
+                              "cache (cache_len).")
+
+    def _run(self, tokens: np.ndarray, keep: bool) -> np.ndarray:
+        raise NotImplementedError
+
+
+class TFLiteDecoder(Decoder):
+    def __init__(self, path: str, threads: int) -> None:
+        super().__init__()
+        interpreter_class, self.runtime, self.runtime_version = _tflite_interpreter()
+        start = time.perf_counter()
+        try:
+            interpreter = interpreter_class(model_path=path, num_threads=threads)
+            signatures = interpreter.get_signature_list()
+        except (ValueError, RuntimeError) as e:
+            raise RunnerError(f"{path}: {self.runtime} could not load it ({_one_line(e)}).") from None
+        prefills = [name for name in signatures if name.startswith("prefill_")]
+        if "decode" not in signatures or len(prefills) != 1:
+            raise RunnerError(f"{path} is not a decoder LM file: it needs one prefill_N signature and a decode "
+                              f"signature, and has {', '.join(signatures) or 'none'}.")
+        self._prefill = interpreter.get_signature_runner(prefills[0])
+        self._decode = interpreter.get_signature_runner("decode")
+        self.load_ms = (time.perf_counter() - start) * 1000.0
+        self.prefill_len = int(prefills[0].split("_", 1)[1])
+        kv = self._decode.get_input_details()["kv"]
+        self._empty = np.zeros(kv["shape"], dtype=kv["dtype"])
+        self.cache_len = int(kv["shape"][3])
+        self.vocabulary = int(self._decode.get_output_details()["logits"]["shape"][-1])
+        self.reset()
+
+    def reset(self) -> None:
+        self._kv = self._empty
+        self.position = 0
+
+    def _run(self, tokens: np.ndarray, keep: bool) -> np.ndarray:
+        runner = self._decode if len(tokens) == 1 else self._prefill
+        positions = np.arange(self.position, self.position + len(tokens), dtype=np.int32)
+        out = runner(tokens=tokens.astype(np.int32)[None], input_pos=positions, kv=self._kv)
+        if keep:
+            self._kv = out["kv"]
+            self.position += len(tokens)
+        return out["logits"][0]
+
+
+class OnnxDecoder(Decoder):
+    def __init__(self, path: str, threads: int, providers: list[str] | None) -> None:
+        super().__init__()
+        ort = _onnxruntime()
+        self.runtime, self.runtime_version = "onnxruntime", getattr(ort, "__version__", "unknown")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        start = time.perf_counter()
+        try:
+            self._session = ort.InferenceSession(path, sess_options=options,
+                                                 providers=providers or ["CPUExecutionProvider"])
+        except Exception as e:
+            raise RunnerError(f"{path}: onnxruntime could not load it ({_one_line(e)}).") from None
+        self.load_ms = (time.perf_counter() - start) * 1000.0
+        self.providers = list(self._session.get_providers())
+        inputs = {i.name: i for i in self._session.get_inputs()}
+        self._pasts = [name for name in inputs if name.startswith("past_key_values.")]
+        if "input_ids" not in inputs or not self._pasts:
+            raise RunnerError(f"{path} is not a decoder LM file: it needs input_ids and past_key_values.* inputs, "
+                              f"and has {', '.join(inputs)}.")
+        self._outputs = ["logits", *(name.replace("past_key_values.", "present.") for name in self._pasts)]
+        shape = inputs[self._pasts[0]].shape  # (batch, heads, past, head_dim)
+        self._empty = np.zeros((1, int(shape[1]), 0, int(shape[3])), dtype=np.float32)
+        meta = self._session.get_modelmeta().custom_metadata_map
+        self.cache_len = int(meta.get("edgepress.lm.cache_len", 0)) or 2**31
+        self.prefill_len = None
+        self.vocabulary = None
+        self.reset()
+
+    def reset(self) -> None:
+        self._cache = {name: self._empty for name in self._pasts}
+        self.position = 0
+
+    def _run(self, tokens: np.ndarray, keep: bool) -> np.ndarray:
+        out = self._session.run(self._outputs, {"input_ids": tokens.astype(np.int64)[None], **self._cache})
+        if keep:
+            self._cache = dict(_pairs(self._pasts, list(out[1:])))
+            self.position += len(tokens)
+        return out[0][0]
+
+
+def is_decoder(path: str) -> bool:
+    """Whether `path` is a decoder LM file (prefill/decode signatures, or past_key_values inputs)."""
+    if _model_format(path) == "tflite":
+        interpreter_class, _, _ = _tflite_interpreter()
+        return "decode" in interpreter_class(model_path=path).get_signature_list()
+    ort = _onnxruntime()
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
+    return any(i.name.startswith("past_key_values.") for i in session.get_inputs())
+
+
+def open_decoder(path: str, threads: int = 1, providers: list[str] | None = None) -> Decoder:
+    if threads < 1:
+        raise RunnerError(f"threads must be 1 or more, got {threads}.")
+    path = str(path)
+    if _model_format(path) == "tflite":
+        return TFLiteDecoder(path, threads)
+    return OnnxDecoder(path, threads, providers)
+
+
+def teacher_forced(model: Decoder, window: np.ndarray, prompt: int) -> np.ndarray:
+    """Logits (T, vocabulary) after each token of `window`: its first `prompt` tokens prefilled, then every later
+    one decoded in turn (the true token fed, not the predicted one)."""
+    window = np.asarray(window).astype(np.int64).reshape(-1)
+    if not 0 < prompt <= len(window):
+        raise RunnerError(f"the prompt ({prompt} tokens) must be 1 to {len(window)} tokens, the window's length.")
+    logits = [model.prefill(window[:prompt])]
+    logits += [model.decode(int(token))[None] for token in window[prompt:]]
+    return np.concatenate(logits).astype(np.float32)
+
+
+def greedy(model: Decoder, prompt_tokens: np.ndarray, count: int) -> list[int]:
+    """`count` tokens generated greedily after `prompt_tokens` (stops with RunnerError at the end of the cache)."""
+    logits = model.prefill(np.asarray(prompt_tokens).reshape(-1))[-1]
+    out = []
+    for _ in range(count):
+        out.append(int(np.argmax(logits)))
+        if len(out) == count:
+            break
+        logits = model.decode(out[-1])
+    return out
+
+
+def lm_benchmark(
+    path: str,
+    x: np.ndarray | None,
+    y: np.ndarray | None,
+    prompt: int,
+    runs: int = 100,
+    warmup: int = 10,
+    threads: int = 1,
+    providers: list[str] | None = None,
+    max_runs: int | None = None,
+    target_ci_width: float | None = None,
+    max_seconds: float | None = None,
+) -> dict:
+    """A decoder LM file measured as one is used: perplexity on (x, y) token windows teacher-forced through its
+    prefill and decode, time to first token (a `prompt`-token prefill), decode tokens/s (one decode step after the
+    prompt, timed like any latency: p50 with its interval), and peak memory after filling its KV cache.
+
+    Returns `benchmark`'s JSON shape (latency_ms is the decode step's) plus `lm`: ttft_ms, decode_tokens_per_s,
+    prompt_len, cache_len, greedy (the continuation of the first window's prompt) and generated tokens/s.
+    """
+    _check_counts(runs, warmup, 1, max_runs)
+    if _model_format(path) == "tflite":
+        _tflite_interpreter()
+    else:
+        _onnxruntime()
+    baseline_rss = _current_rss()
+    model = open_decoder(path, threads, providers)
+    samples, scores, outputs = 0, {"accuracy": None, "per_class": {}}, None
+    prompt_tokens = np.ones(prompt, dtype=np.int64)
+    if x is not None and len(x) > 0:
+        x = np.asarray(x).astype(np.int64)
+        if x.ndim != 2:
+            raise RunnerError(f"a decoder is scored on token windows (N, T), got data of shape {x.shape}.")
+        outputs = np.stack([teacher_forced(model, window, prompt) for window in x])
+        samples = len(x)
+        if y is not None:
+            scores = score(outputs, np.asarray(y))
+        prompt_tokens = x[0, :prompt]
+    ttft, decode = _lm_calls(model, prompt_tokens)
+    for _ in range(warmup):
+        ttft()
+        decode()
+    load_before = _load_average()
+    times_ms, stopped = time_interleaved([ttft, decode], runs, max_runs, target_ci_width, max_seconds)
+    load_after = _load_average()
+    # The cache filled to its length by a greedy generation: the memory a full context takes.
+    room = min(model.cache_len, 4096) - prompt
+    start = time.perf_counter()
+    continuation = greedy(model, prompt_tokens, room) if room > 0 else []
+    generate_s = time.perf_counter() - start
+    model_rss = max(0, _current_rss() - baseline_rss)
+    decode_stats = latency_stats(times_ms[1], warmup, stopped[1])
+    result = {
+        "runner_version": RUNNER_VERSION,
+        "artifact": {"path": path, "sha256": _sha256_file(path), "bytes": os.path.getsize(path)},
+        "runtime": {"name": model.runtime, "version": model.runtime_version, "providers": list(model.providers),
+                    "warnings": list(model.warnings)},
+        "threads": threads,
+        "batch": 1,
+        "load_ms": model.load_ms,
+        "latency_ms": decode_stats,
+        "memory": {"baseline_rss_bytes": baseline_rss, "peak_rss_bytes": max(_peak_rss(), baseline_rss),
+                   "model_rss_bytes": model_rss},
+        "samples": samples,
+        **scores,
+        "output_checksum": _checksum(outputs if outputs is not None else np.zeros(1)),
+        "host": _host(load_before, load_after),
+        "lm": {**lm_speeds(latency_stats(times_ms[0], warmup, stopped[0]), decode_stats),
+               "prompt_len": prompt, "cache_len": model.cache_len, "greedy": continuation[:64],
+               "generated_tokens": len(continuation),
+               "generated_tokens_per_s": len(continuation) / generate_s if continuation else None},
+    }
+    if outputs is not None:
+        result["predictions"] = np.argmax(outputs, axis=-1).tolist()
+    return result
+
+
+def _lm_calls(model: Decoder, prompt_tokens: np.ndarray) -> tuple:
+    """(time to first token, one decode step): the callables the timing loop runs."""
+    def ttft() -> None:
+        model.prefill(prompt_tokens)
+
+    model.prefill(prompt_tokens)
+    decode_step = model.decode_timer()
+    state = (getattr(model, "_kv", None), getattr(model, "_cache", None), model.position)
+
+    def restore_then_decode() -> None:
+        # ttft() reset the cache: put the prompt's back (cheap: arrays are swapped, not copied) before the step.
+        if state[0] is not None:
+            model._kv = state[0]
+        if state[1] is not None:
+            model._cache = state[1]
+        model.position = state[2]
+        decode_step()
+
+    return ttft, restore_then_decode
+
+
+def lm_speeds(ttft: dict, decode: dict) -> dict:
+    """TTFT statistics, and decode tokens/s: 1000 / the decode step's p50, its interval from the p50's."""
+    low, high = decode["p50_ci"]
+    return {"ttft_ms": ttft, "decode_tokens_per_s": {"p50": 1000.0 / decode["p50"],
+                                                     "p50_ci": [1000.0 / high, 1000.0 / low]}}
+
+
+def lm_benchmark_many(paths: list[str], prompt: int, runs: int = 100, warmup: int = 10, threads: int = 1,
+                      providers: list[str] | None = None, max_runs: int | None = None,
+                      target_ci_width: float | None = None, max_seconds: float | None = None) -> dict:
+    """Every decoder file of `paths` timed interleaved (TTFT and a decode step each); no scoring."""
+    _check_counts(runs, warmup, 1, max_runs)
+    models = [open_decoder(str(p), threads, providers) for p in paths]
+    calls = []
+    for model in models:
+        calls += list(_lm_calls(model, np.ones(prompt, dtype=np.int64)))
+    for _ in range(warmup):
+        for call in calls:
+            call()
+    load_before = _load_average()
+    times_ms, stopped = time_interleaved(calls, runs, max_runs, target_ci_width, max_seconds)
+    load_after = _load_average()
+    artifacts = []
+    for i, model in enumerate(models):
+        path = str(paths[i])
+        decode = latency_stats(times_ms[2 * i + 1], warmup, stopped[2 * i + 1])
+        artifacts.append({
+            "artifact": {"path": path, "sha256": _sha256_file(path), "bytes": os.path.getsize(path)},
+            "runtime": {"name": model.runtime, "version": model.runtime_version, "providers": list(model.providers),
+                        "warnings": list(model.warnings)},
+            "threads": threads, "batch": 1, "load_ms": model.load_ms, "latency_ms": decode,
+            "lm": {**lm_speeds(latency_stats(times_ms[2 * i], warmup, stopped[2 * i]), decode),
+                   "prompt_len": prompt, "cache_len": model.cache_len},
+        })
+    return {"runner_version": RUNNER_VERSION, "artifacts": artifacts, "host": _host(load_before, load_after)}
+
+
 def _checksum(outputs: np.ndarray) -> str:
     """sha256 of the float32 outputs rounded to 4 decimals, so tiny float noise does not change it."""
     rounded = np.round(np.asarray(outputs, dtype=np.float32), 4).astype(np.float32)
@@ -1101,6 +1422,12 @@ def _summary(result: dict) -> str:
     if result.get("perplexity") is not None:
         lines.append(f"  perplexity {result['perplexity']:.3f} "
                      f"(cross-entropy {result['cross_entropy']:.4f} nats per token)")
+    lm = result.get("lm")
+    if lm:
+        speed = lm["decode_tokens_per_s"]
+        lines.append(f"  decode    {speed['p50']:.1f} tokens/s [{speed['p50_ci'][0]:.1f}, {speed['p50_ci'][1]:.1f}]"
+                     f"  TTFT p50 {lm['ttft_ms']['p50']:.3f} ms for {lm['prompt_len']} prompt tokens"
+                     f"  (cache {lm['cache_len']} tokens)")
     lines.extend(f"  warning: {w}" for w in rt["warnings"])
     return "\n".join(lines)
 
@@ -1148,6 +1475,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--op-model", action="append", default=[],
                         help="with --profile: INDEX:FILE, one op of the INDEX-th artifact (a .tflite file, from 0) "
                         "as its own model, in op order")
+    parser.add_argument("--lm-prompt", type=int,
+                        help="the files are decoder LMs (prefill/decode with a KV cache): measure perplexity on the "
+                        "data's token windows through prefill and decode, time to first token for a prompt of this "
+                        "many tokens, and decode tokens/s")
     args = parser.parse_args(argv)
 
     providers = [p.strip() for p in args.providers.split(",") if p.strip()] if args.providers else None
@@ -1162,7 +1493,13 @@ def main(argv: list[str] | None = None) -> int:
             _check_copy(args.data, args.expect_data_sha256)
         x, y = load_data(args.data) if args.data else (None, None)
         with _stdout_to_stderr() if args.json else nullcontext():
-            if args.profile:
+            if args.lm_prompt is not None and len(args.artifact) == 1:
+                result = lm_benchmark(args.artifact[0], x, y, args.lm_prompt, runs=args.runs, warmup=args.warmup,
+                                      threads=args.threads, providers=providers, **adaptive)
+            elif args.lm_prompt is not None:
+                result = lm_benchmark_many(args.artifact, args.lm_prompt, runs=args.runs, warmup=args.warmup,
+                                           threads=args.threads, providers=providers, **adaptive)
+            elif args.profile:
                 result = profile_many(args.artifact, args.op_model, args.runs, args.warmup, args.threads, providers,
                                       args.delegate)
             elif len(args.artifact) == 1:

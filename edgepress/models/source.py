@@ -28,7 +28,7 @@ import numpy as np
 from edgepress.errors import EdgepressError
 
 # The modules that define the kinds, in the order `open_model` asks them whether they open a path.
-KIND_MODULES = ("torch_program", "onnx_model", "saved_model", "keras3", "tf_keras")
+KIND_MODULES = ("decoder", "torch_program", "onnx_model", "saved_model", "keras3", "tf_keras")
 
 
 @runtime_checkable

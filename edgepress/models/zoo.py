@@ -140,6 +140,33 @@ def _save_torch_cnn(model, path) -> None:
     export_torch_program(model, path, ZOO["torch_cnn"].input_shape)
 
 
+def char_gpt(input_shape: tuple[int, ...] = (64,), num_classes: int = 97):
+    """Decoder-only transformer LM: 2 pre-norm blocks of width 128 (4 heads, gated MLP 256), learned positions up to
+    256, next-character logits; runs against a KV cache (models/char_gpt.py). Needs torch."""
+    from edgepress.models.char_gpt import build_char_gpt
+
+    return build_char_gpt(vocab=num_classes, width=128, layers=2, heads=4, max_len=256)
+
+
+def char_gpt_tiny(input_shape: tuple[int, ...] = (64,), num_classes: int = 97):
+    """char_gpt at test size: 1 block of width 32 (2 heads), positions up to 128. Needs torch."""
+    from edgepress.models.char_gpt import build_char_gpt
+
+    return build_char_gpt(vocab=num_classes, width=32, layers=1, heads=2, max_len=128)
+
+
+def _train_char_gpt(model, x, y, epochs, batch_size, learning_rate, on_epoch, seed):
+    from edgepress.models.char_gpt import train_char_gpt
+
+    return train_char_gpt(model, x, y, epochs, batch_size, learning_rate, on_epoch, seed)
+
+
+def _save_decoder(model, path) -> None:
+    from edgepress.models.decoder import DecoderSource
+
+    DecoderSource(model, window=ZOO["char_gpt"].input_shape[0]).write(path)
+
+
 @dataclass(frozen=True)
 class ZooEntry:
     build: Callable
@@ -171,6 +198,14 @@ ZOO: dict[str, ZooEntry] = {
     "torch_cnn": ZooEntry(
         torch_cnn, (3, 32, 32), "PyTorch CNN for 3x32x32 images, as a torch.export program (needs torch; ~137k "
         "parameters)", _train_torch_cnn, _save_torch_cnn, "torch",
+    ),
+    "char_gpt": ZooEntry(
+        char_gpt, (64,), "decoder-only transformer LM with a KV cache, 2 blocks of width 128, 64-character windows "
+        "(needs torch; ~0.4M parameters)", _train_char_gpt, _save_decoder, "decoder",
+    ),
+    "char_gpt_tiny": ZooEntry(
+        char_gpt_tiny, (64,), "char_gpt at test size: 1 block of width 32 (needs torch; ~15k parameters)",
+        _train_char_gpt, _save_decoder, "decoder",
     ),
 }
 

@@ -1,0 +1,190 @@
+"""Decoder language models to files that keep their KV cache outside the model, and the check of such a file.
+
+    request = ExportRequest(source, Path("gpt_fp32.tflite"), "tflite", "fp32", cache_len=128, prompt_len=16)
+    artifact = export(request)   # edgepress.deploy.registry
+
+- TFLite (litert-torch's multi-signature converter, as its generative API writes LLMs): a `prefill_N` signature
+  (N = prompt_len tokens at once) and a `decode` signature (one token), each taking `tokens` (1, T) int32,
+  `input_pos` (T,) int32 and `kv` (2 * layers, 1, heads, cache_len, head_dim) and returning `logits` and the
+  updated `kv`. fp32, or `dynamic`: int8 weights with activations quantized at run time (litert-torch's
+  `full_dynamic_recipe`, applied by ai-edge-quantizer). int8_weight / int4_weight (per channel or blockwise) come
+  from edgepress.deploy.weight_only on the fp32 file.
+- ONNX (torch.onnx): onnxruntime-genai's layout, `input_ids` and `past_key_values.{i}.key` / `.value` in,
+  `logits` and `present.{i}.key` / `.value` out, sequence and past lengths dynamic; the cache length is
+  recorded in the file's metadata (`edgepress.lm.cache_len`). int4_weight (MatMulNBits) comes from weight_only.
+
+Every file is checked against its model (edgepress.deploy.decoder_check): windows of held-out text teacher-forced
+through the file's prefill and decode (the runner's own code) against the model's logits: top-1 agreement, max abs
+logit difference, the mean per-token log-likelihood difference, and whether a greedy continuation agrees.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from importlib import metadata
+from pathlib import Path
+from typing import Any, ClassVar
+
+from edgepress.compat import quiet
+from edgepress.deploy.registry import Exporter, ExportRequest, register
+from edgepress.errors import EdgepressError, first_line
+
+ONNX_OPSET = 17
+
+
+def check_lm_request(request: ExportRequest) -> tuple[int, int]:
+    """(cache_len, prompt_len) of a decoder export, refused when the model cannot have them."""
+    source = request.source
+    cache, prompt = request.cache_len, request.prompt_len
+    if cache is None or prompt is None:
+        raise EdgepressError(f"An export of {source.name}, {source.title}, needs a KV cache length and a prompt "
+                             "length: set `lm: {cache_len: 128, prompt_len: 16}` in the recipe.")
+    if cache > source.max_len:
+        raise EdgepressError(f"lm.cache_len {cache} is above the position limit of {source.name} ({source.max_len} "
+                             f"tokens): it cannot attend that far. Set lm.cache_len to at most {source.max_len}.")
+    if prompt > cache:
+        raise EdgepressError(f"lm.prompt_len {prompt} is longer than the KV cache (lm.cache_len {cache}): a prompt "
+                             "must fit in the cache. Shorten the prompt or lengthen the cache.")
+    return cache, prompt
+
+
+class _Static:
+    """The module's `step_static` as a torch module returning named outputs (the TFLite signature's names)."""
+
+    def __new__(cls, module):
+        import torch
+
+        class Static(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.lm = module
+
+            def forward(self, tokens, input_pos, kv):
+                logits, cache = self.lm.step_static(tokens, input_pos, kv)
+                return {"logits": logits, "kv": cache}
+
+        return Static()
+
+
+def _growing(module):
+    import torch
+
+    layers = module.config.layers
+
+    class Growing(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lm = module
+
+        def forward(self, input_ids, *pasts):
+            logits, presents = self.lm.step_growing(input_ids, [(pasts[2 * i], pasts[2 * i + 1])
+                                                                for i in range(layers)])
+            return (logits, *(z for pair in presents for z in pair))
+
+    return Growing()
+
+
+def past_names(layers: int) -> list[str]:
+    return [f"past_key_values.{i}.{which}" for i in range(layers) for which in ("key", "value")]
+
+
+@register
+class DecoderTflite(Exporter):
+    """litert-torch's multi-signature converter: prefill_N and decode, the KV cache an input and an output."""
+
+    format: ClassVar[str] = "tflite"
+    kinds: ClassVar[frozenset[str]] = frozenset({"decoder"})
+    precisions: ClassVar[tuple[str, ...]] = ("fp32", "dynamic")
+
+    def check(self, request: ExportRequest) -> None:
+        check_lm_request(request)
+        if request.sparse or request.float_layers or request.layout:
+            raise EdgepressError(f"sparse, float_layers and layout are not options of {request.source.title}'s "
+                                 "exports; remove them.")
+        try:
+            import litert_torch  # noqa: F401
+        except ImportError:
+            raise EdgepressError("TFLite exports of a decoder are made by litert-torch, which is not installed: "
+                                 "pip install 'edgepress[torch]', or ask for ONNX exports only.") from None
+
+    def layout(self, request: ExportRequest) -> str | None:
+        return None
+
+    def write(self, request: ExportRequest, out: Path) -> dict[str, Any]:
+        import litert_torch
+        import torch
+
+        cache, prompt = check_lm_request(request)
+        config = request.source.config
+        wrapper = _Static(request.source.module)
+        kv = torch.zeros((2 * config.layers, 1, config.kv_heads, cache, config.head_dim))
+        prefill = {"tokens": torch.zeros((1, prompt), dtype=torch.int32),
+                   "input_pos": torch.arange(prompt, dtype=torch.int32), "kv": kv}
+        decode = {"tokens": torch.zeros((1, 1), dtype=torch.int32), "input_pos": torch.zeros(1, dtype=torch.int32),
+                  "kv": kv}
+        facts: dict[str, Any] = {"converter": f"litert-torch {metadata.version('litert-torch')}", "cache_len": cache,
+                                 "prefill_len": prompt, "signatures": [f"prefill_{prompt}", "decode"]}
+        quant_config = None
+        if request.precision == "dynamic":
+            from litert_torch.generative.quantize import quant_recipes
+
+            quant_config = quant_recipes.full_dynamic_recipe()
+            facts.update(weights="int8 per channel", activations="dynamic int8",
+                         quantizer="litert-torch full_dynamic_recipe (ai-edge-quantizer)")
+        litert_torch.config.show_progress = False
+        try:
+            with quiet(), contextlib.redirect_stdout(io.StringIO()):  # litert-torch prints its progress
+                converted = (litert_torch.signature(f"prefill_{prompt}", wrapper, sample_kwargs=prefill)
+                             .signature("decode", wrapper, sample_kwargs=decode).convert(quant_config=quant_config))
+        except Exception as e:  # litert-torch raises RuntimeError / ValueError / JAX errors
+            raise EdgepressError(f"litert-torch could not convert {request.source.name} to a TFLite decoder "
+                                 f"({request.precision}): {first_line(e)}.") from None
+        converted.export(str(out))
+        return facts
+
+
+@register
+class DecoderOnnx(Exporter):
+    """torch.onnx with past/present key-values (onnxruntime-genai's layout)."""
+
+    format: ClassVar[str] = "onnx"
+    kinds: ClassVar[frozenset[str]] = frozenset({"decoder"})
+    precisions: ClassVar[tuple[str, ...]] = ("fp32",)
+
+    def check(self, request: ExportRequest) -> None:
+        check_lm_request(request)
+
+    def layout(self, request: ExportRequest) -> str | None:
+        return None
+
+    def write(self, request: ExportRequest, out: Path) -> dict[str, Any]:
+        import onnx
+        import torch
+
+        cache, prompt = check_lm_request(request)
+        source = request.source
+        config = source.config
+        names = past_names(config.layers)
+        # A sample past of 1 token, so the tracer sees the concatenation with a real past.
+        pasts = tuple(torch.zeros((1, config.kv_heads, 1, config.head_dim)) for _ in names)
+        ids = torch.zeros((1, 2), dtype=torch.int64)
+        presents = [n.replace("past_key_values.", "present.") for n in names]
+        axes = {"input_ids": {1: "sequence"}, "logits": {1: "sequence"},
+                **{n: {2: "past_sequence"} for n in names}, **{n: {2: "total_sequence"} for n in presents}}
+        try:
+            with quiet(), torch.no_grad():
+                torch.onnx.export(_growing(source.module), (ids, *pasts), str(out), input_names=["input_ids", *names],
+                                  output_names=["logits", *presents], dynamic_axes=axes, opset_version=ONNX_OPSET,
+                                  dynamo=False)
+        except Exception as e:
+            raise EdgepressError(f"torch.onnx.export could not export {source.name} with past/present key-values: "
+                                 f"{first_line(e)}.") from None
+        model = onnx.load(str(out))
+        for key, value in (("edgepress.lm.cache_len", cache), ("edgepress.lm.max_len", source.max_len),
+                           ("edgepress.lm.prompt_len", prompt)):
+            entry = model.metadata_props.add()
+            entry.key, entry.value = key, str(value)
+        onnx.save(model, str(out))
+        return {"exporter": f"torch.onnx (opset {ONNX_OPSET})", "cache_len": cache, "layout": "past/present "
+                "key-values (onnxruntime-genai)"}
