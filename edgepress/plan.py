@@ -116,6 +116,7 @@ def make_plan(recipe: Recipe, run_dir: str | os.PathLike | None = None, progress
     data = data.fit_to(tuple(source.input_shape[1:]))
     _check_data_fits(source, data, source_name)
     recipe, notes = _applicable(source, recipe)
+    notes += _fixed_batch_notes(source)
     notes += _kernel_notes(recipe, devices)
     steps, final = _steps(recipe, source, data)
     export_data = data if final is source else data.fit_to(tuple(final.input_shape[1:]))
@@ -194,11 +195,15 @@ def _source(recipe: Recipe, data, progress) -> tuple[Source, str, Callable | Non
     it becomes the file its users would bring (a graph) only once trained.
     """
     from edgepress.models import zoo
-    from edgepress.models.loading import open_model
+    from edgepress.models.loading import import_custom_objects, open_model
     from edgepress.models.source import fixed_input, kinds, wrap
 
     spec = recipe.model
+    if spec.custom_objects and spec.path is None:
+        raise EdgepressError("model.custom_objects names the modules of a saved model's own layers; a zoo model has "
+                             "none. Remove model.custom_objects, or give model.path.")
     if spec.path is not None:
+        import_custom_objects(spec.custom_objects, spec.path, spec.trusted)
         if progress:
             progress.update(f"load {spec.path}")
         return fixed_input(open_model(spec.path, trusted=spec.trusted), spec.input_shape, spec.path), spec.path, None
@@ -298,6 +303,17 @@ def _applicable(source: Source, recipe: Recipe) -> tuple[Recipe, list[str]]:
                                  f"only. {why} Ask for exports it can have: {others}.")
         notes.append(f"Left out {', '.join(f'{e.format} {e.precision}' for e in left)}: {why}")
     return recipe.model_copy(update={"exports": exports}), notes
+
+
+def _fixed_batch_notes(source: Source) -> list[str]:
+    """How a program whose batch its exporter fixed (a .pt2 exported without a dynamic batch) is handled."""
+    batch = getattr(source, "fixed_batch", None)
+    if batch is None:
+        return []
+    return [f"{source.path} was exported with its batch fixed at {batch} (no torch.export.Dim): its reshapes name "
+            f"that batch, so every export keeps batch {batch}, and calibration, checks and measurements feed it "
+            f"{batch} sample(s) at a time. Export it with `dynamic_shapes` (a torch.export.Dim batch) for files "
+            "that take any batch."]
 
 
 def _steps(recipe: Recipe, source: Source, data) -> tuple[tuple[PlannedStep, ...], Source]:

@@ -108,9 +108,21 @@ class TorchSource(Graph):
     def count_params(self) -> int:
         return int(sum(p.numel() for p in self.program.parameters()))
 
+    @property
+    def fixed_batch(self) -> int | None:
+        """The batch size the program was exported at when torch.export fixed it (no `torch.export.Dim`), else None.
+        Such a program runs only at that batch (its reshapes name it): every export keeps it."""
+        return self.input_shape[0]
+
+    def takes_batch_size(self, format: str) -> bool:
+        return self.fixed_batch is None
+
     def to_onnx(self, out: Path, batch_size: int | None, opset: int) -> None:
-        """The fp32 ONNX file of this program at `out`, with torch.onnx.export (batch dynamic unless fixed)."""
+        """The fp32 ONNX file of this program at `out`, with torch.onnx.export: the batch is dynamic unless
+        `batch_size` or the program itself (`fixed_batch`) fixes it."""
         import torch
+
+        batch_size = batch_size or self.fixed_batch
 
         class _Call(torch.nn.Module):
             """The program's module, its weights registered (so they become ONNX initializers, which onnxruntime's

@@ -1,0 +1,60 @@
+"""Attention encoders from each framework through the steps and every export: each file loads in its runtime, is
+checked against its model and measured. Keras 3 (natively) and tf_keras (its exact GELU is an Erfc that ONNX lacks,
+rewritten as 1 - Erf) lose an attention head and half their MLP units (structured_prune, ranked by measured
+importance) and are distilled from the original; the PyTorch program, exported at batch 1 (its batch is fixed: every
+export keeps it, as the plan says), takes no compression step yet (its exports only)."""
+
+from __future__ import annotations
+
+import pytest
+
+import edgepress
+from tests.models import encoders
+
+DIGITS = {"dataset": "digits", "train_size": 300, "test_size": 60, "calibration_samples": 20, "check_samples": 20}
+MEASURE = {"runs": 3, "warmup": 1, "target_ci_width": None}
+TFLITE = ("fp32", "fp16", "dynamic", "int8", "int16x8", "int8_weight", "int4_weight")
+ONNX = ("fp32", "fp16", "int8_dynamic", "int8_static", "int4_weight")
+EVERY_EXPORT = [{"format": "tflite", "precision": p} for p in TFLITE] + [{"format": "onnx", "precision": p}
+                                                                          for p in ONNX]
+STEPS = [{"type": "structured_prune", "ratio": 0.5, "criterion": "taylor", "fine_tune_epochs": 1},
+         {"type": "distill", "teacher": "source", "epochs": 3, "batch_size": 32, "learning_rate": 0.003}]
+MAKERS = {"keras3": (encoders.keras3_encoder, "enc.keras"), "tf_keras": (encoders.tf_keras_encoder, "enc.keras"),
+          "torch": (encoders.torch_encoder, "enc.pt2")}
+
+
+def encoder_file(kind: str, tmp_path):
+    make, name = MAKERS[kind]
+    path = tmp_path / name
+    make(path)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["keras3", "tf_keras", "torch"])
+def test_every_export_of_an_attention_encoder_loads_checks_and_measures(kind, tmp_path):
+    path = encoder_file(kind, tmp_path)
+    recipe = edgepress.Recipe.from_dict({"name": "enc", "model": {"path": str(path)}, "data": DIGITS,
+                                         "steps": STEPS if kind != "torch" else [],
+                                         "exports": EVERY_EXPORT, "measure": MEASURE})
+    report = edgepress.run(recipe, tmp_path / "run")
+    assert report.results["source"]["kind"] == kind
+    if kind != "torch":
+        source, pruned, distilled = report.results["models"]
+        assert pruned["params"] < source["params"] and pruned["macs"] < source["macs"]
+        assert distilled["params"] == pruned["params"]  # distill trains the pruned model on from the original
+        assert distilled["accuracy"] > 0.3
+    fixed = [n for n in report.results["notes"] if "batch fixed at 1" in n]
+    assert bool(fixed) == (kind == "torch")  # the plan says how a fixed-batch program is handled
+    rows = {(a["format"], a["precision"]): a for a in report.artifacts}
+    assert set(rows) == {(e["format"], e["precision"]) for e in EVERY_EXPORT}
+    assert report.results["source"]["metrics"]["accuracy"] > 0.5  # it learned something: agreement means something
+    model_accuracy = report.results["models"][-1]["accuracy"]
+    for key, row in rows.items():
+        assert row["latency"]["p50"] > 0, key
+        assert row["check"]["samples"] == DIGITS["check_samples"], key
+        assert row["metrics"]["accuracy"] >= model_accuracy - 0.25, key
+        # Every file computes what its source computes, within what its precision loses.
+        assert row["check"]["top1_agreement"] >= (0.99 if key[1] in ("fp32", "fp16") else 0.7), key
+    for key in (("tflite", "fp32"), ("onnx", "fp32")):
+        assert rows[key]["check"]["max_abs_diff"] < 1e-3, key
+    assert rows[("tflite", "int8")]["quantization"]["int8_macs"] > 0.5
