@@ -68,6 +68,13 @@ class TorchTflite(Exporter):
                 f"layout {layout} asks for an image layout, but {source.path} takes input of shape "
                 f"{tuple(source.input_shape)}, not (N, C, H, W) images. Remove layout from its exports."
             )
+        fixed = source.fixed_batch
+        if fixed is not None and request.batch_size not in (None, fixed):
+            raise EdgepressError(
+                f"batch_size {request.batch_size} on tflite {request.precision}: {source.path} was exported with its "
+                f"batch fixed at {fixed}, and runs at that batch only. Remove batch_size, or export the model with a "
+                "dynamic batch (torch.export.Dim)."
+            )
         if request.precision == "int8":
             calibration_inputs(source, request.calibration, "TFLite int8 (litert-torch)")
         _litert_torch(source)

@@ -7,6 +7,7 @@ export keeps it, as the plan says), takes no compression step yet (its exports o
 from __future__ import annotations
 
 import pytest
+import yaml
 
 import edgepress
 from tests.models import encoders
@@ -58,3 +59,24 @@ def test_every_export_of_an_attention_encoder_loads_checks_and_measures(kind, tm
     for key in (("tflite", "fp32"), ("onnx", "fp32")):
         assert rows[key]["check"]["max_abs_diff"] < 1e-3, key
     assert rows[("tflite", "int8")]["quantization"]["int8_macs"] > 0.5
+
+
+def test_a_fixed_batch_program_is_said_in_the_plan_and_another_batch_is_refused_there(tmp_path):
+    from typer.testing import CliRunner
+
+    from edgepress.cli import app
+    from edgepress.plan import make_plan
+
+    path = tmp_path / "enc.pt2"
+    encoders.torch_encoder(path, epochs=1)
+    recipe = {"name": "enc", "model": {"path": str(path)}, "data": DIGITS, "measure": MEASURE}
+    plan = make_plan(edgepress.Recipe.from_dict({**recipe, "exports": EVERY_EXPORT}), tmp_path / "plan")
+    (note,) = [n for n in plan.notes if "batch fixed at 1" in n]
+    assert "every export keeps batch 1" in note and "torch.export.Dim" in note
+    for format in ("tflite", "onnx"):
+        (tmp_path / "r.yaml").write_text(yaml.safe_dump(
+            {**recipe, "exports": [{"format": format, "precision": "fp32", "batch_size": 4}]}))
+        result = CliRunner().invoke(app, ["run", str(tmp_path / "r.yaml"), "-o", str(tmp_path / format)])
+        message = " ".join(result.output.split())
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+        assert "batch_size" in message and "fixed" in message and not (tmp_path / format).exists()
