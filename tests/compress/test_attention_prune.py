@@ -86,3 +86,14 @@ def test_macs_count_attention():
     # One head of 8 over 8 tokens of 16: q, k, v and output projections, scores and the weighted sum.
     per_head = 4 * 8 * 16 * 8 + 8 * 8 * (8 + 8)
     assert macs(model) - macs(smaller) == per_head
+
+
+def test_the_gradual_schedule_silences_heads_while_training_then_removes_them():
+    from edgepress.compress.structured_prune import structured_prune
+
+    model = _encoder("keras3")
+    x, y = encoders.digits_rows(128)
+    smaller = structured_prune(model, x, y, ratio=0, layers={"mha": 0.5}, schedule="gradual", rounds=2,
+                               fine_tune_epochs=2, criterion="taylor", batch_size=64)
+    assert attention_sizes(smaller.get_layer("mha"))[0] == 1
+    assert smaller.count_params() < model.count_params()
