@@ -49,7 +49,7 @@ class StudentSpec(BaseModel):
     )
     width: float | None = Field(
         None, gt=0, le=1, description="The teacher's architecture with round(width x channels) in each Conv and Dense "
-        "layer but the classifier, with fresh weights."
+        "layer but the classifier (and round(width x heads) in each MultiHeadAttention), with fresh weights."
     )
 
     @model_validator(mode="after")
@@ -242,7 +242,8 @@ def make_student(teacher, spec: StudentSpec):
 
 
 def width_scaled(model, width: float):
-    """`model`'s architecture with round(width x filters/units) in each layer but the classifier, fresh weights.
+    """`model`'s architecture with round(width x filters/units/heads) in each layer but the classifier, fresh
+    weights.
 
     Rebuilt from the model's config, so the layers keep their names (a later step's `layers:` still
     applies). Raises EdgepressError naming a layer that would keep no channel.
@@ -258,7 +259,7 @@ def width_scaled(model, width: float):
         layer_config = _config(layer)
         if layer.name in classifiers:
             continue
-        for key in ("filters", "units"):
+        for key in ("filters", "units", "num_heads"):  # an attention layer keeps its head size, with fewer heads
             channels = layer_config.get(key)
             if isinstance(channels, int):
                 scaled = round(width * channels)

@@ -95,6 +95,9 @@ def with_widths(model, widths: dict[str, int], name: str | None = None):
     for entry in config["layers"]:
         entry.pop("build_config", None)
         layer = entry["config"]
+        for stale in ("query_shape", "key_shape", "value_shape"):  # tf_keras's MultiHeadAttention builds from these
+            if stale in layer:
+                layer[stale] = None
         if layer.get("name") in widths:
             width = "filters" if "filters" in layer else "num_heads" if "num_heads" in layer else "units"
             layer[width] = widths[layer["name"]]

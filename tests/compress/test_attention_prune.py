@@ -97,3 +97,14 @@ def test_the_gradual_schedule_silences_heads_while_training_then_removes_them():
                                fine_tune_epochs=2, criterion="taylor", batch_size=64)
     assert attention_sizes(smaller.get_layer("mha"))[0] == 1
     assert smaller.count_params() < model.count_params()
+
+
+@pytest.mark.parametrize("kind", ["keras3", "tf_keras"])
+def test_a_distill_student_of_half_width_has_half_the_heads_and_units(kind):
+    from edgepress.compress.distill import StudentSpec, make_student
+
+    model = _encoder(kind)
+    student = make_student(model, StudentSpec(width=0.5))
+    assert attention_sizes(student.get_layer("mha")) == (1, 8, 8)  # fewer heads, each as wide
+    assert student.get_layer("mlp_up").get_config()["units"] == 16 and student.get_layer("embed").units == 8
+    assert student.predict(np.zeros((2, 8, 8), np.float32), verbose=0).shape == (2, 10)
