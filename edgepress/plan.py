@@ -321,7 +321,7 @@ def _steps(recipe: Recipe, source: Source, data) -> tuple[tuple[PlannedStep, ...
     shaped like the last step's result (the exports' model). A Keras 3 model entering a step that needs tf_keras
     (tfmot's) is bridged here already, so a model tf_keras cannot rebuild is refused before any training."""
     from edgepress.compress.step import STEPS, StepContext
-    from edgepress.models.source import wrap
+    from edgepress.models.source import framework_model, wrap
 
     planned, model, fitted = [], source, data
     for i, config in enumerate(recipe.steps, start=1):
@@ -331,10 +331,11 @@ def _steps(recipe: Recipe, source: Source, data) -> tuple[tuple[PlannedStep, ...
             model = _bridged(model, i, config.type, recipe)
         if tuple(model.input_shape[1:]) != fitted.x_test.shape[1:]:
             fitted = data.fit_to(tuple(model.input_shape[1:]))  # after a student that takes another input
-        context = StepContext(source=source.model, before=tuple(s.type for s in recipe.steps[: i - 1]))
-        step.check(model.model, config, context)
+        context = StepContext(source=framework_model(source),
+                              before=tuple(s.type for s in recipe.steps[: i - 1]))
+        step.check(framework_model(model), config, context)
         planned.append(PlannedStep(i, config, step, fitted, bridge))
-        model = wrap(step.result_like(model.model, config, context))
+        model = wrap(step.result_like(framework_model(model), config, context))
     return tuple(planned), model
 
 

@@ -385,15 +385,28 @@ def _shifted(on_epoch, config: DistillConfig, done: int):
 @register
 class Distill(Step):
     config = DistillConfig
-    kinds = frozenset({"keras3", "tf_keras"})
+    kinds = frozenset({"keras3", "tf_keras", "torch"})
     needs = "it trains a Keras student model on the model's outputs"
 
     def check(self, model, config, context):
+        if _is_program(model):
+            from edgepress.compress.distill_torch import check_program_distill
+
+            return check_program_distill(config)
         check_distillable(model, config, source=context.source)
 
     def result_like(self, model, config, context):
-        return student_like(model, config, source=context.source)
+        return model if _is_program(model) else student_like(model, config, source=context.source)
 
     def run(self, model, x, y, config, context):
+        if _is_program(model):  # a PyTorch program, trained on in PyTorch from the run's original model
+            from edgepress.compress.distill_torch import distill_program
+
+            teacher = model if config.teacher == "input" else context.source
+            return distill_program(model, teacher, x, y, config, context.on_epoch, test=context.test)
         # The details: the teacher's and the students' scores on the test split.
         return distill_and_score(model, x, y, config, context.on_epoch, test=context.test, source=context.source)
+
+
+def _is_program(model) -> bool:
+    return getattr(model, "kind", None) == "torch"

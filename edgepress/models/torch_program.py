@@ -37,9 +37,10 @@ class TorchSource(Graph):
     title = "a PyTorch program"
     suffix = ".pt2"
     why_no_steps = (
-        "it is a PyTorch program: pruning and quantization-aware training wrap Keras layers with tfmot, and "
-        "distillation trains a Keras student; compress the model in PyTorch before exporting it, or use the "
-        "post-training quantization of its exports (tflite dynamic / int8, onnx int8_dynamic / int8_static)"
+        "it is a PyTorch program: pruning, clustering and quantization-aware training wrap Keras layers with tfmot "
+        "(distill with `teacher: source` and no student trains the program itself); compress the model in PyTorch "
+        "before exporting it, or use the post-training quantization of its exports (tflite dynamic / int8, onnx "
+        "int8_dynamic / int8_static)"
     )
 
     def __init__(self, path: str | Path, keep: object | None = None) -> None:
