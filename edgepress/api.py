@@ -97,7 +97,7 @@ def _run_steps(plan: Plan, source: Source, progress: Progress, first_epoch_floor
     """Run each step in order; return the model rows (the source, then each step's result) and the last model.
     Each model is written into models/ in the framework (and the Keras) the source came in."""
     from edgepress.compress.step import StepContext
-    from edgepress.models.source import wrap
+    from edgepress.models.source import framework_model, wrap
 
     data = plan.data
     source_scores = _scores(source.predict(data.x_test), data.y_test)
@@ -111,21 +111,25 @@ def _run_steps(plan: Plan, source: Source, progress: Progress, first_epoch_floor
         if planned.bridge:  # a Keras 3 model into a step that needs tfmot: rebuilt in tf_keras (checked by the plan)
             model = model.to_tf_keras()
             progress.done(f"{planned.label}: {model.name} rebuilt in tf_keras for tfmot")
-        for note in planned.step.notes(model.model, planned.config):
+        for note in planned.step.notes(framework_model(model), planned.config):
             progress.done(f"{planned.label}: {note}")
         on_epoch = _epoch_reporter(progress, planned.label)
         if first_epoch_floor is not None and planned.index == 1:
             on_epoch = _stop_if_hopeless(on_epoch, first_epoch_floor, data.x_test, data.y_test)
-        context = StepContext(source=source.model, before=tuple(s.type for s in plan.steps[: planned.index - 1]),
+        context = StepContext(source=framework_model(source),
+                              before=tuple(s.type for s in plan.steps[: planned.index - 1]),
                               test=(data.x_test, data.y_test), on_epoch=on_epoch)
         progress.update(planned.label)
-        result, details = planned.step.run(model.model, data.x_train, data.y_train, planned.config, context)
+        result, details = planned.step.run(framework_model(model), data.x_train, data.y_train, planned.config,
+                                           context)
         model = wrap(result)
         out = plan.export_data if planned is plan.steps[-1] else plan.steps[planned.index].data
         scores = _scores(model.predict(out.x_test), out.y_test)
         stages.append({**_stage(planned.type, model, scores), **details})
-        progress.done(f"{planned.label}: {_scored(scores)}, {stages[-1]['params']:,} parameters, "
-                      f"{stages[-1]['macs']:,} MACs" + "".join(f"; {note}" for note in stage_notes(stages[-1])))
+        macs = stages[-1]["macs"]  # None for a graph kind (a PyTorch program), whose MACs are not counted
+        progress.done(f"{planned.label}: {_scored(scores)}, {stages[-1]['params']:,} parameters"
+                      + ("" if macs is None else f", {macs:,} MACs")
+                      + "".join(f"; {note}" for note in stage_notes(stages[-1])))
         stages[-1]["file"] = model.save(plan.run_dir / "models" / f"{planned.index}-{planned.type}.keras", like)
     return stages, model
 

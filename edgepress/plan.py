@@ -121,6 +121,7 @@ def make_plan(recipe: Recipe, run_dir: str | os.PathLike | None = None, progress
     _check_data_fits(source, data, source_name)
     _check_finite(source, data.x_test[: spec.check_samples], source_name)
     recipe, notes = _applicable(source, recipe)
+    notes += _fixed_batch_notes(source)
     notes += _kernel_notes(recipe, devices)
     steps, final = _steps(recipe, source, data)
     export_data = data if final is source else data.fit_to(tuple(final.input_shape[1:]))
@@ -200,11 +201,15 @@ def _source(recipe: Recipe, data, progress) -> tuple[Source, str, Callable | Non
     it becomes the file its users would bring (a graph) only once trained.
     """
     from edgepress.models import zoo
-    from edgepress.models.loading import open_model
+    from edgepress.models.loading import import_custom_objects, open_model
     from edgepress.models.source import fixed_input, kinds, wrap
 
     spec = recipe.model
+    if spec.custom_objects and spec.path is None:
+        raise EdgepressError("model.custom_objects names the modules of a saved model's own layers; a zoo model has "
+                             "none. Remove model.custom_objects, or give model.path.")
     if spec.path is not None:
+        import_custom_objects(spec.custom_objects, spec.path, spec.trusted)
         if progress:
             progress.update(f"load {spec.path}")
         return fixed_input(open_model(spec.path, trusted=spec.trusted), spec.input_shape, spec.path), spec.path, None
@@ -368,12 +373,23 @@ def _applicable(source: Source, recipe: Recipe) -> tuple[Recipe, list[str]]:
     return recipe.model_copy(update={"exports": exports}), notes
 
 
+def _fixed_batch_notes(source: Source) -> list[str]:
+    """How a program whose batch its exporter fixed (a .pt2 exported without a dynamic batch) is handled."""
+    batch = getattr(source, "fixed_batch", None)
+    if batch is None:
+        return []
+    return [f"{source.path} was exported with its batch fixed at {batch} (no torch.export.Dim): its reshapes name "
+            f"that batch, so every export keeps batch {batch}, and calibration, checks and measurements feed it "
+            f"{batch} sample(s) at a time. Export it with `dynamic_shapes` (a torch.export.Dim batch) for files "
+            "that take any batch."]
+
+
 def _steps(recipe: Recipe, source: Source, data) -> tuple[tuple[PlannedStep, ...], Source]:
     """Each step checked against the model it will get, with data fitted to that model's input; and a model
     shaped like the last step's result (the exports' model). A Keras 3 model entering a step that needs tf_keras
     (tfmot's) is bridged here already, so a model tf_keras cannot rebuild is refused before any training."""
     from edgepress.compress.step import STEPS, StepContext
-    from edgepress.models.source import wrap
+    from edgepress.models.source import framework_model, wrap
 
     planned, model, fitted = [], source, data
     for i, config in enumerate(recipe.steps, start=1):
@@ -383,10 +399,11 @@ def _steps(recipe: Recipe, source: Source, data) -> tuple[tuple[PlannedStep, ...
             model = _bridged(model, i, config.type, recipe)
         if tuple(model.input_shape[1:]) != fitted.x_test.shape[1:]:
             fitted = data.fit_to(tuple(model.input_shape[1:]))  # after a student that takes another input
-        context = StepContext(source=source.model, before=tuple(s.type for s in recipe.steps[: i - 1]))
-        step.check(model.model, config, context)
+        context = StepContext(source=framework_model(source),
+                              before=tuple(s.type for s in recipe.steps[: i - 1]))
+        step.check(framework_model(model), config, context)
         planned.append(PlannedStep(i, config, step, fitted, bridge))
-        model = wrap(step.result_like(model.model, config, context))
+        model = wrap(step.result_like(framework_model(model), config, context))
     return tuple(planned), model
 
 

@@ -51,6 +51,11 @@ class ModelSpec(Section):
         False, description="Trust the model file: allow code saved in it (Lambda layers, Python functions) to run "
         "when it is loaded. Off, such a file is refused before anything in it runs; set it only for files you trust."
     )
+    custom_objects: list[str] = Field(
+        default_factory=list, description="Python modules that define the model's own Keras layers (registered with "
+        "keras.saving.register_keras_serializable), e.g. [mypackage.layers]: imported before the model is loaded, "
+        "and only for a trusted model (--trust-model), since importing a module runs its code."
+    )
     train_epochs: int = Field(5, ge=1, le=MAX_EPOCHS, description="Training epochs for a zoo model.")
     batch_size: int = Field(128, ge=1, le=MAX_BATCH)
     learning_rate: float = Field(1e-3, gt=0, le=MAX_LEARNING_RATE)

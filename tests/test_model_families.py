@@ -286,8 +286,9 @@ def test_onnx_exports_that_cannot_be_made_are_refused(torch_cnn, tmp_path):
                            exports=[{"format": "onnx", "precision": "fp32", "batch_size": 1}])
     refused(tmp_path, fixed_batch, "batch_size on onnx fp32", "keeps its own input shape (?, 3, 32, 32)")
     program = str(torch_cnn.run_dir / "models" / "0-source.pt2")
-    int16 = ci_sized("mnist_torch_cnn", model={"path": program}, exports=[{"format": "tflite", "precision": "int16x8"}])
-    refused(tmp_path, int16, "TFLite int16x8 from a PyTorch program is not available", "fp32, fp16, dynamic, int8")
+    sparse = ci_sized("mnist_torch_cnn", model={"path": program},
+                      exports=[{"format": "tflite", "precision": "fp32", "sparse": True}])
+    refused(tmp_path, sparse, "float_layers and sparse are options of Keras TFLite exports")
     keras_layout = ci_sized("mnist_mlp", model={"train_epochs": 1}, data=SMALL_MNIST,
                             exports=[{"format": "tflite", "layout": "NHWC"}])
     refused(tmp_path, keras_layout, "layout chooses the image layout of TFLite files from a PyTorch model")

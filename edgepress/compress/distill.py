@@ -50,7 +50,7 @@ class StudentSpec(Section):
     )
     width: float | None = Field(
         None, gt=0, le=1, description="The teacher's architecture with round(width x channels) in each Conv and Dense "
-        "layer but the classifier, with fresh weights."
+        "layer but the classifier (and round(width x heads) in each MultiHeadAttention), with fresh weights."
     )
 
     @model_validator(mode="after")
@@ -243,7 +243,8 @@ def make_student(teacher, spec: StudentSpec):
 
 
 def width_scaled(model, width: float):
-    """`model`'s architecture with round(width x filters/units) in each layer but the classifier, fresh weights.
+    """`model`'s architecture with round(width x filters/units/heads) in each layer but the classifier, fresh
+    weights.
 
     Rebuilt from the model's config, so the layers keep their names (a later step's `layers:` still
     applies). Raises EdgepressError naming a layer that would keep no channel.
@@ -259,7 +260,7 @@ def width_scaled(model, width: float):
         layer_config = _config(layer)
         if layer.name in classifiers:
             continue
-        for key in ("filters", "units"):
+        for key in ("filters", "units", "num_heads"):  # an attention layer keeps its head size, with fewer heads
             channels = layer_config.get(key)
             if isinstance(channels, int):
                 scaled = round(width * channels)
@@ -382,15 +383,28 @@ def _shifted(on_epoch, config: DistillConfig, done: int):
 @register
 class Distill(Step):
     config = DistillConfig
-    kinds = frozenset({"keras3", "tf_keras"})
+    kinds = frozenset({"keras3", "tf_keras", "torch"})
     needs = "it trains a Keras student model on the model's outputs"
 
     def check(self, model, config, context):
+        if _is_program(model):
+            from edgepress.compress.distill_torch import check_program_distill
+
+            return check_program_distill(config)
         check_distillable(model, config, source=context.source)
 
     def result_like(self, model, config, context):
-        return student_like(model, config, source=context.source)
+        return model if _is_program(model) else student_like(model, config, source=context.source)
 
     def run(self, model, x, y, config, context):
+        if _is_program(model):  # a PyTorch program, trained on in PyTorch from the run's original model
+            from edgepress.compress.distill_torch import distill_program
+
+            teacher = model if config.teacher == "input" else context.source
+            return distill_program(model, teacher, x, y, config, context.on_epoch, test=context.test)
         # The details: the teacher's and the students' scores on the test split.
         return distill_and_score(model, x, y, config, context.on_epoch, test=context.test, source=context.source)
+
+
+def _is_program(model) -> bool:
+    return getattr(model, "kind", None) == "torch"

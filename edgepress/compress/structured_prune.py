@@ -21,6 +21,18 @@ model's graph is walked once, carrying for every tensor the atom behind each pos
   it, and so do the model's outputs: the final classifier's units are the classes.
 A layer whose channels are all pinned is left whole; `Plan.notes()` names it and says why.
 
+Attention. Each head of a MultiHeadAttention layer is one atom: removing it removes its query, key and value
+columns and the rows of the output projection that read it, together (and the layer is rebuilt with fewer
+`num_heads`). Its output is the residual width, and its inputs are read by every head, so both are pinned:
+residual widths are left whole (LayerNormalization pins them too); the MLP between two residual Adds (Dense -> GELU
+-> Dense) loses hidden units as any Dense does. Removing a head is exact (the output projection's rows of a removed
+head are what it contributes).
+
+Importance. `criterion: l1 | l2` ranks channels by the norm of their filters (for a head: its value and output
+weights); `taylor` measures it on the training data: the first-order change of the loss when the channel or head
+is removed, (sum of weight x gradient over its filter and bias, or over a head's output-projection rows)^2,
+averaged over batches (Molchanov et al., "Importance Estimation for Neural Network Pruning", 2019).
+
 `round_to: N` rounds the number of channels each pruned group keeps up to a multiple of N (never
 below N, never above the original): a layer of 22 or 67 channels leaves a vectorized kernel's last
 register half used, and measured on MobileNetV2, such counts made onnxruntime slower though MACs fell.
@@ -47,7 +59,15 @@ from edgepress.compat import keras_of
 from edgepress.compress.step import Step, register
 from edgepress.errors import EdgepressError, first_line
 from edgepress.models import training
-from edgepress.models.keras_graph import PASS_THROUGH, Key, axes, calls, function_name, with_widths
+from edgepress.models.keras_graph import (
+    PASS_THROUGH,
+    Key,
+    attention_sizes,
+    axes,
+    calls,
+    function_name,
+    with_widths,
+)
 from edgepress.specs.section import Section
 from edgepress.values import MAX_BATCH, MAX_EPOCHS, MAX_LEARNING_RATE
 
@@ -68,7 +88,9 @@ class StructuredPruneConfig(Section):
         description="Per-layer ratios, e.g. {conv2d: 0.25}; they override `ratio` for the layers named "
         "(set ratio: 0 to prune only these).",
     )
-    criterion: Literal["l1", "l2"] = Field("l1", description="Norm of each filter that ranks the channels.")
+    criterion: Literal["l1", "l2", "taylor"] = Field(
+        "l1", description="What ranks channels and attention heads: the l1 or l2 norm of their weights, or taylor, "
+        "their importance measured on the training data (the first-order loss change when removed).")
     schedule: Literal["oneshot", "gradual"] = Field(
         "oneshot",
         description="oneshot: remove at once, then fine-tune; gradual: zero more channels each round while "
@@ -104,7 +126,7 @@ def structured_prune(model, x: np.ndarray, y: np.ndarray, config: StructuredPrun
     structured_prune(m, x, y, ratio=0.5, criterion="l2"). The input model is left as it was.
     """
     config = config or StructuredPruneConfig(**options)
-    final = plan(model, config)
+    final = plan(model, config, data=(x, y))
     for note in final.notes():
         log.info("structured_prune: %s", note)
     if config.schedule == "oneshot":
@@ -119,7 +141,7 @@ def structured_prune(model, x: np.ndarray, y: np.ndarray, config: StructuredPrun
     working = training.copy_model(model)
     done = 0
     for r in range(1, config.rounds + 1):
-        current = plan(working, config, fraction=r / config.rounds)
+        current = plan(working, config, fraction=r / config.rounds, data=(x, y))
         epochs = config.fine_tune_epochs // config.rounds + (config.fine_tune_epochs % config.rounds if
                                                              r == config.rounds else 0)
         masks = _masks(working, current)
@@ -159,8 +181,11 @@ class Plan:
         return ([f"channels: {', '.join(changed)}"] if changed else []) + lines
 
 
-def plan(model, config: StructuredPruneConfig | None = None, fraction: float = 1.0, **options) -> Plan:
+def plan(model, config: StructuredPruneConfig | None = None, fraction: float = 1.0,
+         data: tuple[np.ndarray, np.ndarray] | None = None, **options) -> Plan:
     """Decide which channels of `model` to remove under `config` (scaled by `fraction`, for gradual rounds).
+    `data` (x, y) is what the taylor criterion measures on; without it (the plan's check, which decides only how
+    many go) taylor ranks by the l1 norm.
 
     Raises EdgepressError naming the layer when the request cannot be met: a layer that would keep no
     channel, a layer asked for by name that structured pruning cannot follow, tied layers given
@@ -170,7 +195,8 @@ def plan(model, config: StructuredPruneConfig | None = None, fraction: float = 1
     graph = _Graph(model)
     _check_requested(model, config, graph)
 
-    scores = _scores(model, graph, config.criterion)
+    criterion = "l1" if config.criterion == "taylor" and data is None else config.criterion
+    scores = _scores(model, graph, criterion, data)
     units: dict[int, list[int]] = {}
     for atom in range(1, len(graph.atoms)):
         root = graph.find(atom)
@@ -198,7 +224,8 @@ def plan(model, config: StructuredPruneConfig | None = None, fraction: float = 1
     for members in groups.values():
         names = sorted({graph.atoms[a][0] for atoms in members for a in atoms})
         ratio = _group_ratio(names, config)
-        count = _rounded(len(members), round(ratio * fraction * len(members)), config.round_to)
+        count = _rounded(len(members), round(ratio * fraction * len(members)), config.round_to,
+                         graph.unit_width(names))
         # Lowest total score first; ties go to the lower channel index so the plan is reproducible.
         ranked = sorted(members, key=lambda atoms: (sum(scores[a] for a in atoms), min(atoms)))
         for atoms in ranked[:count]:
@@ -212,8 +239,8 @@ def plan(model, config: StructuredPruneConfig | None = None, fraction: float = 1
             ratio = (config.layers or {}).get(name, config.ratio)
             highest = math.floor(100 * (before - 1) / before) / 100  # rounded down: it must keep one channel
             raise EdgepressError(
-                f"structured_prune: ratio {ratio:g} removes all {before} channels of layer '{name}', which would "
-                f"leave it with zero channels. Give it a ratio of at most {highest:g} with "
+                f"structured_prune: ratio {ratio:g} removes all {before} {graph.what(name)} of layer '{name}', "
+                f"which would leave it with zero {graph.what(name)}. Give it a ratio of at most {highest:g} with "
                 f"`layers: {{{name}: ...}}` in the step, or lower `ratio`."
             )
     slices = {name: (kind, graph.kept(key, removed_atoms)) for name, (kind, key) in graph.readers.items()}
@@ -234,6 +261,9 @@ def remove_channels(model, plan: Plan):
         ) from None
     for layer in smaller.layers:
         weights = model.get_layer(layer.name).get_weights()
+        if type(layer).__name__ == "MultiHeadAttention" and layer.name in plan.removed:
+            _keep_heads(model.get_layer(layer.name), layer, plan.removed[layer.name])
+            continue
         if layer.name in plan.slices:
             kind, keep_in = plan.slices[layer.name]
             keep_out = None
@@ -243,6 +273,25 @@ def remove_channels(model, plan: Plan):
             weights = [_slice(w, kind, keep_in, keep_out) for w in weights]
         layer.set_weights(weights)
     return smaller
+
+
+def _projections(layer) -> tuple:
+    """The query, key, value and output EinsumDense layers of a MultiHeadAttention (Keras 3 and tf_keras)."""
+    return layer._query_dense, layer._key_dense, layer._value_dense, layer._output_dense
+
+
+def _keep_heads(old, new, removed: list[int]) -> None:
+    """Give `new` (built with fewer heads) the weights of the heads of `old` that stay: the heads axis of the query,
+    key and value kernels (input, heads, size) and biases (heads, size), and of the output kernel
+    (heads, size, output); the output bias is whole."""
+    keep = [h for h in range(attention_sizes(old)[0]) if h not in set(removed)]
+    *qkv, out = _projections(old)
+    *new_qkv, new_out = _projections(new)
+    for source, target in zip(qkv, new_qkv, strict=True):
+        weights = source.get_weights()
+        target.set_weights([np.take(w, keep, axis=1 if w.ndim == 3 else 0) for w in weights])
+    kernel, *bias = out.get_weights()
+    new_out.set_weights([np.take(kernel, keep, axis=0), *bias])
 
 
 def _slice(w: np.ndarray, kind: str, keep_in: list[int] | None, keep_out: list[int] | None) -> np.ndarray:
@@ -279,6 +328,7 @@ class _Graph:
         self.readers: dict[str, tuple[str, Key]] = {}  # layer with weights to slice -> (kind, input tensor)
         self.reasons: dict[str, list[str]] = {}  # producer -> why (some of) its channels are pinned
         self.maps: dict[Key, list[int] | None] = {}  # tensor -> atom per channel (None: width unknown)
+        self.attention: dict[str, int] = {}  # MultiHeadAttention layer -> the width of one head (its atoms are heads)
         graph = calls(model)
         self.shapes = graph.shapes
         for key in graph.inputs:
@@ -316,6 +366,14 @@ class _Graph:
         width = self.shapes[key][-1] if self.shapes[key] else None
         return None if width is None else [FIXED] * int(width)
 
+    def what(self, name: str) -> str:
+        """What a producer's atoms are, for messages."""
+        return "heads" if name in self.attention else "channels"
+
+    def unit_width(self, names: list[str]) -> int:
+        """How many projection columns one atom of these (tied) producers is: a head's size, else 1."""
+        return max([self.attention.get(n, 1) for n in names])
+
     def kept(self, key: Key, removed: set[int]) -> list[int] | None:
         atoms = self.maps[key]
         if atoms is None or not any(a in removed for a in atoms):
@@ -349,6 +407,9 @@ class _Graph:
             unknown("")
             return
         cannot = f"it feeds '{layer.name}' ({kind}), which structured pruning cannot follow"
+        if kind == "MultiHeadAttention" and not shared and len(outputs) == 1:
+            self._attention(layer, maps, outputs[0])
+            return
         if len(inputs) > 1 and kind not in TIES | {"Concatenate"}:
             unknown(cannot)
             return
@@ -405,6 +466,19 @@ class _Graph:
             unknown(cannot)
 
 
+    def _attention(self, layer, maps: list, out: Key) -> None:
+        """Heads are the atoms of a MultiHeadAttention; what it reads and writes is pinned (see the module doc)."""
+        for m in maps:
+            self._pin(m, f"it feeds attention '{layer.name}', whose every head reads every channel")
+        heads, size, _ = attention_sizes(layer)
+        atoms = list(range(len(self.atoms), len(self.atoms) + heads))
+        self.atoms += [(layer.name, h) for h in range(heads)]
+        self.parent += atoms
+        self.producers[layer.name] = atoms
+        self.attention[layer.name] = size
+        self.maps[out] = self._fixed(out)
+
+
 def _zero_to_zero(fn) -> bool:
     """True if the element-wise function or layer `fn` maps 0 to 0 (relu, tanh, linear, ...)."""
     try:
@@ -413,17 +487,27 @@ def _zero_to_zero(fn) -> bool:
         return False
 
 
-def _scores(model, graph: _Graph, criterion: str) -> dict[int, float]:
-    """Importance of each atom: the norm of its filter, scaled by the BatchNormalization that follows.
+def _scores(model, graph: _Graph, criterion: str, data: tuple[np.ndarray, np.ndarray] | None = None,
+            ) -> dict[int, float]:
+    """Importance of each atom: the norm of its filter (a head: of its value and output weights), scaled by the
+    BatchNormalization that follows; or, for `taylor`, measured on `data` (`_taylor`).
 
     A BatchNormalization multiplies channel c by gamma_c / sqrt(var_c + eps), so that factor is part of
     the filter's effective size. Scores are divided by their layer's mean so that layers tied together
     count alike whatever their scale.
     """
+    if criterion == "taylor":
+        return _normalized(graph, _taylor(model, graph, *data))
     scores: dict[int, float] = {}
     for name, atoms in graph.producers.items():
-        kernel = model.get_layer(name).get_weights()[0]
-        filters = kernel.reshape(-1, kernel.shape[-1]).T
+        layer = model.get_layer(name)
+        if name in graph.attention:
+            _, _, value, out = _projections(layer)
+            v, o = value.get_weights()[0], out.get_weights()[0]  # (input, heads, size), (heads, size, output)
+            filters = np.concatenate([v.transpose(1, 0, 2).reshape(len(atoms), -1), o.reshape(len(atoms), -1)], 1)
+        else:
+            kernel = layer.get_weights()[0]
+            filters = kernel.reshape(-1, kernel.shape[-1]).T
         norms = np.abs(filters).sum(axis=1) if criterion == "l1" else np.sqrt((filters ** 2).sum(axis=1))
         for atom, norm in zip(atoms, norms, strict=True):
             scores[atom] = float(norm)
@@ -436,12 +520,55 @@ def _scores(model, graph: _Graph, criterion: str) -> dict[int, float]:
         for atom, s in zip(graph.maps[key], scale, strict=True):
             if atom != FIXED:
                 scores[atom] *= float(s)
+    return _normalized(graph, scores)
+
+
+def _normalized(graph: _Graph, scores: dict[int, float]) -> dict[int, float]:
     for atoms in graph.producers.values():
         mean = float(np.mean([scores[a] for a in atoms]))
         if mean > 0:
             for a in atoms:
                 scores[a] /= mean
     return scores
+
+
+def _taylor(model, graph: _Graph, x: np.ndarray, y: np.ndarray, samples: int = 512, batch: int = 64,
+            ) -> dict[int, float]:
+    """Each atom's measured importance: (sum of weight x loss gradient over what removing it zeroes)^2, the square of
+    the first-order loss change, averaged over batches of up to `samples` training samples. What removing an atom
+    zeroes: a Conv / Dense channel's filter and bias; a head's rows of the output projection (with them at zero the
+    head contributes nothing)."""
+    from edgepress.compat import tensorflow
+    from edgepress.models.training import outputs_logits
+
+    tf = tensorflow()
+    loss_fn = keras_of(model).losses.SparseCategoricalCrossentropy(from_logits=outputs_logits(model))
+    groups = []  # (atoms, variables, reduce: variable value x gradient -> one number per atom)
+    for name, atoms in graph.producers.items():
+        layer = model.get_layer(name)
+        if name in graph.attention:
+            out = _projections(layer)[3]
+            groups.append((atoms, [out.kernel], lambda p: p.reshape(p.shape[0], -1).sum(axis=1)))
+        else:
+            variables = [layer.kernel] + ([layer.bias] if getattr(layer, "use_bias", False) else [])
+            groups.append((atoms, variables, lambda p: p.reshape(-1, p.shape[-1]).sum(axis=0)))
+    variables = [v for _, vs, _ in groups for v in vs]
+    totals = {a: 0.0 for atoms, _, _ in groups for a in atoms}
+    count = min(samples, len(x))
+    batches = range(0, count, batch)
+    for start in batches:
+        xb = tf.convert_to_tensor(np.asarray(x[start : start + batch], np.float32))
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y[start : start + batch], model(xb, training=False))
+        grads = tape.gradient(loss, variables)
+        i = 0
+        for atoms, vs, reduce in groups:
+            change = sum(reduce(np.asarray(v.numpy()) * np.asarray(g)) if g is not None else 0.0
+                         for v, g in zip(vs, grads[i : i + len(vs)], strict=True))
+            i += len(vs)
+            for atom, c in zip(atoms, np.broadcast_to(change, (len(atoms),)), strict=True):
+                totals[atom] += float(c) ** 2 / len(batches)
+    return totals
 
 
 def _check_requested(model, config: StructuredPruneConfig, graph: _Graph) -> None:
@@ -480,11 +607,13 @@ def _check_requested(model, config: StructuredPruneConfig, graph: _Graph) -> Non
         )
 
 
-def _rounded(channels: int, count: int, multiple: int | None) -> int:
-    """How many of `channels` to remove so that the number kept is a multiple of `multiple`: the kept number is
-    rounded up, never below `multiple` and never above `channels` (a layer with fewer keeps them all)."""
+def _rounded(channels: int, count: int, multiple: int | None, unit: int = 1) -> int:
+    """How many of `channels` to remove so that the width kept (channels x `unit`, the size of an attention head)
+    is a multiple of `multiple`: the kept number is rounded up, never below `multiple` and never above `channels`
+    (a layer with fewer keeps them all)."""
     if not multiple or count == 0:
         return count
+    multiple //= math.gcd(multiple, unit)  # in atoms: a head of 8 columns fills 8 of them at once
     keep = max(multiple, math.ceil((channels - count) / multiple) * multiple)
     return channels - min(channels, keep)
 
@@ -506,6 +635,12 @@ def _group_ratio(names: list[str], config: StructuredPruneConfig) -> float:
 def _masks(model, plan: Plan) -> list[tuple]:
     """(variable, 0/1 mask) pairs that zero the removed channels of `plan` in `model`."""
     masks = []
+    for name, gone in plan.removed.items():
+        layer = model.get_layer(name)
+        if type(layer).__name__ == "MultiHeadAttention":  # a head's output-projection rows silence it
+            keep = np.ones(attention_sizes(layer)[0], np.float32)
+            keep[gone] = 0
+            masks.append((_projections(layer)[3].kernel, keep[:, None, None]))
     for name, (kind, keep_in) in plan.slices.items():
         layer = model.get_layer(name)
         if kind == "producer":

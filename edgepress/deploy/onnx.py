@@ -121,13 +121,14 @@ class OnnxExport(Exporter):
 
 
 def check_batch_size(request: ExportRequest) -> None:
-    """Refuse a fixed batch for a model that keeps its own input shape (an .onnx file)."""
+    """Refuse a batch for a model that keeps its own input shape (an .onnx file, a program with a fixed batch)."""
     source = request.source
     if request.batch_size is not None and not source.takes_batch_size("onnx"):
         from edgepress.models.source import shape_text
 
+        why = "is already ONNX and keeps" if source.kind == "onnx" else "was exported with a fixed batch: it has"
         raise EdgepressError(
-            f"batch_size on onnx {request.precision}: {source.path} is already ONNX and keeps its own input shape "
+            f"batch_size on onnx {request.precision}: {source.path} {why} its own input shape "
             f"{shape_text(source.input_shape)}. Remove batch_size from its ONNX exports."
         )
 
@@ -143,6 +144,38 @@ def convert(source, out: Path, batch_size: int | None = None) -> None:
             f"tf2onnx could not convert '{source.name}' to ONNX (opset {OPSET}): {first_line(e)}. "
             "Check that its layers use ops tf2onnx supports."
         ) from None
+    erfc_as_erf(out)
+
+
+def erfc_as_erf(path: Path) -> int:
+    """Rewrite each Erfc node of the .onnx file at `path` as 1 - Erf(x); return how many there were.
+
+    TensorFlow's exact GELU is 0.5 * x * erfc(-x / sqrt(2)) (tf_keras's `gelu`), and tf2onnx writes the Erfc as it
+    is, but ONNX has no Erfc operator: onnxruntime refuses the file. Erf is ONNX's, and erfc(x) = 1 - erf(x).
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    found = [n for n in graph.node if n.op_type == "Erfc" and n.domain in ("", "ai.onnx")]
+    if not found:
+        return 0
+    one = "edgepress_erfc_one"
+    graph.initializer.append(helper.make_tensor(one, TensorProto.FLOAT, [], [1.0]))
+    nodes = []
+    for node in graph.node:
+        if node in found:
+            erf = f"{node.name or node.output[0]}_erf"
+            nodes.append(helper.make_node("Erf", [node.input[0]], [erf], name=erf))
+            nodes.append(helper.make_node("Sub", [one, erf], list(node.output), name=node.name))
+        else:
+            nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return len(found)
 
 
 def _to_fp16(fp32: Path, out: Path) -> None:

@@ -128,6 +128,11 @@ class TfliteConverter(Exporter):
                     data, quantization["float_nodes"] = _keep_float(tf, converter, source, samples,
                                                                     request.float_layers)
                     quantization["float_layers"] = list(request.float_layers)
+                elif precision == "int16x8":
+                    samples = calibration_inputs(source, request.calibration, "TFLite int16x8")
+                    data, facts = _convert_16x8(converter, lambda: source.tflite_converter(batch_size), samples,
+                                                source.layout, _not_for_16x8(source))
+                    quantization.update(facts)
                 else:
                     data = converter.convert()
         except EdgepressError:
@@ -222,6 +227,48 @@ def _converter(tf, source, precision: str, calibration: np.ndarray | None, batch
             tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
         ]
     return converter, quantization
+
+
+# Layers the converter's own 16x8 mode cannot take: it refuses their NEG (softmax, Keras 3's exact GELU), quantizes
+# their LayerNorm's SQUARED_DIFFERENCE into a file LiteRT cannot run, or aborts the process while calibrating
+# (tf_keras's exact GELU, an Erfc: TensorFlow 2.21).
+NOT_FOR_CONVERTER_16X8 = ("MultiHeadAttention", "LayerNormalization")
+
+
+def _not_for_16x8(source) -> list[str]:
+    """The layers of `source` that send its int16x8 export to LiteRT's quantizer instead of the converter."""
+    model = getattr(source, "model", None)
+    layers = getattr(model, "layers", None) or []
+    return [f"'{layer.name}' ({type(layer).__name__})" for layer in layers
+            if type(layer).__name__ in NOT_FOR_CONVERTER_16X8]
+
+
+def _convert_16x8(converter, float_converter, samples: np.ndarray, layout: str | None, avoid: list[str],
+                  ) -> tuple[bytes, dict]:
+    """The int16x8 model, and facts for the manifest when it was made another way than by `converter`.
+
+    A model with layers the converter's 16x8 mode cannot take (`avoid`, NOT_FOR_CONVERTER_16X8), or one whose ops it
+    refuses, is converted in float (`float_converter()`) and quantized by LiteRT's quantizer
+    (edgepress.deploy.static_16x8), which leaves ops it has no 16x8 kernel for in float."""
+    import re
+    import tempfile
+
+    from edgepress.deploy.static_16x8 import static_16x8
+
+    reason = {"converter_16x8_avoided_for": avoid} if avoid else None
+    if reason is None:
+        try:
+            return converter.convert(), {}
+        except Exception as e:
+            missing = re.findall(r"16x8-bit not yet supported for op: '(\w+)'", str(e))
+            if not missing:
+                raise
+            reason = {"converter_16x8_lacks": sorted(set(missing))}
+    with tempfile.TemporaryDirectory() as work:
+        fp32, out = Path(work) / "fp32.tflite", Path(work) / "int16x8.tflite"
+        fp32.write_bytes(float_converter().convert())
+        facts = static_16x8(fp32, out, samples, layout, layout)
+        return out.read_bytes(), {**facts, **reason}
 
 
 def _keep_float(tf, converter, source, samples: np.ndarray, float_layers: Sequence[str]) -> tuple[bytes, list[str]]:

@@ -10,6 +10,8 @@ Precisions, with the quantizers litert-torch itself uses:
 - dynamic: int8 weights, activations quantized at run time (litert-torch's PT2E quantizer, `is_dynamic=True`).
 - int8: int8 weights and activations, int8 input and output like edgepress's Keras int8 exports; activation
   ranges calibrated on the recipe's calibration data (PT2E quantizer: prepare_pt2e, calibrate, convert_pt2e).
+- int16x8: int16 activations, int8 weights: the fp32 file quantized by LiteRT's quantizer (static_wi8_ai16),
+  calibrated on the same data through the float file.
 
 litert-torch lowers through JAX and needs every dimension static, so a TFLite file from PyTorch has a fixed
 batch (`batch_size`, default 1). Layout: the PyTorch model takes NCHW images; `layout="NHWC"` wraps it with
@@ -24,9 +26,11 @@ below 4.13, so pip resolves pydantic 2.11.x for such an environment.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -36,6 +40,7 @@ from edgepress.compat import quiet
 from edgepress.deploy.check import calibration_inputs
 from edgepress.deploy.layout import LAYOUTS, in_layout, layout_change
 from edgepress.deploy.registry import Exporter, ExportRequest, register
+from edgepress.deploy.static_16x8 import static_16x8
 from edgepress.errors import EdgepressError, first_line
 
 TORCH_TFLITE_PRECISIONS = ("fp32", "fp16", "dynamic", "int8")
@@ -63,6 +68,13 @@ class TorchTflite(Exporter):
                 f"layout {layout} asks for an image layout, but {source.path} takes input of shape "
                 f"{tuple(source.input_shape)}, not (N, C, H, W) images. Remove layout from its exports."
             )
+        fixed = source.fixed_batch
+        if fixed is not None and request.batch_size not in (None, fixed):
+            raise EdgepressError(
+                f"batch_size {request.batch_size} on tflite {request.precision}: {source.path} was exported with its "
+                f"batch fixed at {fixed}, and runs at that batch only. Remove batch_size, or export the model with a "
+                "dynamic batch (torch.export.Dim)."
+            )
         if request.precision == "int8":
             calibration_inputs(source, request.calibration, "TFLite int8 (litert-torch)")
         _litert_torch(source)
@@ -74,7 +86,7 @@ class TorchTflite(Exporter):
         source, precision = request.source, request.precision
         litert_torch, torch = _litert_torch(source)
         layout = self.layout(request)
-        batch = request.batch_size or 1
+        batch = request.batch_size or source.fixed_batch or 1
         module = source.module
         to_artifact = layout_change(source.layout, layout)
         if to_artifact is not None:
@@ -96,6 +108,27 @@ class TorchTflite(Exporter):
         quantization.update(facts)
         converted.export(str(out))
         return quantization
+
+
+@register
+class TorchTflite16x8(TorchTflite):
+    """int16x8 from a PyTorch program: litert-torch's fp32 file, then LiteRT's quantizer (ai-edge-quantizer) with
+    its static int16-activation, int8-weight recipe, calibrated on the recipe's samples through the float file
+    (litert-torch's own PT2E quantizer makes int8 only)."""
+
+    precisions: ClassVar[tuple[str, ...]] = ("int16x8",)
+
+    def check(self, request: ExportRequest) -> None:
+        calibration_inputs(request.source, request.calibration, "TFLite int16x8 (LiteRT's quantizer)")
+        super().check(dataclasses.replace(request, precision="fp32"))
+
+    def write(self, request: ExportRequest, out: Path) -> dict[str, Any]:
+        samples = calibration_inputs(request.source, request.calibration, "TFLite int16x8 (LiteRT's quantizer)")
+        with tempfile.TemporaryDirectory() as work:
+            fp32 = Path(work) / "fp32.tflite"
+            facts = super().write(dataclasses.replace(request, precision="fp32"), fp32)
+            facts.update(static_16x8(fp32, out, samples, request.source.layout, self.layout(request)))
+        return facts
 
 
 def _convert(litert_torch, torch, module, sample, precision: str, samples, change):

@@ -42,15 +42,24 @@ class Keras3Source(KerasModel):
     @classmethod
     def load(cls, path: Path, trusted: bool) -> Keras3Source:
         """Unless `trusted`, the saved config is checked before anything is deserialized (edgepress.models.trust),
-        and Keras 3's safe mode is on. A custom class is refused either way: loading it would import its module."""
+        and Keras 3's safe mode is on. A custom class is refused unless the model is trusted and the class is
+        registered (the recipe's `model.custom_objects` imported its module): edgepress never imports a module a
+        file names."""
         keras3 = _keras3(path)
         config = keras_files.model_config(path)
         keras_files.check_config_graph(path, config)
         if not trusted:
             trust.check_untrusted(path, [config])
         custom = trust.custom_classes(config)
-        if custom:
+        if custom and not trusted:
             raise trust.custom_objects_error(path, custom)
+        missing = _unregistered(keras3, config, set(custom))
+        if missing:
+            raise EdgepressError(
+                f"Cannot load {path}: it uses custom layer(s) {', '.join(missing)} that no imported module registers. "
+                "Name the module that defines them in the recipe's model.custom_objects (e.g. [mypackage.layers]; "
+                "they must be registered with keras.saving.register_keras_serializable), and retry."
+            )
         try:
             with quiet():
                 model = keras3.models.load_model(path, compile=False, safe_mode=not trusted)
@@ -91,6 +100,25 @@ class Keras3Source(KerasModel):
         with quiet(), files.atomic_path(path) as tmp:
             self.model.save(tmp)
         return saving.write_manifest(path, "keras", f"keras {keras3.__version__}", None)
+
+
+def _unregistered(keras3, config, custom: set[str]) -> list[str]:
+    """The custom classes of a saved config that no imported module registered (by their registered name,
+    "package>Class", as Keras 3 looks them up)."""
+    wanted: set[str] = set()
+
+    def visit(value) -> None:
+        if isinstance(value, dict):
+            if value.get("class_name") in custom:
+                wanted.add(value.get("registered_name") or value["class_name"])
+            for item in value.values():
+                visit(item)
+        elif isinstance(value, list):
+            for item in value:
+                visit(item)
+
+    visit(config)
+    return sorted(name for name in wanted if name not in keras3.saving.get_custom_objects())
 
 
 def _keras3(path: Path):

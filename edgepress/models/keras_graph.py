@@ -86,7 +86,8 @@ def is_graph(model) -> bool:
 
 
 def with_widths(model, widths: dict[str, int], name: str | None = None):
-    """`model`'s architecture (fresh weights) with the layers named in `widths` given that many filters or units,
+    """`model`'s architecture (fresh weights) with the layers named in `widths` given that many filters, units or
+    attention heads (MultiHeadAttention),
     rebuilt from its config (layer names kept). Keras 3 records each layer's built input shape in the config
     (`build_config`), which the new widths make stale: a layer is built on its first call instead. Raises what the
     Keras that built it raises for a config it cannot take."""
@@ -94,11 +95,22 @@ def with_widths(model, widths: dict[str, int], name: str | None = None):
     for entry in config["layers"]:
         entry.pop("build_config", None)
         layer = entry["config"]
+        for stale in ("query_shape", "key_shape", "value_shape"):  # tf_keras's MultiHeadAttention builds from these
+            if stale in layer:
+                layer[stale] = None
         if layer.get("name") in widths:
-            layer["filters" if "filters" in layer else "units"] = widths[layer["name"]]
+            width = "filters" if "filters" in layer else "num_heads" if "num_heads" in layer else "units"
+            layer[width] = widths[layer["name"]]
     if name is not None:
         config["name"] = name
     return type(model).from_config(config)
+
+
+def attention_sizes(layer) -> tuple[int, int, int]:
+    """(heads, key size, value size) of a MultiHeadAttention layer, in Keras 3 or tf_keras (which name them apart)."""
+    heads = getattr(layer, "num_heads", None) or layer._num_heads
+    key = int(layer._key_dim)
+    return int(heads), key, int(layer._value_dim or key)
 
 
 def tensor(model, key: Key):
@@ -166,7 +178,7 @@ def _tf_keras_calls(model, step: str):
             outputs = [(layer.name, index, t) for t in range(len(out_shapes))]
             for key, s in zip(outputs, out_shapes, strict=True):
                 shapes[key] = tuple(s) if s is not None else None
-            pending.append(Call(Opaque(layer) if extra else layer, inputs + extra, outputs, len(nodes) > 1))
+            pending.append(Call(_opaque(layer, extra), inputs + extra, outputs, len(nodes) > 1))
     inputs = [tuple(k) for k in config["input_layers"]]
     outputs = [tuple(k) for k in config["output_layers"]]
     return pending, inputs, outputs, shapes
@@ -194,10 +206,17 @@ def _keras3_calls(model):
             outputs = [(layer.name, index, t) for t in range(len(node.output_tensors))]
             for k, t in zip(outputs, node.output_tensors, strict=True):
                 shapes[k] = tuple(t.shape)
-            pending.append(Call(Opaque(layer) if extra else layer, inputs + extra, outputs, len(own) > 1))
+            pending.append(Call(_opaque(layer, extra), inputs + extra, outputs, len(own) > 1))
     for t in model.inputs:
         shapes.setdefault(key(t), tuple(t.shape))
     return pending, [key(t) for t in model.inputs], [key(t) for t in model.outputs], shapes
+
+
+def _opaque(layer, extra: list[Key]):
+    """The layer of a call, or an Opaque for it when a tensor came as a keyword argument. MultiHeadAttention takes
+    its value (and key, mask) as keywords by design and is followed whole (structured_prune treats its heads, not
+    its input channels), so it stays itself."""
+    return Opaque(layer) if extra and type(layer).__name__ != "MultiHeadAttention" else layer
 
 
 def _ordered(pending: list[Call], shapes: dict, model, step: str) -> list[Call]:

@@ -50,6 +50,30 @@ def open_model(path: str | os.PathLike, trusted: bool = False) -> Source:
     )
 
 
+def import_custom_objects(modules: list[str] | tuple[str, ...], path: str | os.PathLike, trusted: bool) -> None:
+    """Import the modules that define (and register) a model's own layers, before it is loaded: only for a trusted
+    model, since importing a module runs its code; refused, naming them, otherwise."""
+    import importlib
+
+    if not modules:
+        return
+    names = ", ".join(modules)
+    if not trusted:
+        raise EdgepressError(
+            f"model.custom_objects asks to import {names} to load {path}, and importing a module runs its code: "
+            "edgepress does that only for a trusted model. Pass --trust-model (model.trusted: true) if you trust the "
+            "model and these modules, or remove model.custom_objects."
+        )
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception as error:  # ImportError, or whatever the module raises while it runs
+            raise EdgepressError(
+                f"model.custom_objects: cannot import {name} ({type(error).__name__}: {error}). Make it importable "
+                "where edgepress runs (install its package, or add its folder to PYTHONPATH), then retry."
+            ) from None
+
+
 def load_model(path: str | os.PathLike, trusted: bool = False) -> Any:
     """The Keras model in the file at `path` (a Keras 3 model for a file Keras 3 wrote, a tf_keras model for one
     Keras 2 wrote), loaded as `open_model` does; a file with no Keras model in it is refused, saying what it is."""

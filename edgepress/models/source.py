@@ -109,6 +109,12 @@ def wrap(model: Any) -> Source:
     raise TypeError(f"edgepress has no model kind for a {type(model).__module__}.{type(model).__name__}")
 
 
+def framework_model(source: Source) -> Any:
+    """What a step transforms: the framework's model a kind holds (a Keras model), or the Source itself for a kind
+    whose steps work on the Source (a PyTorch program: distill)."""
+    return getattr(source, "model", source)
+
+
 def fixed_input(source: Source, input_shape: Sequence[int] | None, what: str) -> Source:
     """`source` with every input dimension but the batch known: as it is, or fixed to the recipe's input_shape."""
     sample = tuple(source.input_shape[1:])

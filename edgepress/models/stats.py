@@ -67,7 +67,7 @@ def _unwrapped(layer):
 
 def _call_shapes(model, layer) -> list[tuple[tuple, tuple]]:
     """(input shape, output shape) of each call of `layer` in `model` (a shared layer is called more than once)."""
-    if type(layer).__module__.split(".")[0] == "keras":
+    if _is_keras3(layer):  # the layer's class, not its module: a user's own Keras 3 layer lives in their module
         return _keras3_call_shapes(model, layer)
     # A layer also keeps the calls of other models it was used in (tfmot's strip_pruning reuses the
     # layers of the pruned model): tf_keras lists the calls that belong to a model in _network_nodes.
@@ -81,6 +81,10 @@ def _call_shapes(model, layer) -> list[tuple[tuple, tuple]]:
         except (AttributeError, RuntimeError, ValueError):  # an input layer, or a call without known shapes
             continue
     return shapes
+
+
+def _is_keras3(layer) -> bool:
+    return any(c.__module__.split(".")[0] == "keras" for c in type(layer).__mro__)
 
 
 def _keras3_call_shapes(model, layer) -> list[tuple[tuple, tuple]]:
@@ -101,6 +105,8 @@ def _keras3_call_shapes(model, layer) -> list[tuple[tuple, tuple]]:
 
 def _layer_macs(layer, in_shape, out_shape) -> int:
     kind = type(layer).__name__
+    if kind == "MultiHeadAttention":
+        return _attention_macs(layer, in_shape, out_shape)
     if not isinstance(in_shape, tuple) or not isinstance(out_shape, tuple):
         return 0  # several inputs or outputs: none of the layers counted here has them
     if kind == "Dense":
@@ -125,6 +131,22 @@ def _layer_macs(layer, in_shape, out_shape) -> int:
         in_per_group = _channels(layer, in_shape) // groups
         return _prod(_spatial(layer, out_shape)) * int(layer.filters) * window * in_per_group
     return 0
+
+
+def _attention_macs(layer, in_shape, out_shape) -> int:
+    """A MultiHeadAttention call: the query, key, value and output projections and the two batched matmuls
+    (scores = QK^T, and scores x V) of every head. `in_shape` is the query's shape, or [query, value(, key)]."""
+    shapes = [tuple(s) for s in in_shape] if isinstance(in_shape, list) else [tuple(in_shape)]
+    query, value = shapes[0], shapes[1] if len(shapes) > 1 else shapes[0]
+    key = shapes[2] if len(shapes) > 2 else value
+    from edgepress.models.keras_graph import attention_sizes
+
+    heads, key_dim, value_dim = attention_sizes(layer)
+    tq, tk = _prod(query[1:-1]), _prod(key[1:-1])
+    out_dim = _dim(out_shape[-1]) if isinstance(out_shape, tuple) else _dim(query[-1])
+    projections = heads * (tq * _dim(query[-1]) * key_dim + tk * _dim(key[-1]) * key_dim
+                           + tk * _dim(value[-1]) * value_dim + tq * value_dim * out_dim)
+    return projections + heads * tq * tk * (key_dim + value_dim)
 
 
 def _channels_first(layer) -> bool:

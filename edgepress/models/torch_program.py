@@ -37,9 +37,10 @@ class TorchSource(Graph):
     title = "a PyTorch program"
     suffix = ".pt2"
     why_no_steps = (
-        "it is a PyTorch program: pruning and quantization-aware training wrap Keras layers with tfmot, and "
-        "distillation trains a Keras student; compress the model in PyTorch before exporting it, or use the "
-        "post-training quantization of its exports (tflite dynamic / int8, onnx int8_dynamic / int8_static)"
+        "it is a PyTorch program: pruning, clustering and quantization-aware training wrap Keras layers with tfmot "
+        "(distill with `teacher: source` and no student trains the program itself); compress the model in PyTorch "
+        "before exporting it, or use the post-training quantization of its exports (tflite dynamic / int8, onnx "
+        "int8_dynamic / int8_static)"
     )
 
     def __init__(self, path: str | Path, keep: object | None = None) -> None:
@@ -119,9 +120,21 @@ class TorchSource(Graph):
             if hasattr(tensor, "detach"):
                 yield name, tensor.detach().float().numpy() if tensor.is_floating_point() else tensor.numpy()
 
+    @property
+    def fixed_batch(self) -> int | None:
+        """The batch size the program was exported at when torch.export fixed it (no `torch.export.Dim`), else None.
+        Such a program runs only at that batch (its reshapes name it): every export keeps it."""
+        return self.input_shape[0]
+
+    def takes_batch_size(self, format: str) -> bool:
+        return self.fixed_batch is None
+
     def to_onnx(self, out: Path, batch_size: int | None, opset: int) -> None:
-        """The fp32 ONNX file of this program at `out`, with torch.onnx.export (batch dynamic unless fixed)."""
+        """The fp32 ONNX file of this program at `out`, with torch.onnx.export: the batch is dynamic unless
+        `batch_size` or the program itself (`fixed_batch`) fixes it."""
         import torch
+
+        batch_size = batch_size or self.fixed_batch
 
         class _Call(torch.nn.Module):
             """The program's module, its weights registered (so they become ONNX initializers, which onnxruntime's

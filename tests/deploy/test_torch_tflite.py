@@ -105,10 +105,13 @@ def test_a_module_with_an_op_litert_torch_cannot_lower_is_named(tmp_path):
     assert not (tmp_path / "svd.tflite").exists()
 
 
-def test_precisions_litert_torch_has_no_quantizer_for_are_refused(program, tmp_path):
-    made = "fp32, fp16, dynamic, int8, int8_weight, int4_weight"
-    with pytest.raises(EdgepressError, match=f"TFLite int16x8 from a PyTorch program is not available: .*{made}"):
-        export_tflite(program, tmp_path / "x.tflite", "int16x8")
+def test_int16x8_from_a_pytorch_program_comes_from_litert_quantizer(program, data, tmp_path):
+    """litert-torch quantizes to int8 only: int16x8 is its fp32 file quantized by ai-edge-quantizer, calibrated."""
+    artifact = export_tflite(program, tmp_path / "x.tflite", "int16x8", calibration=data.x_train[:8],
+                             check_data=data.x_test[:32])
+    assert artifact.quantization["activations"] == "int16 (calibrated)"
+    assert artifact.quantization["calibration_samples"] == 8
+    assert artifact.check["top1_agreement"] >= 0.9, artifact.check
 
 
 def test_a_pt2_that_is_not_an_exported_program_exits_2(tmp_path):
