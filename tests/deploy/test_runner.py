@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -361,9 +362,16 @@ def test_time_interleaved_adds_runs_until_the_interval_is_narrow_enough(models):
     call = model.timer(models.x_test[:1])
     # A loose target is met early, a target no measurement meets runs to max_runs, a time cap stops the rest.
     (loose,), why_loose = runner.time_interleaved([call], runs=20, max_runs=5000, target_ci_width=0.5)
-    (capped,), why_capped = runner.time_interleaved([call], runs=20, max_runs=300, target_ci_width=1e-9)
+    # The unmeetable target needs times that really vary: on a quiet machine the model's own times can repeat to the
+    # timer's resolution, and an interval of width 0 meets any target. A call that sleeps a random 0-200 us cannot.
+    jitter = random.Random(0)
+
+    def jittery():
+        time.sleep(jitter.random() * 2e-4)
+
+    (capped,), why_capped = runner.time_interleaved([jittery], runs=20, max_runs=300, target_ci_width=1e-9)
     started = time.perf_counter()
-    (timed,), why_timed = runner.time_interleaved([call], runs=20, max_runs=10**9, target_ci_width=1e-9,
+    (timed,), why_timed = runner.time_interleaved([jittery], runs=20, max_runs=10**9, target_ci_width=1e-9,
                                                   max_seconds=0.5)
     elapsed = time.perf_counter() - started
     assert why_loose == ["target"] and 20 <= len(loose) < 5000
