@@ -4,6 +4,7 @@
                                                                   # to /dev/zero) no larger than the limit
     zip_member(archive, "config.json", path, MAX_CONFIG_BYTES)    # a member's declared size, checked before inflating
     check_array(shape, dtype, "x", path)                          # a header's declared array, before allocating it
+    invoke_limit_s()                                              # how long one call of a model may take
 
 A file given as a model or data is data, and a few bytes of it must not make edgepress wait forever (a FIFO),
 read without end (/dev/zero) or allocate gigabytes (a zip member that inflates to 2.5 GB, an idx or npy header
@@ -28,6 +29,11 @@ MAX_MODEL_BYTES = 64 * GiB  # a model file: the check that matters is that it is
 MAX_CONFIG_BYTES = 64 << 20  # a model's JSON config or metadata: kilobytes for any real model
 MAX_ARRAY_BYTES = 2 * GiB  # one data array, as float32 samples (the full MNIST is 0.2 GB)
 MAX_DATA_FILE_BYTES = 8 * GiB  # a data file (.npz) holding such arrays
+# How long one call of a model may take in edgepress's own process (the plan's and the export checks' calls of an
+# ONNX model or an exported file) before it is stopped and reported: far above what a model edgepress serves needs.
+# The on-device runner has its own default (runner.INVOKE_LIMIT_S, 300 s: a slow device); EDGEPRESS_INVOKE_LIMIT_S
+# sets another for both.
+INVOKE_LIMIT_S = 60.0
 
 
 def regular_file(path: str | os.PathLike, what: str, limit: int) -> int:
@@ -77,3 +83,12 @@ def check_array(shape: Sequence[int], dtype: np.dtype | str, what: str, limit: i
             f"{what} declares an array of shape {tuple(int(d) for d in shape)} ({size / GiB:,.1f} GiB as float32), "
             f"more than edgepress loads ({limit / GiB:.0f} GiB). Give a smaller sample of the data."
         )
+
+
+def invoke_limit_s() -> float:
+    """The limit on one call of a model in edgepress's own process, in seconds: EDGEPRESS_INVOKE_LIMIT_S or
+    INVOKE_LIMIT_S."""
+    try:
+        return max(0.1, float(os.environ.get("EDGEPRESS_INVOKE_LIMIT_S", INVOKE_LIMIT_S)))
+    except ValueError:
+        return INVOKE_LIMIT_S

@@ -1,5 +1,6 @@
 """Hostile input, round two, the last pieces: a valid `.pt2` that reshapes by its dynamic batch exports to ONNX with
-that batch kept. Real torch and onnxruntime on tiny models."""
+that batch kept; a TFLite call that never returns is stopped (export check and runner). Real torch, onnxruntime,
+TensorFlow Lite and LiteRT on tiny models."""
 
 from __future__ import annotations
 
@@ -83,3 +84,123 @@ def test_a_pt2_that_reshapes_by_its_dynamic_batch_exports_to_onnx_with_the_batch
     quantized = ort.InferenceSession(str(tmp_path / "run" / "artifacts" / rows["int8_dynamic"]["name"]),
                                      providers=["CPUExecutionProvider"])
     assert quantized.run(None, {quantized.get_inputs()[0].name: np.zeros((5, 8, 8), np.float32)})[0].shape == (5, 10)
+
+
+# -- a TFLite call that never returns -----------------------------------------------------------------------------
+
+
+def _endless_while_tflite(path: Path) -> Path:
+    """A .tflite file whose WHILE loop's condition never turns false (a tf.while_loop on a tensor condition that
+    stays true): one invoke never returns, and LiteRT's Python interpreter cannot cancel it."""
+    import tensorflow as tf
+
+    class Endless(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32)])
+        def serve(self, x):
+            def cond(i, y):
+                return tf.reduce_sum(y) > -1.0 + i * 0.0  # |x| summed is never below -1
+
+            _, y = tf.while_loop(cond, lambda i, y: (i + 1.0, y * 1.0), [tf.constant(0.0), tf.abs(x)])
+            return y
+
+    module = Endless()
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([module.serve.get_concrete_function()], module)
+    path.write_bytes(converter.convert())
+    return path
+
+
+def _plain_tflite(path: Path) -> Path:
+    import tensorflow as tf
+
+    class Plain(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32)])
+        def serve(self, x):
+            return tf.nn.softmax(x * 2.0)
+
+    module = Plain()
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([module.serve.get_concrete_function()], module)
+    path.write_bytes(converter.convert())
+    return path
+
+
+RUNNER = Path(__file__).resolve().parents[1] / "edgepress" / "deploy" / "runner.py"
+
+
+def test_the_runner_reports_a_tflite_call_that_never_returns_for_its_artifact(tmp_path):
+    # The on-device runner (numpy and LiteRT only, no TensorFlow): the untimed first call is watched; the runner
+    # says which file did not return, and ends (exit 2) instead of waiting for it.
+    path = _endless_while_tflite(tmp_path / "endless.tflite")
+    result = subprocess.run([sys.executable, str(RUNNER), str(path), "--runs", "1", "--warmup", "1", "--json"],
+                            capture_output=True, text=True, timeout=HANG_S,
+                            env={**os.environ, "EDGEPRESS_INVOKE_LIMIT_S": "2"})
+    message = " ".join(result.stderr.split())
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert f"{path}: one call of the model did not return within 2 s (a WHILE loop that never ends?)" in message
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def _in_child(code: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`code` run by a fresh Python: a TFLite call that never returns keeps running in its thread until the process
+    ends, so these tests end theirs (and check that a process with such a thread still ends cleanly)."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=HANG_S,
+                          env={**os.environ, **(env or {})})
+
+
+def test_open_model_stops_waiting_for_a_tflite_call_at_its_limit_and_refuses_the_next(tmp_path):
+    endless, plain = _endless_while_tflite(tmp_path / "endless.tflite"), _plain_tflite(tmp_path / "plain.tflite")
+    result = _in_child(f"""
+import numpy as np
+from edgepress.deploy.runner import RunnerError, open_model
+endless = open_model({str(endless)!r}, invoke_limit_s=0.5)
+for _ in range(2):
+    try:
+        endless.predict(np.ones((1, 4), np.float32))
+    except RunnerError as e:
+        print(e)
+# A file that returns is watched the same way and computes as before.
+print(open_model({str(plain)!r}, invoke_limit_s=0.5).predict(np.zeros((3, 4), np.float32)).tolist())
+""")
+    assert result.returncode == 0, result.stderr[-2000:]
+    first, second, out = result.stdout.strip().splitlines()[-3:]
+    assert first == (f"{endless}: one call of the model did not return within 0.5 s (a WHILE loop that never ends?). "
+                     "LiteRT cannot stop a call, so this artifact is not run further.")
+    assert second == f"{endless}: an earlier call of the model has not returned; it cannot be called again."
+    np.testing.assert_allclose(json.loads(out), 0.25, rtol=1e-6)
+
+
+def test_bench_measures_the_good_artifact_and_names_the_one_that_never_returns(tmp_path):
+    endless = _endless_while_tflite(tmp_path / "endless.tflite")
+    plain = _plain_tflite(tmp_path / "plain.tflite")
+    result = run_cli(["bench", str(plain), str(endless), "--runs", "2", "--warmup", "1", "--json",
+                      str(tmp_path / "bench.json")], tmp_path, {"EDGEPRESS_INVOKE_LIMIT_S": "2"})
+    output = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode == 2, output[-3000:]
+    assert "could not measure endless.tflite:" in output
+    assert "one call of the model did not return within 2 s" in output and "Traceback" not in output
+    measured = json.loads((tmp_path / "bench.json").read_text())
+    assert [Path(r["artifact"]["path"]).name for r in measured] == ["plain.tflite"]
+
+
+def test_the_export_check_stops_a_tflite_call_at_edgepress_limit(tmp_path):
+    # edgepress's own check of an exported file (deploy/check.py) uses edgepress.limits' limit (60 s by default,
+    # EDGEPRESS_INVOKE_LIMIT_S here), not the device runner's 300 s.
+    from edgepress.limits import INVOKE_LIMIT_S
+
+    assert INVOKE_LIMIT_S == 60.0
+    path = _endless_while_tflite(tmp_path / "endless.tflite")
+    result = _in_child(f"""
+import numpy as np
+from edgepress.deploy.check import compare
+from edgepress.errors import EdgepressError
+
+class Identity:  # the model the file is checked against: its outputs do not matter, the file never returns
+    def predict(self, x):
+        return x
+
+try:
+    compare(Identity(), {str(path)!r}, np.ones((2, 4), np.float32))
+except EdgepressError as e:
+    print(e)
+""", {"EDGEPRESS_INVOKE_LIMIT_S": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"{path}: one call of the model did not return within 1 s" in result.stdout

@@ -505,10 +505,11 @@ def _export(source: Source, format, path, calibration, check_data, steps, float_
 def _accuracy(artifact: Artifact, x: np.ndarray, y: np.ndarray) -> float:
     from edgepress.compat import quiet
     from edgepress.deploy.runner import open_model
+    from edgepress.limits import invoke_limit_s
     from edgepress.models import training
 
     with quiet():
-        outputs = open_model(str(artifact.path)).predict(x)
+        outputs = open_model(str(artifact.path), invoke_limit_s=invoke_limit_s()).predict(x)
     return training.accuracy(outputs, y)
 
 
