@@ -1,6 +1,6 @@
 """Hostile input, round two, the last pieces: a valid `.pt2` that reshapes by its dynamic batch exports to ONNX with
-that batch kept; a TFLite call that never returns is stopped (export check and runner). Real torch, onnxruntime,
-TensorFlow Lite and LiteRT on tiny models."""
+that batch kept; a TFLite call that never returns is stopped (export check and runner); a load that allocates
+past its limit is refused naming the file. Real torch, onnxruntime, TensorFlow Lite and LiteRT on tiny models."""
 
 from __future__ import annotations
 
@@ -204,3 +204,78 @@ except EdgepressError as e:
 """, {"EDGEPRESS_INVOKE_LIMIT_S": "1"})
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"{path}: one call of the model did not return within 1 s" in result.stdout
+
+
+# -- a load that allocates more than its limit ----------------------------------------------------------------------
+
+
+def _constant_bomb(path: Path, values: int) -> Path:
+    """A 3 KB ONNX model whose output adds the sum of a ConstantOfShape of `values` floats to its input: it
+    allocates 4 * values bytes when the session folds constants or at the first call."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    shape = numpy_helper.from_array(np.array([values // 1000, 1000], np.int64), "shape")
+    nodes = [helper.make_node("ConstantOfShape", ["shape"], ["big"],
+                              value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.0])),
+             helper.make_node("ReduceSum", ["big"], ["total"], keepdims=0),
+             helper.make_node("Flatten", ["x"], ["flat"], axis=1),
+             helper.make_node("MatMul", ["flat", "w"], ["logits"]),
+             helper.make_node("Add", ["logits", "total"], ["y"])]
+    w = numpy_helper.from_array(np.full((64, 10), 0.01, np.float32), "w")
+    graph = helper.make_graph(nodes, "bomb", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 10])], [shape, w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def _run_recipe(tmp_path: Path, model_path: Path, env: dict, data: dict | None = None) -> subprocess.CompletedProcess:
+    recipe = {"name": "capped", "model": {"path": str(model_path)},
+              "data": data or {"dataset": "digits", "train_size": 100, "test_size": 20, "calibration_samples": 10,
+                               "check_samples": 10},
+              "exports": [{"format": "onnx", "precision": "fp32"}], "measure": {"runs": 2, "warmup": 0}}
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    return run_cli(["run", str(tmp_path / "recipe.yaml"), "-o", str(tmp_path / "run")], tmp_path, env)
+
+
+def test_an_onnx_model_that_allocates_past_the_load_limit_is_refused_naming_it(tmp_path):
+    bomb = _constant_bomb(tmp_path / "bomb.onnx", 400_000_000)  # 1.6 GB of zeros from a 3 KB file
+    assert bomb.stat().st_size < 4000
+    result = _run_recipe(tmp_path, bomb, {"EDGEPRESS_MAX_LOAD_MB": "256"})
+    output = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode == 2, output[-3000:]
+    assert (f"The ONNX model {bomb} needs more memory than edgepress lets one model load or call allocate "
+            "(256 MiB; EDGEPRESS_MAX_LOAD_MB sets another)") in output
+    assert "Traceback" not in output
+    run = tmp_path / "run"
+    assert not run.exists() or not [p for p in run.rglob("*") if p.is_file()]
+
+
+def test_a_model_within_the_load_limit_runs_under_it(tmp_path):
+    # The same graph asking for 4 MB: the cap does not get in the way of a model that fits it.
+    small = _constant_bomb(tmp_path / "small.onnx", 1_000_000)
+    result = _run_recipe(tmp_path, small, {"EDGEPRESS_MAX_LOAD_MB": "256"})
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+
+
+def test_a_data_file_whose_arrays_inflate_past_the_load_limit_is_refused_naming_it(tmp_path, monkeypatch):
+    # Headers within the declared-size limit (0.5 GB of zeros compresses to half a megabyte), the load itself capped.
+    import resource
+
+    from edgepress.errors import EdgepressError
+    from edgepress.limits import memory_cap
+    from edgepress.models.datasets import read_npz
+
+    path = tmp_path / "zeros.npz"
+    np.savez_compressed(path, x=np.zeros((2_000_000, 8, 8), np.float32), y=np.zeros(2_000_000, np.int64))
+    assert path.stat().st_size < 5_000_000
+    before = resource.getrlimit(resource.RLIMIT_DATA)
+    monkeypatch.setenv("EDGEPRESS_MAX_LOAD_MB", "64")
+    with pytest.raises(EdgepressError, match=rf"The data file {path} needs more memory than edgepress lets one model "
+                       r"load or call allocate \(64 MiB"):
+        read_npz(path)
+    assert resource.getrlimit(resource.RLIMIT_DATA) == before  # the cap is lifted after
+    with memory_cap("nothing", 64 << 20):
+        assert np.ones(1000).sum() == 1000

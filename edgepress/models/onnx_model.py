@@ -17,7 +17,7 @@ from typing import ClassVar
 import numpy as np
 
 from edgepress.errors import EdgepressError, first_line
-from edgepress.limits import invoke_limit_s
+from edgepress.limits import invoke_limit_s, memory_cap
 from edgepress.models.graph import Graph, temporary
 from edgepress.models.source import register
 from edgepress.models.trust import check_external_data, check_onnx_ops
@@ -141,6 +141,11 @@ class OnnxSource(Graph):
         onnx.save(self._proto, str(path))
 
     def _run(self, x: np.ndarray) -> np.ndarray:
+        # Making the session folds constants and a call computes them: a tiny file can ask for a huge tensor.
+        with memory_cap(f"The ONNX model {self.path}"):
+            return self._run_capped(x)
+
+    def _run_capped(self, x: np.ndarray) -> np.ndarray:
         import onnxruntime as ort
 
         if self._session is None:
