@@ -214,6 +214,8 @@ def _quantize_static(
                               "percentile": CalibrationMethod.Percentile}[calibration_method],
             nodes_to_exclude=excluded,
         )
+    if excluded and quant_format == "qdq":
+        _keep_float(out, excluded)
     quantization = {
         "calibration_samples": len(samples), "method": calibration_method, "format": _FORMATS[quant_format],
         "per_channel": per_channel, "activations": activation_type, "weights": weight_type,
@@ -221,6 +223,59 @@ def _quantize_static(
     if float_layers:
         quantization.update(float_layers=list(float_layers), float_nodes=excluded)
     return quantization
+
+
+# The ops onnxruntime's WeightBiasQuantization optimizer quantizes at load when their input comes from a
+# DequantizeLinear and their weight is a float initializer: what a QDQ node left out of quantization looks like.
+_QUANTIZED_AT_LOAD = {"Conv", "ConvTranspose", "Gemm"}
+
+
+def _keep_float(path: Path, excluded: Sequence[str]) -> int:
+    """Keep the float layers of the QDQ model at `path` float when onnxruntime loads it; return how many inputs
+    were rewritten.
+
+    A Conv, ConvTranspose or Gemm left out of quantization (`nodes_to_exclude`) whose input is dequantized (its
+    producer is quantized) is quantized anyway by onnxruntime at load (WeightBiasQuantization: int8 per-tensor
+    weights, then fused into QLinearConv / QGemm), so a float layer would run int8. The DequantizeLinear feeding it
+    is written out as its arithmetic, (Cast(q) - zero_point) * scale: the same float values, in ops that optimizer
+    does not match.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    producers = {out: node for node in graph.node for out in node.output}
+    initializers = {t.name: t for t in graph.initializer}
+    before: dict[str, list] = {}  # excluded node -> the nodes that now compute its input
+    for node in graph.node:
+        dq = producers.get(node.input[0]) if node.input else None
+        if node.name not in set(excluded) or node.op_type not in _QUANTIZED_AT_LOAD or dq is None \
+                or dq.op_type != "DequantizeLinear" or numpy_helper.to_array(initializers[dq.input[1]]).size != 1:
+            continue
+        base = f"{node.name}_float_input"
+        zero_point = dq.input[2] if len(dq.input) > 2 else ""
+        zero = numpy_helper.to_array(initializers[zero_point]) if zero_point in initializers else np.zeros(())
+        graph.initializer.append(numpy_helper.from_array(zero.astype(np.float32), f"{base}_zero_point"))
+        before[node.name] = [
+            helper.make_node("Cast", [dq.input[0]], [f"{base}_cast"], name=f"{base}_cast", to=TensorProto.FLOAT),
+            helper.make_node("Sub", [f"{base}_cast", f"{base}_zero_point"], [f"{base}_centered"],
+                             name=f"{base}_centered"),
+            helper.make_node("Mul", [f"{base}_centered", dq.input[1]], [base], name=base),
+        ]
+        node.input[0] = base
+    if before:
+        order = list(graph.node)
+        read = {name for node in order for name in node.input} | {o.name for o in graph.output}
+        del graph.node[:]
+        for node in order:  # each new chain right before the node it feeds: the graph stays in topological order
+            if node.op_type == "DequantizeLinear" and node.output[0] not in read:
+                continue  # the DequantizeLinear only the float layer read
+            graph.node.extend(before.get(node.name, []))
+            graph.node.append(node)
+        onnx.checker.check_model(model)
+        onnx.save(model, str(path))
+    return len(before)
 
 
 _FORMATS = {"qdq": "QDQ", "qoperator": "QOperator"}
