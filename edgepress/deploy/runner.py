@@ -128,17 +128,18 @@ class Runtime:
             return ((out.astype(np.float32) - zero_point) * scale).astype(np.float32)
         return out.astype(np.float32)
 
-    def run_batch(self, x: np.ndarray) -> np.ndarray:
+    def run_batch(self, x: np.ndarray, watched: bool = True) -> np.ndarray:
         """One invocation on an already-batched input; returns the raw first output. Used for timing.
 
         Give `x` in the model's input dtype (see `prepare`) so the timing holds no conversion;
         float input is converted here. A model with a fixed batch that differs from `len(x)` cannot
-        take `x` in one call, so it is run in as many calls as it takes.
+        take `x` in one call, so it is run in as many calls as it takes. `watched`: each call under the
+        invoke limit (INVOKE_LIMIT_S); timed calls are not watched, the watch would be timed too.
         """
         x = self.prepare(x)
         fixed = self.fixed_batch
         if fixed is None or len(x) == fixed:
-            return self._invoke(x)
+            return self._invoke(x, watched)
         outs = []
         for start in range(0, len(x), fixed):
             chunk = x[start : start + fixed]
@@ -146,7 +147,7 @@ class Runtime:
             if real < fixed:
                 # Pad the last chunk with copies of its final row; the padding's outputs are dropped.
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fixed - real, axis=0)])
-            outs.append(self._invoke(chunk)[:real])
+            outs.append(self._invoke(chunk, watched)[:real])
         return np.concatenate(outs)
 
     def timer(self, x: np.ndarray):
@@ -158,11 +159,11 @@ class Runtime:
         x = self.prepare(x)
         if self.fixed_batch is None or len(x) == self.fixed_batch:
             return self._bound(x)
-        return functools.partial(self.run_batch, x)
+        return functools.partial(self.run_batch, x, False)
 
     def _bound(self, x: np.ndarray):
         """`_invoke` on `x` as a no-argument callable; a runtime may bind more of the call ahead of the loop."""
-        return functools.partial(self._invoke, x)
+        return functools.partial(self._invoke, x, False)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Float32 first output of the model for a batch `x` of float inputs (any batch size).
@@ -176,7 +177,7 @@ class Runtime:
         outs = [self.to_float(self.run_batch(x[start : start + step])) for start in range(0, len(x), step)]
         return np.concatenate(outs)
 
-    def _invoke(self, x: np.ndarray) -> np.ndarray:
+    def _invoke(self, x: np.ndarray, watched: bool = True) -> np.ndarray:
         raise NotImplementedError
 
 
@@ -261,7 +262,7 @@ class TFLiteRuntime(Runtime):
 
     def _bound(self, x: np.ndarray):
         if self._stateful or x.shape != self._allocated_shape:
-            return functools.partial(self._invoke, x, False)  # timed: not watched (the watch would be timed too)
+            return super()._bound(x)
         # The interpreter's own three calls, looked up once: the timed call is the runtime's alone.
         interpreter = self._interpreter
         set_tensor, invoke, get_tensor = interpreter.set_tensor, interpreter.invoke, interpreter.get_tensor
@@ -345,7 +346,9 @@ class OnnxRuntime(Runtime):
         self.input_shape = [d if isinstance(d, int) and d > 0 else -1 for d in inputs[0].shape]
         self.input_dtype = _ONNX_DTYPES.get(inputs[0].type, "float32")
 
-    def _invoke(self, x: np.ndarray) -> np.ndarray:
+    def _invoke(self, x: np.ndarray, watched: bool = True) -> np.ndarray:
+        if not watched:
+            return self._session.run([self._output_name], {self._input_name: x})[0]
         ort = _onnxruntime()
         options, limit = ort.RunOptions(), self.invoke_limit_s
         timer = threading.Timer(limit, lambda: setattr(options, "terminate", True))
