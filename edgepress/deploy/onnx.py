@@ -107,6 +107,11 @@ class OnnxExport(Exporter):
                 convert(source, fp32, request.batch_size)
                 if precision == "fp32":
                     fp32.replace(out)
+                elif precision == "int8_static" and getattr(source, "quantize_aware", False):
+                    # tfmot's fake-quant nodes convert to QDQ pairs with the ranges QAT learned: quantizing the
+                    # file again would calibrate over them.
+                    fp32.replace(out)
+                    quantization = {"weights": "int8", "activations": "int8 (ranges learned by qat)"}
                 elif precision == "fp16":
                     _to_fp16(fp32, out)
                 elif precision == "int8_dynamic":
@@ -330,6 +335,8 @@ def layer_errors(source, float_path: str | Path, qdq_path: str | Path, calibrati
             "layer": node_layer(node.name, node.output, layers, outputs) if node is not None else
             layer_of(tensor, layers, outputs),
             "node": tensor,
+            "op": node.op_type if node is not None else None,
+            "op_node": node.name if node is not None else None,  # what float_layers names to keep this op float
             "error": ratio(rms(reference - quantized), typical),
             "relative_error": ratio(rms(reference - quantized), rms(reference)),
             "rmse": rms(reference - quantized),
