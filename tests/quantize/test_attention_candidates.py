@@ -76,3 +76,22 @@ def test_int8_macs_counts_both_attention_matmuls(outlier_encoder, tmp_path):
     # query x key and probabilities x value: heads x 8 x 8 x head_dim MACs each, in int8 kernels
     assert sum(op["macs"] for op in matmuls) == 2 * HEADS * 8 * 8 * HEAD_DIM
     assert all(op["kind"] == "integer" for op in matmuls) and counted["int8_macs"] > 0.9
+
+
+def test_onnx_keeps_layernorm_and_softmax_outputs_in_float_first(outlier_encoder, tmp_path):
+    """onnxruntime quantizes the LayerNorm ops and the softmax (not the exact GELU's Erf): those are the first
+    candidates, the softmax by its own node."""
+    from edgepress.models.loading import open_model
+    from edgepress.quantize import quantize_to_budget
+
+    x, y = encoders.digits_rows(300)
+    x = x.astype(np.float32)
+    result = quantize_to_budget(open_model(outlier_encoder), "onnx", tmp_path, x[:30], x[200:], y[200:],
+                                max_accuracy_drop=0.0, equalize=False, max_float_layers=2,
+                                calibration={"method": "minmax"})
+    outputs = {s.layer: s.output for s in result.sensitivity if s.output}
+    assert outputs["ln1"] == outputs["ln2"] == "layernorm"
+    (softmax,) = [name for name, kind in outputs.items() if kind == "softmax"]
+    assert softmax != "mha"
+    tried = [t.float_layers for t in result.trials if t.float_layers]
+    assert all(outputs.get(layer) for layer in tried[0])  # outputs go float before any whole layer
