@@ -114,3 +114,21 @@ def test_a_tfmot_qat_models_onnx_int8_static_is_its_own_qdq_file(tmp_path):
 
     ops = {node.op_type for node in onnx.load(row["path"]).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # tfmot's fake-quant, as tf2onnx converts it
+
+
+def test_an_attention_layer_whose_matmuls_it_cannot_reach_is_refused_naming_it_and_the_layers_that_work():
+    import keras
+
+    from edgepress.compress.qat import QatConfig
+    from edgepress.compress.qat_native import check, handles
+    from edgepress.errors import EdgepressError
+
+    inputs = keras.Input((8, 16))
+    h = keras.layers.GroupQueryAttention(8, 4, 2, name="gqa")(inputs, inputs)
+    model = keras.Model(inputs, keras.layers.Dense(10, name="head")(h))
+    assert handles(model)
+    with pytest.raises(EdgepressError, match=r"layer 'gqa' \(GroupedQueryAttention\).*`layers: \[head\]`"):
+        check(model, QatConfig())
+    check(model, QatConfig(layers=["head"]))  # the rest is quantization-aware
+    with pytest.raises(EdgepressError, match="preserve: none"):
+        check(model, QatConfig(layers=["head"], preserve="sparsity"))
