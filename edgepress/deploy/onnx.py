@@ -26,7 +26,15 @@ import numpy as np
 from edgepress.artifact import Artifact
 from edgepress.compat import quiet
 from edgepress.deploy.check import calibration_inputs
-from edgepress.deploy.layers import layer_names, layer_of, node_layer, nodes_of, output_layers, typical_magnitude
+from edgepress.deploy.layers import (
+    layer_names,
+    layer_of,
+    node_layer,
+    nodes_of,
+    output_layers,
+    scopes_suffixed,
+    typical_magnitude,
+)
 from edgepress.deploy.registry import Exporter, ExportRequest, export, register
 from edgepress.deploy.signature import signature
 from edgepress.errors import EdgepressError, first_line
@@ -107,6 +115,11 @@ class OnnxExport(Exporter):
                 convert(source, fp32, request.batch_size)
                 if precision == "fp32":
                     fp32.replace(out)
+                elif precision == "int8_static" and getattr(source, "quantize_aware", False):
+                    # tfmot's fake-quant nodes convert to QDQ pairs with the ranges QAT learned: quantizing the
+                    # file again would calibrate over them.
+                    fp32.replace(out)
+                    quantization = {"weights": "int8", "activations": "int8 (ranges learned by qat)"}
                 elif precision == "fp16":
                     _to_fp16(fp32, out)
                 elif precision == "int8_dynamic":
@@ -372,6 +385,7 @@ def layer_errors(source, float_path: str | Path, qdq_path: str | Path, calibrati
     import onnx
 
     layers, outputs = layer_names(source.model), output_layers(source.model)
+    suffixed = scopes_suffixed(source.model)
     # A tensor is named after the layer of the node that makes it (`node_layer`), the rule float_layers is read by.
     producer = {t: n for n in onnx.load(str(qdq_path)).graph.node for t in n.output}
     errors = []
@@ -382,9 +396,11 @@ def layer_errors(source, float_path: str | Path, qdq_path: str | Path, calibrati
         typical = typical_magnitude(reference)
         node = producer.get(tensor)
         errors.append({
-            "layer": node_layer(node.name, node.output, layers, outputs) if node is not None else
-            layer_of(tensor, layers, outputs),
+            "layer": node_layer(node.name, node.output, layers, outputs, suffixed) if node is not None else
+            layer_of(tensor, layers, outputs, suffixed),
             "node": tensor,
+            "op": node.op_type if node is not None else None,
+            "op_node": node.name if node is not None else None,  # what float_layers names to keep this op float
             "error": ratio(rms(reference - quantized), typical),
             "relative_error": ratio(rms(reference - quantized), rms(reference)),
             "rmse": rms(reference - quantized),

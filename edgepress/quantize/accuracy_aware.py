@@ -22,7 +22,11 @@
    the float model's; this error includes the error of the layers before it). A layer's error is the
    RMS difference of its output in units of a typical (median nonzero) float activation, so a layer
    whose few huge outliers wipe out all other values stands out.
-3. If the fully quantized model misses the budget, keep the k most sensitive layers in float
+3. If the fully quantized model misses the budget, keep the k most sensitive candidates in float. The first
+   candidates are outputs, not whole layers: each LayerNormalization layer (its normalization ops), each softmax
+   and each GELU op (attention's softmax inside a MultiHeadAttention, a Dense's GELU activation), most sensitive
+   first, kept in float by their own ops while the matmuls around them stay int8; then the layers, most sensitive
+   first
    (TFLite: the debugger's deny-list; ONNX: nodes_to_exclude), growing k one at a time or by
    bisection, until the budget holds or nothing is left to try; then put back into int8 each kept
    layer the budget does not need (least sensitive first, until putting back any layer left misses
@@ -72,6 +76,9 @@ class LayerSensitivity:
     max_abs_error: float
     nodes: list[str]  # the ops (TFLite output tensors, ONNX activations) measured
     is_layer: bool = True  # False: an op of no Keras layer, reported but never kept in float by name
+    # An output tried in float before whole layers: "layernorm" (a LayerNormalization layer), "softmax" or "gelu"
+    # (one op, named by `layer`, its TFLite output tensor or ONNX node); None for a plain layer.
+    output: str | None = None
 
 
 @dataclass
@@ -132,11 +139,13 @@ class QuantizeResult:
         """The layers `trial` left in float, each with its measured error after quantization and, when the
         search tried it, the accuracy with that one layer put back into int8 (why it stays float)."""
         errors, rows = self.errors(), []
+        outputs = {s.layer: s.output for s in self.sensitivity}
         for layer in trial.float_layers:
             rest = set(trial.float_layers) - {layer}
             put_back = next((t.accuracy for t in self.trials
                              if set(t.float_layers) == rest and t.remedy == trial.remedy), None)
-            rows.append({"layer": layer, "error": _finite(errors.get(layer)), "accuracy_if_int8": put_back})
+            rows.append({"layer": layer, "output": outputs.get(layer), "error": _finite(errors.get(layer)),
+                         "accuracy_if_int8": put_back})
         return rows
 
     def role(self, trial: Trial) -> str:
@@ -222,6 +231,7 @@ class QuantizeResult:
         ]
         for rank, s in enumerate(self.sensitivity, start=1):
             name = s.layer if s.is_layer else f"({s.layer})"
+            name += f" [{s.output} output]" if s.output else ""
             lines.append(f"| {rank} | {name} | {s.error:.4g} | {s.relative_error:.4g} | {s.rmse:.4g} | "
                          f"{s.max_abs_error:.4g} | {'yes' if s.layer in chosen else ''} |")
         lines += [
@@ -367,7 +377,7 @@ def quantize_to_budget(
         remedy, bias_corrected = _bias_correction(trials, remedy, models, options, per_trial, attempt, calibration,
                                                   say, notes)
     start = next(t for t in trials if t.remedy == remedy and not t.float_layers)
-    candidates = [s.layer for s in sensitivity if s.is_layer and s.error > 0]
+    candidates = search_candidates(sensitivity)
     if not start.meets_budget:
         limit = min(config.max_float_layers or len(candidates) - 1, len(candidates) - 1)
         if limit < 1:
@@ -602,17 +612,48 @@ def _layer_sensitivity(source: Source, format, full: Artifact, calibration, onnx
                 qdq = export_onnx(source, Path(work) / "qdq.onnx", "int8_static", calibration,
                                   **{**onnx_options, "quant_format": "qdq"}).path
             rows = layer_errors(source, float_model.path, qdq, calibration)
+    normalizing = _layers_of_type(source.model, "LayerNormalization")
     by_layer: dict[str, LayerSensitivity] = {}
-    for row in rows:
-        key = row["layer"] or row["node"]
-        entry = by_layer.setdefault(
-            key, LayerSensitivity(key, 0.0, 0.0, 0.0, 0.0, [], is_layer=row["layer"] is not None)
-        )
+
+    def add(key: str, row: dict, is_layer: bool, output: str | None) -> None:
+        entry = by_layer.setdefault(key, LayerSensitivity(key, 0.0, 0.0, 0.0, 0.0, [], is_layer, output))
         entry.nodes.append(row["node"])
         if row["error"] >= entry.error:  # a layer is as sensitive as its worst op
             entry.error, entry.relative_error, entry.rmse = row["error"], row["relative_error"], row["rmse"]
         entry.max_abs_error = max(entry.max_abs_error, row["max_abs_error"])
+
+    for row in rows:
+        layer = row["layer"]
+        add(layer or row["node"], row, layer is not None, "layernorm" if layer in normalizing else None)
+        output = OUTPUT_OPS.get(row.get("op") or "")
+        if output and layer is not None and layer not in normalizing:
+            # The op on its own, by the name float_layers takes for it (TFLite: its output tensor; ONNX: the node).
+            add(row.get("op_node") or row["node"], row, False, output)
     return sorted(by_layer.values(), key=lambda s: s.error, reverse=True)
+
+
+# Ops whose outputs are tried in float before whole layers (TFLite builtins, ONNX op types): int8 softmax and GELU
+# are lookup tables over a coarse input grid, and their outputs feed matmuls.
+OUTPUT_OPS = {"SOFTMAX": "softmax", "GELU": "gelu", "Softmax": "softmax", "Gelu": "gelu", "FastGelu": "gelu",
+              "Erf": "gelu"}
+
+
+def search_candidates(sensitivity: Sequence[LayerSensitivity]) -> list[str]:
+    """What the search keeps in float, in order: the LayerNorm, softmax and GELU outputs (most sensitive first), then
+    the other layers (most sensitive first); only those int8 changes at all."""
+    outputs = [s.layer for s in sensitivity if s.output and s.error > 0]
+    return outputs + [s.layer for s in sensitivity if s.is_layer and not s.output and s.error > 0]
+
+
+def _layers_of_type(model, type_name: str) -> set[str]:
+    """The names of `model`'s layers (nested models' included) of the Keras class `type_name`."""
+    found = set()
+    for layer in model.layers:
+        if type(layer).__name__ == type_name:
+            found.add(layer.name)
+        if hasattr(layer, "layers") and hasattr(layer, "inputs"):
+            found |= _layers_of_type(layer, type_name)
+    return found
 
 
 def _finite(value):
