@@ -37,10 +37,16 @@ class GPTConfig:
     heads: int = 4
     max_len: int = 256  # positions the model has: the longest cache it can take
     mlp: int = 0  # hidden units of the gated MLP; 0: 2 * width
+    head_size: int = 0  # each head's width; 0: width // heads (a model with pruned heads keeps its heads' width)
 
     @property
     def head_dim(self) -> int:
-        return self.width // self.heads
+        return self.head_size or self.width // self.heads
+
+    @property
+    def attention(self) -> int:
+        """The width of the heads together (queries, keys, values; the output projection's input)."""
+        return self.heads * self.head_dim
 
     @property
     def kv_heads(self) -> int:
@@ -69,8 +75,8 @@ class Block(nn.Module):
         super().__init__()
         self.heads, self.head_dim = config.heads, config.head_dim
         self.norm1 = RMSNorm(config.width)
-        self.qkv = nn.Linear(config.width, 3 * config.width, bias=False)
-        self.proj = nn.Linear(config.width, config.width, bias=False)
+        self.qkv = nn.Linear(config.width, 3 * config.attention, bias=False)
+        self.proj = nn.Linear(config.attention, config.width, bias=False)
         self.norm2 = RMSNorm(config.width)
         self.gate = nn.Linear(config.width, config.hidden, bias=False)
         self.up = nn.Linear(config.width, config.hidden, bias=False)
