@@ -62,7 +62,7 @@ def litertlm_bundle(tflite_path: Path, out: Path, tokenizer: dict | None = None)
     if tokenizer is None:
         if not is_python_source(facts["vocab_size"]):
             raise EdgepressError(f"{tflite_path} has a vocabulary of {facts['vocab_size']} tokens, not python_source's "
-                                 "characters: give its tokenizer.json (the `tokenizer` argument).")
+                                 "characters: give its tokenizer.json (edgepress bundle --tokenizer).")
         tokenizer = char_tokenizer()
     with tempfile.TemporaryDirectory(prefix="edgepress-litertlm-") as work:
         tokenizer_path, metadata_path = Path(work) / "tokenizer.json", Path(work) / "llm_metadata.pbtxt"

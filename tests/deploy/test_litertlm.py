@@ -9,6 +9,8 @@ LiteRT-LM generated is the runner's choice given the same history, or within TIE
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -19,6 +21,7 @@ litert_lm = pytest.importorskip("litert_lm")
 from edgepress.deploy import runner  # noqa: E402
 from edgepress.deploy.litertlm import litertlm_bundle  # noqa: E402
 from edgepress.deploy.registry import ExportRequest, export  # noqa: E402
+from edgepress.deploy.tokenizer import char_tokenizer  # noqa: E402
 from edgepress.errors import EdgepressError  # noqa: E402
 from edgepress.models.char_gpt import build_char_gpt  # noqa: E402
 from edgepress.models.datasets import decode_ids, encode_text  # noqa: E402
@@ -92,6 +95,15 @@ def test_the_cli_bundles_a_tflite_and_an_onnx_file(tflite, tmp_path):
                                                                      "tokenizer.json", "tokenizer_config.json"}
     result = cli.invoke(app, ["bundle", str(tmp_path / "missing.tflite")])
     assert result.exit_code == 2 and "give a decoder .tflite or .onnx file" in result.output
+    # Another vocabulary needs its own tokenizer.json.
+    other = DecoderSource(build_char_gpt(vocab=27, width=16, layers=1, heads=2, max_len=32), window=16)
+    small = export(ExportRequest(other, tmp_path / "abc.tflite", "tflite", "fp32", cache_len=32, prompt_len=4)).path
+    result = cli.invoke(app, ["bundle", str(small)])
+    assert result.exit_code == 2 and "--tokenizer" in " ".join(result.output.split())
+    (tmp_path / "abc.json").write_text(json.dumps(char_tokenizer("abcdefghijklmnopqrstuvwxyz")))
+    result = cli.invoke(app, ["bundle", str(small), "--tokenizer", str(tmp_path / "abc.json")])
+    assert result.exit_code == 0, result.output
+    assert litert_lm.Engine(str(tmp_path / "abc.litertlm")).tokenize("cab") == [3, 1, 2]
 
 
 def test_a_file_litert_lm_cannot_run_is_refused(tmp_path):
