@@ -149,7 +149,8 @@ def zeroed(module, keep: Keep):
     copied = copy.deepcopy(module)
     with torch.no_grad():
         for (o, d), groups, units in zip(_writers(copied), keep.groups, keep.units, strict=True):
-            o[:, [c for c in range(o.shape[1]) if c not in set(_columns(s, groups).tolist())]] = 0
+            kept = set(_columns(s, groups).tolist())
+            o[:, [c for c in range(o.shape[1]) if c not in kept]] = 0
             d[:, [u for u in range(s.hidden) if u not in units]] = 0
     return copied
 
