@@ -197,7 +197,7 @@ def _units(state: dict, units, gate: str, up: str, down: str) -> None:
 
 
 def widths(module) -> str:
-    """'heads 4 (kv 2) x 16, MLP 256' for the run log."""
+    """'4 heads (kv 2) of width 16, 256 MLP units per block', for the run log."""
     c = module.config
     kv = f" (kv {c.kv_heads})" if c.kv_heads != c.heads else ""
     return f"{c.heads} heads{kv} of width {c.head_dim}, {c.hidden} MLP units per block"
