@@ -1058,9 +1058,15 @@ class TFLiteDecoder(Decoder):
         self._decode = interpreter.get_signature_runner("decode")
         self.load_ms = (time.perf_counter() - start) * 1000.0
         self.prefill_len = int(prefills[0].split("_", 1)[1])
-        kv = self._decode.get_input_details()["kv"]
-        self._empty = np.zeros(kv["shape"], dtype=kv["dtype"])
-        self.cache_len = int(kv["shape"][3])
+        # The cache: one `kv_cache_k_{i}` / `kv_cache_v_{i}` (1, heads, cache, head_dim) per layer (LiteRT-LM's
+        # names), or, in files edgepress wrote before, one `kv` (2 * layers, 1, heads, cache, head_dim).
+        inputs = self._decode.get_input_details()
+        caches = {name: d for name, d in inputs.items() if name == "kv" or name.startswith("kv_cache_")}
+        if not caches:
+            raise RunnerError(f"{path} is not a decoder LM file: its decode signature has no KV cache input "
+                              f"(kv_cache_k_0, ...), only {', '.join(inputs)}.")
+        self._empty = {name: np.zeros(d["shape"], dtype=d["dtype"]) for name, d in caches.items()}
+        self.cache_len = int(inputs["kv"]["shape"][3] if "kv" in caches else next(iter(caches.values()))["shape"][2])
         self.vocabulary = int(self._decode.get_output_details()["logits"]["shape"][-1])
         self.reset()
 
@@ -1071,9 +1077,9 @@ class TFLiteDecoder(Decoder):
     def _run(self, tokens: np.ndarray, keep: bool) -> np.ndarray:
         runner = self._decode if len(tokens) == 1 else self._prefill
         positions = np.arange(self.position, self.position + len(tokens), dtype=np.int32)
-        out = runner(tokens=tokens.astype(np.int32)[None], input_pos=positions, kv=self._kv)
+        out = runner(tokens=tokens.astype(np.int32)[None], input_pos=positions, **self._kv)
         if keep:
-            self._kv = out["kv"]
+            self._kv = {name: out[name] for name in self._kv}
             self.position += len(tokens)
         return out["logits"][0]
 

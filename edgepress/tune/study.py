@@ -97,9 +97,10 @@ def tune(recipe, run_dir: str | Path, progress=None, ray: str | None = None) -> 
     try:
         source = _measure_source(recipe, run_dir, targets, devices, executor, progress)
         kind = source["source"]["kind"]
-        if kind not in registered()["structured_prune"].kinds and space.ratio != (0.0, 0.0):
-            progress.done(f"the source is a {kind} model, which structured_prune does not take: the tune tries "
-                          "post-training exports only")
+        # The tune's pruning space (per-layer sensitivity guidance) is Keras's; a decoder's heads are not in it yet.
+        if kind not in registered()["structured_prune"].kinds - {"decoder"} and space.ratio != (0.0, 0.0):
+            progress.done(f"the source is a {kind} model, which the tune's structured_prune space does not take: the "
+                          "tune tries post-training exports only")
             space.ratio = (0.0, 0.0)
         if deadline is not None and deadline - time.monotonic() < source["duration_s"]:
             raise EdgepressError(
