@@ -282,7 +282,7 @@ def _attention(module, path: str, nodes: list) -> tuple[Layer | None, str]:
     if not needed <= params:
         return None, ("its query, key and value are not one packed in_proj_weight (kdim / vdim differ from "
                       "embed_dim); only packed self-attention heads can be removed")
-    inputs = {n for node in nodes for n in node.all_input_nodes if n not in members and n.op != "get_attr"}
+    inputs = _tensor_inputs(nodes)
     outputs = [node for node in nodes if any(u not in members for u in node.users)]
     sdpa = [node for node in nodes if op(node) == "scaled_dot_product_attention"]
     if len(inputs) != 1 or len(outputs) != 1 or len(sdpa) != 1:
@@ -306,6 +306,15 @@ def _attention(module, path: str, nodes: list) -> tuple[Layer | None, str]:
         if got.shape == expected.shape and torch.allclose(got, expected, atol=1e-5):
             return layer, ""
     return None, "its nodes do not compute a plain multi-head self-attention edgepress can rebuild with fewer heads"
+
+
+def _tensor_inputs(nodes: list) -> set:
+    """The tensors from outside `nodes` they read (not parameters, not sizes: a dynamic batch's sym_size)."""
+    import torch
+
+    members = set(nodes)
+    return {n for node in nodes for n in node.all_input_nodes
+            if n not in members and n.op != "get_attr" and isinstance(n.meta.get("val"), torch.Tensor)}
 
 
 def _value_of(module, target, sample):
@@ -334,8 +343,7 @@ def _replace_attention(module, layer: Layer, kept: list[int]) -> None:
     path = layer.name
     members = _attention_nodes(module.graph)[path]
     member_set = set(members)
-    source = next(n for node in members for n in node.all_input_nodes
-                  if n not in member_set and n.op != "get_attr")
+    (source,) = _tensor_inputs(members)
     output = next(node for node in members if any(u not in member_set for u in node.users))
     width = layer.units * layer.width
     rows = [h * layer.width + i for h in kept for i in range(layer.width)]
@@ -550,7 +558,8 @@ def _exported(module, program, x: np.ndarray):
     from edgepress.compress.distill_torch import _save_fixed
     from edgepress.models.torch_program import TorchSource, save_torch_program
 
-    sample = torch.from_numpy(np.ascontiguousarray(x[: program.fixed_batch or 1], dtype=program.input_dtype))
+    # A dynamic batch is exported from a sample of 2: torch.export specializes a batch of 1 to a constant.
+    sample = torch.from_numpy(np.ascontiguousarray(x[: program.fixed_batch or 2], dtype=program.input_dtype))
     if program.fixed_batch:
         return TorchSource.from_trained(module, lambda m, path: _save_fixed(m, sample, path))
     return TorchSource.from_trained(module, lambda m, path: save_torch_program(m, sample, path))

@@ -148,3 +148,22 @@ def test_batch_norm_after_a_conv_loses_the_same_channels_exactly(tmp_path):
     zeroed = _zeroed(program.module, {name: (0, gone) for name in ("0.weight", "0.bias", "1.weight", "1.bias")})
     x = np.random.default_rng(0).random((3, 1, 8, 8)).astype("float32")
     np.testing.assert_allclose(_outputs(smaller, x), _outputs(zeroed, x), atol=1e-5)
+
+
+def test_a_program_with_a_dynamic_batch_loses_heads_exactly_and_keeps_its_dynamic_batch():
+    import torch
+
+    program = TorchSource.from_module(encoders.torch_encoder_module(epochs=1), torch.zeros(2, 8, 8))
+    assert program.fixed_batch is None  # its attention reads the batch as a size (sym_size), not a constant
+    config = StructuredPruneConfig(ratio=0.5, fine_tune_epochs=0)
+    chosen = plan_program(program, config)
+    assert chosen.widths == {ATTENTION: (2, 1), UP: (32, 16)}
+    pruned = prune_program(program, *encoders.digits_rows(8), config)
+    assert pruned.fixed_batch is None
+    (head,) = chosen.removed[ATTENTION]
+    zeroed = _zeroed(program.module, {f"{ATTENTION}.out_proj.weight": (1, list(range(8 * head, 8 * head + 8))),
+                                      f"{UP}.weight": (0, chosen.removed[UP]), f"{UP}.bias": (0, chosen.removed[UP])})
+    x = np.random.default_rng(0).random((7, 8, 8)).astype("float32")
+    with torch.no_grad():
+        expected = zeroed(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(pruned.predict(x), expected, atol=1e-5)  # all 7 rows in one call
