@@ -1,13 +1,13 @@
-"""A tune whose source is a PyTorch program (the encoder of tests/models/encoders.py): structured_prune takes such
-programs in a recipe, but the tune's pruning space is guided by a layer sensitivity measured on Keras models, so the
-tune tries the program's post-training exports only, and says so, rather than failing on the sensitivity."""
+"""A tune whose source is a PyTorch program (the encoder of tests/models/encoders.py): its trials prune the program
+(structured_prune, heads and MLP units) with one ratio for every layer, and say so: the layer sensitivity that guides
+per-layer ratios is measured on Keras models."""
 
 import edgepress
 from edgepress.api import Progress as Quiet
 from tests.models import encoders
 
 
-def test_a_tune_of_a_pytorch_program_tries_its_exports_without_pruning(tmp_path):
+def test_a_tune_of_a_pytorch_program_prunes_it_with_one_ratio(tmp_path):
     encoders.torch_encoder(tmp_path / "enc.pt2", epochs=2)
     said = []
 
@@ -26,5 +26,7 @@ def test_a_tune_of_a_pytorch_program_tries_its_exports_without_pruning(tmp_path)
     })
     result = edgepress.tune(recipe, tmp_path / "out", progress=Progress())
     (trial,) = [t for t in result.results["trials"] if t["status"] == "complete"]
-    assert trial["rows"] and all(r["format"] == "onnx" for r in trial["rows"])
-    assert any("PyTorch program" in m and "post-training exports only" in m for m in said), said
+    source, pruned = trial["models"]
+    assert pruned["stage"] == "structured_prune" and pruned["macs"] < source["macs"]  # heads and units removed
+    assert trial["rows"] and all(r["format"] == "onnx" and r["p50_ms"] > 0 for r in trial["rows"])
+    assert any("PyTorch program" in m and "one ratio for every layer" in m for m in said), said
