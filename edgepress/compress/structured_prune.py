@@ -44,8 +44,8 @@ because each layer a removed channel passes through maps zero to zero. Activatio
 that (f(0) = 0); a layer with, say, a sigmoid is left whole. The `gradual` schedule uses exactly this:
 it zeroes the chosen groups during fine-tuning, more each round, then removes them.
 
-A PyTorch program (`.pt2`) is pruned on its own graph by structured_prune_torch (heads, MLP units, conv channels;
-oneshot), and written again as a `.pt2` at the batch it takes.
+A PyTorch program (`.pt2`) is pruned on its own graph by structured_prune_torch (heads, MLP units, conv channels),
+and written again as a `.pt2` at the batch it takes.
 """
 
 from __future__ import annotations

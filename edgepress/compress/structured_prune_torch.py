@@ -20,7 +20,8 @@ aten ops reading flat parameters, so torch-pruning finds nothing it can prune. T
 Ranking as for Keras (`criterion`): l1 / l2 norms of a unit's weight row (a head: its value rows and output
 columns), or taylor, (sum of weight x loss gradient over what removing it zeroes)^2 measured on training batches.
 Removal is exact: the smaller program equals the original with the removed units' weights zeroed (a head's output
-columns; a unit's weight row and bias, and the batch norm weight and bias after it).
+columns; a unit's weight row and bias, and the batch norm weight and bias after it). The gradual schedule holds
+exactly those at zero while fine-tuning, more each round, then removes them.
 """
 
 from __future__ import annotations
@@ -85,16 +86,13 @@ def check_program_prunable(program, config) -> None:
     plan_program(program, config)
 
 
-def plan_program(program, config, data: tuple[np.ndarray, np.ndarray] | None = None) -> ProgramPlan:
-    """Decide which units of `program` (a TorchSource) to remove under `config`; `data` (x, y) is what taylor measures
-    on (without it, the plan's check, which decides only how many go, ranks by the l1 norm)."""
+def plan_program(program, config, data: tuple[np.ndarray, np.ndarray] | None = None,
+                 fraction: float = 1.0) -> ProgramPlan:
+    """Decide which units of `program` (a TorchSource) to remove under `config` (scaled by `fraction`, for gradual
+    rounds); `data` (x, y) is what taylor measures on (without it, the plan's check, which decides only how many go,
+    ranks by the l1 norm)."""
     from edgepress.compress.counts import group_ratio, rounded
 
-    if config.schedule != "oneshot":
-        raise EdgepressError(
-            f"structured_prune on {program.name}, a PyTorch program, runs the oneshot schedule only (remove, then "
-            "fine-tune): set `schedule: oneshot`, or prune a Keras model for the gradual schedule."
-        )
     layers, left_whole = _walk(program.module)
     _check_requested(program, config, layers, left_whole)
     criterion = "l1" if config.criterion == "taylor" and data is None else config.criterion
@@ -102,7 +100,7 @@ def plan_program(program, config, data: tuple[np.ndarray, np.ndarray] | None = N
     removed, widths = {}, {}
     for name, layer in layers.items():
         ratio = group_ratio([name], config)
-        count = rounded(layer.units, round(ratio * layer.units), config.round_to, layer.width)
+        count = rounded(layer.units, round(ratio * fraction * layer.units), config.round_to, layer.width)
         if count >= layer.units:
             what = "heads" if layer.kind == "attention" else "channels"
             highest = math.floor(100 * (layer.units - 1) / layer.units) / 100
@@ -121,11 +119,53 @@ def plan_program(program, config, data: tuple[np.ndarray, np.ndarray] | None = N
 def prune_program(program, x: np.ndarray, y: np.ndarray, config, on_epoch=None):
     """The program with the planned units removed, fine-tuned on (x, y) for `config.fine_tune_epochs`, written again
     as a .pt2 at the batch it takes (a new TorchSource)."""
-    chosen = plan_program(program, config, data=(x, y))
-    module = remove_units(program.module, chosen)
-    if config.fine_tune_epochs:
-        _fine_tune(module, program, x, y, config, on_epoch)
-    return _exported(module, program, x)
+    if config.schedule == "oneshot":
+        chosen = plan_program(program, config, data=(x, y))
+        module = remove_units(program.module, chosen)
+        if config.fine_tune_epochs:
+            _fine_tune(module, program, x, y, config, on_epoch)
+        return _exported(module, program, x)
+    # Gradual: round r holds the lowest r/rounds of the target at zero while training (a head's out_proj columns, a
+    # unit's weight row, bias and batch norm), so the rest learns to do without them; then they are removed.
+    working = copy.copy(program)
+    working.module = copy.deepcopy(program.module)
+    done = 0
+    for r in range(1, config.rounds + 1):
+        current = plan_program(working, config, data=(x, y), fraction=r / config.rounds)
+        epochs = config.fine_tune_epochs // config.rounds + (config.fine_tune_epochs % config.rounds
+                                                             if r == config.rounds else 0)
+        zero = _zeroing(working.module, current)
+        zero()
+        shifted = None if on_epoch is None else (
+            lambda epoch, _, logs, model=None, d=done: on_epoch(d + epoch, config.fine_tune_epochs, logs))
+        _fine_tune(working.module, program, x, y, config.model_copy(update={"fine_tune_epochs": epochs}), shifted,
+                   after_step=zero)
+        done += epochs
+    return _exported(remove_units(working.module, current), program, x)
+
+
+def _zeroing(module, plan: ProgramPlan):
+    """A function that sets the parameters of the units `plan` removes to zero in `module` (what removal drops)."""
+    import torch
+
+    targets = []  # (tensor, dim, positions)
+    for name, gone in plan.removed.items():
+        layer = plan.layers[name]
+        if layer.kind == "attention":
+            columns = [h * layer.width + i for h in gone for i in range(layer.width)]
+            targets.append((_get(module, f"{name}.out_proj.weight"), 1, columns))
+            continue
+        targets += [(_get(module, p), 0, gone) for p in (layer.weight, layer.bias) if p]
+        targets += [(_get(module, p), 0, [u * r + i for u in gone for i in range(r)])
+                    for p, dim, r in layer.readers if dim == 0]  # a batch norm after a conv
+    indexed = [(t, dim, torch.tensor(positions, dtype=torch.long)) for t, dim, positions in targets]
+
+    def zero() -> None:
+        with torch.no_grad():
+            for tensor, dim, positions in indexed:
+                tensor.index_fill_(dim, positions, 0.0)
+
+    return zero
 
 
 def remove_units(module, plan: ProgramPlan):

@@ -126,8 +126,6 @@ def test_what_cannot_be_pruned_is_refused_naming_the_layer(encoder):
         plan_program(encoder, StructuredPruneConfig(ratio=0, layers={"head": 0.5}))
     with pytest.raises(EdgepressError, match=f"removes all 2 heads of layer '{ATTENTION}'"):
         plan_program(encoder, StructuredPruneConfig(ratio=0, layers={ATTENTION: 1.0}))
-    with pytest.raises(EdgepressError, match="oneshot"):
-        plan_program(encoder, StructuredPruneConfig(schedule="gradual", rounds=1, fine_tune_epochs=1))
 
 
 def test_batch_norm_after_a_conv_loses_the_same_channels_exactly(tmp_path):
@@ -167,3 +165,25 @@ def test_a_program_with_a_dynamic_batch_loses_heads_exactly_and_keeps_its_dynami
     with torch.no_grad():
         expected = zeroed(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(pruned.predict(x), expected, atol=1e-5)  # all 7 rows in one call
+
+
+def test_the_gradual_schedule_silences_heads_and_units_while_training_then_removes_them(encoder):
+    x, y = encoders.digits_rows(64)
+    config = StructuredPruneConfig(ratio=0, layers={ATTENTION: 0.5, UP: 0.5}, schedule="gradual", rounds=2,
+                                   fine_tune_epochs=2, criterion="taylor", batch_size=32)
+    pruned = prune_program(encoder, x, y, config)
+    state = dict(pruned.module.named_parameters())
+    assert tuple(state[f"{ATTENTION}.in_proj_weight"].shape) == (24, 16) and tuple(state[f"{UP}.weight"].shape) == (
+        16, 16)
+    assert pruned.fixed_batch == 1 and pruned.count_params() < encoder.count_params()
+
+
+def test_what_the_gradual_schedule_holds_at_zero_is_what_removal_drops(encoder, cnn):
+    from edgepress.compress.structured_prune_torch import _zeroing
+
+    for program, shape in ((encoder, (8, 8)), (cnn, (1, 8, 8))):
+        chosen = plan_program(program, StructuredPruneConfig(ratio=0.5))
+        held = copy.deepcopy(program.module)
+        _zeroing(held, chosen)()
+        x = np.random.default_rng(0).random((3, *shape)).astype("float32")
+        np.testing.assert_allclose(_outputs(remove_units(held, chosen), x), _outputs(held, x), atol=1e-5)
