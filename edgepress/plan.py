@@ -394,7 +394,7 @@ def _steps(recipe: Recipe, source: Source, data) -> tuple[tuple[PlannedStep, ...
     planned, model, fitted = [], source, data
     for i, config in enumerate(recipe.steps, start=1):
         step = STEPS[config.type]
-        bridge = model.kind not in step.kinds
+        bridge = step.bridges(model)
         if bridge:
             model = _bridged(model, i, config.type, recipe)
         if tuple(model.input_shape[1:]) != fitted.x_test.shape[1:]:

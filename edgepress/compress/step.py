@@ -60,6 +60,11 @@ class Step:
     def type(cls) -> str:
         return cls.config.model_fields["type"].default
 
+    def bridges(self, model) -> bool:
+        """Whether the plan must rebuild `model` (a Source) in tf_keras for this step: it is not of a kind the step
+        transforms natively."""
+        return model.kind not in self.kinds
+
     def resolve(self, config: BaseModel, before: Sequence[str]) -> BaseModel:
         """The config with choices that depend on the steps before it made (qat's `preserve: auto`)."""
         return config

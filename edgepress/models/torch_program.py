@@ -140,6 +140,14 @@ class TorchSource(Graph):
         Such a program runs only at that batch (its reshapes name it): every export keeps it."""
         return self.input_shape[0]
 
+    @property
+    def reads_its_shape(self) -> bool:
+        """Whether the program computes with a symbolic size of its input (a reshape by x.shape[0] under a
+        dynamic batch), which an ONNX export by tracing would fold into a constant."""
+        import torch
+
+        return any(isinstance(node.meta.get("val"), torch.SymInt) for node in self.program.graph.nodes)
+
     def takes_batch_size(self, format: str) -> bool:
         return self.fixed_batch is None
 
@@ -167,9 +175,23 @@ class TorchSource(Graph):
         sample = torch.zeros((batch_size or 1, *self.input_shape[1:]), dtype=getattr(torch, self.input_dtype.name))
         axes = None if batch_size else {"input": {0: "batch"}, "output": {0: "batch"}}
         try:
+            if batch_size is None and self.reads_its_shape:
+                # The tracer below would fold x.shape[0] into the sample's batch (a reshape to one row, then
+                # "GEMM: Dimension mismatch" at any other batch); torch.onnx's torch.export-based exporter
+                # translates the program itself, its symbolic sizes kept as ONNX Shape ops.
+                with quiet():
+                    torch.onnx.export(self.program, (sample,), str(out), input_names=["input"],
+                                      output_names=["output"], opset_version=opset, dynamo=True, verbose=False,
+                                      external_data=False)
+                return
             with quiet(), torch.no_grad():
                 torch.onnx.export(_Call(self.module), (sample,), str(out), input_names=["input"],
                                   output_names=["output"], dynamic_axes=axes, opset_version=opset, dynamo=False)
+        except ImportError as e:
+            raise EdgepressError(
+                f"Exporting {self.path} to ONNX with its dynamic batch needs torch.onnx's torch.export-based "
+                f"exporter, which needs onnxscript ({first_line(e)}): pip install 'edgepress[torch]'."
+            ) from None
         except Exception as e:
             raise EdgepressError(
                 f"torch.onnx.export could not export {self.path} to ONNX: {first_line(e)}. Check that its ops have "
