@@ -43,6 +43,9 @@ parameters set to zero (filter and bias, BatchNormalization gamma and beta, Dept
 because each layer a removed channel passes through maps zero to zero. Activations are checked for
 that (f(0) = 0); a layer with, say, a sigmoid is left whole. The `gradual` schedule uses exactly this:
 it zeroes the chosen groups during fine-tuning, more each round, then removes them.
+
+A PyTorch program (`.pt2`) is pruned on its own graph by structured_prune_torch (heads, MLP units, conv channels),
+and written again as a `.pt2` at the batch it takes.
 """
 
 from __future__ import annotations
@@ -56,6 +59,8 @@ import numpy as np
 from pydantic import ConfigDict, Field, model_validator
 
 from edgepress.compat import keras_of
+from edgepress.compress.counts import group_ratio as _group_ratio
+from edgepress.compress.counts import rounded as _rounded
 from edgepress.compress.step import Step, register
 from edgepress.errors import EdgepressError, first_line
 from edgepress.models import training
@@ -611,29 +616,6 @@ def _check_requested(model, config: StructuredPruneConfig, graph: _Graph) -> Non
         )
 
 
-def _rounded(channels: int, count: int, multiple: int | None, unit: int = 1) -> int:
-    """How many of `channels` to remove so that the width kept (channels x `unit`, the size of an attention head)
-    is a multiple of `multiple`: the kept number is rounded up, never below `multiple` and never above `channels`
-    (a layer with fewer keeps them all)."""
-    if not multiple or count == 0:
-        return count
-    multiple //= math.gcd(multiple, unit)  # in atoms: a head of 8 columns fills 8 of them at once
-    keep = max(multiple, math.ceil((channels - count) / multiple) * multiple)
-    return channels - min(channels, keep)
-
-
-def _group_ratio(names: list[str], config: StructuredPruneConfig) -> float:
-    """The ratio of layers pruned together: the one given for them by name, else the step's `ratio`."""
-    given = {n: config.layers[n] for n in names if config.layers and n in config.layers}
-    if len(set(given.values())) > 1:
-        listed = ", ".join(f"{n}: {r:g}" for n, r in given.items())
-        raise EdgepressError(
-            f"structured_prune: layers {', '.join(names)} share their channels (tied by Add or Concatenate), "
-            f"so they are pruned together and need one ratio; `layers` gives {listed}. Give them the same ratio."
-        )
-    return next(iter(given.values())) if given else config.ratio
-
-
 # -- the gradual schedule: hold the chosen channels at zero while training ---------------------------
 
 def _masks(model, plan: Plan) -> list[tuple]:
@@ -753,18 +735,23 @@ def prune_decoder(model, x: np.ndarray, y: np.ndarray, config: StructuredPruneCo
 @register
 class StructuredPrune(Step):
     config = StructuredPruneConfig
-    kinds = frozenset({"keras3", "tf_keras", "decoder"})
+    kinds = frozenset({"keras3", "tf_keras", "torch", "decoder"})
     not_after_qat = (
         "it rebuilds plain Keras layers, and after qat every layer is wrapped for quantization-aware training"
     )
-    needs = "it removes channels from Keras layers and rebuilds the Keras model, or heads and MLP units of a decoder"
+    needs = ("it removes channels from Keras layers and rebuilds the Keras model, or heads and units of a program "
+             "or of a decoder")
 
     def check(self, model, config, context):
         if _is_decoder(model):
             return check_decoder(model, config)
         if config.distill:
             raise EdgepressError("structured_prune: `distill` is for decoder LMs (logit distillation from the "
-                                 "unpruned model); for a Keras model add a distill step after it instead.")
+                                 "unpruned model); for another model add a distill step after it instead.")
+        if _is_program(model):  # a PyTorch program: its own graph walk (structured_prune_torch)
+            from edgepress.compress.structured_prune_torch import check_program_prunable
+
+            return check_program_prunable(model, config)
         check_structured_prunable(model, config)
 
     def result_like(self, model, config, context):
@@ -775,10 +762,24 @@ class StructuredPrune(Step):
         return pruned(model, choose(model, *decoder_counts(model, config)))
 
     def notes(self, model, config):
-        return decoder_notes(model, config) if _is_decoder(model) else plan_notes(model, config)
+        if _is_decoder(model):
+            return decoder_notes(model, config)
+        if _is_program(model):
+            from edgepress.compress.structured_prune_torch import plan_program
+
+            return plan_program(model, config).notes()
+        return plan_notes(model, config)
 
     def run(self, model, x, y, config, context):
         if _is_decoder(model):
             smaller = prune_decoder(model, x, y, config, on_epoch=context.on_epoch)
             return smaller, {"heads": int(smaller.config.heads), "mlp_units": int(smaller.config.hidden)}
+        if _is_program(model):
+            from edgepress.compress.structured_prune_torch import prune_program
+
+            return prune_program(model, x, y, config, on_epoch=context.on_epoch), {}
         return structured_prune(model, x, y, config, on_epoch=context.on_epoch), {}
+
+
+def _is_program(model) -> bool:
+    return getattr(model, "kind", None) == "torch"

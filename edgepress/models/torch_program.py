@@ -37,8 +37,9 @@ class TorchSource(Graph):
     title = "a PyTorch program"
     suffix = ".pt2"
     why_no_steps = (
-        "it is a PyTorch program: pruning, clustering and quantization-aware training wrap Keras layers with tfmot "
-        "(distill with `teacher: source` and no student trains the program itself); compress the model in PyTorch "
+        "it is a PyTorch program: magnitude pruning, clustering and quantization-aware training wrap Keras layers "
+        "with tfmot (structured_prune removes its heads, MLP units and conv channels, and distill with `teacher: "
+        "source` and no student trains the program itself); compress the model in PyTorch "
         "before exporting it, or use the post-training quantization of its exports (tflite dynamic / int8, onnx "
         "int8_dynamic / int8_static)"
     )
@@ -114,6 +115,19 @@ class TorchSource(Graph):
 
     def count_params(self) -> int:
         return int(sum(p.numel() for p in self.program.parameters()))
+
+    def stats(self) -> dict:
+        """Parameters, MACs of one sample (counted on the program's graph) and the sparsity of its weight tensors."""
+        return {"params": self.count_params(), "macs": program_macs(self.program), "sparsity": self.sparsity()}
+
+    def sparsity(self) -> float:
+        """Fraction of zeros over the weight matrices and filters (parameters of 2 or more dimensions)."""
+        zeros = size = 0
+        for parameter in self.program.parameters():
+            if parameter.dim() >= 2:
+                zeros += int((parameter == 0).sum())
+                size += parameter.numel()
+        return float(zeros / size) if size else 0.0
 
     def weights(self) -> Iterator[tuple[str, np.ndarray]]:
         for name, tensor in [*self.program.state_dict.items(), *self.program.constants.items()]:
@@ -195,6 +209,40 @@ class TorchSource(Graph):
         with torch.no_grad():
             return self.module(torch.from_numpy(np.ascontiguousarray(x))).numpy()
 
+
+
+def program_macs(program) -> int:
+    """Multiply-accumulates of one sample through a torch.export `program`, from the shapes its graph records: linear
+    and matrix products, convolutions, and both products of scaled_dot_product_attention. A dynamic (symbolic) batch
+    counts as 1; a fixed batch is divided out."""
+    import math
+
+    def size(d) -> int:
+        if isinstance(d, int):
+            return d
+        expr = d.node.expr
+        return int(expr.subs({s: 1 for s in expr.free_symbols}))
+
+    def shape(node) -> list[int]:
+        return [size(d) for d in node.meta["val"].shape]
+
+    total = 0
+    batch = None
+    for node in program.graph.nodes:
+        if node.op == "placeholder" and node.name in program.graph_signature.user_inputs:
+            batch = shape(node)[0] or 1
+        if node.op != "call_function" or "val" not in node.meta:
+            continue
+        name = getattr(node.target, "__name__", str(node.target)).split(".")[0]
+        if name in ("linear", "mm", "addmm", "bmm", "matmul", "baddbmm"):
+            a = node.args[1] if name in ("addmm", "baddbmm") else node.args[0]
+            total += math.prod(shape(node)) * shape(a)[-1]
+        elif name in ("conv1d", "conv2d", "conv3d", "convolution"):
+            total += math.prod(shape(node)) * math.prod(shape(node.args[1])[1:])
+        elif name in ("scaled_dot_product_attention", "_scaled_dot_product_flash_attention_for_cpu"):
+            q, k, v = (shape(n) for n in node.args[:3])
+            total += math.prod(q[:-1]) * k[-2] * (q[-1] + v[-1])
+    return int(total // (batch or 1))
 
 
 def save_torch_program(module, sample_input, path: str | Path) -> Path:

@@ -102,6 +102,10 @@ def tune(recipe, run_dir: str | Path, progress=None, ray: str | None = None) -> 
             progress.done(f"the source is a {kind} model, which the tune's structured_prune space does not take: the "
                           "tune tries post-training exports only")
             space.ratio = (0.0, 0.0)
+        elif kind == "torch" and any(space.guidance):  # layer sensitivity is measured on Keras models
+            progress.done("the source is a PyTorch program: its layer sensitivity is not measured, so the tune "
+                          "prunes it with one ratio for every layer (layer_guidance 0)")
+            space.guidance = [0.0]
         if deadline is not None and deadline - time.monotonic() < source["duration_s"]:
             raise EdgepressError(
                 f"The time budget ({spec.time_budget:.0f} s) is too small for one trial: measuring the source model "
