@@ -82,7 +82,34 @@ def check_quantizable(model, config: QatConfig) -> None:
     than its per-layer registry says (a BatchNormalization after a convolution, which the registry alone
     refuses), so its registry is not consulted here.
     """
+    _check_no_integer_readers(model, config)
     _checked_aware(model, config)
+
+
+def _check_no_integer_readers(model, config: QatConfig) -> None:
+    """Refuse quantizing a layer that reads an integer model input (token ids into an Embedding): tfmot puts a
+    float fake-quantizer on a quantized layer's input, which fails on integers when training starts."""
+    integers = [t for t in model.inputs if not t.dtype.is_floating]
+    asked = [layer for layer in model.layers if type(layer).__name__ != "InputLayer"
+             and (config.layers is None or layer.name in config.layers)]
+    readers = [layer for layer in asked if any(x is t for t in integers for x in _inputs_of(layer))]
+    if readers:
+        described = ", ".join(f"'{layer.name}' ({type(layer).__name__})" for layer in readers)
+        others = [layer.name for layer in asked if layer not in readers]
+        raise EdgepressError(
+            f"qat: layer {described} reads the model's integer input ({integers[0].dtype.name}, e.g. token ids), and "
+            "tfmot fake-quantizes the input of each layer it quantizes as float, which fails on integers. Quantize "
+            f"the other layers with `layers: [{', '.join(others)}]` in the qat step (the refused ones stay float), "
+            "or drop the step; post-training quantization in the exports still applies to this model."
+        )
+
+
+def _inputs_of(layer) -> list:
+    try:
+        inputs = layer.input
+    except (AttributeError, ValueError):  # a layer called more than once has no single input
+        return []
+    return list(inputs) if isinstance(inputs, list | tuple) else [inputs]
 
 
 def _checked_aware(model, config: QatConfig):

@@ -116,6 +116,14 @@ class TfliteConverter(Exporter):
         if request.batch_size is not None and request.batch_size < 1:
             raise EdgepressError(f"batch_size must be 1 or more (or None for a dynamic batch), got "
                                  f"{request.batch_size}.")
+        looping = _recurrent_layers(request.source.model) if hasattr(request.source, "model") else []
+        if looping and request.batch_size is None:  # the converter's MLIR fails on a TensorList otherwise
+            raise EdgepressError(
+                f"TFLite {precision} export of '{request.source.name}' needs `batch_size: 1`: "
+                f"{', '.join(f'{r.name!r} ({type(r).__name__})' for r in looping)} loops over time, which TFLite "
+                "converts only with a fixed batch size. Set `batch_size: 1` on this export "
+                "(export_tflite(..., batch_size=1))."
+            )
         if precision in CALIBRATED:
             calibration_inputs(request.source, request.calibration, f"TFLite {precision}")
             check_calibratable(request.source, precision, request.batch_size)
@@ -195,20 +203,26 @@ def check_calibratable(source, precision: str, batch_size: int | None = None) ->
         )
 
 
-def _looping_layers(model) -> list:
-    """The Keras recurrent layers that TFLite turns into a WHILE loop: every RNN but LSTM, unless unrolled."""
+def _recurrent_layers(model, lstm: bool = True) -> list:
+    """The Keras recurrent layers (LSTM, GRU, RNN; Bidirectional ones) that are not unrolled; `lstm` False: less
+    the LSTMs."""
     from edgepress.compat import keras_of
 
     layers = keras_of(model).layers
     found = []
     for layer in model.layers:
         if hasattr(layer, "layers") and hasattr(layer, "inputs"):  # a nested model
-            found += _looping_layers(layer)
+            found += _recurrent_layers(layer, lstm)
             continue
         inner = [layer.forward_layer, layer.backward_layer] if isinstance(layer, layers.Bidirectional) else [layer]
-        if any(isinstance(r, layers.RNN) and not r.unroll and not isinstance(r, layers.LSTM) for r in inner):
+        if any(isinstance(r, layers.RNN) and not r.unroll and (lstm or not isinstance(r, layers.LSTM)) for r in inner):
             found.append(layer)
     return found
+
+
+def _looping_layers(model) -> list:
+    """The Keras recurrent layers that TFLite turns into a WHILE loop: every RNN but LSTM, unless unrolled."""
+    return _recurrent_layers(model, lstm=False)
 
 
 def _converter(tf, source, precision: str, calibration: np.ndarray | None, batch_size: int | None = None):
@@ -268,9 +282,12 @@ def _convert_16x8(converter, float_converter, samples: np.ndarray, layout: str |
             return converter.convert(), {}
         except Exception as e:
             missing = re.findall(r"16x8-bit not yet supported for op: '(\w+)'", str(e))
-            if not missing:
+            if missing:
+                reason = {"converter_16x8_lacks": sorted(set(missing))}
+            elif "Max and min for dynamic tensors" in str(e):  # an integer input (token ids) it tried to calibrate
+                reason = {"converter_16x8_failed": first_line(e)}
+            else:
                 raise
-            reason = {"converter_16x8_lacks": sorted(set(missing))}
     with tempfile.TemporaryDirectory() as work:
         fp32, out = Path(work) / "fp32.tflite", Path(work) / "int16x8.tflite"
         fp32.write_bytes(float_converter().convert())

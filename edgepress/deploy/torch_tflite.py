@@ -77,6 +77,18 @@ class TorchTflite(Exporter):
             )
         if request.precision == "int8":
             calibration_inputs(source, request.calibration, "TFLite int8 (litert-torch)")
+        ops = {str(node.target) for node in source.program.graph.nodes}
+        if request.precision == "dynamic" and any(op.startswith("aten.embedding") for op in ops):
+            raise EdgepressError(
+                f"tflite dynamic of {source.path}: litert-torch's dynamic-range quantizer writes its embedding "
+                "(aten.embedding) as an int8 EMBEDDING_LOOKUP with a non-zero zero point, which LiteRT cannot load. "
+                "Export it as tflite int8 (calibrated) or int8_weight, or as onnx int8_dynamic."
+            )
+        if request.precision == "int8" and any(op.startswith("aten.gru") for op in ops):
+            raise EdgepressError(
+                f"tflite int8 of {source.path}: litert-torch's int8 quantizer (PT2E) cannot convert its GRU "
+                "(aten.gru). Export it as tflite dynamic, int8_weight or int16x8, or as onnx int8_dynamic."
+            )
         _litert_torch(source)
 
     def layout(self, request: ExportRequest) -> str | None:
@@ -154,7 +166,8 @@ def _convert(litert_torch, torch, module, sample, precision: str, samples, chang
             # One calibration sample per pass, repeated to the fixed batch, in the artifact's layout.
             for x in samples:
                 batch = np.repeat(x[None], sample.shape[0], axis=0)
-                prepared(torch.from_numpy(np.ascontiguousarray(batch.transpose(change) if change else batch)))
+                batch = np.ascontiguousarray(batch.transpose(change) if change else batch)
+                prepared(torch.from_numpy(batch).to(sample.dtype))  # token ids come as floats, like all data
     quantized = convert_pt2e(prepared, fold_quantize=False)
     model = litert_torch.convert(quantized, (sample,), quant_config=QuantConfig(pt2e_quantizer=quantizer))
     facts = {"weights": "int8 per channel", "quantizer": "litert-torch PT2EQuantizer"}
