@@ -50,7 +50,7 @@ and int64 zero points, 36 KB of graph. The ONNX file kept its token and position
 takes MatMul weights only). Now the TFLite exporter gives inner tensors their short module names (37 KB fewer) and
 ONNX int4 writes a decoder's tables as int4 too (GatherBlockQuantized): char_gpt's int4 files become about 300 KB
 and 275 KB, still above char_gru's smallest. So the model was sized to the bytes: int4 is about 0.5 (TFLite) and
-0.64 (ONNX, with block scales) bytes a parameter plus a fixed 40-70 KB, which leaves about 100k parameters under 133
+0.64 (ONNX, with block scales) bytes a parameter plus a fixed 25-80 KB, which leaves about 100k parameters under 133
 KB; width 64 with 2 blocks (MLP 128, positions up to the cache's 128: 102,848 parameters) makes untrained int4 files
 of 126,528 bytes (TFLite, per channel) and 91,638 bytes (ONNX, block 32); TFLite blockwise int4 is larger (161,240
 bytes: a scale per block of 32 in each signature) and is left out. char_gru and char_gpt_small get the same training
