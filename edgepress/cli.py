@@ -253,6 +253,40 @@ def profile(
 
 
 @app.command()
+def bundle(
+    artifact: Annotated[Path, typer.Argument(help="A decoder .tflite or .onnx file edgepress exported.")],
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="Default: beside the file, NAME.litertlm (.tflite) or NAME-genai/ (.onnx).")] = None,
+    tokenizer: Annotated[Path | None, typer.Option(
+        help="The model's tokenizer.json (default: python_source's characters, for a model of that vocabulary).")
+    ] = None,
+) -> None:
+    """Package an exported decoder LM for an LM runtime: a .tflite as a LiteRT-LM bundle (.litertlm), an .onnx as
+    an onnxruntime-genai folder (genai_config.json); both with a tokenizer.json."""
+
+    def work():
+        if not artifact.is_file() or artifact.suffix not in (".tflite", ".onnx"):
+            raise EdgepressError(f"{artifact}: give a decoder .tflite or .onnx file edgepress exported.")
+        vocab = None
+        if tokenizer is not None:
+            try:
+                vocab = json.loads(tokenizer.read_text())
+            except (OSError, ValueError) as e:
+                raise EdgepressError(f"--tokenizer {tokenizer}: cannot read it as a tokenizer.json ({e}).") from None
+        if artifact.suffix == ".tflite":
+            from edgepress.deploy.litertlm import litertlm_bundle
+
+            out = litertlm_bundle(artifact, output or artifact.with_suffix(".litertlm"), vocab)
+        else:
+            from edgepress.deploy.genai import genai_folder
+
+            out = genai_folder(artifact, output or artifact.with_name(f"{artifact.stem}-genai"), vocab)
+        console.print(f"wrote {out}", highlight=False)
+
+    _guard(work)
+
+
+@app.command()
 def quantize(
     model: Annotated[Path, typer.Argument(help="Trained model: .keras or .h5 file, or SavedModel directory.")],
     max_accuracy_drop: Annotated[str, typer.Option(help="Largest accuracy drop from the float model: 0.005 or 0.5%.")],

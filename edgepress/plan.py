@@ -297,6 +297,17 @@ def _with_lm(recipe: Recipe, source: Source, what: str, devices: list[Device], d
     prompt or a cache that does not fit the data's windows, a target reached over adb (benchmark_model times one
     signature), lm: for a model that is not a decoder."""
     if source.kind != "decoder":
+        if recipe.lm is not None and source.kind == "torch":
+            raise EdgepressError(
+                f"The recipe has an lm: section (a KV cache for a decoder language model), and {what} is a PyTorch "
+                "program, not a decoder with a cache edgepress can drive: one traced forward whose attention keeps no "
+                "cache outside it, so edgepress cannot make "
+                "prefill/decode signatures or past/present key-values from it. A .pt2 decoder (tokens (1, T) -> "
+                "logits (1, T, vocabulary)) is measured without lm: as a sequence model (perplexity over whole "
+                "windows, its TFLite and ONNX exports without a cache). For the KV-cache exports and measures give the "
+                "decoder as a model directory: edgepress's (config.json + model.safetensors, model.zoo: char_gpt) or "
+                "a Hugging Face Llama's (what save_pretrained writes)."
+            )
         if recipe.lm is not None:
             raise EdgepressError(
                 f"The recipe has an lm: section (a KV cache for a decoder language model), and {what} is "
@@ -394,7 +405,7 @@ def _steps(recipe: Recipe, source: Source, data) -> tuple[tuple[PlannedStep, ...
     planned, model, fitted = [], source, data
     for i, config in enumerate(recipe.steps, start=1):
         step = STEPS[config.type]
-        bridge = model.kind not in step.kinds
+        bridge = step.bridges(model)
         if bridge:
             model = _bridged(model, i, config.type, recipe)
         if tuple(model.input_shape[1:]) != fitted.x_test.shape[1:]:

@@ -11,7 +11,8 @@ Notes on the values:
   (labels per time step) also has cross_entropy and perplexity, there and in each artifact's metrics.
 - `models`: the source, then the model after each step (macs: multiply-accumulates for one sample); a distill step
   adds `distill` {student, teacher, temperature, alpha, epochs, teacher_accuracy, student_accuracy,
-  scratch_accuracy}.
+  scratch_accuracy}; a qat step of a Keras 3 attention model (trained natively) adds `qat` {how, kernels,
+  attention_layers, weights, activations}.
 - `artifacts`: one row per artifact and device; a value a device could not measure (adb: accuracy) is null. Every
   `quantization` has int8_macs, int16_macs, hybrid_macs, macs; a sparse TFLite export adds sparse(_tensors). The
   latency intervals are bootstrap intervals at `confidence` (0.95); `stopped` says why the adaptive runs stopped;
@@ -83,6 +84,7 @@ class ModelRow(TypedDict):
     cross_entropy: NotRequired[float]
     perplexity: NotRequired[float]
     distill: NotRequired[dict[str, Any]]
+    qat: NotRequired[dict[str, Any]]
 
 
 class DeviceInfo(TypedDict):

@@ -38,7 +38,7 @@ def test_unknown_top_level_key():
         ({"model": {"zoo": "seed_cnn"}, "gates": {"max_accuracy_drop": "150%"}}, "between 0 and 1"),
         ({"model": {"zoo": "seed_cnn"}, "steps": [{"type": "shrink"}]}, "shrink"),
         ({"model": {"zoo": "seed_cnn"}, "steps": [{"type": "qat"}],
-          "exports": [{"format": "onnx", "precision": "int8_static"}]}, "already quantization-aware"),
+          "exports": [{"format": "onnx", "precision": "fp16"}]}, "already quantization-aware"),
     ],
 )
 def test_invalid_recipes_are_refused_with_the_reason(raw, message):
@@ -56,7 +56,7 @@ def test_qat_without_exports_gets_the_exports_that_fit_it():
     recipe = Recipe.from_dict({"model": {"zoo": "seed_cnn"}, "steps": [{"type": "qat"}]})
     recipe = with_default_exports(recipe, [load_device("x86-host")])
     assert {(e.format, e.precision) for e in recipe.exports} == {("tflite", "int8"), ("tflite", "dynamic"),
-                                                                 ("onnx", "fp32")}
+                                                                 ("onnx", "fp32"), ("onnx", "int8_static")}
 
 
 def test_validating_a_recipe_reads_no_file_and_imports_no_tensorflow():

@@ -65,7 +65,7 @@ def distill_program(program, teacher, x: np.ndarray, y: np.ndarray, config, on_e
             on_epoch(epoch, config.epochs, {"loss": total / len(xs)})
     for parameter in module.parameters():
         parameter.requires_grad_(False)
-    sample = xs[: program.fixed_batch or 1]
+    sample = xs[: program.fixed_batch or 2]  # a dynamic batch from a sample of 2: torch.export specializes 1
     if program.fixed_batch:
         student = TorchSource.from_trained(module, lambda m, path: _save_fixed(m, sample, path))
     else:

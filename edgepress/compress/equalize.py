@@ -49,17 +49,20 @@ position with its constant (no zero padding: Conv 'valid' or 1x1, Dense) and the
 identity above 0 (relu, leaky relu, linear).
 
 Bias correction (section 4.2, empirical; `bias_correction: true`). For each Conv2D, DepthwiseConv2D
-and Dense layer, the output error of its weights quantized to int8 (per-tensor symmetric, with a
-following BatchNormalization folded in, as the converters do) is measured on the calibration data, with
-the float model's inputs to the layer, and its per-channel mean subtracted from the bias (or beta).
+and Dense layer, the output error of its weights quantized to int8 as both exporters quantize them
+(symmetric, per output channel: scale max|w_c| / 127, values in [-127, 127]; a following
+BatchNormalization folded in, as the converters fold it) is measured on the calibration data, with the
+float model's inputs to the layer, and its per-channel mean subtracted from the bias (or beta).
 This makes the *quantized* model's outputs right on average and changes the float model's, so it runs
-only when asked.
+only when asked (accuracy-aware int8 tries it as a remedy: `bias_correct_for_quantization`, kept only
+when the int8 file it gives is more accurate).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -207,6 +210,22 @@ def equalize_for_quantization(model, calibration: np.ndarray) -> tuple[object, D
     if not details.found:
         return training.copy_model(model), details
     return _equalize(model, calibration, config)
+
+
+def bias_correct_for_quantization(model, calibration: np.ndarray,
+                                  keep: Sequence[str] = ()) -> tuple[object, list[str]]:
+    """`model` copied with the bias of every Conv2D, DepthwiseConv2D and Dense layer (but those named in `keep`, which
+    stay float) corrected for its int8 weights (see the module docs): (the new model, the layers corrected). Its
+    float outputs change: it is for the int8 export only. A model the walker cannot read (a subclassed model) raises
+    EdgepressError."""
+    from edgepress.models import training
+
+    if calibration is None or len(calibration) == 0:
+        raise EdgepressError("bias correction needs calibration inputs, and none were given.")
+    result = training.copy_model(model)
+    details = Details(pairs=[], left={})
+    _correct(result, details, np.asarray(calibration), skip=set(keep))
+    return result, details.corrected
 
 
 def check_equalizable(model, config: EqualizeConfig | None = None) -> None:
@@ -705,17 +724,20 @@ def _add_bias(model, name: str, bn: str | None, delta: np.ndarray) -> None:
     layer.bias.assign(layer.bias + delta)
 
 
-def _quantized(w: np.ndarray) -> np.ndarray:
-    """`w` through int8 per-tensor symmetric quantization."""
-    top = float(np.abs(w).max())
-    if top == 0:
-        return w
-    scale = top / 127
+def quantized_per_channel(w: np.ndarray, depthwise: bool = False) -> np.ndarray:
+    """A Keras kernel `w` through int8 symmetric quantization per output channel, as the TFLite converter and
+    onnxruntime (per_channel) quantize weights: channel c gets the scale max|w_c| / 127 and values in [-127, 127].
+    The output channel is the last axis (Conv2D (h, w, in, out), Dense (in, out)), or the last two for a
+    DepthwiseConv2D (h, w, in, multiplier)."""
+    axes = tuple(range(w.ndim - 2 if depthwise else w.ndim - 1))
+    top = np.abs(w).max(axis=axes, keepdims=True)
+    scale = np.where(top > 0, top / 127, 1.0)
     return (np.clip(np.round(w / scale), -127, 127) * scale).astype(w.dtype)
 
 
-def _correct(model, details: Details, x: np.ndarray) -> None:
-    """Empirical bias correction of every Conv2D, DepthwiseConv2D and Dense layer (see the module docs)."""
+def _correct(model, details: Details, x: np.ndarray, skip: set[str] = frozenset()) -> None:
+    """Empirical bias correction of every Conv2D, DepthwiseConv2D and Dense layer but those in `skip` (see the module
+    docs)."""
     graph = calls(model, step="equalize")
     outputs = graph.outputs
     readers: dict[Key, list] = {}
@@ -724,7 +746,7 @@ def _correct(model, details: Details, x: np.ndarray) -> None:
             readers.setdefault(key, []).append(call.layer)
     targets = []
     for layer, ins, outs, shared in ((c.layer, c.inputs, c.outputs, c.shared) for c in graph.calls):
-        if type(layer).__name__ not in FIRST_OR_SECOND or _weighted(layer, shared):
+        if type(layer).__name__ not in FIRST_OR_SECOND or _weighted(layer, shared) or layer.name in skip:
             continue
         users = readers.get(outs[0], [])
         bn = (users[0].name if len(users) == 1 and outs[0] not in outputs and _linear(layer.activation)
@@ -741,7 +763,7 @@ def _correct(model, details: Details, x: np.ndarray) -> None:
         depthwise = type(layer).__name__ == "DepthwiseConv2D"
         factor = _bn_factor(model, bn) if bn else np.ones(kernel.shape[-2 if depthwise else -1], np.float32)
         folded = kernel * (factor[:, None] if depthwise else factor)
-        error = _quantized(folded) - folded
+        error = quantized_per_channel(folded, depthwise) - folded
         config = {**layer.get_config(), "activation": "linear", "use_bias": False, "name": f"{layer.name}_error"}
         probe = type(layer).from_config(config)
         probe.build(value.shape)

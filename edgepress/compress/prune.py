@@ -171,12 +171,42 @@ def _check_m_by_n(model, layers: list, m_by_n: tuple[int, int]) -> None:
 @register
 class Prune(Step):
     config = PruneConfig
-    kinds = frozenset({"tf_keras"})  # tfmot wraps tf_keras layers only
+    # tfmot wraps tf_keras layers; Keras 3 models (MultiHeadAttention included) and PyTorch programs are pruned on
+    # their weights by prune_native, the same magnitude schedule without wrappers.
+    kinds = frozenset({"tf_keras", "keras3", "torch"})
     not_after_qat = None  # layers_to_prune refuses a quantization-aware model by name
-    needs = "tfmot magnitude pruning wraps Keras layers and fine-tunes them"
+    needs = "tfmot magnitude pruning wraps Keras layers and fine-tunes them (Keras 3 and PyTorch: on their weights)"
 
     def check(self, model, config, context):
+        if _kind(model) == "torch":
+            from edgepress.compress.prune_native import check_program_prune
+
+            return check_program_prune(model, config)
+        if _kind(model) == "keras3":
+            from edgepress.compress.prune_native import keras3_kernels
+
+            keras3_kernels(model, config.layers)
+            if config.sparsity_m_by_n is not None:
+                chosen = [model.get_layer(n) for n in config.layers] if config.layers else [
+                    layer for layer in model.layers if layer.trainable_weights]
+                _check_m_by_n(model, chosen, config.sparsity_m_by_n)
+            return None
         layers_to_prune(model, config)
 
     def run(self, model, x, y, config, context):
+        if _kind(model) == "torch":
+            from edgepress.compress.prune_native import prune_program
+
+            return prune_program(model, x, y, config, on_epoch=context.on_epoch), {}
+        if _kind(model) == "keras3":
+            from edgepress.compress.prune_native import prune_keras3
+
+            return prune_keras3(model, x, y, config, on_epoch=context.on_epoch), {}
         return prune(model, x, y, config, on_epoch=context.on_epoch), {}
+
+
+def _kind(model) -> str:
+    """torch for a PyTorch program, keras3 for a Keras 3 model, else tf_keras (tfmot's)."""
+    if getattr(model, "kind", None) == "torch":
+        return "torch"
+    return "keras3" if type(model).__module__.split(".")[0] == "keras" else "tf_keras"

@@ -116,10 +116,15 @@ def _checked_aware(model, config: QatConfig):
             f"`layers: [{', '.join(others)}]` in the qat step (the refused ones stay float){also}, "
             "or drop the step."
         )
+    attention = [name for name in refused if type(by_name[name]).__name__ == "MultiHeadAttention"]
+    native = (" tfmot cannot wrap MultiHeadAttention (tensorflow/model-optimization #718); edgepress fake-quantizes "
+              "attention natively in Keras 3 models: build and save the model with Keras 3 (`import keras`) to "
+              "train all of it quantization-aware." if attention else "")
     raise EdgepressError(
         f"qat: tfmot cannot quantize layer {described}. Quantize only the layers it supports with "
         f"`layers: [{', '.join(others)}]` in the qat step (the refused ones stay float), or drop the step; "
         "post-training quantization in the exports (tflite int8 / dynamic, onnx int8) still applies to this model."
+        + native
     )
 
 
@@ -227,18 +232,45 @@ def is_quantize_aware(model) -> bool:
 @register
 class Qat(Step):
     config = QatConfig
-    kinds = frozenset({"tf_keras"})  # tfmot wraps tf_keras layers only
+    # tfmot wraps tf_keras layers only; a Keras 3 model with attention, which tf_keras cannot take through tfmot
+    # (tfmot cannot wrap MultiHeadAttention), is trained natively (edgepress.compress.qat_native), see `bridges`.
+    kinds = frozenset({"tf_keras"})
     not_after_qat = None  # check_quantizable refuses a model that is already quantization-aware
-    # A QAT model already carries int8 ranges: quantizing it again, or exporting it as float, is wrong
-    # (onnx fp32 keeps the ranges as QDQ pairs).
-    exports_after = frozenset({("tflite", "int8"), ("tflite", "dynamic"), ("onnx", "fp32")})
+    # A QAT model already carries int8 ranges: exporting it as float is wrong. A tfmot model's onnx fp32 and
+    # int8_static are both its QDQ pairs with the learned ranges; a natively trained Keras 3 model is a plain model
+    # whose kernels are on their int8 grid, calibrated by the int8 exports (its onnx fp32 is float).
+    exports_after = frozenset({("tflite", "int8"), ("tflite", "dynamic"), ("onnx", "fp32"), ("onnx", "int8_static")})
     needs = "tfmot quantization-aware training wraps Keras layers and retrains them"
+
+    def bridges(self, model) -> bool:
+        from edgepress.compress import qat_native
+
+        return not (model.kind == "keras3" and qat_native.handles(model.model)) and super().bridges(model)
 
     def resolve(self, config, before):
         return resolve_preserve(config, before)
 
     def check(self, model, config, context):
-        check_quantizable(model, config)
+        from edgepress.compress import qat_native
+
+        if qat_native.is_keras3(model):
+            qat_native.check(model, config)
+        else:
+            check_quantizable(model, config)
+
+    def notes(self, model, config):
+        from edgepress.compress import qat_native
+
+        if not qat_native.is_keras3(model):
+            return []
+        return [f"'{model.name}' has attention, which tfmot cannot wrap: its Dense / EinsumDense kernels and inputs "
+                "and its attention matmuls' inputs are fake-quantized natively in Keras 3; the int8 exports calibrate "
+                "activation ranges on the recipe's data"]
 
     def run(self, model, x, y, config, context):
+        from edgepress.compress import qat_native
+
+        if qat_native.is_keras3(model):
+            tuned, details = qat_native.qat_native(model, x, y, config, on_epoch=context.on_epoch)
+            return tuned, {"qat": details}
         return qat(model, x, y, config, on_epoch=context.on_epoch, after=context.before), {}

@@ -4,15 +4,15 @@ A step is one module of `edgepress.compress`: a pydantic config whose `type` fie
 recipe's tag), and a `Step` subclass registered with `@register`:
 
     @register
-    class Prune(Step):
-        config = PruneConfig
+    class Cluster(Step):
+        config = ClusterConfig
         kinds = frozenset({"tf_keras"})                 # tfmot wraps tf_keras layers; a Keras 3 model is bridged
 
         def check(self, model, config, context):      # refuse a model before any work
-            layers_to_prune(model, config)
+            layers_to_cluster(model, config)
 
         def run(self, model, x, y, config, context):  # the work: a new Keras model and report details
-            return prune(model, x, y, config, on_epoch=context.on_epoch), {}
+            return cluster(model, x, y, config, on_epoch=context.on_epoch), {}
 
 The recipe schema, `edgepress schema`, the plan's refusals and the run pick the step up from the
 registry; nothing else names it. Heavy imports stay inside the step's functions.
@@ -59,6 +59,11 @@ class Step:
     @classmethod
     def type(cls) -> str:
         return cls.config.model_fields["type"].default
+
+    def bridges(self, model) -> bool:
+        """Whether the plan must rebuild `model` (a Source) in tf_keras for this step: it is not of a kind the step
+        transforms natively."""
+        return model.kind not in self.kinds
 
     def resolve(self, config: BaseModel, before: Sequence[str]) -> BaseModel:
         """The config with choices that depend on the steps before it made (qat's `preserve: auto`)."""

@@ -43,6 +43,9 @@ parameters set to zero (filter and bias, BatchNormalization gamma and beta, Dept
 because each layer a removed channel passes through maps zero to zero. Activations are checked for
 that (f(0) = 0); a layer with, say, a sigmoid is left whole. The `gradual` schedule uses exactly this:
 it zeroes the chosen groups during fine-tuning, more each round, then removes them.
+
+A PyTorch program (`.pt2`) is pruned on its own graph by structured_prune_torch (heads, MLP units, conv channels),
+and written again as a `.pt2` at the batch it takes.
 """
 
 from __future__ import annotations
@@ -56,6 +59,8 @@ import numpy as np
 from pydantic import ConfigDict, Field, model_validator
 
 from edgepress.compat import keras_of
+from edgepress.compress.counts import group_ratio as _group_ratio
+from edgepress.compress.counts import rounded as _rounded
 from edgepress.compress.step import Step, register
 from edgepress.errors import EdgepressError, first_line
 from edgepress.models import training
@@ -107,6 +112,10 @@ class StructuredPruneConfig(Section):
     )
     batch_size: int = Field(128, ge=1, le=MAX_BATCH)
     learning_rate: float = Field(1e-3, gt=0, le=MAX_LEARNING_RATE)
+    distill: bool = Field(
+        False, description="Decoder LMs: fine-tune by logit distillation from the unpruned model (lm_distill's loss: "
+        "half cross-entropy, half KL divergence to its distribution at temperature 2) instead of on the data alone."
+    )
 
     @model_validator(mode="after")
     def _rounds_fit(self) -> StructuredPruneConfig:
@@ -607,29 +616,6 @@ def _check_requested(model, config: StructuredPruneConfig, graph: _Graph) -> Non
         )
 
 
-def _rounded(channels: int, count: int, multiple: int | None, unit: int = 1) -> int:
-    """How many of `channels` to remove so that the width kept (channels x `unit`, the size of an attention head)
-    is a multiple of `multiple`: the kept number is rounded up, never below `multiple` and never above `channels`
-    (a layer with fewer keeps them all)."""
-    if not multiple or count == 0:
-        return count
-    multiple //= math.gcd(multiple, unit)  # in atoms: a head of 8 columns fills 8 of them at once
-    keep = max(multiple, math.ceil((channels - count) / multiple) * multiple)
-    return channels - min(channels, keep)
-
-
-def _group_ratio(names: list[str], config: StructuredPruneConfig) -> float:
-    """The ratio of layers pruned together: the one given for them by name, else the step's `ratio`."""
-    given = {n: config.layers[n] for n in names if config.layers and n in config.layers}
-    if len(set(given.values())) > 1:
-        listed = ", ".join(f"{n}: {r:g}" for n, r in given.items())
-        raise EdgepressError(
-            f"structured_prune: layers {', '.join(names)} share their channels (tied by Add or Concatenate), "
-            f"so they are pruned together and need one ratio; `layers` gives {listed}. Give them the same ratio."
-        )
-    return next(iter(given.values())) if given else config.ratio
-
-
 # -- the gradual schedule: hold the chosen channels at zero while training ---------------------------
 
 def _masks(model, plan: Plan) -> list[tuple]:
@@ -675,20 +661,125 @@ def _shifted(on_epoch, done: int, total: int):
     return lambda epoch, epochs, logs, model=None: on_epoch(done + epoch, total, logs, model)
 
 
+# -- decoder LMs (edgepress.models.decoder_prune): whole heads and MLP units, the same count in every block ----------
+
+DECODER_PARTS = ("attention", "mlp")
+
+
+def _is_decoder(model) -> bool:
+    return hasattr(model, "step_static") and hasattr(model, "config")
+
+
+def _decoder_ratios(config: StructuredPruneConfig) -> tuple[float, float]:
+    """The heads' and the MLP units' ratios: `ratio`, or `layers: {attention: r, mlp: r}`."""
+    given = config.layers or {}
+    return given.get("attention", config.ratio), given.get("mlp", config.ratio)
+
+
+def decoder_counts(model, config: StructuredPruneConfig) -> tuple[int, int]:
+    """How many kv groups (attention heads without grouped-query attention) and MLP units each block keeps,
+    `round_to` counting a group as its width in the output projection. Raises EdgepressError when a ratio would
+    leave none."""
+    from edgepress.models.decoder_prune import structures
+
+    groups, width, units = structures(model)
+    heads, mlp = _decoder_ratios(config)
+    what = "attention heads" if width == model.config.head_dim else "kv groups (a key/value head and its queries)"
+    kept = []
+    for total, ratio, unit, name in ((groups, heads, width, what), (units, mlp, 1, "MLP units")):
+        count = round(ratio * total)
+        if count >= total:
+            highest = math.floor(100 * (total - 1) / total) / 100
+            raise EdgepressError(f"structured_prune: ratio {ratio:g} removes all {total} {name} of every block of "
+                                 f"the decoder; give it a ratio of at most {highest:g}.")
+        kept.append(total - _rounded(total, count, config.round_to, unit))
+    return kept[0], kept[1]
+
+
+def check_decoder(model, config: StructuredPruneConfig) -> None:
+    unknown = sorted(set(config.layers or {}) - set(DECODER_PARTS))
+    if unknown:
+        raise EdgepressError(
+            f"structured_prune: `layers` names {', '.join(unknown)}, and a decoder LM is pruned by part, the same "
+            "in every block: give `layers: {attention: r, mlp: r}` (heads, MLP units) or one `ratio`."
+        )
+    if config.schedule != "oneshot":
+        raise EdgepressError("structured_prune: a decoder LM is pruned oneshot (then fine-tuned or distilled from "
+                             "the unpruned model); the gradual schedule is for Keras models. Set schedule: oneshot.")
+    decoder_counts(model, config)
+
+
+def decoder_notes(model, config: StructuredPruneConfig) -> list[str]:
+    from edgepress.models.decoder_prune import choose, pruned, widths
+
+    after = pruned(model, choose(model, *decoder_counts(model, config)))
+    how = "distilled from the unpruned model" if config.distill else "fine-tuned"
+    return [f"decoder: {widths(model)} -> {widths(after)}, ranked by {config.criterion}, then {how} for "
+            f"{config.fine_tune_epochs} epoch(s)"]
+
+
+def prune_decoder(model, x: np.ndarray, y: np.ndarray, config: StructuredPruneConfig, on_epoch=None):
+    """The decoder `model` with its least important heads and MLP units removed (ranked on (x, y) for taylor), then
+    fine-tuned on the windows, or distilled from `model` with `config.distill`."""
+    from edgepress.models.char_gpt import train_char_gpt
+    from edgepress.models.decoder_prune import choose, pruned
+
+    keep = choose(model, *decoder_counts(model, config), config.criterion, x, y)
+    smaller = pruned(model, keep)
+    if config.fine_tune_epochs:
+        train_char_gpt(smaller, x, y, config.fine_tune_epochs, config.batch_size, config.learning_rate, on_epoch,
+                       teacher=model if config.distill else None)
+    return smaller
+
+
 @register
 class StructuredPrune(Step):
     config = StructuredPruneConfig
-    kinds = frozenset({"keras3", "tf_keras"})
+    kinds = frozenset({"keras3", "tf_keras", "torch", "decoder"})
     not_after_qat = (
         "it rebuilds plain Keras layers, and after qat every layer is wrapped for quantization-aware training"
     )
-    needs = "it removes channels from Keras layers and rebuilds the Keras model"
+    needs = ("it removes channels from Keras layers and rebuilds the Keras model, or heads and units of a program "
+             "or of a decoder")
 
     def check(self, model, config, context):
+        if _is_decoder(model):
+            return check_decoder(model, config)
+        if config.distill:
+            raise EdgepressError("structured_prune: `distill` is for decoder LMs (logit distillation from the "
+                                 "unpruned model); for another model add a distill step after it instead.")
+        if _is_program(model):  # a PyTorch program: its own graph walk (structured_prune_torch)
+            from edgepress.compress.structured_prune_torch import check_program_prunable
+
+            return check_program_prunable(model, config)
         check_structured_prunable(model, config)
 
+    def result_like(self, model, config, context):
+        if not _is_decoder(model):
+            return model
+        from edgepress.models.decoder_prune import choose, pruned
+
+        return pruned(model, choose(model, *decoder_counts(model, config)))
+
     def notes(self, model, config):
+        if _is_decoder(model):
+            return decoder_notes(model, config)
+        if _is_program(model):
+            from edgepress.compress.structured_prune_torch import plan_program
+
+            return plan_program(model, config).notes()
         return plan_notes(model, config)
 
     def run(self, model, x, y, config, context):
+        if _is_decoder(model):
+            smaller = prune_decoder(model, x, y, config, on_epoch=context.on_epoch)
+            return smaller, {"heads": int(smaller.config.heads), "mlp_units": int(smaller.config.hidden)}
+        if _is_program(model):
+            from edgepress.compress.structured_prune_torch import prune_program
+
+            return prune_program(model, x, y, config, on_epoch=context.on_epoch), {}
         return structured_prune(model, x, y, config, on_epoch=context.on_epoch), {}
+
+
+def _is_program(model) -> bool:
+    return getattr(model, "kind", None) == "torch"

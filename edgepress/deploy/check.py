@@ -9,6 +9,7 @@ import numpy as np
 from edgepress.compat import quiet
 from edgepress.deploy import runner
 from edgepress.errors import EdgepressError
+from edgepress.limits import invoke_limit_s
 
 
 def compare(source, path: Path, x: np.ndarray, artifact_x: np.ndarray | None = None) -> dict:
@@ -17,8 +18,13 @@ def compare(source, path: Path, x: np.ndarray, artifact_x: np.ndarray | None = N
     `artifact_x` is `x` as the file takes it, when its layout differs from the model's (NHWC from NCHW).
     """
     expected = source.predict(x)
-    with quiet():
-        got = runner.open_model(str(path)).predict(x if artifact_x is None else artifact_x)
+    try:
+        with quiet():
+            # edgepress's own limit on one call (a TFLite WHILE or an ONNX Loop that never ends), not the device's.
+            got = runner.open_model(str(path), invoke_limit_s=invoke_limit_s()).predict(
+                x if artifact_x is None else artifact_x)
+    except runner.RunnerError as e:
+        raise EdgepressError(f"The exported file could not be checked: {e}") from None
     return {
         "samples": len(x),
         "top1_agreement": float(np.mean(np.argmax(got, -1) == np.argmax(expected, -1))),

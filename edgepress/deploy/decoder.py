@@ -5,10 +5,11 @@
 
 - TFLite (litert-torch's multi-signature converter, as its generative API writes LLMs): a `prefill_N` signature
   (N = prompt_len tokens at once) and a `decode` signature (one token), each taking `tokens` (1, T) int32,
-  `input_pos` (T,) int32 and `kv` (2 * layers, 1, heads, cache_len, head_dim) and returning `logits` and the
-  updated `kv`. fp32, or `dynamic`: int8 weights with activations quantized at run time (litert-torch's
-  `full_dynamic_recipe`, applied by ai-edge-quantizer). int8_weight / int4_weight (per channel or blockwise) come
-  from edgepress.deploy.weight_only on the fp32 file.
+  `input_pos` (T,) int32 and each layer's cache `kv_cache_k_{i}` / `kv_cache_v_{i}` (1, kv_heads, cache_len,
+  head_dim) and returning `logits` and the updated caches under the same names (LiteRT-LM's names: such a file goes
+  into a .litertlm bundle as it is, edgepress.deploy.litertlm). fp32, or `dynamic`: int8 weights with activations
+  quantized at run time (litert-torch's `full_dynamic_recipe`, applied by ai-edge-quantizer). int8_weight /
+  int4_weight (per channel or blockwise) come from edgepress.deploy.weight_only on the fp32 file.
 - ONNX (torch.onnx): onnxruntime-genai's layout, `input_ids` and `past_key_values.{i}.key` / `.value` in,
   `logits` and `present.{i}.key` / `.value` out, sequence and past lengths dynamic; the cache length is
   recorded in the file's metadata (`edgepress.lm.cache_len`). int4_weight (MatMulNBits) comes from weight_only.
@@ -51,7 +52,9 @@ def check_lm_request(request: ExportRequest) -> tuple[int, int]:
 
 
 class _Static:
-    """The module's `step_static` as a torch module returning named outputs (the TFLite signature's names)."""
+    """The module's `step_layers` as a torch module with named inputs and outputs (the TFLite signatures' names):
+    `tokens`, `input_pos` and the dict `kv_cache` {k_i, v_i}, which litert-torch names `kv_cache_k_{i}` /
+    `kv_cache_v_{i}`: the names LiteRT-LM finds a model's cache by."""
 
     def __new__(cls, module):
         import torch
@@ -61,9 +64,13 @@ class _Static:
                 super().__init__()
                 self.lm = module
 
-            def forward(self, tokens, input_pos, kv):
-                logits, cache = self.lm.step_static(tokens, input_pos, kv)
-                return {"logits": logits, "kv": cache}
+            def forward(self, tokens, input_pos, kv_cache):
+                layers = range(self.lm.config.layers)
+                logits, caches = self.lm.step_layers(tokens, input_pos,
+                                                     [(kv_cache[f"k_{i}"], kv_cache[f"v_{i}"]) for i in layers])
+                named = {f"{kind}_{i}": z for i, pair in zip(layers, caches, strict=True)
+                         for kind, z in zip("kv", pair, strict=True)}
+                return {"logits": logits, "kv_cache": named}
 
         return Static()
 
@@ -119,11 +126,12 @@ class DecoderTflite(Exporter):
         cache, prompt = check_lm_request(request)
         config = request.source.config
         wrapper = _Static(request.source.module)
-        kv = torch.zeros((2 * config.layers, 1, config.kv_heads, cache, config.head_dim))
+        kv = {f"{kind}_{i}": torch.zeros((1, config.kv_heads, cache, config.head_dim))
+              for i in range(config.layers) for kind in "kv"}
         prefill = {"tokens": torch.zeros((1, prompt), dtype=torch.int32),
-                   "input_pos": torch.arange(prompt, dtype=torch.int32), "kv": kv}
+                   "input_pos": torch.arange(prompt, dtype=torch.int32), "kv_cache": kv}
         decode = {"tokens": torch.zeros((1, 1), dtype=torch.int32), "input_pos": torch.zeros(1, dtype=torch.int32),
-                  "kv": kv}
+                  "kv_cache": kv}
         facts: dict[str, Any] = {"converter": f"litert-torch {metadata.version('litert-torch')}", "cache_len": cache,
                                  "prefill_len": prompt, "signatures": [f"prefill_{prompt}", "decode"]}
         quant_config = None

@@ -5,8 +5,10 @@
 
 Everything the config says is read from the ONNX file itself (its past/present names and shapes, its logits'
 vocabulary, the cache length edgepress recorded in its metadata), so any decoder .onnx edgepress wrote becomes a
-folder onnxruntime-genai loads. Greedy search, no tokenizer: edgepress's models read token ids (python_source's
-character ids), which a generator takes directly (`append_tokens`); a tokenizer.json would be the user's.
+folder onnxruntime-genai loads, greedy search. A generator takes token ids directly (`append_tokens`); with a
+`tokenizer` (a tokenizer.json's content: edgepress.deploy.tokenizer.char_tokenizer() for python_source's character
+models, the default when the file's vocabulary is python_source's), genai also encodes and decodes text itself
+(`og.Tokenizer(model)`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import shutil
 from pathlib import Path
 
 from edgepress import files
+from edgepress.deploy.tokenizer import UNKNOWN, char_tokenizer, is_python_source
 from edgepress.errors import EdgepressError
 
 CONFIG = "genai_config.json"
@@ -64,11 +67,20 @@ def genai_config(onnx_path: Path, filename: str = "model.onnx") -> dict:
     }
 
 
-def genai_folder(onnx_path: Path, folder: Path) -> Path:
-    """Write `folder` (made atomically) with a copy of `onnx_path` as model.onnx and its genai_config.json."""
+def genai_folder(onnx_path: Path, folder: Path, tokenizer: dict | None = None) -> Path:
+    """Write `folder` (made atomically) with a copy of `onnx_path` as model.onnx, its genai_config.json, and the
+    tokenizer.json `tokenizer` (default: python_source's characters for a file of that vocabulary; none otherwise)
+    with the tokenizer_config.json genai reads beside it."""
     config = genai_config(onnx_path)
+    if tokenizer is None and is_python_source(config["model"]["vocab_size"]):
+        tokenizer = char_tokenizer()
     with files.atomic_path(folder) as tmp:
         tmp.mkdir()
         shutil.copyfile(onnx_path, tmp / "model.onnx")
         (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+        if tokenizer is not None:
+            (tmp / "tokenizer.json").write_text(json.dumps(tokenizer, ensure_ascii=False, indent=1) + "\n")
+            # genai's tokenizer reads the class here; a "fast" tokenizer is whatever tokenizer.json describes.
+            (tmp / "tokenizer_config.json").write_text(json.dumps(
+                {"tokenizer_class": "PreTrainedTokenizerFast", "unk_token": UNKNOWN}, indent=2) + "\n")
     return Path(folder)

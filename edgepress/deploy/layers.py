@@ -10,6 +10,7 @@ belong to the model's output layers.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -27,14 +28,24 @@ def layer_names(model) -> list[str]:
     return names
 
 
-def layer_of(node: str, layers: Iterable[str], outputs: Sequence[str] = ()) -> str | None:
+def scopes_suffixed(model) -> bool:
+    """Whether the converted graph of `model` names each layer's ops in a name scope made unique by a suffix: Keras 3
+    does (layer `dense` -> scope `dense_1`, `dense_1` -> `dense_1_2`: TensorFlow's unique scope names), tf_keras uses
+    the layer names as they are."""
+    return type(model).__module__.startswith("keras.")
+
+
+def layer_of(node: str, layers: Iterable[str], outputs: Sequence[str] = (), suffixed: bool = False) -> str | None:
     """The Keras layer that op `node` belongs to, or None when its name names no layer.
 
-    `outputs` are the model's output layer names, for TFLite's traced-function output names.
+    `outputs` are the model's output layer names, for TFLite's traced-function output names. `suffixed`: the graph's
+    scopes carry a unique-name suffix (`scopes_suffixed`), which is dropped before matching a layer name.
     """
     layers = set(layers)
     for piece in reversed(node.split(";")):
         for part in reversed(piece.split("/")):
+            if suffixed and re.sub(r"_\d+$", "", part) in layers:
+                return re.sub(r"_\d+$", "", part)
             if part in layers:
                 return part
     if node.startswith("StatefulPartitionedCall") and outputs:
@@ -43,18 +54,20 @@ def layer_of(node: str, layers: Iterable[str], outputs: Sequence[str] = ()) -> s
     return None
 
 
-def node_layer(node: str, tensors: Sequence[str], layers: Iterable[str], outputs: Sequence[str] = ()) -> str | None:
+def node_layer(node: str, tensors: Sequence[str], layers: Iterable[str], outputs: Sequence[str] = (),
+               suffixed: bool = False) -> str | None:
     """The Keras layer a graph node comes from, by one rule whichever name was read: the layer its own name names,
     else the one its first output tensor that names a layer names.
 
     A converter that folds a layer into the one before it names the node after the first and its output after the
     second (tf2onnx folds Conv2D -> BatchNormalization into one Conv node `m/proj/Conv2D` whose output is
     `m/proj_bn/FusedBatchNormV3:0`): the node is `proj`'s, whether the node or its output tensor was read.
-    `tensors` are the node's output tensors; `outputs` as in `layer_of`.
+    `tensors` are the node's output tensors; `outputs` and `suffixed` as in `layer_of`.
     """
     layers = set(layers)
-    found = layer_of(node, layers, outputs) if node else None
-    return found or next((t for t in (layer_of(o, layers, outputs) for o in tensors) if t is not None), None)
+    found = layer_of(node, layers, outputs, suffixed) if node else None
+    return found or next((t for t in (layer_of(o, layers, outputs, suffixed) for o in tensors) if t is not None),
+                         None)
 
 
 def output_layers(model) -> list[str]:
@@ -73,8 +86,10 @@ def nodes_of(wanted: Sequence[str], nodes: Sequence[str], model, what: str,
     """
     layers, outputs = layer_names(model), output_layers(model)
     tensors = tensors or {}
-    owner = {node: node_layer(node, tensors.get(node, ()), layers, outputs) for node in nodes}
-    folded = {node: {layer_of(t, layers, outputs) for t in tensors.get(node, ())} - {None} for node in nodes}
+    suffixed = scopes_suffixed(model)
+    owner = {node: node_layer(node, tensors.get(node, ()), layers, outputs, suffixed) for node in nodes}
+    folded = {node: {layer_of(t, layers, outputs, suffixed) for t in tensors.get(node, ())} - {None}
+              for node in nodes}
     found, missing = [], []
     for name in wanted:
         matched = [node for node in nodes if owner[node] == name or node == name]

@@ -26,7 +26,15 @@ import numpy as np
 from edgepress.artifact import Artifact
 from edgepress.compat import quiet
 from edgepress.deploy.check import calibration_inputs
-from edgepress.deploy.layers import layer_names, layer_of, node_layer, nodes_of, output_layers, typical_magnitude
+from edgepress.deploy.layers import (
+    layer_names,
+    layer_of,
+    node_layer,
+    nodes_of,
+    output_layers,
+    scopes_suffixed,
+    typical_magnitude,
+)
 from edgepress.deploy.registry import Exporter, ExportRequest, export, register
 from edgepress.deploy.signature import signature
 from edgepress.errors import EdgepressError, first_line
@@ -107,6 +115,11 @@ class OnnxExport(Exporter):
                 convert(source, fp32, request.batch_size)
                 if precision == "fp32":
                     fp32.replace(out)
+                elif precision == "int8_static" and getattr(source, "quantize_aware", False):
+                    # tfmot's fake-quant nodes convert to QDQ pairs with the ranges QAT learned: quantizing the
+                    # file again would calibrate over them.
+                    fp32.replace(out)
+                    quantization = {"weights": "int8", "activations": "int8 (ranges learned by qat)"}
                 elif precision == "fp16":
                     _to_fp16(fp32, out)
                 elif precision == "int8_dynamic":
@@ -214,6 +227,8 @@ def _quantize_static(
                               "percentile": CalibrationMethod.Percentile}[calibration_method],
             nodes_to_exclude=excluded,
         )
+    if excluded and quant_format == "qdq":
+        _keep_float(out, excluded)
     quantization = {
         "calibration_samples": len(samples), "method": calibration_method, "format": _FORMATS[quant_format],
         "per_channel": per_channel, "activations": activation_type, "weights": weight_type,
@@ -221,6 +236,59 @@ def _quantize_static(
     if float_layers:
         quantization.update(float_layers=list(float_layers), float_nodes=excluded)
     return quantization
+
+
+# The ops onnxruntime's WeightBiasQuantization optimizer quantizes at load when their input comes from a
+# DequantizeLinear and their weight is a float initializer: what a QDQ node left out of quantization looks like.
+_QUANTIZED_AT_LOAD = {"Conv", "ConvTranspose", "Gemm"}
+
+
+def _keep_float(path: Path, excluded: Sequence[str]) -> int:
+    """Keep the float layers of the QDQ model at `path` float when onnxruntime loads it; return how many inputs
+    were rewritten.
+
+    A Conv, ConvTranspose or Gemm left out of quantization (`nodes_to_exclude`) whose input is dequantized (its
+    producer is quantized) is quantized anyway by onnxruntime at load (WeightBiasQuantization: int8 per-tensor
+    weights, then fused into QLinearConv / QGemm), so a float layer would run int8. The DequantizeLinear feeding it
+    is written out as its arithmetic, (Cast(q) - zero_point) * scale: the same float values, in ops that optimizer
+    does not match.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    producers = {out: node for node in graph.node for out in node.output}
+    initializers = {t.name: t for t in graph.initializer}
+    before: dict[str, list] = {}  # excluded node -> the nodes that now compute its input
+    for node in graph.node:
+        dq = producers.get(node.input[0]) if node.input else None
+        if node.name not in set(excluded) or node.op_type not in _QUANTIZED_AT_LOAD or dq is None \
+                or dq.op_type != "DequantizeLinear" or numpy_helper.to_array(initializers[dq.input[1]]).size != 1:
+            continue
+        base = f"{node.name}_float_input"
+        zero_point = dq.input[2] if len(dq.input) > 2 else ""
+        zero = numpy_helper.to_array(initializers[zero_point]) if zero_point in initializers else np.zeros(())
+        graph.initializer.append(numpy_helper.from_array(zero.astype(np.float32), f"{base}_zero_point"))
+        before[node.name] = [
+            helper.make_node("Cast", [dq.input[0]], [f"{base}_cast"], name=f"{base}_cast", to=TensorProto.FLOAT),
+            helper.make_node("Sub", [f"{base}_cast", f"{base}_zero_point"], [f"{base}_centered"],
+                             name=f"{base}_centered"),
+            helper.make_node("Mul", [f"{base}_centered", dq.input[1]], [base], name=base),
+        ]
+        node.input[0] = base
+    if before:
+        order = list(graph.node)
+        read = {name for node in order for name in node.input} | {o.name for o in graph.output}
+        del graph.node[:]
+        for node in order:  # each new chain right before the node it feeds: the graph stays in topological order
+            if node.op_type == "DequantizeLinear" and node.output[0] not in read:
+                continue  # the DequantizeLinear only the float layer read
+            graph.node.extend(before.get(node.name, []))
+            graph.node.append(node)
+        onnx.checker.check_model(model)
+        onnx.save(model, str(path))
+    return len(before)
 
 
 _FORMATS = {"qdq": "QDQ", "qoperator": "QOperator"}
@@ -317,6 +385,7 @@ def layer_errors(source, float_path: str | Path, qdq_path: str | Path, calibrati
     import onnx
 
     layers, outputs = layer_names(source.model), output_layers(source.model)
+    suffixed = scopes_suffixed(source.model)
     # A tensor is named after the layer of the node that makes it (`node_layer`), the rule float_layers is read by.
     producer = {t: n for n in onnx.load(str(qdq_path)).graph.node for t in n.output}
     errors = []
@@ -327,9 +396,11 @@ def layer_errors(source, float_path: str | Path, qdq_path: str | Path, calibrati
         typical = typical_magnitude(reference)
         node = producer.get(tensor)
         errors.append({
-            "layer": node_layer(node.name, node.output, layers, outputs) if node is not None else
-            layer_of(tensor, layers, outputs),
+            "layer": node_layer(node.name, node.output, layers, outputs, suffixed) if node is not None else
+            layer_of(tensor, layers, outputs, suffixed),
             "node": tensor,
+            "op": node.op_type if node is not None else None,
+            "op_node": node.name if node is not None else None,  # what float_layers names to keep this op float
             "error": ratio(rms(reference - quantized), typical),
             "relative_error": ratio(rms(reference - quantized), rms(reference)),
             "rmse": rms(reference - quantized),

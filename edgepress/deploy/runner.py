@@ -49,9 +49,13 @@ TIMES_KEPT = 2000
 # predict() feeds a dynamic-batch model at most this many rows at a time, to bound memory on a device.
 PREDICT_CHUNK = 256
 MAX_DATA_BYTES = 4 << 30  # what one --data array may declare (as float32): far above any evaluation set
-# An untimed call of an .onnx model (warm-up, scoring) that has not returned after this many seconds is stopped and
-# reported for its artifact (a Loop that never ends), well before the transport's limit for the whole step (600 s by
-# default); EDGEPRESS_INVOKE_LIMIT_S sets another. Timed calls are not watched: the watch would be timed too.
+# An untimed call of a model (warm-up, scoring) that has not returned after this many seconds is reported for its
+# artifact (an ONNX Loop or a TFLite WHILE that never ends), well before the transport's limit for the whole step
+# (600 s by default); EDGEPRESS_INVOKE_LIMIT_S sets another, and so does open_model's `invoke_limit_s` (edgepress's
+# own checks on the host pass edgepress.limits' 60 s). Timed calls are not watched: the watch would be timed too.
+# onnxruntime stops such a call (RunOptions.terminate); LiteRT's Python interpreter has no way to cancel one, so the
+# call is left running in a thread of its own, the artifact is refused, and the runner's process ends (os._exit) as
+# soon as it has said so.
 INVOKE_LIMIT_S = 300.0
 
 # Names of ONNX tensor element types as numpy dtype names.
@@ -88,9 +92,10 @@ class Runtime:
     input_shape: list[int]
     input_dtype: str
 
-    def __init__(self) -> None:
+    def __init__(self, invoke_limit_s: float | None = None) -> None:
         self.providers = []
         self.warnings = []
+        self.invoke_limit_s = _invoke_limit_s() if invoke_limit_s is None else max(0.1, float(invoke_limit_s))
         # (scale, zero_point) of the input and output when they are quantized integers, else None.
         self._input_quant: tuple[float, int] | None = None
         self._output_quant: tuple[float, int] | None = None
@@ -123,17 +128,18 @@ class Runtime:
             return ((out.astype(np.float32) - zero_point) * scale).astype(np.float32)
         return out.astype(np.float32)
 
-    def run_batch(self, x: np.ndarray) -> np.ndarray:
+    def run_batch(self, x: np.ndarray, watched: bool = True) -> np.ndarray:
         """One invocation on an already-batched input; returns the raw first output. Used for timing.
 
         Give `x` in the model's input dtype (see `prepare`) so the timing holds no conversion;
         float input is converted here. A model with a fixed batch that differs from `len(x)` cannot
-        take `x` in one call, so it is run in as many calls as it takes.
+        take `x` in one call, so it is run in as many calls as it takes. `watched`: each call under the
+        invoke limit (INVOKE_LIMIT_S); timed calls are not watched, the watch would be timed too.
         """
         x = self.prepare(x)
         fixed = self.fixed_batch
         if fixed is None or len(x) == fixed:
-            return self._invoke(x)
+            return self._invoke(x, watched)
         outs = []
         for start in range(0, len(x), fixed):
             chunk = x[start : start + fixed]
@@ -141,7 +147,7 @@ class Runtime:
             if real < fixed:
                 # Pad the last chunk with copies of its final row; the padding's outputs are dropped.
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fixed - real, axis=0)])
-            outs.append(self._invoke(chunk)[:real])
+            outs.append(self._invoke(chunk, watched)[:real])
         return np.concatenate(outs)
 
     def timer(self, x: np.ndarray):
@@ -153,11 +159,11 @@ class Runtime:
         x = self.prepare(x)
         if self.fixed_batch is None or len(x) == self.fixed_batch:
             return self._bound(x)
-        return functools.partial(self.run_batch, x)
+        return functools.partial(self.run_batch, x, False)
 
     def _bound(self, x: np.ndarray):
         """`_invoke` on `x` as a no-argument callable; a runtime may bind more of the call ahead of the loop."""
-        return functools.partial(self._invoke, x)
+        return functools.partial(self._invoke, x, False)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Float32 first output of the model for a batch `x` of float inputs (any batch size).
@@ -171,15 +177,17 @@ class Runtime:
         outs = [self.to_float(self.run_batch(x[start : start + step])) for start in range(0, len(x), step)]
         return np.concatenate(outs)
 
-    def _invoke(self, x: np.ndarray) -> np.ndarray:
+    def _invoke(self, x: np.ndarray, watched: bool = True) -> np.ndarray:
         raise NotImplementedError
 
 
 class TFLiteRuntime(Runtime):
     """A .tflite file in LiteRT, tflite_runtime or, as a last resort, tf.lite."""
 
-    def __init__(self, path: str, threads: int, delegate: str = "xnnpack") -> None:
-        super().__init__()
+    def __init__(self, path: str, threads: int, delegate: str = "xnnpack", invoke_limit_s: float | None = None) -> None:
+        super().__init__(invoke_limit_s)
+        self.path = path
+        self._hung = False
         interpreter_class, self.runtime, self.runtime_version = _tflite_interpreter()
         self.delegate = delegate
         start = time.perf_counter()
@@ -208,7 +216,9 @@ class TFLiteRuntime(Runtime):
         # every sample here is independent, so those start from zero on each call.
         self._stateful = _has_stateful_ops(self._interpreter)
 
-    def _invoke(self, x: np.ndarray) -> np.ndarray:
+    def _invoke(self, x: np.ndarray, watched: bool = True) -> np.ndarray:
+        if self._hung:
+            raise RunnerError(f"{self.path}: an earlier call of the model has not returned; it cannot be called again.")
         index = self._input_index
         if x.shape != self._allocated_shape:
             # A dynamic dimension changed (usually the batch): resize, then re-plan the tensors.
@@ -218,8 +228,37 @@ class TFLiteRuntime(Runtime):
         if self._stateful:
             self._interpreter.reset_all_variables()
         self._interpreter.set_tensor(index, x)
-        self._interpreter.invoke()
+        if watched:
+            self._watched_invoke()
+        else:
+            self._interpreter.invoke()
         return self._interpreter.get_tensor(self._output_index)
+
+    def _watched_invoke(self) -> None:
+        """One invoke, given `invoke_limit_s` to return. LiteRT cannot cancel a call (its Python interpreter has no
+        cancellation), so the call runs in a thread of its own (invoke releases the GIL) and one that does not return
+        in time is left running there: the interpreter is kept alive for it (_UNFINISHED), this runtime refuses
+        further calls, and the caller gets a RunnerError naming the artifact."""
+        failure: list[BaseException] = []
+
+        def call() -> None:
+            try:
+                self._interpreter.invoke()
+            except BaseException as e:  # re-raised in the caller's thread below
+                failure.append(e)
+
+        worker = threading.Thread(target=call, name="tflite-invoke", daemon=True)
+        worker.start()
+        worker.join(self.invoke_limit_s)
+        if worker.is_alive():
+            self._hung = True
+            _UNFINISHED.append((worker, self._interpreter))
+            raise RunnerError(
+                f"{self.path}: one call of the model did not return within {self.invoke_limit_s:g} s (a WHILE loop "
+                "that never ends?). LiteRT cannot stop a call, so this artifact is not run further."
+            )
+        if failure:
+            raise failure[0]
 
     def _bound(self, x: np.ndarray):
         if self._stateful or x.shape != self._allocated_shape:
@@ -253,8 +292,9 @@ def _has_stateful_ops(interpreter) -> bool:
 class OnnxRuntime(Runtime):
     """An .onnx file in onnxruntime, on the execution providers asked for when they exist."""
 
-    def __init__(self, path: str, threads: int, providers: list[str] | None) -> None:
-        super().__init__()
+    def __init__(self, path: str, threads: int, providers: list[str] | None,
+                 invoke_limit_s: float | None = None) -> None:
+        super().__init__(invoke_limit_s)
         ort = _onnxruntime()
         self.path = path
         self.runtime = "onnxruntime"
@@ -306,16 +346,18 @@ class OnnxRuntime(Runtime):
         self.input_shape = [d if isinstance(d, int) and d > 0 else -1 for d in inputs[0].shape]
         self.input_dtype = _ONNX_DTYPES.get(inputs[0].type, "float32")
 
-    def _invoke(self, x: np.ndarray) -> np.ndarray:
+    def _invoke(self, x: np.ndarray, watched: bool = True) -> np.ndarray:
+        if not watched:
+            return self._session.run([self._output_name], {self._input_name: x})[0]
         ort = _onnxruntime()
-        options, limit = ort.RunOptions(), _invoke_limit_s()
+        options, limit = ort.RunOptions(), self.invoke_limit_s
         timer = threading.Timer(limit, lambda: setattr(options, "terminate", True))
         timer.start()
         try:
             return self._session.run([self._output_name], {self._input_name: x}, options)[0]
         except Exception:
             if options.terminate:
-                raise RunnerError(f"{self.path}: one call of the model did not return within {limit:.0f} s (a Loop "
+                raise RunnerError(f"{self.path}: one call of the model did not return within {limit:g} s (a Loop "
                                   "that never ends?) and was stopped.") from None
             raise
         finally:
@@ -380,6 +422,10 @@ def _onnxruntime():
     return onnxruntime
 
 
+# TFLite calls that did not return within their limit, each with its interpreter (kept alive while the call runs).
+_UNFINISHED: list[tuple[threading.Thread, object]] = []
+
+
 def _invoke_limit_s() -> float:
     try:
         return max(0.1, float(os.environ.get("EDGEPRESS_INVOKE_LIMIT_S", INVOKE_LIMIT_S)))
@@ -395,15 +441,17 @@ def _tflite_quant(detail: dict) -> tuple[float, int] | None:
     return None
 
 
-def open_model(path: str, threads: int = 1, providers: list[str] | None = None, delegate: str = "xnnpack") -> Runtime:
+def open_model(path: str, threads: int = 1, providers: list[str] | None = None, delegate: str = "xnnpack",
+               invoke_limit_s: float | None = None) -> Runtime:
     """Load a .tflite or .onnx file in the best runtime available; `providers` applies to ONNX only, `delegate` to
-    TFLite only (DELEGATES)."""
+    TFLite only (DELEGATES). An untimed call that does not return within `invoke_limit_s` seconds (default
+    INVOKE_LIMIT_S, or EDGEPRESS_INVOKE_LIMIT_S) raises RunnerError naming the file."""
     if threads < 1:
         raise RunnerError(f"threads must be 1 or more, got {threads}.")
     path = str(path)
     if _model_format(path) == "tflite":
-        return TFLiteRuntime(path, threads, delegate)
-    return OnnxRuntime(path, threads, providers)
+        return TFLiteRuntime(path, threads, delegate, invoke_limit_s)
+    return OnnxRuntime(path, threads, providers, invoke_limit_s)
 
 
 # TFLite delegates the runner applies: xnnpack, LiteRT's default on CPUs (applied by the interpreter itself), or none:
@@ -1010,9 +1058,15 @@ class TFLiteDecoder(Decoder):
         self._decode = interpreter.get_signature_runner("decode")
         self.load_ms = (time.perf_counter() - start) * 1000.0
         self.prefill_len = int(prefills[0].split("_", 1)[1])
-        kv = self._decode.get_input_details()["kv"]
-        self._empty = np.zeros(kv["shape"], dtype=kv["dtype"])
-        self.cache_len = int(kv["shape"][3])
+        # The cache: one `kv_cache_k_{i}` / `kv_cache_v_{i}` (1, heads, cache, head_dim) per layer (LiteRT-LM's
+        # names), or, in files edgepress wrote before, one `kv` (2 * layers, 1, heads, cache, head_dim).
+        inputs = self._decode.get_input_details()
+        caches = {name: d for name, d in inputs.items() if name == "kv" or name.startswith("kv_cache_")}
+        if not caches:
+            raise RunnerError(f"{path} is not a decoder LM file: its decode signature has no KV cache input "
+                              f"(kv_cache_k_0, ...), only {', '.join(inputs)}.")
+        self._empty = {name: np.zeros(d["shape"], dtype=d["dtype"]) for name, d in caches.items()}
+        self.cache_len = int(inputs["kv"]["shape"][3] if "kv" in caches else next(iter(caches.values()))["shape"][2])
         self.vocabulary = int(self._decode.get_output_details()["logits"]["shape"][-1])
         self.reset()
 
@@ -1023,9 +1077,9 @@ class TFLiteDecoder(Decoder):
     def _run(self, tokens: np.ndarray, keep: bool) -> np.ndarray:
         runner = self._decode if len(tokens) == 1 else self._prefill
         positions = np.arange(self.position, self.position + len(tokens), dtype=np.int32)
-        out = runner(tokens=tokens.astype(np.int32)[None], input_pos=positions, kv=self._kv)
+        out = runner(tokens=tokens.astype(np.int32)[None], input_pos=positions, **self._kv)
         if keep:
-            self._kv = out["kv"]
+            self._kv = {name: out[name] for name in self._kv}
             self.position += len(tokens)
         return out["logits"][0]
 
@@ -1513,6 +1567,11 @@ def main(argv: list[str] | None = None) -> int:
                                         batch=args.batch, providers=providers, delegate=args.delegate, **adaptive)
     except RunnerError as e:
         print(f"runner.py: error: {e}", file=sys.stderr)
+        if _UNFINISHED:
+            # A TFLite call still runs in its thread: end the process now, before interpreter shutdown and the
+            # runtime's own destructors run under it.
+            sys.stderr.flush()
+            os._exit(2)
         return 2
     if args.json:
         print(json.dumps(result))

@@ -23,7 +23,14 @@ import numpy as np
 from edgepress.artifact import Artifact
 from edgepress.compat import quiet
 from edgepress.deploy.check import calibration_inputs
-from edgepress.deploy.layers import layer_names, layer_of, nodes_of, output_layers, typical_magnitude
+from edgepress.deploy.layers import (
+    layer_names,
+    layer_of,
+    nodes_of,
+    output_layers,
+    scopes_suffixed,
+    typical_magnitude,
+)
 from edgepress.deploy.registry import Exporter, ExportRequest, export, register
 from edgepress.errors import EdgepressError, first_line
 from edgepress.formats import (
@@ -329,6 +336,7 @@ def layer_errors(source, calibration: np.ndarray) -> list[dict]:
             "Check that the model converts at precision int8."
         ) from None
     layers, outputs = layer_names(source.model), output_layers(source.model)
+    suffixed = scopes_suffixed(source.model)
     errors = []
     def ratio(error: float, reference: float) -> float:
         return error / reference if reference > 0 else (0.0 if error == 0 else math.inf)
@@ -336,7 +344,7 @@ def layer_errors(source, calibration: np.ndarray) -> list[dict]:
     for row in rows:
         error_sq, float_sq = float(row["error_sq"]), float(row["float_sq"])
         errors.append({
-            "layer": layer_of(row["tensor_name"], layers, outputs),
+            "layer": layer_of(row["tensor_name"], layers, outputs, suffixed),
             "node": row["tensor_name"],
             "op": row["op_name"],
             "error": ratio(math.sqrt(error_sq), float(row["typical"])),

@@ -8,7 +8,8 @@ Pre-norm blocks: RMSNorm -> causal self-attention -> RMSNorm -> gated (SiLU) MLP
 `max_len` (the model's position limit: no cache may be longer). The same weights run three ways:
 - `forward(tokens)`: the whole sequence at once (training, the source's scores);
 - `step_static(tokens, input_pos, kv)`: against a fixed-length cache (2 * layers, batch, heads, cache, head_dim)
-  written at `input_pos`, the layout of LiteRT's generative models (`prefill_N` and `decode` signatures);
+  written at `input_pos`, the layout of LiteRT's generative models (`prefill_N` and `decode` signatures), or
+  `step_layers(tokens, input_pos, caches)` with each layer's cache apart (LiteRT-LM's `kv_cache_k_{i}` names);
 - `step_growing(tokens, pasts)`: against per-layer past keys and values that grow by the new tokens, the
   past/present layout of onnxruntime-genai.
 
@@ -37,10 +38,16 @@ class GPTConfig:
     heads: int = 4
     max_len: int = 256  # positions the model has: the longest cache it can take
     mlp: int = 0  # hidden units of the gated MLP; 0: 2 * width
+    head_size: int = 0  # each head's width; 0: width // heads (a model with pruned heads keeps its heads' width)
 
     @property
     def head_dim(self) -> int:
-        return self.width // self.heads
+        return self.head_size or self.width // self.heads
+
+    @property
+    def attention(self) -> int:
+        """The width of the heads together (queries, keys, values; the output projection's input)."""
+        return self.heads * self.head_dim
 
     @property
     def kv_heads(self) -> int:
@@ -69,8 +76,8 @@ class Block(nn.Module):
         super().__init__()
         self.heads, self.head_dim = config.heads, config.head_dim
         self.norm1 = RMSNorm(config.width)
-        self.qkv = nn.Linear(config.width, 3 * config.width, bias=False)
-        self.proj = nn.Linear(config.width, config.width, bias=False)
+        self.qkv = nn.Linear(config.width, 3 * config.attention, bias=False)
+        self.proj = nn.Linear(config.attention, config.width, bias=False)
         self.norm2 = RMSNorm(config.width)
         self.gate = nn.Linear(config.width, config.hidden, bias=False)
         self.up = nn.Linear(config.width, config.hidden, bias=False)
@@ -109,19 +116,26 @@ class CachedDecoder(nn.Module):
     def step_static(self, tokens, input_pos, kv):
         """`tokens` (1, T) at positions `input_pos` (T,) against the fixed cache `kv` (2 * layers, 1, kv_heads, S,
         head_dim): logits (1, T, vocab) and the cache with these tokens' keys and values written at `input_pos`."""
-        size = kv.shape[3]
+        layers = range(self.config.layers)
+        logits, caches = self.step_layers(tokens, input_pos, [(kv[2 * i], kv[2 * i + 1]) for i in layers])
+        return logits, torch.stack([z for pair in caches for z in pair])
+
+    def step_layers(self, tokens, input_pos, caches):
+        """`step_static` with each layer's fixed cache apart: `caches` [(k, v) per layer, each (1, kv_heads, S,
+        head_dim)] in, logits and the caches with these tokens written at `input_pos` out (the per-layer layout of
+        LiteRT-LM's `kv_cache_k_{i}` / `kv_cache_v_{i}`)."""
+        size = caches[0][0].shape[2]
         mask = torch.where(torch.arange(size)[None, :] <= input_pos[:, None].long(), 0.0, MASKED)
         index = input_pos.long()
 
         def merge_at(layer):
             def merge(k, v):
-                keys = kv[2 * layer].index_copy(2, index, k)
-                values = kv[2 * layer + 1].index_copy(2, index, v)
+                keys = caches[layer][0].index_copy(2, index, k)
+                values = caches[layer][1].index_copy(2, index, v)
                 return keys, values, (keys, values)
             return merge
 
-        logits, caches = self._run(tokens, input_pos, mask, [merge_at(i) for i in range(self.config.layers)])
-        return logits, torch.stack([z for pair in caches for z in pair])
+        return self._run(tokens, input_pos, mask, [merge_at(i) for i in range(self.config.layers)])
 
     def step_growing(self, tokens, pasts):
         """`tokens` (B, T) after the past keys and values `pasts` [(k, v) per layer, each (B, kv_heads, P,

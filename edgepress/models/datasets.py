@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from edgepress.errors import EdgepressError
-from edgepress.limits import MAX_ARRAY_BYTES, MAX_DATA_FILE_BYTES, check_array, regular_file
+from edgepress.limits import MAX_ARRAY_BYTES, MAX_DATA_FILE_BYTES, check_array, memory_cap, regular_file
 
 # The most classes a label may name (a large vocabulary's worth): a label of 1e9 is a mistake, not a class.
 MAX_CLASSES = 1 << 20
@@ -287,7 +287,7 @@ def read_npz_arrays(path: Path, names: list[str]) -> list[np.ndarray]:
     read; pickled objects refused), as stored."""
     regular_file(path, "The data file", MAX_DATA_FILE_BYTES)
     try:
-        with np.load(path) as f:
+        with memory_cap(f"The data file {path}"), np.load(path) as f:
             missing = [k for k in names if k not in f]
             if missing:
                 raise EdgepressError(

@@ -38,8 +38,8 @@ class DecoderSource(Graph):
     title = "a decoder language model"
     suffix = ""  # a directory: config.json + model.safetensors
     why_no_steps = (
-        "it is a PyTorch decoder language model: edgepress's compression steps wrap Keras layers; quantize its "
-        "weights with its exports (tflite dynamic, int8_weight, int4_weight; onnx int4_weight)"
+        "it is a PyTorch decoder language model: its steps are lm_distill and structured_prune (whole heads and MLP "
+        "units); quantize its weights with its exports (tflite dynamic, int8_weight, int4_weight; onnx int4_weight)"
     )
 
     def __init__(self, module, window: int | None = None, path: Path | None = None, name: str = "char_gpt") -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from edgepress.errors import EdgepressError
-from edgepress.limits import MAX_MODEL_BYTES, regular_file
+from edgepress.limits import MAX_MODEL_BYTES, memory_cap, regular_file
 from edgepress.models.keras_files import ACCEPTED, H5_SUFFIXES, KERAS_SUFFIXES, SAVE_HINT
 from edgepress.models.source import Source, kinds
 
@@ -41,7 +41,8 @@ def open_model(path: str | os.PathLike, trusted: bool = False) -> Source:
         regular_file(path, "The model file", MAX_MODEL_BYTES)
     for cls in kinds().values():
         if cls.opens(path):
-            return cls.load(path, trusted)
+            with memory_cap(f"The model {path}"):  # a few bytes of config can ask for gigabytes of weights
+                return cls.load(path, trusted)
     suffix = path.suffix.lower()
     raise EdgepressError(
         f"Cannot load {path}: edgepress does not know the extension {suffix or '(none)'!r}. Pass {ACCEPTED} "

@@ -9,7 +9,6 @@ edgepress.models.trust.check_external_data).
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,20 +17,10 @@ from typing import ClassVar
 import numpy as np
 
 from edgepress.errors import EdgepressError, first_line
+from edgepress.limits import invoke_limit_s, memory_cap
 from edgepress.models.graph import Graph, temporary
 from edgepress.models.source import register
 from edgepress.models.trust import check_external_data, check_onnx_ops
-
-# How long one call of the model may take before it is stopped (seconds): far above what a model edgepress serves
-# needs; EDGEPRESS_INVOKE_LIMIT_S sets another.
-INVOKE_LIMIT_S = 60.0
-
-
-def invoke_limit_s() -> float:
-    try:
-        return max(0.1, float(os.environ.get("EDGEPRESS_INVOKE_LIMIT_S", INVOKE_LIMIT_S)))
-    except ValueError:
-        return INVOKE_LIMIT_S
 
 # Why an .onnx model has no TFLite export, for the run's notes. It is checked, not assumed: onnx2tf
 # 2.x needs Python 3.12+, and onnx2tf 1.29 (the last for older Pythons) pins TensorFlow 2.19 and
@@ -152,6 +141,11 @@ class OnnxSource(Graph):
         onnx.save(self._proto, str(path))
 
     def _run(self, x: np.ndarray) -> np.ndarray:
+        # Making the session folds constants and a call computes them: a tiny file can ask for a huge tensor.
+        with memory_cap(f"The ONNX model {self.path}"):
+            return self._run_capped(x)
+
+    def _run_capped(self, x: np.ndarray) -> np.ndarray:
         import onnxruntime as ort
 
         if self._session is None:

@@ -37,8 +37,9 @@ class TorchSource(Graph):
     title = "a PyTorch program"
     suffix = ".pt2"
     why_no_steps = (
-        "it is a PyTorch program: pruning, clustering and quantization-aware training wrap Keras layers with tfmot "
-        "(distill with `teacher: source` and no student trains the program itself); compress the model in PyTorch "
+        "it is a PyTorch program: magnitude pruning, clustering and quantization-aware training wrap Keras layers "
+        "with tfmot (structured_prune removes its heads, MLP units and conv channels, and distill with `teacher: "
+        "source` and no student trains the program itself); compress the model in PyTorch "
         "before exporting it, or use the post-training quantization of its exports (tflite dynamic / int8, onnx "
         "int8_dynamic / int8_static)"
     )
@@ -115,6 +116,19 @@ class TorchSource(Graph):
     def count_params(self) -> int:
         return int(sum(p.numel() for p in self.program.parameters()))
 
+    def stats(self) -> dict:
+        """Parameters, MACs of one sample (counted on the program's graph) and the sparsity of its weight tensors."""
+        return {"params": self.count_params(), "macs": program_macs(self.program), "sparsity": self.sparsity()}
+
+    def sparsity(self) -> float:
+        """Fraction of zeros over the weight matrices and filters (parameters of 2 or more dimensions)."""
+        zeros = size = 0
+        for parameter in self.program.parameters():
+            if parameter.dim() >= 2:
+                zeros += int((parameter == 0).sum())
+                size += parameter.numel()
+        return float(zeros / size) if size else 0.0
+
     def weights(self) -> Iterator[tuple[str, np.ndarray]]:
         for name, tensor in [*self.program.state_dict.items(), *self.program.constants.items()]:
             if hasattr(tensor, "detach"):
@@ -125,6 +139,14 @@ class TorchSource(Graph):
         """The batch size the program was exported at when torch.export fixed it (no `torch.export.Dim`), else None.
         Such a program runs only at that batch (its reshapes name it): every export keeps it."""
         return self.input_shape[0]
+
+    @property
+    def reads_its_shape(self) -> bool:
+        """Whether the program computes with a symbolic size of its input (a reshape by x.shape[0] under a
+        dynamic batch), which an ONNX export by tracing would fold into a constant."""
+        import torch
+
+        return any(isinstance(node.meta.get("val"), torch.SymInt) for node in self.program.graph.nodes)
 
     def takes_batch_size(self, format: str) -> bool:
         return self.fixed_batch is None
@@ -153,9 +175,23 @@ class TorchSource(Graph):
         sample = torch.zeros((batch_size or 1, *self.input_shape[1:]), dtype=getattr(torch, self.input_dtype.name))
         axes = None if batch_size else {"input": {0: "batch"}, "output": {0: "batch"}}
         try:
+            if batch_size is None and self.reads_its_shape:
+                # The tracer below would fold x.shape[0] into the sample's batch (a reshape to one row, then
+                # "GEMM: Dimension mismatch" at any other batch); torch.onnx's torch.export-based exporter
+                # translates the program itself, its symbolic sizes kept as ONNX Shape ops.
+                with quiet():
+                    torch.onnx.export(self.program, (sample,), str(out), input_names=["input"],
+                                      output_names=["output"], opset_version=opset, dynamo=True, verbose=False,
+                                      external_data=False)
+                return
             with quiet(), torch.no_grad():
                 torch.onnx.export(_Call(self.module), (sample,), str(out), input_names=["input"],
                                   output_names=["output"], dynamic_axes=axes, opset_version=opset, dynamo=False)
+        except ImportError as e:
+            raise EdgepressError(
+                f"Exporting {self.path} to ONNX with its dynamic batch needs torch.onnx's torch.export-based "
+                f"exporter, which needs onnxscript ({first_line(e)}): pip install 'edgepress[torch]'."
+            ) from None
         except Exception as e:
             raise EdgepressError(
                 f"torch.onnx.export could not export {self.path} to ONNX: {first_line(e)}. Check that its ops have "
@@ -173,6 +209,40 @@ class TorchSource(Graph):
         with torch.no_grad():
             return self.module(torch.from_numpy(np.ascontiguousarray(x))).numpy()
 
+
+
+def program_macs(program) -> int:
+    """Multiply-accumulates of one sample through a torch.export `program`, from the shapes its graph records: linear
+    and matrix products, convolutions, and both products of scaled_dot_product_attention. A dynamic (symbolic) batch
+    counts as 1; a fixed batch is divided out."""
+    import math
+
+    def size(d) -> int:
+        if isinstance(d, int):
+            return d
+        expr = d.node.expr
+        return int(expr.subs({s: 1 for s in expr.free_symbols}))
+
+    def shape(node) -> list[int]:
+        return [size(d) for d in node.meta["val"].shape]
+
+    total = 0
+    batch = None
+    for node in program.graph.nodes:
+        if node.op == "placeholder" and node.name in program.graph_signature.user_inputs:
+            batch = shape(node)[0] or 1
+        if node.op != "call_function" or "val" not in node.meta:
+            continue
+        name = getattr(node.target, "__name__", str(node.target)).split(".")[0]
+        if name in ("linear", "mm", "addmm", "bmm", "matmul", "baddbmm"):
+            a = node.args[1] if name in ("addmm", "baddbmm") else node.args[0]
+            total += math.prod(shape(node)) * shape(a)[-1]
+        elif name in ("conv1d", "conv2d", "conv3d", "convolution"):
+            total += math.prod(shape(node)) * math.prod(shape(node.args[1])[1:])
+        elif name in ("scaled_dot_product_attention", "_scaled_dot_product_flash_attention_for_cpu"):
+            q, k, v = (shape(n) for n in node.args[:3])
+            total += math.prod(q[:-1]) * k[-2] * (q[-1] + v[-1])
+    return int(total // (batch or 1))
 
 
 def save_torch_program(module, sample_input, path: str | Path) -> Path:

@@ -10,8 +10,11 @@
    absorbed; the float model computes the same), fully quantized. Outlier channels, which are what
    breaks per-tensor int8, are evened out, so every layer can stay int8. Then, for ONNX when the
    recipe chose no calibration method, the other activation-range methods (percentile, entropy), which
-   clip outliers instead of spanning them. The search below continues from whichever was the most
-   accurate; each trial records its remedy ("none", "equalize", "calibration percentile", ...).
+   clip outliers instead of spanning them. Then bias correction (compress/equalize.py: each Conv / Dense
+   bias minus the mean output error of its int8 weights, per output channel as the exporters quantize,
+   on the calibration data) of the most accurate model so far, kept only when its file is more accurate.
+   The search below continues from whichever was the most accurate; each trial records its remedy
+   ("none", "equalize", "calibration percentile", "bias correction", "equalize, bias correction", ...).
    (Weights are per channel in both formats already: the TFLite converter always, ONNX by default.)
 2. Measure each layer's quantization error (sensitivity), even when the budget already holds:
    TFLite with the converter's quantization debugger (each op run in int8 and in float on the same
@@ -19,7 +22,11 @@
    the float model's; this error includes the error of the layers before it). A layer's error is the
    RMS difference of its output in units of a typical (median nonzero) float activation, so a layer
    whose few huge outliers wipe out all other values stands out.
-3. If the fully quantized model misses the budget, keep the k most sensitive layers in float
+3. If the fully quantized model misses the budget, keep the k most sensitive candidates in float. The first
+   candidates are outputs, not whole layers: each LayerNormalization layer (its normalization ops), each softmax
+   and each GELU op (attention's softmax inside a MultiHeadAttention, a Dense's GELU activation), most sensitive
+   first, kept in float by their own ops while the matmuls around them stay int8; then the layers, most sensitive
+   first
    (TFLite: the debugger's deny-list; ONNX: nodes_to_exclude), growing k one at a time or by
    bisection, until the budget holds or nothing is left to try; then put back into int8 each kept
    layer the budget does not need (least sensitive first, until putting back any layer left misses
@@ -69,6 +76,9 @@ class LayerSensitivity:
     max_abs_error: float
     nodes: list[str]  # the ops (TFLite output tensors, ONNX activations) measured
     is_layer: bool = True  # False: an op of no Keras layer, reported but never kept in float by name
+    # An output tried in float before whole layers: "layernorm" (a LayerNormalization layer), "softmax" or "gelu"
+    # (one op, named by `layer`, its TFLite output tensor or ONNX node); None for a plain layer.
+    output: str | None = None
 
 
 @dataclass
@@ -100,6 +110,7 @@ class QuantizeResult:
     search: str = "linear"
     notes: list[str] = field(default_factory=list)
     equalized: dict | None = None  # what equalization did (compress.equalize.Details.to_dict), when it was tried
+    bias_corrected: dict | None = None  # what bias correction did and whether it was kept, when it was tried
     min_int8_macs: float = 0.5  # the least share of MACs in integer kernels the chosen artifact must have
 
     @property
@@ -128,11 +139,13 @@ class QuantizeResult:
         """The layers `trial` left in float, each with its measured error after quantization and, when the
         search tried it, the accuracy with that one layer put back into int8 (why it stays float)."""
         errors, rows = self.errors(), []
+        outputs = {s.layer: s.output for s in self.sensitivity}
         for layer in trial.float_layers:
             rest = set(trial.float_layers) - {layer}
             put_back = next((t.accuracy for t in self.trials
                              if set(t.float_layers) == rest and t.remedy == trial.remedy), None)
-            rows.append({"layer": layer, "error": _finite(errors.get(layer)), "accuracy_if_int8": put_back})
+            rows.append({"layer": layer, "output": outputs.get(layer), "error": _finite(errors.get(layer)),
+                         "accuracy_if_int8": put_back})
         return rows
 
     def role(self, trial: Trial) -> str:
@@ -148,7 +161,8 @@ class QuantizeResult:
         if self.budget_met and chosen is self.full:
             return (f"{label}: fully quantized {chosen.artifact.name} meets the budget "
                     f"(drop {_pt(chosen.accuracy_drop)} <= {_pt(self.budget)} from the float model).")
-        how = {"none": "", "equalize": " after cross-layer equalization"}.get(chosen.remedy, f" ({chosen.remedy})")
+        how = {"none": "", "equalize": " after cross-layer equalization",
+               "bias correction": " after bias correction"}.get(chosen.remedy, f" ({chosen.remedy})")
         if self.budget_met and not chosen.float_layers:
             return (f"{label}: full int8 drops {_pt(self.full.accuracy_drop)} (budget {_pt(self.budget)}); "
                     f"{chosen.artifact.name}, fully quantized{how}, meets it (drop {_pt(chosen.accuracy_drop)}).")
@@ -174,6 +188,7 @@ class QuantizeResult:
             "chosen": self.chosen.artifact.name,
             "remedy": self.remedy,
             "equalized": self.equalized,
+            "bias_correction": self.bias_corrected,
             "full": self.full.artifact.name,
             "sensitivity": [{k: _finite(v) for k, v in asdict(s).items()} for s in self.sensitivity],
             "trials": [
@@ -216,6 +231,7 @@ class QuantizeResult:
         ]
         for rank, s in enumerate(self.sensitivity, start=1):
             name = s.layer if s.is_layer else f"({s.layer})"
+            name += f" [{s.output} output]" if s.output else ""
             lines.append(f"| {rank} | {name} | {s.error:.4g} | {s.relative_error:.4g} | {s.rmse:.4g} | "
                          f"{s.max_abs_error:.4g} | {'yes' if s.layer in chosen else ''} |")
         lines += [
@@ -300,6 +316,8 @@ def quantize_to_budget(
 
     models = {"none": source}  # remedy -> the model its artifacts are exported from
     options = {"none": onnx_options}  # remedy -> the ONNX calibration settings its artifacts use
+    # remedy -> the model for a trial with float layers, when it depends on them (a float layer keeps its own bias)
+    per_trial: dict[str, Callable[[Sequence[str]], Source]] = {}
     remedy = "none"  # the remedy the float-layer search works on
 
     def attempt(float_layers: Sequence[str], under: str | None = None) -> Trial:
@@ -310,10 +328,11 @@ def quantize_to_budget(
             if set(t.float_layers) == set(float_layers) and t.remedy == kind:
                 return t
         path = out_dir / artifact_filename(stem, format, precision, trial=len(trials))
-        made_by = [*steps, "equalize"] if kind.startswith("equalize") else steps
+        made_by = [*steps, *(["equalize"] if kind.startswith("equalize") else []),
+                   *(["bias_correction"] if "bias correction" in kind else [])]
         try:
-            artifact = _export(models[kind], format, path, calibration, check_data, made_by, float_layers,
-                               options[kind])
+            model = per_trial[kind](float_layers) if kind in per_trial and float_layers else models[kind]
+            artifact = _export(model, format, path, calibration, check_data, made_by, float_layers, options[kind])
         except EdgepressError as e:
             if not trials:
                 raise  # the model as given, fully quantized: the user's model and settings
@@ -353,8 +372,12 @@ def quantize_to_budget(
                 remedy = "none"  # equalizing did not help: keep layers of the model as given in float
     if format == "onnx" and config.calibration.method is None:
         remedy = _other_calibrations(trials, remedy, models, options, attempt)
+    bias_corrected = None
+    if config.bias_correction and not any(t.meets_budget for t in trials):
+        remedy, bias_corrected = _bias_correction(trials, remedy, models, options, per_trial, attempt, calibration,
+                                                  say, notes)
     start = next(t for t in trials if t.remedy == remedy and not t.float_layers)
-    candidates = [s.layer for s in sensitivity if s.is_layer and s.error > 0]
+    candidates = search_candidates(sensitivity)
     if not start.meets_budget:
         limit = min(config.max_float_layers or len(candidates) - 1, len(candidates) - 1)
         if limit < 1:
@@ -376,7 +399,7 @@ def quantize_to_budget(
         format=format, precision=precision, budget=config.max_accuracy_drop, float_accuracy=float_accuracy,
         eval_samples=len(x_eval), options={"samples": len(calibration), **(onnx_options or _TFLITE_CALIBRATION)},
         sensitivity=sensitivity, trials=trials, chosen=chosen, budget_met=bool(passing), search=config.search,
-        notes=notes, equalized=equalized_details, min_int8_macs=config.min_int8_macs,
+        notes=notes, equalized=equalized_details, min_int8_macs=config.min_int8_macs, bias_corrected=bias_corrected,
     )
 
 
@@ -400,6 +423,43 @@ def _other_calibrations(trials: list[Trial], remedy: str, models: dict, options:
             best = trial
     # The float-layer search goes on from the most accurate: the search's own remedy when none beat it.
     return best.remedy if best.accuracy > max(t.accuracy for t in trials if t.remedy == remedy) else remedy
+
+
+def _bias_correction(trials: list[Trial], remedy: str, models: dict, options: dict, per_trial: dict,
+                     attempt: Callable[..., Trial], calibration: np.ndarray, say: Callable[[str], None],
+                     notes: list[str]) -> tuple[str, dict]:
+    """Try the most accurate fully quantized model so far with its biases corrected for its int8 weights; return the
+    remedy the float-layer search goes on with (the corrected one only when its file is more accurate: the
+    correction changes the float function, so it must earn its place) and what was done, for results.json.
+    A layer the search later keeps in float keeps its own bias (its weights are not quantized: nothing to correct)."""
+    from edgepress.compress.equalize import bias_correct_for_quantization
+
+    base = max((t for t in trials if not t.float_layers), key=lambda t: t.accuracy)
+    try:
+        corrected, layers = bias_correct_for_quantization(models[base.remedy].model, calibration)
+    except EdgepressError as e:  # a model the walker cannot follow: say so, go on without it
+        say(f"bias correction skipped: {e}")
+        notes.append(f"Bias correction was not tried: {e}")
+        return remedy, {"applied": False, "layers": [], "why_not": str(e)}
+    if not layers:
+        why = "no Conv2D, DepthwiseConv2D or Dense layer has a bias (or a BatchNormalization after it) to correct"
+        say(f"bias correction skipped: {why}")
+        notes.append(f"Bias correction was not tried: {why}.")
+        return remedy, {"applied": False, "layers": [], "why_not": why}
+    name = "bias correction" if base.remedy == "none" else f"{base.remedy}, bias correction"
+    models[name], options[name] = wrap(corrected), options[base.remedy]
+    given = models[base.remedy].model
+    per_trial[name] = lambda float_layers: wrap(bias_correct_for_quantization(given, calibration, float_layers)[0])
+    trial = attempt([], name)
+    applied = trial.accuracy > base.accuracy + _TOLERANCE
+    outcome = "kept" if applied else "not kept: it did not make the int8 file more accurate"
+    say(f"bias correction of {len(layers)} layer(s) ({', '.join(layers)}): full int8 accuracy "
+        f"{base.accuracy:.2%} -> {trial.accuracy:.2%}, {outcome}")
+    notes.append(f"Bias correction of {', '.join(layers)} (per output channel, on {len(calibration)} calibration "
+                 f"samples): full int8 accuracy {base.accuracy:.2%} -> {trial.accuracy:.2%}, {outcome}.")
+    details = {"applied": applied, "layers": layers, "on": base.remedy, "artifact": trial.artifact.name,
+               "accuracy_before": base.accuracy, "accuracy_after": trial.accuracy}
+    return (name if applied else remedy), details
 
 
 def check_quantizable(source: Source) -> None:
@@ -505,17 +565,19 @@ def _export(source: Source, format, path, calibration, check_data, steps, float_
 def _accuracy(artifact: Artifact, x: np.ndarray, y: np.ndarray) -> float:
     from edgepress.compat import quiet
     from edgepress.deploy.runner import open_model
+    from edgepress.limits import invoke_limit_s
     from edgepress.models import training
 
     with quiet():
-        outputs = open_model(str(artifact.path)).predict(x)
+        outputs = open_model(str(artifact.path), invoke_limit_s=invoke_limit_s()).predict(x)
     return training.accuracy(outputs, y)
 
 
 def _trial_text(float_layers: Sequence[str], remedy: str) -> str:
     """"full int8" or "2 layer(s) in float (a, b)", and the remedy: what one trial is."""
     kept = f"{len(float_layers)} layer(s) in float ({', '.join(float_layers)})" if float_layers else "full int8"
-    return kept + {"none": "", "equalize": ", equalized"}.get(remedy, f", {remedy}")
+    return kept + {"none": "", "equalize": ", equalized", "bias correction": ", biases corrected"}.get(
+        remedy, f", {remedy}")
 
 
 def _own_failure(doing: str, error: EdgepressError) -> InternalError:
@@ -550,17 +612,48 @@ def _layer_sensitivity(source: Source, format, full: Artifact, calibration, onnx
                 qdq = export_onnx(source, Path(work) / "qdq.onnx", "int8_static", calibration,
                                   **{**onnx_options, "quant_format": "qdq"}).path
             rows = layer_errors(source, float_model.path, qdq, calibration)
+    normalizing = _layers_of_type(source.model, "LayerNormalization")
     by_layer: dict[str, LayerSensitivity] = {}
-    for row in rows:
-        key = row["layer"] or row["node"]
-        entry = by_layer.setdefault(
-            key, LayerSensitivity(key, 0.0, 0.0, 0.0, 0.0, [], is_layer=row["layer"] is not None)
-        )
+
+    def add(key: str, row: dict, is_layer: bool, output: str | None) -> None:
+        entry = by_layer.setdefault(key, LayerSensitivity(key, 0.0, 0.0, 0.0, 0.0, [], is_layer, output))
         entry.nodes.append(row["node"])
         if row["error"] >= entry.error:  # a layer is as sensitive as its worst op
             entry.error, entry.relative_error, entry.rmse = row["error"], row["relative_error"], row["rmse"]
         entry.max_abs_error = max(entry.max_abs_error, row["max_abs_error"])
+
+    for row in rows:
+        layer = row["layer"]
+        add(layer or row["node"], row, layer is not None, "layernorm" if layer in normalizing else None)
+        output = OUTPUT_OPS.get(row.get("op") or "")
+        if output and layer is not None and layer not in normalizing:
+            # The op on its own, by the name float_layers takes for it (TFLite: its output tensor; ONNX: the node).
+            add(row.get("op_node") or row["node"], row, False, output)
     return sorted(by_layer.values(), key=lambda s: s.error, reverse=True)
+
+
+# Ops whose outputs are tried in float before whole layers (TFLite builtins, ONNX op types): int8 softmax and GELU
+# are lookup tables over a coarse input grid, and their outputs feed matmuls.
+OUTPUT_OPS = {"SOFTMAX": "softmax", "GELU": "gelu", "Softmax": "softmax", "Gelu": "gelu", "FastGelu": "gelu",
+              "Erf": "gelu"}
+
+
+def search_candidates(sensitivity: Sequence[LayerSensitivity]) -> list[str]:
+    """What the search keeps in float, in order: the LayerNorm, softmax and GELU outputs (most sensitive first), then
+    the other layers (most sensitive first); only those int8 changes at all."""
+    outputs = [s.layer for s in sensitivity if s.output and s.error > 0]
+    return outputs + [s.layer for s in sensitivity if s.is_layer and not s.output and s.error > 0]
+
+
+def _layers_of_type(model, type_name: str) -> set[str]:
+    """The names of `model`'s layers (nested models' included) of the Keras class `type_name`."""
+    found = set()
+    for layer in model.layers:
+        if type(layer).__name__ == type_name:
+            found.add(layer.name)
+        if hasattr(layer, "layers") and hasattr(layer, "inputs"):
+            found |= _layers_of_type(layer, type_name)
+    return found
 
 
 def _finite(value):

@@ -77,6 +77,11 @@ class QuantizeConfig(Section):
         True, description="Before keeping layers in float, try the model cross-layer equalized (the equalize step, "
         "without bias correction), fully quantized."
     )
+    bias_correction: bool = Field(
+        True, description="Before keeping layers in float, try the model with each Conv / Dense bias corrected for the "
+        "mean output error of its int8 weights on the calibration data (per output channel, as the exporters "
+        "quantize), fully quantized; kept only when that file is more accurate."
+    )
     min_int8_macs: float = Field(
         0.5, description="The share of the model's MACs (multiply-accumulates) the chosen artifact must run in integer "
         "kernels to count as int8, as a fraction or a percentage; below it the run fails its gates (0: allow any)."

@@ -93,7 +93,8 @@ class Space:
     @classmethod
     def of_lm(cls, spec: TuneSpec, devices: list, cache_len: int) -> Space:
         """A decoder LM's space: distillation into a student or not, weight bits, int4 block size, cache length.
-        (Structured pruning of heads and MLP units is not in it: edgepress has no such step for decoders yet.)"""
+        (Structured pruning of heads and MLP units is not in it yet: structured_prune took decoders on
+        another branch while this space was written.)"""
         from edgepress.errors import EdgepressError
 
         space = spec.space

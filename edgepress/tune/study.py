@@ -102,13 +102,18 @@ def tune(recipe, run_dir: str | Path, progress=None, ray: str | None = None) -> 
     try:
         source = _measure_source(recipe, run_dir, targets, devices, executor, progress)
         kind = source["source"]["kind"]
+        # The tune's pruning space (per-layer sensitivity guidance) is Keras's; a decoder's heads are not in it yet.
         if space.lm is not None:
             progress.done("a decoder LM: the tune tries distillation, weight bits, int4 block sizes and cache lengths "
-                          "(no pruning of heads or MLP units: edgepress has no such step for decoders yet)")
-        elif kind not in registered()["structured_prune"].kinds and space.ratio != (0.0, 0.0):
-            progress.done(f"the source is a {kind} model, which structured_prune does not take: the tune tries "
-                          "post-training exports only")
+                          "(pruning heads and MLP units is not in its space yet)")
+        elif kind not in registered()["structured_prune"].kinds - {"decoder"} and space.ratio != (0.0, 0.0):
+            progress.done(f"the source is a {kind} model, which the tune's structured_prune space does not take: the "
+                          "tune tries post-training exports only")
             space.ratio = (0.0, 0.0)
+        elif kind == "torch" and any(space.guidance):  # layer sensitivity is measured on Keras models
+            progress.done("the source is a PyTorch program: its layer sensitivity is not measured, so the tune "
+                          "prunes it with one ratio for every layer (layer_guidance 0)")
+            space.guidance = [0.0]
         if deadline is not None and deadline - time.monotonic() < source["duration_s"]:
             raise EdgepressError(
                 f"The time budget ({spec.time_budget:.0f} s) is too small for one trial: measuring the source model "

@@ -1,8 +1,8 @@
 """Attention encoders from each framework through the steps and every export: each file loads in its runtime, is
 checked against its model and measured. Keras 3 (natively) and tf_keras (its exact GELU is an Erfc that ONNX lacks,
 rewritten as 1 - Erf) lose an attention head and half their MLP units (structured_prune, ranked by measured
-importance) and are distilled from the original; the PyTorch program, exported at batch 1 (its batch is fixed: every
-export keeps it, as the plan says), is distilled (trained on in PyTorch) but not pruned yet."""
+importance) and are distilled from the original; so does the PyTorch program, exported at batch 1 (its batch is fixed:
+every export keeps it, as the plan says), pruned on its own graph and distilled in PyTorch."""
 
 from __future__ import annotations
 
@@ -35,16 +35,13 @@ def encoder_file(kind: str, tmp_path):
 def test_every_export_of_an_attention_encoder_loads_checks_and_measures(kind, tmp_path):
     path = encoder_file(kind, tmp_path)
     recipe = edgepress.Recipe.from_dict({"name": "enc", "model": {"path": str(path)}, "data": DIGITS,
-                                         "steps": STEPS if kind != "torch" else [DISTILL],
+                                         "steps": STEPS,
                                          "exports": EVERY_EXPORT, "measure": MEASURE})
     report = edgepress.run(recipe, tmp_path / "run")
     assert report.results["source"]["kind"] == kind
-    if kind != "torch":
-        source, pruned, distilled = report.results["models"]
-        assert pruned["params"] < source["params"] and pruned["macs"] < source["macs"]
-        assert distilled["params"] == pruned["params"]  # distill trains the pruned model on from the original
-    else:  # no structured_prune for a PyTorch program yet: distilled (trained on in PyTorch) and exported
-        source, distilled = report.results["models"]
+    source, pruned, distilled = report.results["models"]
+    assert pruned["params"] < source["params"] and pruned["macs"] < source["macs"]
+    assert distilled["params"] == pruned["params"]  # distill trains the pruned model on from the original
     assert distilled["accuracy"] > 0.3
     fixed = [n for n in report.results["notes"] if "batch fixed at 1" in n]
     assert bool(fixed) == (kind == "torch")  # the plan says how a fixed-batch program is handled
@@ -105,16 +102,3 @@ def test_distill_trains_a_pytorch_program_on_and_its_exports_keep_the_batch(tmp_
     for file in (tmp_path / "run" / "artifacts" / name for name in ("enc_fp32.tflite", "enc_int8_static.onnx")):
         (first, *_), _ = signature(file)
         assert first.shape[0] == 1  # the program's fixed batch, kept
-
-
-def test_structured_prune_on_a_pytorch_program_is_refused_in_the_plan(tmp_path):
-    from edgepress.errors import EdgepressError
-    from edgepress.plan import make_plan
-
-    path = tmp_path / "enc.pt2"
-    encoders.torch_encoder(path, epochs=1)
-    recipe = edgepress.Recipe.from_dict({"name": "enc", "model": {"path": str(path)}, "data": DIGITS,
-                                         "steps": [{"type": "structured_prune", "ratio": 0.5}],
-                                         "exports": [{"format": "onnx", "precision": "fp32"}]})
-    with pytest.raises(EdgepressError, match="structured_prune .*PyTorch program"):
-        make_plan(recipe, tmp_path / "plan")

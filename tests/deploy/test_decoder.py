@@ -62,10 +62,12 @@ def test_float_files_compute_the_model_token_by_token(files):
         assert abs(check["log_likelihood_diff"]) < 1e-5
         assert check["greedy_agree_tokens"] == check["greedy_tokens"] == 16
     tflite = files["tflite", "fp32"]
-    assert {i.name for i in tflite.inputs} == {"decode:tokens", "decode:input_pos", "decode:kv"}
+    # One cache per layer under LiteRT-LM's names (edgepress.deploy.litertlm bundles the file as it is).
+    assert {i.name for i in tflite.inputs} == {"decode:tokens", "decode:input_pos", "decode:kv_cache_k_0",
+                                               "decode:kv_cache_v_0"}
     assert tflite.quantization["signatures"] == [f"prefill_{PROMPT}", "decode"]
-    kv = next(i for i in tflite.inputs if i.name == "decode:kv")
-    assert kv.shape == [2, 1, 2, CACHE, 16]  # (2 * layers, batch, heads, cache, head_dim)
+    kv = next(i for i in tflite.inputs if i.name == "decode:kv_cache_k_0")
+    assert kv.shape == [1, 2, CACHE, 16]  # (batch, heads, cache, head_dim)
     onnx_inputs = {i.name for i in files["onnx", "fp32"].inputs}
     assert onnx_inputs == {"input_ids", "past_key_values.0.key", "past_key_values.0.value"}
 

@@ -2,8 +2,8 @@
 
 A Keras 3 model in gives Keras 3 files in models/ that plain Keras 3 (a process without TF_USE_LEGACY_KERAS)
 loads with safe_mode=True and that predict what edgepress's own models predicted, whether the step worked on the
-Keras 3 model natively (structured_prune) or on its tf_keras rebuild (prune, through the bridge); a run's QAT model
-(tfmot wrappers, tf_keras .h5) is model input for another run that exports it to TFLite int8.
+Keras 3 model natively (structured_prune, prune) or on its tf_keras rebuild (cluster: through the bridge); a run's
+QAT model (tfmot wrappers, tf_keras .h5) is model input for another run that exports it to TFLite int8.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def test_a_keras3_model_in_gives_keras3_models_out(tmp_path, digits):
     recipe = edgepress.Recipe.from_dict({
         "name": "k3", "model": {"path": str(source)}, "data": DIGITS,
         "steps": [{"type": "structured_prune", "ratio": 0.5, "fine_tune_epochs": 1},  # natively, on Keras 3
-                  {"type": "prune", "target_sparsity": 0.5, "fine_tune_epochs": 1}],  # tfmot: through the bridge
+                  {"type": "prune", "target_sparsity": 0.5, "fine_tune_epochs": 1}],  # natively too (prune_native)
         "exports": [{"format": "tflite", "precision": "fp32"}], "measure": FEW_RUNS,
     })
     report = edgepress.run(recipe, tmp_path / "run")
@@ -207,16 +207,16 @@ def test_a_keras3_attention_model_exports_natively_to_tflite_and_onnx(tmp_path):
 def test_a_tfmot_step_on_a_keras3_model_tf_keras_cannot_rebuild_is_refused_before_training(tmp_path):
     source = tmp_path / "encoder.keras"
     _keras3_encoder(source)
-    recipe = tmp_path / "prune.yaml"
+    recipe = tmp_path / "cluster.yaml"
     recipe.write_text(yaml.safe_dump({
         "name": "enc", "model": {"path": str(source)}, "data": DIGITS,
         "steps": [{"type": "structured_prune", "ratio": 0.25, "fine_tune_epochs": 1},
-                  {"type": "prune", "fine_tune_epochs": 1}],
+                  {"type": "cluster", "fine_tune_epochs": 1}],
         "exports": [{"format": "tflite", "precision": "fp32"}], "measure": FEW_RUNS,
     }))
     result = cli.invoke(app, ["run", str(recipe), "-o", str(tmp_path / "run")])
     message = " ".join(result.output.split())
     assert result.exit_code == 2 and "Traceback" not in result.output
-    assert "step 2 prune needs tfmot" in message and "'b1_mha' (MultiHeadAttention)" in message
-    assert "The steps that work on it as it is: distill, equalize, structured_prune" in message
+    assert "step 2 cluster needs tfmot" in message and "'b1_mha' (MultiHeadAttention)" in message
+    assert "The steps that work on it as it is: distill, equalize, prune, structured_prune" in message
     assert not (tmp_path / "run").exists()  # refused by the plan: nothing trained, nothing written

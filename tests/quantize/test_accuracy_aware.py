@@ -78,11 +78,12 @@ def outlier_cnn(digits8):
                                                        ("onnx", {"format": "qoperator", "method": "minmax"}, "bisect")])
 def test_full_int8_breaks_and_a_few_named_float_layers_recover_the_budget(outlier_cnn, digits8, tmp_path, fmt,
                                                                           calibration, search):
-    # equalize: false, so the float fallback itself is what is tested (equalization fixes this model alone).
+    # equalize and bias_correction false, so the float fallback itself is what is tested (equalization fixes this
+    # model alone).
     lines = []
     result = quantize_to_budget(outlier_cnn, fmt, tmp_path, digits8.calibration(100), digits8.x_test, digits8.y_test,
                                 max_accuracy_drop="1%", calibration=calibration, on_trial=lines.append,
-                                equalize=False, search=search)
+                                equalize=False, bias_correction=False, search=search)
     assert {t.remedy for t in result.trials} == {"none"} and result.equalized is None
 
     full, chosen = result.full, result.chosen
@@ -183,9 +184,10 @@ def test_a_budget_that_cannot_be_met_fails_the_run_and_reports_the_best_found(ou
         "name": "aa",
         "model": {"path": str(model)},
         "data": {"dataset": "digits", "test_size": 300, "calibration_samples": 100, "check_samples": 50},
-        # One float layer is not enough for this model (min-max ranges, not equalized).
+        # One float layer is not enough for this model (min-max ranges, not equalized, biases as trained).
         "exports": [{"format": "onnx", "quantize": {"max_accuracy_drop": 0.01, "max_float_layers": 1,
-                                                    "equalize": False, "calibration": {"method": "minmax"}}}],
+                                                    "equalize": False, "bias_correction": False,
+                                                    "calibration": {"method": "minmax"}}}],
         "measure": {"runs": 3, "warmup": 1},
     })
     report = edgepress.run(recipe, tmp_path / "run")
@@ -330,7 +332,7 @@ def test_the_outlier_mlp_reaches_int8_within_half_a_point_with_90_percent_int8_m
 
 def test_onnx_tries_the_other_calibration_methods_before_any_float_layer(outlier_cnn, digits8, tmp_path):
     result = quantize_to_budget(outlier_cnn, "onnx", tmp_path, digits8.calibration(100), digits8.x_test,
-                                digits8.y_test, max_accuracy_drop="1%", equalize=False)
+                                digits8.y_test, max_accuracy_drop="1%", equalize=False, bias_correction=False)
     remedies = [t.remedy for t in result.trials]
     first_float = next((i for i, t in enumerate(result.trials) if t.float_layers), len(result.trials))
     tried = [r for r in remedies[:first_float] if r.startswith("calibration")]
