@@ -376,9 +376,11 @@ def tune(
             result = run_tune(recipe, run_dir, progress, ray=ray)
         for name, best in result.best.items():
             if best:
-                console.print(f"{escape(name)}: trial {best['trial']} {escape(best['artifact'])}: accuracy "
-                              f"{best['accuracy']:.2%}, p50 {best['p50_ms']:.3f} ms, {best['bytes']:,} bytes -> "
-                              f"{escape(best['recipe'])}", soft_wrap=True)
+                said = (f"perplexity {best['perplexity']:.3f}, decode {best['decode_tokens_per_s']:,.0f} tokens/s"
+                        if best.get("perplexity") is not None else
+                        f"accuracy {best['accuracy']:.2%}, p50 {best['p50_ms']:.3f} ms")
+                console.print(f"{escape(name)}: trial {best['trial']} {escape(best['artifact'])}: {said}, "
+                              f"{best['bytes']:,} bytes -> {escape(best['recipe'])}", soft_wrap=True)
         console.print(f"Run directory: {escape(str(run_dir))} (tune.json, report.html, best-<device>.yaml, study.db)",
                       highlight=False, soft_wrap=True)
         result.check()

@@ -226,12 +226,15 @@ def over_budget(gate: str, value: float, limit: float) -> float:
     sampler weighs a 3 pt accuracy miss against a 10% size miss as the budgets do. An accuracy drop is relative
     to its budget but at least 1 pt (a budget of 0 would make every miss infinite)."""
     scale = max(limit, 0.01) if gate == "max_accuracy_drop" else (limit or 1e-9)
+    if gate.startswith("min_"):  # a floor (min_decode_tokens_per_s): under it is over budget
+        return (limit - value) / scale
     return (value - limit) / scale
 
 
 def misses(point: dict, budgets: dict) -> dict[str, float]:
     """How far `point` is over each budget, relative to the budget (0 within it; `over_budget`)."""
-    values = {"max_accuracy_drop": point["accuracy_drop"], "max_p50_ms": point["p50_ms"], "max_bytes": point["bytes"]}
+    values = {"max_accuracy_drop": point["accuracy_drop"], "max_p50_ms": point["p50_ms"], "max_bytes": point["bytes"],
+              "max_perplexity": point.get("perplexity"), "min_decode_tokens_per_s": point.get("decode_tokens_per_s")}
     out = {}
     for gate, limit in budgets.items():
         if limit is None:

@@ -20,4 +20,6 @@ def test_the_lm_benchmark_runs_and_writes_its_section(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     text = results.read_text()
     assert "## compression\n\nkept" in text and "## language models" in text
-    assert text.count("| char_gpt |") == 6 and text.count("| char_gru |") == 4
+    assert text.count("| char_gpt_small |") == 5 and text.count("| char_gru |") == 4
+    # The goal is read off the runs, for each int4 file of char_gpt.
+    assert "The goal: an int4 char_gpt" in text and text.count("- char_gpt_small ") == 2

@@ -27,6 +27,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, ClassVar
 
+from edgepress import files
 from edgepress.compat import quiet
 from edgepress.deploy.registry import Exporter, ExportRequest, register
 from edgepress.errors import EdgepressError, first_line
@@ -149,7 +150,39 @@ class DecoderTflite(Exporter):
             raise EdgepressError(f"litert-torch could not convert {request.source.name} to a TFLite decoder "
                                  f"({request.precision}): {first_line(e)}.") from None
         converted.export(str(out))
+        saved = short_tensor_names(out)
+        if saved:
+            facts["tensor_names"] = f"shortened to the module names ({saved:,} bytes fewer)"
         return facts
+
+
+def short_tensor_names(path: Path) -> int:
+    """Rename the inner tensors of the .tflite file at `path` in place to their module path without Python's
+    qualified prefixes (`edgepress.deploy.decoder._Static.__new__.<locals>.Static/edgepress.models.char_gpt.Block_0/
+    torch.nn.modules.linear.Linear_qkv;2` becomes `Block_0/Linear_qkv;2`, a fused op's name its first part); the
+    signatures' inputs and outputs keep theirs. litert-torch writes those long names for every tensor of every
+    signature: a sixth of a small int4 decoder's file (43 KB of 341 KB for char_gpt). Returns the bytes saved."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    before = path.stat().st_size
+    model = flatbuffer_utils.read_model(str(path))
+    # Unique in the whole file, as the converter wrote them: LiteRT's quantizer keys tensors by name.
+    taken = {g.tensors[i].name for g in model.subgraphs for i in (*g.inputs, *g.outputs)}
+    for graph in model.subgraphs:
+        keep = set(graph.inputs) | set(graph.outputs)
+        for index, tensor in enumerate(graph.tensors):
+            if index in keep or not tensor.name:
+                continue
+            name = tensor.name.decode() if isinstance(tensor.name, bytes) else tensor.name
+            parts = [part.rsplit(".", 1)[-1] for part in name.split(";;")[0].split("/")]
+            short = "/".join(parts[1:] if len(parts) > 1 and parts[0] == "Static" else parts).encode()
+            while short in taken:
+                short += b"'"
+            taken.add(short)
+            tensor.name = short
+    data = bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+    files.write_bytes(path, data)
+    return before - len(data)
 
 
 @register

@@ -17,7 +17,8 @@ ONNX (onnxruntime's MatMulNBitsQuantizer on the fp32 .onnx file):
 - int4_weight: MatMul weights int4 in blocks of `block_size` (16 to 256) along the input dimension, in a
   MatMulNBits op (weights dequantized to float in the kernel; `accuracy_level=4` makes it quantize the
   activations to int8 instead). Gemm with a constant weight is rewritten as MatMul + Add first. onnxruntime
-  has no int4 convolution: Conv layers stay fp32.
+  has no int4 convolution: Conv layers stay fp32. A decoder's token and position tables (Gather) get int4
+  blocks along each row too (GatherBlockQuantized, onnxruntime >= 1.20).
 """
 
 from __future__ import annotations
@@ -96,7 +97,9 @@ class OnnxInt4Weight(WeightOnly):
         super().check(request)
 
     def quantize(self, fp32: Path, out: Path, request: ExportRequest) -> dict[str, Any]:
-        return onnx_int4_weight(fp32, out, 32 if request.block_size is None else request.block_size)
+        # A decoder's token and position tables are a large share of its weights (Gather, not MatMul).
+        return onnx_int4_weight(fp32, out, 32 if request.block_size is None else request.block_size,
+                                tables=request.source.kind == "decoder")
 
 
 # --- TFLite: LiteRT's quantizer -----------------------------------------------------------------------------
@@ -191,11 +194,13 @@ def _fully_connected(path: Path) -> list[tuple[str, int]]:
 
 
 def onnx_int4_weight(fp32_onnx: Path, out: Path, block_size: int = 32,
-                     accuracy_level: int | None = None) -> dict[str, Any]:
+                     accuracy_level: int | None = None, tables: bool = False) -> dict[str, Any]:
     """Write `fp32_onnx` with int4 MatMul weights (MatMulNBits, blocks of `block_size`) to `out`.
 
     `accuracy_level` is MatMulNBits' own: None or 0-1 multiply in float (weights dequantized in the kernel),
-    4 quantizes the activations to int8 at run time. Returns the facts for the manifest.
+    4 quantizes the activations to int8 at run time. `tables`: also the constant tables a Gather looks rows up in
+    (a language model's token and position embeddings), int4 in blocks along each row, in onnxruntime's
+    GatherBlockQuantized. Returns the facts for the manifest.
     """
     import onnx
 
@@ -210,9 +215,12 @@ def onnx_int4_weight(fp32_onnx: Path, out: Path, block_size: int = 32,
             "Install what it needs with `pip install 'edgepress[weight-only]'`."
         ) from None
     model = onnx.load(str(fp32_onnx))
+    opset = next((e.version for e in model.opset_import if e.domain in ("", "ai.onnx")), None)
     rewritten = _gemm_as_matmul(model)
+    ops = ("MatMul", "Gather") if tables else ("MatMul",)
     quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=block_size, is_symmetric=False,
-                                     accuracy_level=accuracy_level)
+                                     accuracy_level=accuracy_level, op_types_to_quantize=ops,
+                                     quant_axes=(("MatMul", 0), ("Gather", 1)))
     try:
         with quiet(), contextlib.redirect_stdout(sys.stderr):
             quantizer.process()
@@ -222,7 +230,14 @@ def onnx_int4_weight(fp32_onnx: Path, out: Path, block_size: int = 32,
             "Export onnx int8_dynamic or int8_static instead."
         ) from None
     quantized = quantizer.model.model
+    # The quantizer raises the standard opset to 21 when it writes int4 tables (GatherBlockQuantized's uint4 data),
+    # which the model's own ops (ReduceMean's `axes` attribute at 17) are then invalid in. Int4 tensors need the IR
+    # version (10), not the opset, and the new ops are onnxruntime's: the model keeps the opset it was made at.
+    for entry in quantized.opset_import:
+        if opset is not None and entry.domain in ("", "ai.onnx") and entry.version != opset:
+            entry.version = opset
     nodes = [n.name for n in quantized.graph.node if n.op_type == "MatMulNBits"]
+    gathers = [n.name for n in quantized.graph.node if n.op_type == "GatherBlockQuantized"]
     if not nodes:
         raise EdgepressError(
             f"{fp32_onnx} has no MatMul (or Gemm) with a constant weight, so int4_weight would change nothing: "
@@ -231,7 +246,8 @@ def onnx_int4_weight(fp32_onnx: Path, out: Path, block_size: int = 32,
     files.write_bytes(out, quantized.SerializeToString())
     return {"weights": "int4", "activations": "float32", "granularity": "blockwise", "block_size": block_size,
             "matmul_nbits": nodes, "gemm_rewritten": rewritten, "accuracy_level": accuracy_level,
-            "quantizer": "onnxruntime MatMulNBitsQuantizer"}
+            "quantizer": "onnxruntime MatMulNBitsQuantizer",
+            **({"gather_block_quantized": gathers} if tables else {})}
 
 
 def _gemm_as_matmul(model) -> list[str]:

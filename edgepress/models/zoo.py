@@ -148,6 +148,14 @@ def char_gpt(input_shape: tuple[int, ...] = (64,), num_classes: int = 97):
     return build_char_gpt(vocab=num_classes, width=128, layers=2, heads=4, max_len=256)
 
 
+def char_gpt_small(input_shape: tuple[int, ...] = (64,), num_classes: int = 97):
+    """char_gpt sized so its int4 files are no larger than char_gru's smallest (benchmarks/lm.py): 2 blocks of width
+    64 (4 heads, gated MLP 128), positions up to 128. Needs torch."""
+    from edgepress.models.char_gpt import build_char_gpt
+
+    return build_char_gpt(vocab=num_classes, width=64, layers=2, heads=4, max_len=128, mlp=128)
+
+
 def char_gpt_tiny(input_shape: tuple[int, ...] = (64,), num_classes: int = 97):
     """char_gpt at test size: 1 block of width 32 (2 heads), positions up to 128. Needs torch."""
     from edgepress.models.char_gpt import build_char_gpt
@@ -202,6 +210,10 @@ ZOO: dict[str, ZooEntry] = {
     "char_gpt": ZooEntry(
         char_gpt, (64,), "decoder-only transformer LM with a KV cache, 2 blocks of width 128, 64-character windows "
         "(needs torch; ~0.4M parameters)", _train_char_gpt, _save_decoder, "decoder",
+    ),
+    "char_gpt_small": ZooEntry(
+        char_gpt_small, (64,), "char_gpt with 2 blocks of width 64, positions up to 128: int4 files under 130 KB "
+        "(needs torch; ~0.1M parameters)", _train_char_gpt, _save_decoder, "decoder",
     ),
     "char_gpt_tiny": ZooEntry(
         char_gpt_tiny, (64,), "char_gpt at test size: 1 block of width 32 (needs torch; ~15k parameters)",

@@ -7,7 +7,7 @@ artifact per device that meets them. Pure schema: pydantic only, no TensorFlow o
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
@@ -57,6 +57,19 @@ class SpaceSpec(Section):
         "profile precisions. 'tflite:int8-aware' / 'onnx:int8-aware' is accuracy-aware int8.",
     )
     accuracy_aware: bool = Field(True, description="Add accuracy-aware int8 to each device's precisions.")
+    # A decoder language model (a recipe with an lm: section) is searched over these instead of pruning ratios:
+    # perplexity is its accuracy objective (lower is better) and decode tokens/s its latency (higher is better).
+    weight_bits: list[Literal[8, 4]] = Field(
+        [8, 4], min_length=1, description="Decoder LMs: weight bits of the exports (tflite int8_weight; tflite and "
+        "onnx int4_weight).")
+    block_size: list[int | None] = Field(
+        [None, 32, 128], min_length=1, description="Decoder LMs, int4: weights in blocks of this many along the "
+        "input (null: one scale per output channel on TFLite, onnx's default block of 32).")
+    cache_len: list[int] | None = Field(
+        None, description="Decoder LMs: KV cache lengths to try; default: the recipe's lm.cache_len only.")
+    student: dict[str, Any] = Field(
+        default_factory=dict, description="Decoder LMs: the lm_distill options of a distilled trial's student "
+        "(width, layers, heads, epochs, ...; default: lm_distill's own).")
 
     @model_validator(mode="after")
     def _ratio_range(self) -> SpaceSpec:
@@ -71,6 +84,33 @@ class SpaceSpec(Section):
         if value is not None and any(e < 1 for e in value):
             raise ValueError(f"every {info.field_name} choice must be at least 1")
         return value
+
+    @field_validator("cache_len")
+    @classmethod
+    def _cache(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and (not value or any(c < 2 for c in value)):
+            raise ValueError("cache_len choices must be a non-empty list of lengths of at least 2 tokens")
+        return value
+
+    @field_validator("block_size")
+    @classmethod
+    def _blocks(cls, value: list[int | None]) -> list[int | None]:
+        from edgepress.formats import PRECISIONS
+
+        sizes = sorted(set(PRECISIONS["tflite"]["int4_weight"].block_sizes)
+                       & set(PRECISIONS["onnx"]["int4_weight"].block_sizes))
+        wrong = [b for b in value if b is not None and b not in sizes]
+        if wrong:
+            raise ValueError(f"block_size {wrong[0]} is not one both TFLite and ONNX int4 take: use null or one of "
+                             f"{', '.join(map(str, sizes))}")
+        return list(dict.fromkeys(value))
+
+    @field_validator("student")
+    @classmethod
+    def _student(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if "type" in value and value["type"] != "lm_distill":
+            raise ValueError("student holds lm_distill's options; leave out `type`")
+        return {k: v for k, v in value.items() if k != "type"}
 
     @field_validator("layer_guidance")
     @classmethod

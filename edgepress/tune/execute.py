@@ -52,10 +52,15 @@ def run_trial(recipe: dict, run_dir: str, floor: float | None = None, progress=N
     results = report.results
     rows = [{k: a[k] for k in _ROW_KEYS if k in a} for a in results["artifacts"]]
     for row, a in zip(rows, results["artifacts"], strict=True):
+        if a.get("lm"):  # a decoder LM's measures, without the raw times and the greedy tokens
+            lm = a["lm"]
+            row["lm"] = {"decode_tokens_per_s": lm["decode_tokens_per_s"], "ttft_ms": lm["ttft_ms"]["p50"],
+                         "cache_len": lm["cache_len"], "prompt_len": lm["prompt_len"]}
         if a.get("float_layers"):
             row["float_layers"] = [f["layer"] if isinstance(f, dict) and "layer" in f else f for f in a["float_layers"]]
     return {**result, "duration_s": round(time.perf_counter() - started, 1), "rows": rows,
-            "models": [{k: m.get(k) for k in ("stage", "accuracy", "params", "macs")} for m in results["models"]],
+            "models": [{k: m.get(k) for k in ("stage", "accuracy", "params", "macs")}
+                       | {k: m[k] for k in ("perplexity", "file") if m.get(k) is not None} for m in results["models"]],
             "source": results["source"], "devices": results["devices"]}
 
 

@@ -2,14 +2,16 @@
 and best-<device>.yaml (a plain recipe that reproduces the recommended artifact).
 
 tune.json, schema_version 1:
-    schema_version, created, duration_s, objectives, budgets {max_accuracy_drop, max_p50_ms, max_bytes},
+    schema_version, created, duration_s, objectives, budgets {max_accuracy_drop, max_p50_ms, max_bytes} (a decoder
+    LM's: {max_perplexity, min_decode_tokens_per_s, max_bytes}),
     space {ratio, ratio_step, fine_tune_epochs, distill, round_to, exports {device: [format:precision]}, aware_drop},
     source {accuracy, params, macs, rows [float baseline rows: artifact, device, accuracy, p50_ms, bytes]},
     trials [{number, status (complete, pruned, failed, cached, interrupted), reason, params, key, duration_s,
              run_dir, worker (host:pid that ran it), params_count, macs, model_accuracy,
              chosen {device: {artifact, accuracy, p50_ms, bytes} of the export chosen for it},
              models [{stage, accuracy, params, macs}], devices {name: error or null},
-             rows [{artifact, device, format, precision, accuracy, accuracy_drop, p50_ms, bytes, gzip_bytes, passed}]}],
+             rows [{artifact, device, format, precision, accuracy, accuracy_drop, p50_ms, bytes, gzip_bytes, passed,
+                    and for a decoder LM perplexity and decode_tokens_per_s}]}],
     pareto {device: [rows]}, best {device: row + {trial, recipe} or null},
     stopped_exports {device: {format:precision: why}} (no longer exported: slower than fp32 in every trial),
     closest {device: row + {misses}} for a device with no artifact within the budgets, passed
@@ -39,12 +41,15 @@ def pareto_front(points: list[dict], maximize: tuple[str, ...] = ("accuracy",),
 
 
 def point_of(row: dict, trial: int | None) -> dict:
-    """A report row as a tune point: what tune.json, the Pareto front and the plot use."""
+    """A report row as a tune point: what tune.json, the Pareto front and the plot use (a decoder LM's also has
+    its perplexity and decode tokens/s)."""
     return {"trial": trial, "artifact": row["name"], "device": row["device"], "format": row["format"],
             "precision": row["precision"], "accuracy": row["metrics"].get("accuracy"),
             "accuracy_drop": row["metrics"].get("accuracy_drop"), "p50_ms": row["latency"].get("p50"),
             "bytes": row["bytes"], "gzip_bytes": row.get("gzip_bytes"), "passed": row.get("passed"),
-            "role": (row.get("accuracy_aware") or {}).get("role")}
+            "role": (row.get("accuracy_aware") or {}).get("role"),
+            **({"perplexity": row["metrics"].get("perplexity"),
+                "decode_tokens_per_s": row["lm"]["decode_tokens_per_s"]["p50"]} if row.get("lm") else {})}
 
 
 def write_report(path, tune: dict) -> None:

@@ -46,6 +46,16 @@ def round_to_choices(devices: list, spec: TuneSpec) -> list[int]:
     return sorted({1, *multiples}) if multiples else []
 
 
+# A decoder LM's weight-only exports by weight bits (format, precision): onnxruntime has int4 MatMulNBits for a
+# decoder and no int8 weight-only kernel, so an 8-bit trial is TFLite only.
+LM_PRECISIONS = {8: [("tflite", "int8_weight")], 4: [("tflite", "int4_weight"), ("onnx", "int4_weight")]}
+
+
+def lm_export_choices(device, bits: list[int]) -> list[str]:
+    """The weight-only exports of a decoder LM `device` runs, as 'format:precision' strings."""
+    return [f"{f}:{p}" for b in bits for f, p in LM_PRECISIONS[b] if device.runs(f)]
+
+
 @dataclass
 class Space:
     """The choices of one tune, fixed when the study is made (Optuna needs the same choices for every trial)."""
@@ -60,11 +70,15 @@ class Space:
     hopeless_margin: float | None = None
     guidance: list[float] = field(default_factory=lambda: [0.0])
     sensitivity: dict | None = None  # set once measured (tune/sensitivity.py)
+    lm: dict | None = None  # a decoder LM's choices: weight_bits, block_size, cache_len, student (else None)
 
     @classmethod
-    def of(cls, spec: TuneSpec, devices: list, max_accuracy_drop: float | None) -> Space:
+    def of(cls, spec: TuneSpec, devices: list, max_accuracy_drop: float | None, lm_cache: int | None = None) -> Space:
+        """The space of a tune; `lm_cache`, the recipe's lm.cache_len, makes it a decoder LM's (`lm_suggest`)."""
         from edgepress.errors import EdgepressError
 
+        if lm_cache is not None:
+            return cls.of_lm(spec, devices, lm_cache)
         exports = {d.name: export_choices(d, spec.space.precisions, spec.space.accuracy_aware) for d in devices}
         empty = [name for name, choices in exports.items() if not choices]
         if empty:
@@ -76,7 +90,28 @@ class Space:
                    list(dict.fromkeys(spec.space.distill)), round_to_choices(devices, spec), exports, aware,
                    spec.hopeless_margin, sorted(set(spec.space.layer_guidance)))
 
+    @classmethod
+    def of_lm(cls, spec: TuneSpec, devices: list, cache_len: int) -> Space:
+        """A decoder LM's space: distillation into a student or not, weight bits, int4 block size, cache length.
+        (Structured pruning of heads and MLP units is not in it yet: structured_prune took decoders on
+        another branch while this space was written.)"""
+        from edgepress.errors import EdgepressError
+
+        space = spec.space
+        bits = sorted(set(space.weight_bits), reverse=True)
+        exports = {d.name: lm_export_choices(d, bits) for d in devices}
+        empty = [name for name, choices in exports.items() if not choices]
+        if empty:
+            raise EdgepressError(f"No weight-only export of a decoder LM runs on {', '.join(empty)} with "
+                                 f"tune.space.weight_bits {bits}: 8 bits is TFLite only; add 4 or a TFLite device.")
+        lm = {"weight_bits": bits, "block_size": space.block_size if 4 in bits else [None],
+              "cache_len": sorted(set(space.cache_len or [cache_len])), "student": space.student}
+        return cls((0.0, 0.0), space.ratio_step, [1], list(dict.fromkeys(space.distill)), [], exports, 0.0, None,
+                   [0.0], lm=lm)
+
     def to_dict(self) -> dict:
+        if self.lm is not None:
+            return {"lm": {k: v for k, v in self.lm.items()}, "distill": self.distill, "exports": self.exports}
         return {"ratio": list(self.ratio), "ratio_step": self.ratio_step, "fine_tune_epochs": self.epochs,
                 "distill": self.distill, "round_to": self.round_to, "exports": self.exports,
                 "aware_drop": self.aware_drop, "layer_guidance": self.guidance if self.guided() else [0.0]}
@@ -87,10 +122,30 @@ class Space:
 
     def steps(self, params: dict) -> list[dict]:
         """The compression steps of a trial's choices (per-layer ratios from the measured sensitivity)."""
+        if self.lm is not None:
+            return [{"type": "lm_distill", **self.lm["student"]}] if params.get("distill") else []
         return steps_for(params, self.sensitivity)
 
+    def lm_exports(self, params: dict, devices: list[str] | None = None) -> list[dict]:
+        """A decoder LM trial's exports: its weight bits (and int4 block size) in every format its devices run."""
+        chosen = {c for d, cs in self.exports.items() if devices is None or d in devices for c in cs}
+        exports = []
+        for fmt, precision in LM_PRECISIONS[params["weight_bits"]]:
+            if f"{fmt}:{precision}" in chosen:
+                block = params.get("block_size")
+                exports.append({"format": fmt, "precision": precision, **({"block_size": block} if block else {})})
+        return exports
+
     def suggest(self, trial) -> dict:
-        """The trial's choices, asked of Optuna (define-by-run: epochs and distillation only with pruning)."""
+        """The trial's choices, asked of Optuna (define-by-run: epochs and distillation only with pruning; a block
+        size only with 4-bit weights)."""
+        if self.lm is not None:
+            params = {"distill": _categorical(trial, "distill", self.distill),
+                      "weight_bits": _categorical(trial, "weight_bits", self.lm["weight_bits"])}
+            if params["weight_bits"] == 4:
+                params["block_size"] = _categorical(trial, "block_size", self.lm["block_size"])
+            params["cache_len"] = _categorical(trial, "cache_len", self.lm["cache_len"])
+            return params
         low, high = self.ratio
         ratio = low if low == high else trial.suggest_float("ratio", low, high, step=self.ratio_step)
         params = {"ratio": round(ratio, 6)}
@@ -180,11 +235,17 @@ def export_of_row(row: dict, aware_drop: float) -> dict:
     return {"format": row["format"], "precision": row["precision"]}
 
 
-def recipe_for(base: dict, name: str, steps: list[dict], exports: list[dict], targets: list[dict]) -> dict:
-    """A plain recipe (dict): the base recipe's model, data, measure and gates with these steps, exports, targets."""
-    return {"name": name, **base, "steps": steps, "exports": exports, "targets": targets}
+def recipe_for(base: dict, name: str, steps: list[dict], exports: list[dict], targets: list[dict],
+               params: dict | None = None) -> dict:
+    """A plain recipe (dict): the base recipe's model, data, measure and gates with these steps, exports, targets
+    (and a decoder LM trial's cache length, from its `params`)."""
+    recipe = {"name": name, **base, "steps": steps, "exports": exports, "targets": targets}
+    if params and params.get("cache_len") and recipe.get("lm") is not None:
+        recipe["lm"] = {**recipe["lm"], "cache_len": params["cache_len"]}
+    return recipe
 
 
 def key_of(recipe: dict) -> str:
-    """The cache key of a trial: what makes its artifacts (steps and exports), not its name."""
-    return hashlib.sha256(json.dumps([recipe["steps"], recipe["exports"]], sort_keys=True).encode()).hexdigest()
+    """The cache key of a trial: what makes its artifacts (steps, exports, a decoder's cache), not its name."""
+    made_of = [recipe["steps"], recipe["exports"]] + ([recipe["lm"]] if recipe.get("lm") else [])
+    return hashlib.sha256(json.dumps(made_of, sort_keys=True).encode()).hexdigest()

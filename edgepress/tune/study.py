@@ -83,9 +83,14 @@ def tune(recipe, run_dir: str | Path, progress=None, ray: str | None = None) -> 
     targets = {d.name: t.model_dump(mode="json", exclude_none=True) for d, t in zip(devices, recipe.targets,
                                                                                     strict=True)}
     gates = recipe.gates
-    budgets = {"max_accuracy_drop": gates.max_accuracy_drop, "max_p50_ms": gates.max_p50_ms,
-               "max_bytes": gates.max_bytes}
-    space = Space.of(spec, devices, gates.max_accuracy_drop)
+    lm = recipe.lm is not None  # a decoder LM: perplexity and decode tokens/s are its objectives
+    if lm:
+        budgets = {"max_perplexity": gates.max_perplexity, "min_decode_tokens_per_s": gates.min_decode_tokens_per_s,
+                   "max_bytes": gates.max_bytes}
+    else:
+        budgets = {"max_accuracy_drop": gates.max_accuracy_drop, "max_p50_ms": gates.max_p50_ms,
+                   "max_bytes": gates.max_bytes}
+    space = Space.of(spec, devices, gates.max_accuracy_drop, recipe.lm.cache_len if lm else None)
     _check_tune_dir(run_dir)
     if run_dir.is_dir():  # a killed tune's temporaries, at any depth (tune.json's, a trial's artifacts')
         files.clean_leftovers(run_dir)
@@ -98,7 +103,10 @@ def tune(recipe, run_dir: str | Path, progress=None, ray: str | None = None) -> 
         source = _measure_source(recipe, run_dir, targets, devices, executor, progress)
         kind = source["source"]["kind"]
         # The tune's pruning space (per-layer sensitivity guidance) is Keras's; a decoder's heads are not in it yet.
-        if kind not in registered()["structured_prune"].kinds - {"decoder"} and space.ratio != (0.0, 0.0):
+        if space.lm is not None:
+            progress.done("a decoder LM: the tune tries distillation, weight bits, int4 block sizes and cache lengths "
+                          "(pruning heads and MLP units is not in its space yet)")
+        elif kind not in registered()["structured_prune"].kinds - {"decoder"} and space.ratio != (0.0, 0.0):
             progress.done(f"the source is a {kind} model, which the tune's structured_prune space does not take: the "
                           "tune tries post-training exports only")
             space.ratio = (0.0, 0.0)
@@ -155,7 +163,10 @@ def _open_study(db: Path, spec: TuneSpec, names: list[str], space: Space, budget
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    directions = ["maximize", *["minimize"] * len(names), "minimize"]
+    if space.lm is not None:  # perplexity down, decode tokens/s up on each device, bytes down
+        directions = ["minimize", *["maximize"] * len(names), "minimize"]
+    else:  # accuracy up, p50 down on each device, bytes down
+        directions = ["maximize", *["minimize"] * len(names), "minimize"]
     existed = db.exists()
     db.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -202,10 +213,12 @@ def _measure_source(recipe, run_dir: Path, targets: dict, devices: list, executo
         raise EdgepressError("Could not measure the source model on " + "; ".join(
             f"{d}: {why}" for d, why in failed.items()) + ". Check the device (`edgepress bench`) and start again.")
     src = result["models"][0]
-    result["source"].update(accuracy=src["accuracy"], macs=src["macs"])
-    result["model_path"] = recipe.model.path or str((run_dir / "source" / "models" / "0-source.keras").resolve())
+    result["source"].update(accuracy=src["accuracy"], macs=src["macs"], perplexity=src.get("perplexity"))
+    saved_as = (src.get("file") or {}).get("file") or "0-source.keras"  # a decoder is a directory
+    result["model_path"] = recipe.model.path or str((run_dir / "source" / "models" / saved_as).resolve())
     files.write_text(saved, json.dumps(result, indent=1))
-    progress.done(f"source: accuracy {src['accuracy']:.2%}, {src['params']:,} parameters, "
+    said = f"perplexity {src['perplexity']:.3f}" if src.get("perplexity") else f"accuracy {src['accuracy']:.2%}"
+    progress.done(f"source: {said}, {src['params']:,} parameters, "
                   + ", ".join(f"{r['name']} on {r['device']} p50 {ms(r['latency']['p50'])} ms"
                               for r in result["rows"]))
     return result
@@ -253,8 +266,10 @@ class _Loop:
                 params = self.space.suggest(trial)
                 live = [n for n in self.names if n not in self.dropped]
                 name = _trial_name(trial.number)
-                exports = exports_for(self._export_choices(), self.space.aware_drop, live)
-                recipe = recipe_for(self.base, name, self.space.steps(params), exports, [self.targets[n] for n in live])
+                exports = (self.space.lm_exports(params, live) if self.space.lm is not None
+                           else exports_for(self._export_choices(), self.space.aware_drop, live))
+                recipe = recipe_for(self.base, name, self.space.steps(params), exports, [self.targets[n] for n in live],
+                                    params)
                 key = key_of(recipe)
                 trial.set_user_attr("params", params)
                 trial.set_user_attr("key", key)
@@ -352,7 +367,7 @@ class _Loop:
     def _floor(self, params: dict) -> float | None:
         """The accuracy below which a trial is hopeless after its first fine-tune epoch (then it stops there,
         before the rest of its training and its exports are spent on it)."""
-        drop, margin = self.budgets["max_accuracy_drop"], self.space.hopeless_margin
+        drop, margin = self.budgets.get("max_accuracy_drop"), self.space.hopeless_margin
         if drop is None or margin is None or not self.space.steps(params):
             return None
         return self.source["source"]["accuracy"] - drop - margin
@@ -387,6 +402,10 @@ class _Loop:
 
     def _constraint_names(self) -> list[str]:
         b = self.budgets
+        if self.space.lm is not None:
+            return ([g for g in ("max_perplexity", "max_bytes") if b[g] is not None]
+                    + ([f"min_decode_tokens_per_s@{n}" for n in self.names]
+                       if b["min_decode_tokens_per_s"] is not None else []))
         return ((["max_accuracy_drop"] if b["max_accuracy_drop"] is not None else [])
                 + ([f"max_p50_ms@{n}" for n in self.names] if b["max_p50_ms"] is not None else [])
                 + (["max_bytes"] if b["max_bytes"] is not None else []))
@@ -396,6 +415,8 @@ class _Loop:
         largest chosen artifact); constraints: how far over each budget, relative to it (<= 0 within). A device's
         chosen artifact is the trial's best on it (`trial_pick`)."""
         chosen = {d: trial_pick(result["rows"], d, self.budgets) for d in self.names}
+        if self.space.lm is not None:
+            return _lm_objectives(chosen, result, self.budgets, self.names)
         accuracies = [r["metrics"]["accuracy"] for r in chosen.values() if r and r["metrics"]["accuracy"] is not None]
         accuracy = min(accuracies) if accuracies else result["models"][-1]["accuracy"]
         p50 = [r["latency"]["p50"] if r and r["latency"]["p50"] is not None else PENALTY for r in chosen.values()]
@@ -417,6 +438,27 @@ class _Loop:
         best = _best_points(self.study, self.source, self.names)
         return "; ".join(f"{d} {p['artifact']} {ms(p['p50_ms'])} ms {percent(p['accuracy'])} "
                          f"{p['bytes']:,} B" if p else f"{d} none within the budgets" for d, p in best.items())
+
+
+def _lm_objectives(chosen: dict, result: dict, budgets: dict, names: list[str]) -> tuple[list[float], dict]:
+    """A decoder LM trial's objectives: perplexity (the worst chosen artifact's; lower is better), decode tokens/s
+    of each device's chosen artifact (higher is better; 0 where nothing was measured), bytes (the largest chosen);
+    constraints: how far over each budget, relative to it (<= 0 within)."""
+    points = {d: out.point_of(r, None) if r else None for d, r in chosen.items()}
+    perplexities = [p["perplexity"] for p in points.values() if p and p["perplexity"] is not None]
+    perplexity = max(perplexities) if perplexities else PENALTY
+    speed = [p["decode_tokens_per_s"] if p and p["decode_tokens_per_s"] is not None else 0.0 for p in points.values()]
+    size = max((p["bytes"] for p in points.values() if p), default=PENALTY)
+    constraints = {}
+    if budgets["max_perplexity"] is not None:
+        constraints["max_perplexity"] = verdict.over_budget("max_perplexity", perplexity, budgets["max_perplexity"])
+    if budgets["min_decode_tokens_per_s"] is not None:
+        constraints.update({f"min_decode_tokens_per_s@{n}": verdict.over_budget(
+            "min_decode_tokens_per_s", v, budgets["min_decode_tokens_per_s"]) for n, v in zip(names, speed,
+                                                                                               strict=True)})
+    if budgets["max_bytes"] is not None:
+        constraints["max_bytes"] = verdict.over_budget("max_bytes", size, budgets["max_bytes"])
+    return [float(perplexity), *map(float, speed), float(size)], constraints
 
 
 def _trial_name(number: int) -> str:
@@ -456,6 +498,11 @@ def _sampler(spec: TuneSpec, n_trials: int, startup: int):
 
 
 def _describe(params: dict) -> str:
+    if "weight_bits" in params:  # a decoder LM's trial
+        block = params.get("block_size")
+        return ", ".join([("distilled" if params.get("distill") else "no distillation"),
+                          f"int{params['weight_bits']} weights" + (f" in blocks of {block}" if block else ""),
+                          f"cache {params['cache_len']}"])
     parts = [f"ratio {params['ratio']:g}"] if params.get("ratio") else ["no pruning"]
     if params.get("ratio"):
         parts.append(f"{params['fine_tune_epochs']} epochs" + (" + distill" if params.get("distill") else ""))
@@ -555,6 +602,7 @@ def _tune_json(study, space, budgets, source, names, dropped, duration_s) -> dic
             "rows": [out.point_of(r, t.number) for r in result.get("rows", [])] if status == "complete" else [],
             **_chosen(t, result, names, budgets),
         })
+    lm = space.lm is not None
     source_points = [out.point_of(r, None) for r in source["rows"]]
     all_points = source_points + [out.point_of(r, t.number) for t, r in _trial_rows(study)]
     best = _best_points(study, source, names)
@@ -570,13 +618,15 @@ def _tune_json(study, space, budgets, source, names, dropped, duration_s) -> dic
         "schema_version": 1,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "duration_s": round(duration_s, 1),
-        "objectives": ["accuracy (max)", *[f"p50 ms on {n} (min)" for n in names], "bytes (min)"],
+        "objectives": (["perplexity (min)", *[f"decode tokens/s on {n} (max)" for n in names], "bytes (min)"] if lm
+                       else ["accuracy (max)", *[f"p50 ms on {n} (min)" for n in names], "bytes (min)"]),
         "budgets": budgets,
         "space": space.to_dict(),
         "source": {"model": src["model"], "accuracy": src["accuracy"], "params": src["params"], "macs": src["macs"],
-                   "rows": source_points},
+                   **({"perplexity": src.get("perplexity")} if lm else {}), "rows": source_points},
         "trials": trials,
-        "pareto": {d: out.pareto_front([p for p in all_points if p["device"] == d]) for d in names},
+        "pareto": {d: out.pareto_front([p for p in all_points if p["device"] == d], *(
+            (("decode_tokens_per_s",), ("perplexity", "bytes")) if lm else ())) for d in names},
         "best": best,
         "closest": closest,
         "dropped": dropped,
@@ -593,8 +643,9 @@ def _chosen(trial, result: dict, names: list[str], budgets: dict) -> dict:
     chosen = {}
     for device in names:
         row = trial_pick(result.get("rows", []), device, budgets)
-        chosen[device] = None if row is None else {k: out.point_of(row, trial.number)[k] for k in (
-            "artifact", "accuracy", "p50_ms", "bytes")}
+        point = None if row is None else out.point_of(row, trial.number)
+        chosen[device] = None if point is None else {k: point[k] for k in (
+            "artifact", "accuracy", "p50_ms", "bytes", "perplexity", "decode_tokens_per_s") if k in point}
     return {"params_count": model.get("params"), "macs": model.get("macs"), "model_accuracy": model.get("accuracy"),
             "chosen": chosen}
 
@@ -607,11 +658,14 @@ def _best_recipe(study, point: dict, space: Space, base: dict, target: dict, dev
         steps, row = [], None
     else:
         trial = study.trials[point["trial"]]
-        steps = space.steps(trial.user_attrs["params"])
+        params = trial.user_attrs["params"]
+        steps = space.steps(params)
         row = next(r for r in trial.user_attrs["result"]["rows"] if r["name"] == point["artifact"]
                    and r["device"] == device)
     export = export_of_row(row, space.aware_drop) if row else {"format": point["format"], "precision": "fp32"}
-    recipe = recipe_for(base, f"best-{device}", steps, [export], [target])
+    if row and space.lm is not None:  # its weight bits and block size
+        export = next(e for e in space.lm_exports(params) if e["format"] == row["format"])
+    recipe = recipe_for(base, f"best-{device}", steps, [export], [target], params if row else None)
     header = (f"# Made by `edgepress tune`: trial {point['trial']}'s artifact {point['artifact']} on {device} "
               f"(accuracy {percent(point['accuracy'])}, p50 {ms(point['p50_ms'])} ms, {point['bytes']:,} "
               "bytes).\n# `edgepress run` on this file makes it again.\n")
