@@ -67,7 +67,7 @@ def distill_program(program, teacher, x: np.ndarray, y: np.ndarray, config, on_e
         parameter.requires_grad_(False)
     sample = xs[: program.fixed_batch or 2]  # a dynamic batch from a sample of 2: torch.export specializes 1
     if program.fixed_batch:
-        student = TorchSource.from_trained(module, lambda m, path: _save_fixed(m, sample, path))
+        student = TorchSource.from_trained(module, lambda m, path: save_fixed(m, sample, path))
     else:
         student = TorchSource.from_trained(module, lambda m, path: save_torch_program(m, sample, path))
 
@@ -80,7 +80,7 @@ def distill_program(program, teacher, x: np.ndarray, y: np.ndarray, config, on_e
     return student, {"distill": details}
 
 
-def _save_fixed(module, sample, path) -> None:
+def save_fixed(module, sample, path) -> None:
     """torch.export at the program's own fixed batch (its reshapes name it)."""
     import torch
 

@@ -149,7 +149,7 @@ def prune_program(program, x: np.ndarray, y: np.ndarray, config, on_epoch=None):
 
     import torch
 
-    from edgepress.compress.structured_prune_torch import _exported, _fine_tune
+    from edgepress.compress.structured_prune_torch import exported_program, fine_tune_program
 
     work = copy.copy(program)
     work.module = copy.deepcopy(program.module)
@@ -170,7 +170,7 @@ def prune_program(program, x: np.ndarray, y: np.ndarray, config, on_epoch=None):
         apply(schedule.sparsity(step[0]) if schedule.updates(step[0]) or not masks else None)
         step[0] += 1
 
-    _fine_tune(work.module, program, x, y, config, on_epoch, after_step=after_step)
+    fine_tune_program(work.module, program, x, y, config, on_epoch, after_step=after_step)
     apply(config.target_sparsity)
-    return _exported(work.module, program, x)
+    return exported_program(work.module, program, x)
 

@@ -123,8 +123,8 @@ def prune_program(program, x: np.ndarray, y: np.ndarray, config, on_epoch=None):
         chosen = plan_program(program, config, data=(x, y))
         module = remove_units(program.module, chosen)
         if config.fine_tune_epochs:
-            _fine_tune(module, program, x, y, config, on_epoch)
-        return _exported(module, program, x)
+            fine_tune_program(module, program, x, y, config, on_epoch)
+        return exported_program(module, program, x)
     # Gradual: round r holds the lowest r/rounds of the target at zero while training (a head's out_proj columns, a
     # unit's weight row, bias and batch norm), so the rest learns to do without them; then they are removed.
     working = copy.copy(program)
@@ -138,10 +138,10 @@ def prune_program(program, x: np.ndarray, y: np.ndarray, config, on_epoch=None):
         zero()
         shifted = None if on_epoch is None else (
             lambda epoch, _, logs, model=None, d=done: on_epoch(d + epoch, config.fine_tune_epochs, logs))
-        _fine_tune(working.module, program, x, y, config.model_copy(update={"fine_tune_epochs": epochs}), shifted,
-                   after_step=zero)
+        fine_tune_program(working.module, program, x, y, config.model_copy(update={"fine_tune_epochs": epochs}),
+                          shifted, after_step=zero)
         done += epochs
-    return _exported(remove_units(working.module, current), program, x)
+    return exported_program(remove_units(working.module, current), program, x)
 
 
 def _zeroing(module, plan: ProgramPlan):
@@ -559,7 +559,7 @@ def _check_requested(program, config, layers: dict[str, Layer], left_whole: dict
 
 # -- fine-tuning and writing ---------------------------------------------------------------------------------------
 
-def _fine_tune(module, program, x: np.ndarray, y: np.ndarray, config, on_epoch=None, after_step=None) -> None:
+def fine_tune_program(module, program, x: np.ndarray, y: np.ndarray, config, on_epoch=None, after_step=None) -> None:
     """Adam on cross-entropy, at the program's own batch when it is fixed (the last partial batch left out);
     `after_step()` after each optimizer step (magnitude pruning puts its zeros back there)."""
     import torch
@@ -591,15 +591,15 @@ def _fine_tune(module, program, x: np.ndarray, y: np.ndarray, config, on_epoch=N
         parameter.requires_grad_(False)
 
 
-def _exported(module, program, x: np.ndarray):
+def exported_program(module, program, x: np.ndarray):
     """`module` exported again with torch.export at the batch `program` takes, as a new TorchSource."""
     import torch
 
-    from edgepress.compress.distill_torch import _save_fixed
+    from edgepress.compress.distill_torch import save_fixed
     from edgepress.models.torch_program import TorchSource, save_torch_program
 
     # A dynamic batch is exported from a sample of 2: torch.export specializes a batch of 1 to a constant.
     sample = torch.from_numpy(np.ascontiguousarray(x[: program.fixed_batch or 2], dtype=program.input_dtype))
     if program.fixed_batch:
-        return TorchSource.from_trained(module, lambda m, path: _save_fixed(m, sample, path))
+        return TorchSource.from_trained(module, lambda m, path: save_fixed(m, sample, path))
     return TorchSource.from_trained(module, lambda m, path: save_torch_program(m, sample, path))

@@ -48,11 +48,12 @@ def _keras3_cnn(path):
     """A small Keras 3 functional CNN with BatchNormalization, saved as a Keras 3 .keras file."""
     keras3.utils.set_random_seed(0)
     inputs = keras3.Input((28, 28, 1))
-    x = keras3.layers.Conv2D(8, 3, activation="relu")(inputs)
-    x = keras3.layers.BatchNormalization()(x)
-    x = keras3.layers.MaxPooling2D()(x)
-    x = keras3.layers.Flatten()(x)
-    outputs = keras3.layers.Dense(10)(x)
+    # Named layers: Keras numbers default names per process, so "dense" would be "dense_1" after other tests.
+    x = keras3.layers.Conv2D(8, 3, activation="relu", name="conv2d")(inputs)
+    x = keras3.layers.BatchNormalization(name="batch_normalization")(x)
+    x = keras3.layers.MaxPooling2D(name="max_pooling2d")(x)
+    x = keras3.layers.Flatten(name="flatten")(x)
+    outputs = keras3.layers.Dense(10, name="dense")(x)
     model = keras3.Model(inputs, outputs, name="k3_cnn")
     model.save(path)
     return model
