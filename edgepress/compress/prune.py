@@ -126,15 +126,11 @@ def layers_to_prune(model, config: PruneConfig) -> set[str]:
     def prunable(layer) -> bool:
         return prune_registry.PruneRegistry.supports(layer) or isinstance(layer, prunable_layer.PrunableLayer)
 
+    from edgepress.compress.prune_native import named_layers
+
     names = config.layers
-    by_name = {layer.name: layer for layer in model.layers}
     if names is not None:
-        unknown = [n for n in names if n not in by_name]
-        if unknown:
-            raise EdgepressError(
-                f"prune: no layer named {', '.join(unknown)} in the model. Its layers: {', '.join(by_name)}."
-            )
-        layers = [by_name[n] for n in names]
+        layers = named_layers(model, names)
     else:
         layers = [layer for layer in model.layers if layer.trainable_weights]
     unsupported = [layer for layer in layers if not prunable(layer)]

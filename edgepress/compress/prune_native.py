@@ -69,18 +69,22 @@ class Schedule:
 
 # -- Keras 3 -------------------------------------------------------------------------------------------------------
 
+def named_layers(model, names: list[str]) -> list:
+    """The layers of `model` called `names`; raises EdgepressError naming any it does not have."""
+    by_name = {layer.name: layer for layer in model.layers}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise EdgepressError(
+            f"prune: no layer named {', '.join(unknown)} in the model. Its layers: {', '.join(by_name)}."
+        )
+    return [by_name[n] for n in names]
+
+
 def keras3_kernels(model, names: list[str] | None = None) -> list:
     """The kernel variables pruning takes in `model` (of the layers `names`, default all): Dense, EinsumDense, Conv and
     Embedding kernels, and those of the projections inside MultiHeadAttention (a named layer without one, such as a
     LayerNormalization, is left as it is, as tfmot leaves it)."""
-    by_name = {layer.name: layer for layer in model.layers}
-    if names is not None:
-        unknown = [n for n in names if n not in by_name]
-        if unknown:
-            raise EdgepressError(
-                f"prune: no layer named {', '.join(unknown)} in the model. Its layers: {', '.join(by_name)}."
-            )
-    chosen = [by_name[n] for n in names] if names is not None else list(model.layers)
+    chosen = named_layers(model, names) if names is not None else list(model.layers)
     kernels = [v for layer in chosen for v in layer.trainable_weights if v.name in KERAS3_KERNELS]
     if not kernels:
         raise EdgepressError(f"prune: '{model.name}' has no Dense, EinsumDense, Conv, Embedding or attention kernel "
