@@ -29,7 +29,7 @@ import numpy as np
 from pydantic import ConfigDict, Field, model_validator
 
 from edgepress.compat import keras, keras_of
-from edgepress.compress.step import Step, register
+from edgepress.compress.step import Step, holds_program, register
 from edgepress.errors import EdgepressError
 from edgepress.models import training
 from edgepress.models.datasets import checked_inputs, fit_to_input, read_npz_arrays
@@ -387,17 +387,17 @@ class Distill(Step):
     needs = "it trains a Keras student model on the model's outputs"
 
     def check(self, model, config, context):
-        if _is_program(model):
+        if holds_program(model):
             from edgepress.compress.distill_torch import check_program_distill
 
             return check_program_distill(config)
         check_distillable(model, config, source=context.source)
 
     def result_like(self, model, config, context):
-        return model if _is_program(model) else student_like(model, config, source=context.source)
+        return model if holds_program(model) else student_like(model, config, source=context.source)
 
     def run(self, model, x, y, config, context):
-        if _is_program(model):  # a PyTorch program, trained on in PyTorch from the run's original model
+        if holds_program(model):  # a PyTorch program, trained on in PyTorch from the run's original model
             from edgepress.compress.distill_torch import distill_program
 
             teacher = model if config.teacher == "input" else context.source
@@ -405,6 +405,3 @@ class Distill(Step):
         # The details: the teacher's and the students' scores on the test split.
         return distill_and_score(model, x, y, config, context.on_epoch, test=context.test, source=context.source)
 
-
-def _is_program(model) -> bool:
-    return getattr(model, "kind", None) == "torch"

@@ -38,6 +38,13 @@ class StepContext:
     on_epoch: Callable[[int, int, dict], None] | None = None
 
 
+def holds_program(model) -> bool:
+    """Whether `model` is a PyTorch program a step trains and reshapes itself: it holds the exported graph
+    (`program`) and the module trained on it (`module`), what structured_prune_torch and distill_torch work on.
+    Asked of the model, not of its kind's name."""
+    return hasattr(model, "program") and hasattr(model, "module")
+
+
 class Step:
     """One compression transformation: a model in, a model of the same framework out (for Keras, `source.model`).
     Subclasses set `config`, `kinds` and `run`."""

@@ -61,7 +61,7 @@ from pydantic import ConfigDict, Field, model_validator
 from edgepress.compat import keras_of
 from edgepress.compress.counts import group_ratio as _group_ratio
 from edgepress.compress.counts import rounded as _rounded
-from edgepress.compress.step import Step, register
+from edgepress.compress.step import Step, holds_program, register
 from edgepress.errors import EdgepressError, first_line
 from edgepress.models import training
 from edgepress.models.keras_graph import (
@@ -748,7 +748,7 @@ class StructuredPrune(Step):
         if config.distill:
             raise EdgepressError("structured_prune: `distill` is for decoder LMs (logit distillation from the "
                                  "unpruned model); for another model add a distill step after it instead.")
-        if _is_program(model):  # a PyTorch program: its own graph walk (structured_prune_torch)
+        if holds_program(model):  # a PyTorch program: its own graph walk (structured_prune_torch)
             from edgepress.compress.structured_prune_torch import check_program_prunable
 
             return check_program_prunable(model, config)
@@ -764,7 +764,7 @@ class StructuredPrune(Step):
     def notes(self, model, config):
         if _is_decoder(model):
             return decoder_notes(model, config)
-        if _is_program(model):
+        if holds_program(model):
             from edgepress.compress.structured_prune_torch import plan_program
 
             return plan_program(model, config).notes()
@@ -774,12 +774,9 @@ class StructuredPrune(Step):
         if _is_decoder(model):
             smaller = prune_decoder(model, x, y, config, on_epoch=context.on_epoch)
             return smaller, {"heads": int(smaller.config.heads), "mlp_units": int(smaller.config.hidden)}
-        if _is_program(model):
+        if holds_program(model):
             from edgepress.compress.structured_prune_torch import prune_program
 
             return prune_program(model, x, y, config, on_epoch=context.on_epoch), {}
         return structured_prune(model, x, y, config, on_epoch=context.on_epoch), {}
 
-
-def _is_program(model) -> bool:
-    return getattr(model, "kind", None) == "torch"
