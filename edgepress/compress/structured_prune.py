@@ -666,7 +666,8 @@ def _shifted(on_epoch, done: int, total: int):
 DECODER_PARTS = ("attention", "mlp")
 
 
-def _is_decoder(model) -> bool:
+def is_decoder(model) -> bool:
+    """Whether `model` is a decoder LM's module (char_gpt, a Llama): it steps against a cache and has a config."""
     return hasattr(model, "step_static") and hasattr(model, "config")
 
 
@@ -689,11 +690,25 @@ def decoder_counts(model, config: StructuredPruneConfig) -> tuple[int, int]:
     for total, ratio, unit, name in ((groups, heads, width, what), (units, mlp, 1, "MLP units")):
         count = round(ratio * total)
         if count >= total:
-            highest = math.floor(100 * (total - 1) / total) / 100
             raise EdgepressError(f"structured_prune: ratio {ratio:g} removes all {total} {name} of every block of "
-                                 f"the decoder; give it a ratio of at most {highest:g}.")
+                                 f"the decoder; give it a ratio of at most {_highest(total):g}.")
         kept.append(total - _rounded(total, count, config.round_to, unit))
     return kept[0], kept[1]
+
+
+def _highest(total: int) -> float:
+    """The highest ratio (in hundredths, rounded down) that leaves one of `total` structures."""
+    return math.floor(100 * (total - 1) / total) / 100
+
+
+def decoder_highest_ratio(model) -> tuple[float, str]:
+    """The highest one `ratio` the decoder `model` takes (every block keeps a head or kv group and an MLP unit), and
+    its structures per block in words ("2 attention heads and 64 MLP units")."""
+    from edgepress.models.decoder_prune import structures
+
+    groups, width, units = structures(model)
+    what = "attention heads" if width == model.config.head_dim else "kv groups"
+    return min(_highest(groups), _highest(units)), f"{groups} {what} and {units} MLP units"
 
 
 def check_decoder(model, config: StructuredPruneConfig) -> None:
@@ -743,7 +758,7 @@ class StructuredPrune(Step):
              "or of a decoder")
 
     def check(self, model, config, context):
-        if _is_decoder(model):
+        if is_decoder(model):
             return check_decoder(model, config)
         if config.distill:
             raise EdgepressError("structured_prune: `distill` is for decoder LMs (logit distillation from the "
@@ -755,14 +770,14 @@ class StructuredPrune(Step):
         check_structured_prunable(model, config)
 
     def result_like(self, model, config, context):
-        if not _is_decoder(model):
+        if not is_decoder(model):
             return model
         from edgepress.models.decoder_prune import choose, pruned
 
         return pruned(model, choose(model, *decoder_counts(model, config)))
 
     def notes(self, model, config):
-        if _is_decoder(model):
+        if is_decoder(model):
             return decoder_notes(model, config)
         if holds_program(model):
             from edgepress.compress.structured_prune_torch import plan_program
@@ -771,7 +786,7 @@ class StructuredPrune(Step):
         return plan_notes(model, config)
 
     def run(self, model, x, y, config, context):
-        if _is_decoder(model):
+        if is_decoder(model):
             smaller = prune_decoder(model, x, y, config, on_epoch=context.on_epoch)
             return smaller, {"heads": int(smaller.config.heads), "mlp_units": int(smaller.config.hidden)}
         if holds_program(model):

@@ -35,7 +35,8 @@ class SpaceSpec(Section):
     model_config = ConfigDict(extra="forbid")
 
     ratio: tuple[float, float] = Field(
-        (0.0, 0.9), description="structured_prune ratio range (0 = no structured pruning: post-training only)."
+        (0.0, 0.9), description="structured_prune ratio range (0 = no structured pruning: post-training only); "
+        "for a decoder LM, of its heads and MLP units (the default range narrowed to what the decoder takes)."
     )
     ratio_step: float = Field(0.05, gt=0, le=0.5)
     fine_tune_epochs: list[int] = Field([1, 2, 4, 8, 12], min_length=1, description="Epochs after pruning.")
@@ -57,8 +58,9 @@ class SpaceSpec(Section):
         "profile precisions. 'tflite:int8-aware' / 'onnx:int8-aware' is accuracy-aware int8.",
     )
     accuracy_aware: bool = Field(True, description="Add accuracy-aware int8 to each device's precisions.")
-    # A decoder language model (a recipe with an lm: section) is searched over these instead of pruning ratios:
-    # perplexity is its accuracy objective (lower is better) and decode tokens/s its latency (higher is better).
+    # A decoder language model (a recipe with an lm: section) is searched over these too, beside the ratio of heads
+    # and MLP units to prune and its fine-tune epochs: perplexity is its accuracy objective (lower is better) and
+    # decode tokens/s its latency (higher is better).
     weight_bits: list[Literal[8, 4]] = Field(
         [8, 4], min_length=1, description="Decoder LMs: weight bits of the exports (tflite int8_weight; tflite and "
         "onnx int4_weight).")

@@ -98,14 +98,17 @@ def tune(recipe, run_dir: str | Path, progress=None, ray: str | None = None) -> 
     # A corrupt study file stops the tune before any work.
     study = _open_study(db, spec, names, space, budgets) if db.exists() else None
 
+    fitted = _fit_decoder_ratio(space, spec, recipe) if lm else None  # before any work: it may refuse the range
     executor = executor_for(ray, spec.parallel, progress)
     try:
         source = _measure_source(recipe, run_dir, targets, devices, executor, progress)
         kind = source["source"]["kind"]
-        # The tune's pruning space (per-layer sensitivity guidance) is Keras's; a decoder's heads are not in it yet.
         if space.lm is not None:
-            progress.done("a decoder LM: the tune tries distillation, weight bits, int4 block sizes and cache lengths "
-                          "(pruning heads and MLP units is not in its space yet)")
+            if fitted:
+                progress.done(fitted)
+            pruning = "pruning heads and MLP units, " if space.ratio != (0.0, 0.0) else ""
+            progress.done(f"a decoder LM: the tune tries {pruning}distillation, weight bits, int4 block sizes and "
+                          "cache lengths")
         elif kind not in registered()["structured_prune"].kinds - {"decoder"} and space.ratio != (0.0, 0.0):
             progress.done(f"the source is a {kind} model, which the tune's structured_prune space does not take: the "
                           "tune tries post-training exports only")
@@ -134,6 +137,25 @@ def tune(recipe, run_dir: str | Path, progress=None, ray: str | None = None) -> 
     results = summarize(study, space, budgets, source, names, loop.dropped, base, targets, run_dir,
                         time.monotonic() - started)
     return TuneResult(results, run_dir)
+
+
+def _fit_decoder_ratio(space: Space, spec: TuneSpec, recipe) -> str | None:
+    """`Space.fit_decoder_ratio` on the recipe's decoder, asked before any work (a ratio range the recipe gave is
+    refused when the decoder cannot take it, the default one narrowed). A zoo decoder is built untrained for it:
+    training changes its weights, not its heads and MLP units."""
+    if space.ratio == (0.0, 0.0):
+        return None
+    from edgepress.compress.structured_prune import is_decoder
+    from edgepress.models import zoo
+    from edgepress.models.loading import open_model
+    from edgepress.models.source import framework_model
+
+    spec_model = recipe.model
+    model = (framework_model(open_model(spec_model.path, trusted=spec_model.trusted)) if spec_model.path
+             else zoo.build(spec_model.zoo))
+    if not is_decoder(model):  # the source run refuses the recipe's lm: section, saying what the model is
+        return None
+    return space.fit_decoder_ratio(model, "ratio" in spec.space.model_fields_set)
 
 
 # What a tune writes into its run directory: a folder holding any of these is a tune's (resumed or extended).
@@ -500,7 +522,10 @@ def _sampler(spec: TuneSpec, n_trials: int, startup: int):
 def _describe(params: dict) -> str:
     if "weight_bits" in params:  # a decoder LM's trial
         block = params.get("block_size")
-        return ", ".join([("distilled" if params.get("distill") else "no distillation"),
+        pruned = ([f"ratio {params['ratio']:g}, {params['fine_tune_epochs']} epochs"
+                   + (f", round to {params['round_to']}" if params.get("round_to", 1) != 1 else "")]
+                  if params.get("ratio") else [])
+        return ", ".join([*pruned, ("distilled" if params.get("distill") else "no distillation"),
                           f"int{params['weight_bits']} weights" + (f" in blocks of {block}" if block else ""),
                           f"cache {params['cache_len']}"])
     parts = [f"ratio {params['ratio']:g}"] if params.get("ratio") else ["no pruning"]

@@ -28,14 +28,15 @@ LM_TUNE = {
     "lm": {"cache_len": 72, "prompt_len": 8, "eval_windows": 4},
     "measure": {"runs": 10, "warmup": 1, "threads": 1, "max_seconds": 2},
     "gates": {"max_perplexity": 200, "min_decode_tokens_per_s": 1},
-    "tune": {"trials": 3, "seed": 1, "space": {
+    "tune": {"trials": 3, "seed": 1, "space": {"ratio": [0.0, 0.0],
         "distill": [False, True], "weight_bits": [8, 4], "block_size": [None, 32], "cache_len": [64, 96],
         "student": {"width": 16, "layers": 1, "heads": 2, "epochs": 1}}},
 }
 
 
 def _space(**space) -> Space:
-    spec = TuneSpec.model_validate({"space": {"student": {"width": 16, "heads": 2}, **space}})
+    # Without pruning (tests/tune/test_tune_lm_prune.py has the ratio): the choices this file checks, alone.
+    spec = TuneSpec.model_validate({"space": {"student": {"width": 16, "heads": 2}, "ratio": [0, 0], **space}})
     return Space.of(spec, [load_device("x86-host")], None, lm_cache=128)
 
 
