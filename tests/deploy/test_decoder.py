@@ -7,11 +7,6 @@ teacher-forcing held-out windows through the file's own prefill and decode.
 
 from __future__ import annotations
 
-import getpass
-import shutil
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
@@ -21,12 +16,10 @@ pytest.importorskip("litert_torch")
 from edgepress.deploy import runner  # noqa: E402
 from edgepress.deploy.measure import measure_many  # noqa: E402
 from edgepress.deploy.registry import ExportRequest, export  # noqa: E402
-from edgepress.devices import load_device  # noqa: E402
 from edgepress.errors import EdgepressError  # noqa: E402
 from edgepress.models.char_gpt import build_char_gpt, train_char_gpt  # noqa: E402
 from edgepress.models.datasets import load_dataset  # noqa: E402
 from edgepress.models.decoder import DecoderSource  # noqa: E402
-from tests.deploy import ssh_server  # noqa: E402
 
 CACHE, PROMPT = 72, 8
 
@@ -131,31 +124,7 @@ def test_exports_refuse_a_cache_the_model_cannot_hold(gpt, tmp_path):
     assert list(tmp_path.iterdir()) == []  # nothing half-written
 
 
-@pytest.fixture(scope="module")
-def ssh_device(tmp_path_factory):
-    """This machine behind a real SSH server on 127.0.0.1 (tests/deploy/ssh_server.py), as a device."""
-    missing = [tool for tool in ("ssh", "scp") if shutil.which(tool) is None]
-    if missing:
-        pytest.fail(f"the OpenSSH client ({', '.join(missing)}) is not installed: apt-get install openssh-client")
-    d = tmp_path_factory.mktemp("ssh")
-    ssh_server.keys(d)
-    server = subprocess.Popen([sys.executable, ssh_server.__file__, str(d), "127.0.0.1"], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
-    port = server.stdout.readline().strip()
-    if not port.isdigit():
-        server.kill()
-        pytest.fail(f"the test SSH server did not start: {server.stderr.read()}")
-    (d / "known_hosts").write_text(ssh_server.known_hosts_line(d, int(port)))
-    (d / "remote").mkdir()
-    reach = {"kind": "ssh", "host": "127.0.0.1", "port": int(port), "user": getpass.getuser(),
-             "key": str(d / "user_key"), "known_hosts": str(d / "known_hosts"), "python": sys.executable,
-             "workdir": str(d / "remote"), "timeout_s": 120}
-    yield load_device("x86-host").with_overrides({"name": "loopback-ssh", "reach": reach})
-    server.kill()
-    server.wait(timeout=10)
-
-
-def test_over_ssh_the_same_numbers_come_back(files, text, ssh_device):
+def test_over_ssh_the_same_numbers_come_back(files, text, ssh_device, loopback_ssh):
     x, y = text.x_test[:2], text.y_test[:2]
     paths = [files["tflite", "dynamic"], files["onnx", "int4_weight"]]
     remote = measure_many(paths, (x, y), ssh_device, runs=5, warmup=1, threads=1, lm_prompt=PROMPT)
@@ -164,3 +133,5 @@ def test_over_ssh_the_same_numbers_come_back(files, text, ssh_device):
         assert there["device"] == "loopback-ssh"
         assert there["perplexity"] == pytest.approx(here["perplexity"], rel=1e-6)
         assert there["lm"]["greedy"] == here["lm"]["greedy"] and there["lm"]["decode_tokens_per_s"]["p50"] > 0
+    # The device's runner (ssh_device runs it watched, tests/deploy/runner_watch.py) loaded no TensorFlow or torch.
+    assert loopback_ssh.runs() and all(run["loaded"] == [] for run in loopback_ssh.runs())
