@@ -31,7 +31,7 @@ def test_the_char_gpt_recipe_is_measured_here_and_over_ssh(tmp_path, loopback_ss
     assert results["devices"]["loopback-ssh"]["reach"] == "ssh" and results["devices"]["loopback-ssh"]["error"] is None
     rows = {(a["device"], a["format"], a["precision"]): a for a in results["artifacts"]}
     made = {(f, p) for _, f, p in rows}
-    assert made == {(e["format"], e["precision"]) for e in recipe["exports"]} and len(made) == 5
+    assert made and made == {(e["format"], e["precision"]) for e in recipe["exports"]}
     for fmt, precision in made:
         here, there = rows["x86-host", fmt, precision], rows["loopback-ssh", fmt, precision]
         assert there.get("error") is None, there.get("error")
