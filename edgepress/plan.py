@@ -315,7 +315,7 @@ def _with_lm(recipe: Recipe, source: Source, what: str, devices: list[Device], d
                 "directory with config.json and model.safetensors. Remove lm:, or give a decoder."
             )
         return recipe
-    lm = recipe.lm or LMSpec(cache_len=min(LMSpec().cache_len, source.max_len))
+    lm = recipe.lm or LMSpec.for_positions(source.max_len)
     top, vocab = int(max(data.x_train.max(initial=0), data.x_test.max(initial=0))), source.config.vocab
     if top >= vocab:
         raise EdgepressError(f"The data '{data.name}' has token ids up to {top}, and {what} has a vocabulary of "

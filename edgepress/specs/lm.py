@@ -21,6 +21,12 @@ class LMSpec(BaseModel):
     eval_windows: int = Field(32, ge=1, description="Held-out windows each file is scored on (perplexity), "
                               "teacher-forced through its prefill and decode.")
 
+    @classmethod
+    def for_positions(cls, max_len: int) -> LMSpec:
+        """The lm: section of a decoder whose recipe has none: the defaults, the cache no longer than the model's
+        position limit `max_len`."""
+        return cls(cache_len=min(cls.model_fields["cache_len"].default, max_len))
+
     @model_validator(mode="after")
     def _prompt_fits(self) -> LMSpec:
         if self.prompt_len > self.cache_len:

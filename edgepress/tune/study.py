@@ -21,6 +21,7 @@ from pathlib import Path
 from edgepress import files, verdict
 from edgepress.compress.step import registered
 from edgepress.errors import EdgepressError, GateFailed
+from edgepress.specs.lm import LMSpec
 from edgepress.specs.tune import MAX_TRIALS, TuneSpec
 from edgepress.text import ms, percent
 from edgepress.tune import results as out
@@ -83,6 +84,9 @@ def tune(recipe, run_dir: str | Path, progress=None, ray: str | None = None) -> 
     targets = {d.name: t.model_dump(mode="json", exclude_none=True) for d, t in zip(devices, recipe.targets,
                                                                                     strict=True)}
     gates = recipe.gates
+    decoder = _decoder_of(recipe)
+    if decoder is not None and recipe.lm is None:  # a run measures a decoder as an LM (lm:'s defaults): so is a tune
+        recipe = recipe.model_copy(update={"lm": LMSpec.for_positions(decoder.config.max_len)})
     lm = recipe.lm is not None  # a decoder LM: perplexity and decode tokens/s are its objectives
     if lm:
         budgets = {"max_perplexity": gates.max_perplexity, "min_decode_tokens_per_s": gates.min_decode_tokens_per_s,
@@ -98,7 +102,9 @@ def tune(recipe, run_dir: str | Path, progress=None, ray: str | None = None) -> 
     # A corrupt study file stops the tune before any work.
     study = _open_study(db, spec, names, space, budgets) if db.exists() else None
 
-    fitted = _fit_decoder_ratio(space, spec, recipe) if lm else None  # before any work: it may refuse the range
+    # Before any work: a ratio range the decoder cannot take is refused here, the default one narrowed.
+    fitted = (space.fit_decoder_ratio(decoder, "ratio" in spec.space.model_fields_set)
+              if decoder is not None and lm and space.ratio != (0.0, 0.0) else None)
     executor = executor_for(ray, spec.parallel, progress)
     try:
         source = _measure_source(recipe, run_dir, targets, devices, executor, progress)
@@ -139,23 +145,25 @@ def tune(recipe, run_dir: str | Path, progress=None, ray: str | None = None) -> 
     return TuneResult(results, run_dir)
 
 
-def _fit_decoder_ratio(space: Space, spec: TuneSpec, recipe) -> str | None:
-    """`Space.fit_decoder_ratio` on the recipe's decoder, asked before any work (a ratio range the recipe gave is
-    refused when the decoder cannot take it, the default one narrowed). A zoo decoder is built untrained for it:
-    training changes its weights, not its heads and MLP units."""
-    if space.ratio == (0.0, 0.0):
-        return None
+def _decoder_of(recipe):
+    """The recipe's model as a decoder LM's module (what its heads, units and positions are asked of), or None when
+    it is not one: a file the decoder kind opens (`opens`: a model directory), or a zoo model the zoo saves as a
+    decoder, built untrained (training changes its weights, not its shape). Other models are not loaded here."""
     from edgepress.compress.structured_prune import is_decoder
     from edgepress.models import zoo
     from edgepress.models.loading import open_model
-    from edgepress.models.source import framework_model
+    from edgepress.models.source import framework_model, kinds
 
-    spec_model = recipe.model
-    model = (framework_model(open_model(spec_model.path, trusted=spec_model.trusted)) if spec_model.path
-             else zoo.build(spec_model.zoo))
-    if not is_decoder(model):  # the source run refuses the recipe's lm: section, saying what the model is
+    spec = recipe.model
+    if spec.path is not None:
+        if not kinds()["decoder"].opens(Path(spec.path)):
+            return None
+        model = framework_model(open_model(spec.path, trusted=spec.trusted))
+    elif getattr(zoo.ZOO.get(spec.zoo), "saved_as", None) == "decoder":
+        model = zoo.build(spec.zoo)
+    else:
         return None
-    return space.fit_decoder_ratio(model, "ratio" in spec.space.model_fields_set)
+    return model if is_decoder(model) else None
 
 
 # What a tune writes into its run directory: a folder holding any of these is a tune's (resumed or extended).

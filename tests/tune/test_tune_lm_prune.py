@@ -156,3 +156,26 @@ def test_a_ci_sized_tune_prunes_char_gpt_and_its_pick_runs(tmp_path):
     assert row["name"].removeprefix("best-x86-host") == best["artifact"].removeprefix(f"t{best['trial']:03d}")
     assert row["metrics"]["perplexity"] == pytest.approx(best["perplexity"], rel=0.02)
     assert row["lm"]["decode_tokens_per_s"]["p50"] > 0
+
+
+def test_a_decoder_without_an_lm_section_is_tuned_as_an_lm(tmp_path):
+    # `edgepress run` measures a decoder as an LM with lm:'s defaults; the tune does too, with the LM space (before,
+    # it tried the device profile's precisions, fp16 and full int8, which a decoder's exporters refuse).
+    DecoderSource(build_char_gpt(width=16, layers=1, heads=2, max_len=96), window=64).write(tmp_path / "gpt")
+    recipe = _tune_recipe({"path": str(tmp_path / "gpt")}, {"fine_tune_epochs": [1], "round_to": [1],
+                                                           "distill": [False], "weight_bits": [4], "block_size": [32]})
+    del recipe["lm"]
+    recipe["tune"]["trials"] = 1
+    path = tmp_path / "tune.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    out = tmp_path / "out"
+    result = cli.invoke(app, ["tune", str(path), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "2 attention heads and 32 MLP units per block" in " ".join(result.output.split())
+    tune = json.loads((out / "tune.json").read_text())
+    assert tune["objectives"][0] == "perplexity (min)" and tune["space"]["ratio"] == [0.0, 0.5]
+    assert tune["space"]["lm"]["cache_len"] == [96]  # lm:'s default 128, within the model's 96 positions
+    (trial,) = tune["trials"]
+    assert trial["status"] == "complete" and trial["rows"]
+    assert all(r["precision"] == "int4_weight" and r["perplexity"] > 1 and r["decode_tokens_per_s"] > 0
+               for r in trial["rows"])
