@@ -5,7 +5,6 @@ from __future__ import annotations
 import getpass
 import shlex
 import shutil
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,12 +41,10 @@ def loopback_ssh(tmp_path_factory):
         pytest.fail(f"the OpenSSH client ({', '.join(missing)}) is not installed: apt-get install openssh-client")
     d = tmp_path_factory.mktemp("ssh")
     ssh_server.keys(d)
-    server = subprocess.Popen([sys.executable, ssh_server.__file__, str(d), "127.0.0.1"], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
-    port = server.stdout.readline().strip()
-    if not port.isdigit():
-        server.kill()
-        pytest.fail(f"the test SSH server did not start: {server.stderr.read()}")
+    try:
+        server, port = ssh_server.start(d)
+    except RuntimeError as e:
+        pytest.fail(str(e))
     (d / "known_hosts").write_text(ssh_server.known_hosts_line(d, int(port)))
     (d / "remote").mkdir()
     log = d / "runner-loaded.jsonl"

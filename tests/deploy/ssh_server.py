@@ -8,7 +8,8 @@ COMMAND` in the home directory, as OpenSSH's sshd runs it; file copies use SFTP 
 OpenSSH 9) or the legacy scp protocol (`scp -O`, older clients). When the client goes away, the command's
 process group is killed, so a test that times out leaves no command running.
 
-`keys(DIR)` writes the keys, `known_hosts_line(DIR, port)` the line a client checks the host key against.
+`keys(DIR)` writes the keys, `known_hosts_line(DIR, port)` the line a client checks the host key against, and
+`start(DIR, HOST)` runs this server in a process of its own and returns it with its port once it listens.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -35,6 +37,18 @@ def keys(folder: Path) -> None:
 def known_hosts_line(folder: Path, port: int, host: str = "127.0.0.1") -> str:
     kind, key = (folder / "host_key.pub").read_text().split()[:2]
     return f"[{host}]:{port} {kind} {key}\n"
+
+
+def start(folder: Path, host: str = "127.0.0.1") -> tuple[subprocess.Popen, int]:
+    """This server in a process of its own on a free port of `host`, serving the keys in `folder`, once it listens;
+    RuntimeError with its error output when it does not start."""
+    server = subprocess.Popen([sys.executable, __file__, str(folder), host], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    line = server.stdout.readline()  # the port, printed once it listens (or nothing if it failed to start)
+    if not line.strip().isdigit():
+        server.kill()
+        raise RuntimeError(f"the test SSH server did not start: {server.stderr.read()}")
+    return server, int(line)
 
 
 async def _pump(reader: asyncio.StreamReader, writer) -> None:

@@ -38,13 +38,10 @@ def _free_port() -> int:
 
 def _start_server(d: Path, host: str = "127.0.0.1") -> tuple[subprocess.Popen, int]:
     """The test SSH server on a free port of `host` serving the keys in `d`, once it listens."""
-    server = subprocess.Popen([sys.executable, ssh_server.__file__, str(d), host], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
-    line = server.stdout.readline()  # the port, printed once it listens (or nothing if it failed to start)
-    if not line.strip().isdigit():
-        server.kill()
-        pytest.fail(f"the test SSH server did not start: {server.stderr.read()}")
-    return server, int(line)
+    try:
+        return ssh_server.start(d, host)
+    except RuntimeError as e:
+        pytest.fail(str(e))
 
 
 @pytest.fixture(scope="module")
