@@ -131,3 +131,24 @@ def test_float_ops_is_refused_in_the_plan_where_it_cannot_apply(tmp_path):
         with pytest.raises(edgepress.EdgepressError, match=words):
             edgepress.run(edgepress.Recipe.from_dict({**base, "exports": [export]}), tmp_path / "run")
         assert not (tmp_path / "run").exists()
+
+
+def test_a_run_exports_float_ops_and_its_results_load_again(files, tmp_path):
+    import json
+
+    import edgepress
+    from edgepress.report import Report
+
+    model = files["fp32"].path.parent / "enc.keras"
+    recipe = edgepress.Recipe.from_dict({
+        "name": "fo", "model": {"path": str(model)},
+        "data": {"dataset": "digits", "train_size": 100, "test_size": 30, "calibration_samples": 20,
+                 "check_samples": 10},
+        "exports": [{"format": "tflite", "precision": "int8", "float_ops": ["layernorm", "attention"]}],
+        "measure": {"runs": 3, "warmup": 1, "target_ci_width": None, "profile": False}})
+    report = edgepress.run(recipe, tmp_path / "run")
+    (row,) = report.artifacts
+    assert row["quantization"]["float_ops"] == ["layernorm", "attention"] and row["check"]["top1_agreement"] >= 0.7
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["artifacts"][0]["quantization"]["float_ops"] == ["layernorm", "attention"]
+    assert Report.load(tmp_path / "run").artifacts[0]["quantization"]["float_ops"] == ["layernorm", "attention"]
