@@ -93,23 +93,27 @@ def _constant_prep(model, graph, kinds: list[str]) -> tuple[set[int], dict[int, 
 
 def _shapes_at_batch_1(path: Path) -> dict[int, list[int]]:
     """The shape of each tensor of the main graph after one call of the model at batch 1 (every dynamic dimension of
-    its inputs set to 1) on the builtin kernels; {} when the model cannot be called so on the host (its ops stay
-    with their stored shapes). Only for a model without control flow, whose call always ends."""
+    its inputs set to 1) on the builtin kernels; {} when the model cannot be called so on the host (its ops then keep
+    their stored shapes). Only for a model without control flow, whose call always ends."""
     import numpy as np
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
+    from edgepress.limits import memory_cap
+
     try:
-        interpreter = Interpreter(model_path=str(path),
-                                  experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-        for detail in interpreter.get_input_details():
-            signature = detail.get("shape_signature", detail["shape"])
-            interpreter.resize_tensor_input(detail["index"], [int(d) if d > 0 else 1 for d in signature])
-        interpreter.allocate_tensors()
-        for detail in interpreter.get_input_details():  # zeros: a valid token id, a valid int8 or float input
-            interpreter.set_tensor(detail["index"], np.zeros(detail["shape"], detail["dtype"]))
-        interpreter.invoke()
-        return {t["index"]: [int(d) for d in t["shape"]] for t in interpreter.get_tensor_details()}
-    except (ValueError, RuntimeError):  # a kernel this LiteRT lacks, a shape it cannot make at batch 1
+        # A file is data: its call in edgepress's own process allocates no more than a model load may.
+        with memory_cap(f"The TFLite model {path} (one call at batch 1, to profile its ops)"):
+            interpreter = Interpreter(model_path=str(path),
+                                      experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+            for detail in interpreter.get_input_details():
+                signature = detail.get("shape_signature", detail["shape"])
+                interpreter.resize_tensor_input(detail["index"], [int(d) if d > 0 else 1 for d in signature])
+            interpreter.allocate_tensors()
+            for detail in interpreter.get_input_details():  # zeros: a valid token id, a valid int8 or float input
+                interpreter.set_tensor(detail["index"], np.zeros(detail["shape"], detail["dtype"]))
+            interpreter.invoke()
+            return {t["index"]: [int(d) for d in t["shape"]] for t in interpreter.get_tensor_details()}
+    except (ValueError, RuntimeError, EdgepressError):  # a kernel this LiteRT lacks, no shape at batch 1, too big
         return {}
 
 
