@@ -152,3 +152,17 @@ def test_a_run_exports_float_ops_and_its_results_load_again(files, tmp_path):
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["artifacts"][0]["quantization"]["float_ops"] == ["layernorm", "attention"]
     assert Report.load(tmp_path / "run").artifacts[0]["quantization"]["float_ops"] == ["layernorm", "attention"]
+
+
+def test_an_int16x8_encoder_is_profiled_its_rsqrt_fed_positive_values(files, tmp_path):
+    # Each op alone is timed on random inputs; int16's RSQRT refuses a negative one ("Rsqrt is only defined for
+    # positive values"), which lost the whole profile of an int16x8 LayerNorm model: inputs are positive now.
+    from edgepress.models.loading import open_model
+
+    x, _ = encoders.digits_rows(40)
+    source = open_model(files["fp32"].path.parent / "enc.keras")
+    artifact = export_tflite(source, tmp_path / "enc_int16x8.tflite", "int16x8", calibration=x[:20])
+    (profile,) = profile_many([artifact], HOST, runs=3, warmup=1)
+    assert not profile.get("error"), profile.get("error")
+    rsqrt = [op for op in profile["ops"] if op["op"] == "RSQRT"]
+    assert rsqrt and all(op["in"] == "int16" and op["us"] > 0 for op in rsqrt)
