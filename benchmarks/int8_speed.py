@@ -70,6 +70,10 @@ VIT_VARIANTS = [
     ("tflite", "dynamic", {"batch_size": 1}, "tflite dynamic, batch 1"),
     ("tflite", "int8", {"float_ops": ["layernorm", "attention"], "batch_size": 1},
      "tflite int8, float_ops layernorm + attention, batch 1"),
+    # int16 activations for chosen ops only: the TFLite converter cannot (its 16x8 mode is the whole model; its
+    # debugger's deny-list leaves ops float, not int16); LiteRT's quantizer can, by a regex per op (`int16_ops`).
+    ("tflite", "int16x8", {}, "tflite int16x8"),
+    ("tflite", "int8", {"int16_ops": "LayerNormalization"}, "tflite int8 (LiteRT's quantizer), LayerNorm int16"),
     ("onnx", "fp32", {}, "onnx fp32"),
     ("onnx", "int8_dynamic", {}, "onnx int8_dynamic"),
     ("onnx", "int8_static", {}, "onnx int8_static (QDQ, u8 x s8, per channel)"),
@@ -171,6 +175,7 @@ def _tiny_cnn(args):
 
 def measure(name: str, work: Path, args) -> list[dict]:
     """Every variant of one model, exported, measured interleaved, and profiled op by op."""
+    from edgepress.artifact import Artifact
     from edgepress.deploy import export_onnx, export_tflite
     from edgepress.deploy.measure import measure_many
     from edgepress.deploy.profile import profile_many
@@ -190,14 +195,20 @@ def measure(name: str, work: Path, args) -> list[dict]:
             options["float_layers"] = [first]
         export = export_tflite if fmt == "tflite" else export_onnx
         path = out / f"{len(files):02d}_{precision}.{fmt}"
+        if "int16_ops" in options:
+            files.append((label, fmt, precision, _int16_ops(files[0][3], path, model, options["int16_ops"],
+                                                             calibration)))
+            continue
         files.append((label, fmt, precision, export(source, path, precision, calibration=calibration, **options)))
     host = load_device("x86-host")
     builtin = host.with_overrides({"name": "x86-host, builtin kernels", "delegate": "none"})
     say(f"{name}: measuring {len(files)} files interleaved")
     test = (data.x_test, data.y_test)
-    timed = measure_many([a for *_, a in files], test, host, args.runs, 30, 1, max_runs=args.runs * 10,
+    # The files LiteRT's quantizer made are no Artifacts (no manifest): passed by path.
+    artifacts = [a if isinstance(a, Artifact) else a.path for *_, a in files]
+    timed = measure_many(artifacts, test, host, args.runs, 30, 1, max_runs=args.runs * 10,
                          target_ci_width=0.03, max_seconds=args.max_seconds)
-    profiles = profile_many([a for *_, a in files], host, runs=max(20, args.runs // 3), warmup=20, threads=1)
+    profiles = profile_many(artifacts, host, runs=max(20, args.runs // 3), warmup=20, threads=1)
     rows = [_row(name, label, fmt, precision, artifact, result, profile)
             for (label, fmt, precision, artifact), result, profile in zip(files, timed, profiles, strict=True)]
     int8_tflite = next(a for label, _, _, a in files if label == "tflite int8")
@@ -211,6 +222,34 @@ def measure(name: str, work: Path, args) -> list[dict]:
     for row in rows:  # a run of some models only: their subsections say when and under what load they were taken
         row.update(minutes=(time.perf_counter() - started) / 60, load=os.getloadavg()[0])
     return rows
+
+
+def _int16_ops(fp32, path: Path, model, layer_type: str, calibration):
+    """`fp32` (the model's fp32 .tflite artifact) quantized by LiteRT's quantizer: int8 weights and activations,
+    but int16 activations for the ops of every `layer_type` layer (a regex on their names), calibrated on
+    `calibration`; an object with what the table reads (path, bytes, quantization)."""
+    import contextlib
+    import types
+
+    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_quantizer import qtyping, quantizer, recipe_manager
+
+    from edgepress.deploy.coverage import int8_macs
+    from edgepress.deploy.layers import layers_of_type
+
+    names = "|".join(sorted(layers_of_type(model, layer_type)))
+    manager = recipe_manager.RecipeManager()
+    every = qtyping.TFLOperationName.ALL_SUPPORTED
+    manager.add_static_config(regex=".*", operation_name=every, activation_num_bits=8, weight_num_bits=8)
+    manager.add_static_config(regex=f".*/({names})(_\\d+)?/.*", operation_name=every, activation_num_bits=16,
+                              weight_num_bits=8)
+    ((key, signature),) = Interpreter(model_path=str(fp32.path)).get_signature_list().items()
+    (name,) = signature["inputs"]
+    with contextlib.redirect_stdout(sys.stderr):  # it prints progress
+        q = quantizer.Quantizer(str(fp32.path), manager.get_quantization_recipe())
+        path.write_bytes(bytes(q.quantize(q.calibrate({key: [{name: x[None]} for x in calibration]})).quantized_model))
+    return types.SimpleNamespace(path=path, bytes=path.stat().st_size, precision="int8",
+                                 quantization=int8_macs(path))
 
 
 def _row(model: str, label: str, fmt: str, precision: str, artifact, result: dict, profile: dict) -> dict:
