@@ -166,3 +166,19 @@ def test_an_int16x8_encoder_is_profiled_its_rsqrt_fed_positive_values(files, tmp
     assert not profile.get("error"), profile.get("error")
     rsqrt = [op for op in profile["ops"] if op["op"] == "RSQRT"]
     assert rsqrt and all(op["in"] == "int16" and op["us"] > 0 for op in rsqrt)
+
+
+def test_float_ops_finds_the_same_ops_in_a_tf_keras_encoder(tmp_path):
+    # tf_keras names the ops by the layer names as they are (Keras 3 adds a suffix) and writes LayerNorm as a
+    # FusedBatchNorm: the same kinds are kept float, the projections int8.
+    from edgepress.models.loading import open_model
+
+    encoders.tf_keras_encoder(tmp_path / "tfk.keras", epochs=1)
+    x, _ = encoders.digits_rows(40)
+    artifact = export_tflite(open_model(tmp_path / "tfk.keras"), tmp_path / "tfk_int8.tflite", "int8",
+                             calibration=x[:20], check_data=x[:5], float_ops=["layernorm", "attention"])
+    nodes = artifact.quantization["float_nodes"]
+    assert any("/ln2/" in n for n in nodes) and any("Softmax" in n for n in nodes)
+    assert any("/mha/einsum" in n for n in nodes)
+    assert not any(part in n for n in nodes for part in ("/query", "/key", "/value", "/attention_output"))
+    assert 0.5 < artifact.quantization["int8_macs"] < 1
