@@ -73,7 +73,7 @@ def export_tflite(
     LayerNormalization), "attention" (each MultiHeadAttention's score and context matmuls, softmax and the reshapes
     between; its projections stay int8): XNNPACK runs none of them in int8 (LayerNorm's SQUARED_DIFFERENCE and
     RSQRT, SOFTMAX, a BATCH_MATMUL of two activations with zero points), so in an int8 file they run on LiteRT's
-    builtin kernels, 2.5x slower than the whole fp32 file on a small ViT (benchmarks/RESULTS.md, "int8 speed").
+    builtin kernels: the int8 file 2.7x slower than the fp32 file on a small ViT (benchmarks/RESULTS.md, "int8 speed").
     `sparse` (fp32, fp16) stores weights that are mostly zeros (pruned, e.g. 2:4) as sparse tensors with
     DENSIFY ops (the converter's EXPERIMENTAL_SPARSITY): smaller files, and XNNPACK can run some architectures
     sparsely; the manifest counts the sparse tensors. `block_size` (int4_weight) quantizes Dense weights in blocks
