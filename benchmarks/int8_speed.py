@@ -7,11 +7,14 @@ For the seed CNN (trained as compression.py trains it), the same CNN pruned by r
 structured_prune, MobileNetV2 (alpha 0.35) at 32x32 and at 96x96, and the seed CNN with outlier channels
 (accuracy_aware.py's), every precision in both formats and the int8 export options and runtime settings this
 machine has (TFLite: int8 with the first convolution kept float, the builtin kernels instead of XNNPACK; ONNX
-int8_static: per-tensor weights, uint8 weights, QOperator), each measured by edgepress's runner on x86-host at batch
+int8_static: per-tensor weights, uint8 weights, QOperator), and the small Keras 3 ViT of benchmarks/transformers.py
+(`--models vit`: its float, dynamic-range and int8 files, int8 with `float_ops` keeping LayerNorm and the attention
+in float where XNNPACK runs them), each measured by edgepress's runner on x86-host at batch
 1, 1 thread, all of a model's files timed interleaved, and each profiled op by op (edgepress/deploy/profile.py).
 The roofline context: each model's MACs and weight bytes, the MAC/s each file reaches, against the runtime's own peak
 on this CPU (a 1024x1024 fully connected layer at batch 64, fp32 and int8, timed the same way). It writes the
-`## int8 speed` section of RESULTS.md.
+`## int8 speed` section of RESULTS.md; a run of some of the models (`--models vit`) replaces only their
+subsections.
 """
 
 from __future__ import annotations
@@ -51,6 +54,31 @@ VARIANTS = [
     ("onnx", "int8_static", {"float_layers": "first"}, "onnx int8_static, first conv float"),
     ("onnx", "int4_weight", {}, "onnx int4_weight"),
 ]
+# The ViT's files: LayerNorm, softmax and the attention's batch matmuls have no int8 kernel in XNNPACK, so the
+# int8 variants differ in which of them stay float (`float_ops`); no convolution, so no "first conv float".
+VIT_VARIANTS = [
+    ("tflite", "fp32", {}, "tflite fp32"),
+    ("tflite", "fp16", {}, "tflite fp16"),
+    ("tflite", "dynamic", {}, "tflite dynamic"),
+    ("tflite", "int8", {}, "tflite int8"),
+    ("tflite", "int8", {"float_ops": ["layernorm"]}, "tflite int8, float_ops layernorm"),
+    ("tflite", "int8", {"float_ops": ["layernorm", "attention"]}, "tflite int8, float_ops layernorm + attention"),
+    ("tflite", "int8_weight", {}, "tflite int8_weight"),
+    # A fixed batch: every RESHAPE's target is then a constant, which XNNPACK takes (with a dynamic batch the
+    # converter computes it from the input's SHAPE at run time, and those RESHAPEs run on the builtin kernels).
+    ("tflite", "fp32", {"batch_size": 1}, "tflite fp32, batch 1"),
+    ("tflite", "dynamic", {"batch_size": 1}, "tflite dynamic, batch 1"),
+    ("tflite", "int8", {"float_ops": ["layernorm", "attention"], "batch_size": 1},
+     "tflite int8, float_ops layernorm + attention, batch 1"),
+    # int16 activations for chosen ops only: the TFLite converter cannot (its 16x8 mode is the whole model; its
+    # debugger's deny-list leaves ops float, not int16); LiteRT's quantizer can, by a regex per op (`int16_ops`).
+    ("tflite", "int16x8", {}, "tflite int16x8"),
+    ("tflite", "int8", {"int16_ops": "LayerNormalization"}, "tflite int8 (LiteRT's quantizer), LayerNorm int16"),
+    ("onnx", "fp32", {}, "onnx fp32"),
+    ("onnx", "int8_dynamic", {}, "onnx int8_dynamic"),
+    ("onnx", "int8_static", {}, "onnx int8_static (QDQ, u8 x s8, per channel)"),
+]
+ALL_MODELS = "seed_cnn,pruned_cnn,outliers,mobilenet_32,mobilenet_96,vit"
 FLOAT = ("fp32", "fp16")  # what "the best float artifact" is chosen from
 INT8 = ("int8", "int8_static")
 
@@ -61,7 +89,7 @@ def main() -> None:
     parser.add_argument("--work", default=str(REPO / "runs" / "bench-int8-speed"), help="where files are written")
     parser.add_argument("--runs", type=int, default=300, help="timed runs per file at least (interleaved)")
     parser.add_argument("--max-seconds", type=float, default=90, help="cap on each model's interleaved timing")
-    parser.add_argument("--models", default="seed_cnn,pruned_cnn,outliers,mobilenet_32,mobilenet_96")
+    parser.add_argument("--models", default=ALL_MODELS)
     parser.add_argument("--tiny", action="store_true", help="few samples, 1 epoch, few runs: proves it runs")
     parser.add_argument("--results", default=str(REPO / "benchmarks" / "RESULTS.md"))
     args = parser.parse_args()
@@ -74,7 +102,11 @@ def main() -> None:
     body = render(rows, time.perf_counter() - started, args)
     print(body)
     if not args.tiny:
-        write_section(Path(args.results), "int8 speed", body)
+        results = Path(args.results)
+        if set(args.models.split(",")) == set(ALL_MODELS.split(",")):
+            write_section(results, "int8 speed", body)
+        else:
+            write_section(results, "int8 speed", with_models(section(results, "int8 speed"), body))
         say(f"wrote the 'int8 speed' section of {args.results}")
 
 
@@ -83,6 +115,8 @@ def models(name: str, work: Path, args):
     from edgepress.models import zoo
     from edgepress.models.datasets import load_dataset
 
+    if name == "vit":
+        return _vit(args)
     if name in ("seed_cnn", "outliers", "pruned_cnn"):
         data, model = mnist_and_seed_cnn(args.data) if not args.tiny else _tiny_cnn(args)
         if name == "outliers":
@@ -111,6 +145,26 @@ def models(name: str, work: Path, args):
     return model, fitted, fitted.calibration(200)
 
 
+def _vit(args):
+    """benchmarks/transformers.py's ViT (MNIST rows as tokens), trained on real MNIST (fewer epochs than there: only
+    the int8 files' agreement with it matters here)."""
+    import keras
+    import numpy as np
+    from transformers import SEED, vit  # benchmarks/transformers.py (benchmarks/ is first on sys.path)
+
+    from edgepress.models import training
+    from edgepress.models.datasets import load_dataset
+
+    data = load_dataset("mnist", args.data, train_size=1000 if args.tiny else 8000,
+                        test_size=200 if args.tiny else 2000).fit_to((28, 28))
+    keras.utils.set_random_seed(SEED)
+    model = vit(keras)
+    epochs = 1 if args.tiny else 10
+    say(f"training the ViT ({model.count_params():,} parameters) on {len(data.x_train)} MNIST images, {epochs} epochs")
+    training.fit(model, data.x_train.astype(np.float32), data.y_train, epochs, 128, 2e-3, seed=SEED)
+    return model, data, data.x_train[:200].astype(np.float32)
+
+
 def _tiny_cnn(args):
     from edgepress.models import zoo
     from edgepress.models.datasets import load_dataset
@@ -121,32 +175,40 @@ def _tiny_cnn(args):
 
 def measure(name: str, work: Path, args) -> list[dict]:
     """Every variant of one model, exported, measured interleaved, and profiled op by op."""
+    from edgepress.artifact import Artifact
     from edgepress.deploy import export_onnx, export_tflite
     from edgepress.deploy.measure import measure_many
     from edgepress.deploy.profile import profile_many
     from edgepress.devices import load_device
     from edgepress.models.source import wrap
 
+    started = time.perf_counter()
     model, data, calibration = models(name, work, args)
     source = wrap(model)
-    first = _first_conv(model)
+    first = _first_conv(model) if name != "vit" else None
     out = work / name
     out.mkdir(exist_ok=True)
     files = []
-    for fmt, precision, options, label in VARIANTS:
+    for fmt, precision, options, label in VIT_VARIANTS if name == "vit" else VARIANTS:
         options = dict(options)
         if options.get("float_layers") == "first":
             options["float_layers"] = [first]
         export = export_tflite if fmt == "tflite" else export_onnx
         path = out / f"{len(files):02d}_{precision}.{fmt}"
+        if "int16_ops" in options:
+            files.append((label, fmt, precision, _int16_ops(files[0][3], path, model, options["int16_ops"],
+                                                             calibration)))
+            continue
         files.append((label, fmt, precision, export(source, path, precision, calibration=calibration, **options)))
     host = load_device("x86-host")
     builtin = host.with_overrides({"name": "x86-host, builtin kernels", "delegate": "none"})
     say(f"{name}: measuring {len(files)} files interleaved")
     test = (data.x_test, data.y_test)
-    timed = measure_many([a for *_, a in files], test, host, args.runs, 30, 1, max_runs=args.runs * 10,
+    # The files LiteRT's quantizer made are no Artifacts (no manifest): passed by path.
+    artifacts = [a if isinstance(a, Artifact) else a.path for *_, a in files]
+    timed = measure_many(artifacts, test, host, args.runs, 30, 1, max_runs=args.runs * 10,
                          target_ci_width=0.03, max_seconds=args.max_seconds)
-    profiles = profile_many([a for *_, a in files], host, runs=max(20, args.runs // 3), warmup=20, threads=1)
+    profiles = profile_many(artifacts, host, runs=max(20, args.runs // 3), warmup=20, threads=1)
     rows = [_row(name, label, fmt, precision, artifact, result, profile)
             for (label, fmt, precision, artifact), result, profile in zip(files, timed, profiles, strict=True)]
     int8_tflite = next(a for label, _, _, a in files if label == "tflite int8")
@@ -157,7 +219,37 @@ def measure(name: str, work: Path, args) -> list[dict]:
         (result,) = measure_many([artifact], test, builtin, args.runs, 30, 1)
         (profile,) = profile_many([artifact], builtin, runs=max(20, args.runs // 3), warmup=20, threads=1)
         rows.append({**_row(name, label, "tflite", artifact.precision, artifact, result, profile), "alone": True})
+    for row in rows:  # a run of some models only: their subsections say when and under what load they were taken
+        row.update(minutes=(time.perf_counter() - started) / 60, load=os.getloadavg()[0])
     return rows
+
+
+def _int16_ops(fp32, path: Path, model, layer_type: str, calibration):
+    """`fp32` (the model's fp32 .tflite artifact) quantized by LiteRT's quantizer: int8 weights and activations,
+    but int16 activations for the ops of every `layer_type` layer (a regex on their names), calibrated on
+    `calibration`; an object with what the table reads (path, bytes, quantization)."""
+    import contextlib
+    import types
+
+    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_quantizer import qtyping, quantizer, recipe_manager
+
+    from edgepress.deploy.coverage import int8_macs
+    from edgepress.deploy.layers import layers_of_type
+
+    names = "|".join(sorted(layers_of_type(model, layer_type)))
+    manager = recipe_manager.RecipeManager()
+    every = qtyping.TFLOperationName.ALL_SUPPORTED
+    manager.add_static_config(regex=".*", operation_name=every, activation_num_bits=8, weight_num_bits=8)
+    manager.add_static_config(regex=f".*/({names})(_\\d+)?/.*", operation_name=every, activation_num_bits=16,
+                              weight_num_bits=8)
+    ((key, signature),) = Interpreter(model_path=str(fp32.path)).get_signature_list().items()
+    (name,) = signature["inputs"]
+    with contextlib.redirect_stdout(sys.stderr):  # it prints progress
+        q = quantizer.Quantizer(str(fp32.path), manager.get_quantization_recipe())
+        path.write_bytes(bytes(q.quantize(q.calibrate({key: [{name: x[None]} for x in calibration]})).quantized_model))
+    return types.SimpleNamespace(path=path, bytes=path.stat().st_size, precision="int8",
+                                 quantization=int8_macs(path))
 
 
 def _row(model: str, label: str, fmt: str, precision: str, artifact, result: dict, profile: dict) -> dict:
@@ -221,8 +313,12 @@ def render(rows: list[dict], seconds: float, args) -> str:
         base = next(r for r in mine if r["label"] == "tflite fp32")
         best_float = min((r for r in mine if r["precision"] in FLOAT and not r.get("alone")), key=lambda r: r["p50"])
         best_int8 = min((r for r in mine if r["precision"] in INT8 and not r.get("alone")), key=lambda r: r["p50"])
-        lines += [f"### {model} ({base['macs']:,} MACs)", "",
-                  "| file | accuracy | int8 MACs | bytes | p50 us | vs tflite fp32 | GMAC/s | slowest op |",
+        lines += [f"### {model} ({base['macs']:,} MACs)", ""]
+        if set(args.models.split(",")) != set(ALL_MODELS.split(",")):
+            lines += [f"Measured on its own on {time.strftime('%Y-%m-%d')} ({base['minutes']:.0f} min, load average "
+                      f"{base['load']:.1f} on {os.cpu_count()} cores when its files were timed), the way the section "
+                      "says.", ""]
+        lines += ["| file | accuracy | int8 MACs | bytes | p50 us | vs tflite fp32 | GMAC/s | slowest op |",
                   "|---|---|---|---|---|---|---|---|"]
         for r in mine:
             ci = r["ci"] or [r["p50"], r["p50"]]
@@ -237,8 +333,62 @@ def render(rows: list[dict], seconds: float, args) -> str:
         verdict = "faster than" if faster else "tied with (intervals overlap)" if tie else "slower than"
         lines += ["", f"Best int8: {best_int8['label']} at {best_int8['p50'] * 1000:.1f} us, {verdict} the best float "
                   f"file, {best_float['label']} at {best_float['p50'] * 1000:.1f} us.", ""]
+        slower = _why_slower(mine)
+        if slower:
+            lines += ["Files slower than their format's fp32 file beyond the noise (and by 5% or more), and why "
+                      "(edgepress's per-op explanation, as its reports give it):", "", *slower, ""]
     lines.append("Measured on " + ", ".join(f"{k} {v}" for k, v in environment().items()) + ".")
     return "\n".join(lines) + "\n"
+
+
+def _why_slower(rows: list[dict]) -> list[str]:
+    """One line per file slower than its format's fp32 file (on the same delegate) beyond the noise and by 5% or more:
+    edgepress's own explanation from the two per-op profiles (edgepress.deploy.profile.why_slower)."""
+    from edgepress.deploy.profile import why_slower
+
+    lines = []
+    for r in rows:
+        base = next((b for b in rows if b["format"] == r["format"] and b["precision"] == "fp32"
+                     and b.get("alone") == r.get("alone")), None)
+        profiled = all(x["profile"] and not x["profile"].get("error") for x in (r, base or r))
+        if base is None or r is base or not profiled or not r["ci"] or not base["ci"] or r["ci"][0] <= base["ci"][1]:
+            continue
+        if r["p50"] < 1.05 * base["p50"]:  # intervals apart but within 5%: nothing an op table can explain
+            continue
+        lines.append(f"- {r['label']}: {r['p50'] / base['p50']:.1f}x slower than {base['label']}: "
+                     f"{why_slower(r['profile'], base['profile'], 3)}.")
+    return lines
+
+
+def section(path: Path, name: str) -> str:
+    """Section `## name` of the markdown file `path` ("" when it has none)."""
+    import re
+
+    text = path.read_text() if path.exists() else ""
+    found = [part for part in re.split(r"(?m)^(?=## )", text) if part.startswith(f"## {name}\n")]
+    return found[0] if found else ""
+
+
+def with_models(old: str, new: str) -> str:
+    """Section `old` with the `### model` subsections of `new` in place of its own of those models (added before its
+    closing "Measured on" line if new); `old`'s other subsections and its opening stay as they were."""
+    import re
+
+    if not old:
+        return new
+
+    def blocks(text: str) -> tuple[str, dict[str, str], str]:
+        head, *parts = re.split(r"(?m)^(?=### )", text)
+        tail = ""
+        if parts and "\nMeasured on " in parts[-1]:
+            last, _, rest = parts[-1].rpartition("\nMeasured on ")
+            parts[-1], tail = last + "\n", "Measured on " + rest
+        return head, {part.split()[1]: part for part in parts}, tail
+
+    head, mine, tail = blocks(old)
+    _, theirs, _ = blocks(new)
+    merged = {**mine, **theirs}
+    return head + "".join(part.rstrip("\n") + "\n\n" for part in merged.values()) + tail
 
 
 def int8_units() -> str:

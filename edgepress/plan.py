@@ -71,7 +71,8 @@ class PlannedExport:
         s = self.spec
         lm = {} if self.lm is None else {"cache_len": self.lm.cache_len, "prompt_len": self.lm.prompt_len}
         return ExportRequest(source, self.path, s.format, s.precision, calibration, check_data, steps, s.batch_size,
-                             s.sparse, s.layout, s.block_size, tuple(s.float_layers or ()), **lm)
+                             s.sparse, s.layout, s.block_size, tuple(s.float_layers or ()),
+                             float_ops=tuple(s.float_ops or ()), **lm)
 
 
 @dataclass(frozen=True)

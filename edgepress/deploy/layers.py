@@ -114,3 +114,65 @@ def typical_magnitude(x: np.ndarray) -> float:
     """
     nonzero = np.abs(x[x != 0])
     return float(np.median(nonzero)) if nonzero.size else 0.0
+
+
+def layers_of_type(model, type_name: str) -> set[str]:
+    """The names of `model`'s layers (nested models' included) of the Keras class `type_name`."""
+    found = set()
+    for layer in model.layers:
+        if type(layer).__name__ == type_name:
+            found.add(layer.name)
+        if hasattr(layer, "layers") and hasattr(layer, "inputs"):
+            found |= layers_of_type(layer, type_name)
+    return found
+
+
+# Kinds of ops an int8 export can keep in float (`float_ops`), by the Keras class whose ops they are.
+FLOAT_OPS = {"layernorm": "LayerNormalization", "attention": "MultiHeadAttention"}
+# The sublayers of a Keras MultiHeadAttention (Keras 3 and tf_keras alike) that project its inputs and its output;
+# its other ops are the attention itself: the score and context batch matmuls, the softmax, the scaling and the
+# transposes and reshapes between them.
+_PROJECTIONS = ("query", "key", "value", "attention_output")
+
+
+def check_float_ops(source, kinds: Sequence[str], what: str, precision: str) -> None:
+    """EdgepressError unless every kind of `kinds` is one of FLOAT_OPS and has layers in `source`'s Keras model, and
+    the export (`what`, at `precision`) is a full-integer int8 one."""
+    unknown = [kind for kind in kinds if kind not in FLOAT_OPS]
+    if unknown:
+        raise EdgepressError(f"{what} float_ops: {', '.join(map(repr, unknown))} is no kind of op edgepress keeps "
+                             f"in float; use {' or '.join(FLOAT_OPS)}.")
+    if precision != "int8":
+        raise EdgepressError(f"float_ops keeps kinds of ops of a full-integer model in float; it needs precision "
+                             f"int8, not '{precision}'.")
+    model = getattr(source, "model", None)
+    if model is None or not hasattr(model, "layers"):
+        raise EdgepressError(f"{what} float_ops finds its ops by their Keras layers, and '{source.name}' is "
+                             f"{getattr(source, 'title', 'not a Keras model')}. Remove float_ops from that export.")
+    for kind in kinds:
+        if not layers_of_type(model, FLOAT_OPS[kind]):
+            raise EdgepressError(f"{what} float_ops: '{source.name}' has no {FLOAT_OPS[kind]} layer, so "
+                                 f"float_ops {kind!r} would keep nothing in float. Remove {kind!r} from float_ops.")
+
+
+def float_op_nodes(kinds: Sequence[str], nodes: Sequence[str], model) -> list[str]:
+    """The nodes of `nodes` (op names, as the converter names them) of the `kinds` of FLOAT_OPS: "layernorm", every
+    op of each LayerNormalization layer; "attention", the ops of each MultiHeadAttention that are not its
+    query / key / value / output projections (those stay int8)."""
+    layers, outputs, suffixed = layer_names(model), output_layers(model), scopes_suffixed(model)
+    owners = {kind: layers_of_type(model, FLOAT_OPS[kind]) for kind in kinds}
+    found = []
+    for node in nodes:
+        layer = layer_of(node, layers, outputs, suffixed)
+        if layer in owners.get("layernorm", ()):
+            found.append(node)
+        elif layer in owners.get("attention", ()) and not _projection(node):
+            found.append(node)
+    return found
+
+
+def _projection(node: str) -> bool:
+    """Whether `node` belongs to an attention's query, key, value or output projection (a scope of that name, with
+    or without Keras 3's unique-name suffix)."""
+    parts = {re.sub(r"_\d+$", "", part) for piece in node.split(";") for part in piece.split("/")}
+    return bool(parts & set(_PROJECTIONS))

@@ -120,8 +120,9 @@ def _by_onnx_node(ops: list[dict], macs: dict[str, dict]) -> dict[str, dict]:
 def why_slower(profile: dict, base: dict, count: int = 2) -> str:
     """Why a file is slower than `base` (its format's fp32 on the same device), from the two per-op profiles: the op
     types whose time grew the most, each with its time in both files and where it ran ("CONV_2D 107.6 us (integer,
-    builtin kernels) against 3.5 us (float, XNNPACK)"), and the op types only it runs (the quantize and dequantize
-    ops at its edges, a dynamic-range quantizer)."""
+    builtin kernels) against 3.5 us (float, XNNPACK)"), the op types only it runs (the quantize and dequantize ops at
+    its edges, a dynamic-range quantizer), then the ops of types the base file's delegate runs that this file's does
+    not take ("XNNPACK does not take 19 of its 120 ops: SQUARED_DIFFERENCE x5, ..., 160.2 us timed alone")."""
     def by_type(p: dict) -> dict[str, dict]:
         types: dict[str, dict] = {}
         for op in p.get("ops", []):
@@ -131,7 +132,8 @@ def why_slower(profile: dict, base: dict, count: int = 2) -> str:
             row["us"] += op["us"]
             how = ", ".join(str(part) for part in (op.get("kind"), op.get("runs_on")) if part)
             if how:
-                row["how"][how] = None
+                ops, us = row["how"].get(how, (0, 0.0))
+                row["how"][how] = (ops + 1, us + op["us"])
         return types
 
     mine, theirs = by_type(profile), by_type(base)
@@ -146,9 +148,44 @@ def why_slower(profile: dict, base: dict, count: int = 2) -> str:
             parts.append(f"{here} against {_timed(theirs[op_type])}")
         else:
             parts.append(f"{here}, an op the fp32 file does not run")
-    return "; ".join(parts)
+    left = _not_taken(profile, base)
+    return "; ".join(parts + ([left] if left and parts else []))
+
+
+def _not_taken(profile: dict, base: dict) -> str:
+    """The ops of `profile` its delegate did not take, of the types `base`'s delegate takes, by type: "XNNPACK does
+    not take 19 of its 120 ops: SQUARED_DIFFERENCE x5, BATCH_MATMUL x3 (160.2 us timed alone)"; "" when none."""
+    delegate = next((op["runs_on"] for op in base.get("ops", []) if op.get("offloaded")), None)
+    # The same op in both files (the converter names ops alike at every precision), else an op of a type it takes.
+    offloaded = {op.get("name"): bool(op.get("offloaded")) for op in base.get("ops", [])}
+    taken = {op["op"] for op in base.get("ops", []) if op.get("offloaded")}
+    left = [op for op in profile.get("ops", []) if op.get("offloaded") is False
+            and offloaded.get(op.get("name"), op["op"] in taken)]
+    if not left or delegate is None or delegate == "builtin kernels":
+        return ""
+    counts: dict[str, int] = {}
+    for op in left:
+        counts[op["op"]] = counts.get(op["op"], 0) + 1
+    us = sum(op["us"] or 0.0 for op in left)
+    types = ", ".join(f"{t} x{n}" for t, n in sorted(counts.items(), key=lambda item: -item[1]))
+    text = (f"{delegate} does not take {len(left)} of its {len(profile['ops'])} ops, which its fp32 file runs there: "
+            f"{types} ({us:.1f} us timed alone, on the builtin kernels)")
+    if set(counts) & _NORM_AND_ATTENTION:
+        text += (". A Keras model's tflite int8 export with `float_ops: [layernorm, attention]` keeps its LayerNorm "
+                 "and attention ops in float, where XNNPACK runs them")
+    return text
+
+
+# int8 ops XNNPACK does not take, from a LayerNorm (its variance and rsqrt) or an attention (the score and context
+# batch matmuls of two activations, the softmax): what `float_ops` keeps in float.
+_NORM_AND_ATTENTION = {"SQUARED_DIFFERENCE", "RSQRT", "BATCH_MATMUL", "SOFTMAX"}
 
 
 def _timed(row: dict) -> str:
-    """An op type's time and where it ran: "107.6 us (integer, builtin kernels)"."""
-    return f"{row['us']:.1f} us" + (f" ({'; '.join(row['how'])})" if row["how"] else "")
+    """An op type's time and where it ran: "107.6 us (integer, builtin kernels)"; when its ops ran in more than one
+    way, each way's share: "55.6 us (integer, builtin kernels: 3 ops, 53.0 us; integer, XNNPACK: 1 op, 2.6 us)"."""
+    if len(row["how"]) <= 1:
+        return f"{row['us']:.1f} us" + (f" ({next(iter(row['how']))})" if row["how"] else "")
+    ways = sorted(row["how"].items(), key=lambda item: -item[1][1])
+    return f"{row['us']:.1f} us (" + "; ".join(
+        f"{how}: {ops} op{'s' if ops > 1 else ''}, {us:.1f} us" for how, (ops, us) in ways) + ")"

@@ -45,6 +45,7 @@ class ExportRequest:
     layout: str | None = None  # tflite from a PyTorch model: NCHW (its own) or NHWC
     block_size: int | None = None  # int4_weight: weights in blocks of this many
     float_layers: tuple[str, ...] = ()  # int8 / int8_static: Keras layers (or ops) kept in float
+    float_ops: tuple[str, ...] = ()  # tflite int8: kinds of ops kept in float (edgepress.deploy.layers.FLOAT_OPS)
     # int8_static: onnxruntime's quantize_static settings (calibration_method, per_channel, quant_format,
     # activation_type, weight_type); those not given take edgepress.deploy.onnx's defaults.
     onnx_static: dict[str, Any] = field(default_factory=dict)

@@ -837,13 +837,17 @@ def _event_dtype(args: dict, which: str) -> str | None:
 
 
 def _random_input_for(detail: dict) -> np.ndarray:
-    """A random tensor for an interpreter input `detail` (its shape, batch 1 where dynamic, and dtype)."""
+    """A random tensor for an interpreter input `detail` (its shape, batch 1 where dynamic, and dtype), positive:
+    an op cut out of a model may take only positive values (RSQRT of a LayerNorm's variance refuses a negative one
+    in int16; a GATHER's indices), and a quantized value is positive above its zero point."""
     shape = [int(d) if d > 0 else 1 for d in detail["shape"]]
     dtype = np.dtype(detail["dtype"])
     rng = np.random.default_rng(0)
     if dtype.kind in "iu":
         info = np.iinfo(dtype)
-        return rng.integers(max(info.min, -100), min(info.max, 100) + 1, size=shape).astype(dtype)
+        quantization = detail.get("quantization") or (0.0, 0)
+        low = min(max(info.min, int(quantization[1]) + 1), info.max)
+        return rng.integers(low, min(info.max, low + 100) + 1, size=shape).astype(dtype)
     return rng.random(shape, dtype=np.float32).astype(dtype)
 
 

@@ -24,6 +24,8 @@ from edgepress.artifact import Artifact
 from edgepress.compat import quiet
 from edgepress.deploy.check import calibration_inputs
 from edgepress.deploy.layers import (
+    check_float_ops,
+    float_op_nodes,
     layer_names,
     layer_of,
     nodes_of,
@@ -60,13 +62,19 @@ def export_tflite(
     batch_size: int | None = None,
     layout: str | None = None,
     block_size: int | None = None,
+    float_ops: Sequence[str] = (),
 ) -> Artifact:
     """Convert `model` to `path` at `precision`; check it against `model` on `check_data`.
 
     `model` is any Source (edgepress.models) or a Keras model. `calibration` (inputs from the recipe's data) is
     required for int8 and int16x8. `float_layers` (int8 only) names Keras layers (or TFLite op output tensors) to
     leave in float32: they go on the deny-list of the converter's quantization debugger, everything else is int8
-    as usual. `sparse` (fp32, fp16) stores weights that are mostly zeros (pruned, e.g. 2:4) as sparse tensors with
+    as usual. `float_ops` (int8 only) keeps kinds of ops in float the same way: "layernorm" (every
+    LayerNormalization), "attention" (each MultiHeadAttention's score and context matmuls, softmax and the reshapes
+    between; its projections stay int8): XNNPACK runs none of them in int8 (LayerNorm's SQUARED_DIFFERENCE and
+    RSQRT, SOFTMAX, a BATCH_MATMUL of two activations with zero points), so in an int8 file they run on LiteRT's
+    builtin kernels: the int8 file 2.7x slower than the fp32 file on a small ViT (benchmarks/RESULTS.md, "int8 speed").
+    `sparse` (fp32, fp16) stores weights that are mostly zeros (pruned, e.g. 2:4) as sparse tensors with
     DENSIFY ops (the converter's EXPERIMENTAL_SPARSITY): smaller files, and XNNPACK can run some architectures
     sparsely; the manifest counts the sparse tensors. `block_size` (int4_weight) quantizes Dense weights in blocks
     of that many (default: per channel). `batch_size` fixes the input's batch dimension (default: dynamic).
@@ -81,7 +89,7 @@ def export_tflite(
     path = Path(path or artifact_filename(source.name, "tflite", precision, batch_size, sparse, layout=layout,
                                           block_size=block_size))
     return export(ExportRequest(source, path, "tflite", precision, calibration, check_data, tuple(steps), batch_size,
-                                sparse, layout, block_size, tuple(float_layers)))
+                                sparse, layout, block_size, tuple(float_layers), float_ops=tuple(float_ops)))
 
 
 @register
@@ -102,6 +110,8 @@ class TfliteConverter(Exporter):
                 f"float_layers keeps layers of a full-integer model in float; it needs precision int8, not "
                 f"'{precision}'."
             )
+        if request.float_ops:
+            check_float_ops(request.source, request.float_ops, f"TFLite {precision}", precision)
         if request.sparse and precision not in SPARSE_PRECISIONS:
             raise EdgepressError(
                 f"Sparse TFLite export works at precision {' or '.join(SPARSE_PRECISIONS)}, not '{precision}': "
@@ -138,11 +148,14 @@ class TfliteConverter(Exporter):
             converter.optimizations = [*converter.optimizations, tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
         try:
             with quiet():
-                if request.float_layers:
+                if request.float_layers or request.float_ops:
                     samples = calibration_inputs(source, request.calibration, "TFLite int8")
                     data, quantization["float_nodes"] = _keep_float(tf, converter, source, samples,
-                                                                    request.float_layers)
-                    quantization["float_layers"] = list(request.float_layers)
+                                                                    request.float_layers, request.float_ops)
+                    if request.float_layers:
+                        quantization["float_layers"] = list(request.float_layers)
+                    if request.float_ops:
+                        quantization["float_ops"] = list(request.float_ops)
                 elif precision == "int16x8":
                     samples = calibration_inputs(source, request.calibration, "TFLite int16x8")
                     data, facts = _convert_16x8(converter, lambda: source.tflite_converter(batch_size), samples,
@@ -295,8 +308,10 @@ def _convert_16x8(converter, float_converter, samples: np.ndarray, layout: str |
         return out.read_bytes(), {**facts, **reason}
 
 
-def _keep_float(tf, converter, source, samples: np.ndarray, float_layers: Sequence[str]) -> tuple[bytes, list[str]]:
-    """A full-integer model with the ops of `float_layers` left in float, and the ops' output tensor names.
+def _keep_float(tf, converter, source, samples: np.ndarray, float_layers: Sequence[str],
+                float_ops: Sequence[str] = ()) -> tuple[bytes, list[str]]:
+    """A full-integer model with the ops of `float_layers` and of the kinds `float_ops` left in float, and the ops'
+    output tensor names.
 
     The quantization debugger calibrates once, then quantizes with its deny-list (`denylisted_nodes`);
     fully_quantize keeps int8 input and output, like the plain int8 export.
@@ -307,10 +322,12 @@ def _keep_float(tf, converter, source, samples: np.ndarray, float_layers: Sequen
         converter=converter, debug_dataset=lambda: [[samples[:1]]], debug_options=options(fully_quantize=True)
     )
     quantized = [row["tensor_name"] for row in _layer_table(debugger, debugger.calibrated_model)]
-    nodes = nodes_of(float_layers, quantized, source.model, "TFLite int8 float_layers")
+    nodes = nodes_of(float_layers, quantized, source.model, "TFLite int8 float_layers") if float_layers else []
+    nodes += [node for node in float_op_nodes(float_ops, quantized, source.model) if node not in nodes]
     if set(nodes) == set(quantized):
         raise EdgepressError(
-            f"float_layers {', '.join(float_layers)} would leave every quantized op of '{source.name}' in float; "
+            f"float_layers / float_ops {', '.join([*float_layers, *float_ops])} would leave every quantized op of "
+            f"'{source.name}' in float; "
             "that is the fp32 export. Keep fewer layers in float, or export precision fp32."
         )
     debugger.options = options(denylisted_nodes=nodes, fully_quantize=True)

@@ -595,6 +595,8 @@ def _sensitivity(source: Source, format, full: Artifact, calibration, onnx_optio
 
 
 def _layer_sensitivity(source: Source, format, full: Artifact, calibration, onnx_options) -> list[LayerSensitivity]:
+    from edgepress.deploy.layers import layers_of_type
+
     if format == "tflite":
         from edgepress.deploy.tflite import layer_errors
 
@@ -612,7 +614,7 @@ def _layer_sensitivity(source: Source, format, full: Artifact, calibration, onnx
                 qdq = export_onnx(source, Path(work) / "qdq.onnx", "int8_static", calibration,
                                   **{**onnx_options, "quant_format": "qdq"}).path
             rows = layer_errors(source, float_model.path, qdq, calibration)
-    normalizing = _layers_of_type(source.model, "LayerNormalization")
+    normalizing = layers_of_type(source.model, "LayerNormalization")
     by_layer: dict[str, LayerSensitivity] = {}
 
     def add(key: str, row: dict, is_layer: bool, output: str | None) -> None:
@@ -643,17 +645,6 @@ def search_candidates(sensitivity: Sequence[LayerSensitivity]) -> list[str]:
     the other layers (most sensitive first); only those int8 changes at all."""
     outputs = [s.layer for s in sensitivity if s.output and s.error > 0]
     return outputs + [s.layer for s in sensitivity if s.is_layer and not s.output and s.error > 0]
-
-
-def _layers_of_type(model, type_name: str) -> set[str]:
-    """The names of `model`'s layers (nested models' included) of the Keras class `type_name`."""
-    found = set()
-    for layer in model.layers:
-        if type(layer).__name__ == type_name:
-            found.add(layer.name)
-        if hasattr(layer, "layers") and hasattr(layer, "inputs"):
-            found |= _layers_of_type(layer, type_name)
-    return found
 
 
 def _finite(value):
