@@ -73,6 +73,13 @@ def check(program, config) -> None:
             f"qat: {program.path} has no linear or conv layer, so quantization-aware training has nothing to "
             "fake-quantize. Drop the qat step (post-training quantization in the exports still applies)."
         )
+    if any(str(n.target).startswith("aten.gru") for n in program.program.graph.nodes):
+        raise EdgepressError(
+            f"qat: litert-torch's PT2E quantizer cannot prepare the GRU (aten.gru) of {program.path} for "
+            "quantization-aware training (its GRU annotator fails on it), and its tflite int8 export cannot convert "
+            "one either. Drop the qat step: post-training quantization in the exports applies (tflite dynamic, "
+            "int8_weight or int16x8, onnx int8_dynamic or int8_static)."
+        )
     _prepared(program, x=None)
 
 

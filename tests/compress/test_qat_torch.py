@@ -102,6 +102,26 @@ def test_a_pytorch_encoder_trains_quantization_aware_and_exports_full_integer_tf
 
     written = TorchSource(tmp_path / "run" / "models" / "1-qat.pt2")
     assert written.quantize_aware and written.fixed_batch == 1
+    from edgepress.compress.qat import QatConfig
+    from edgepress.compress.qat_torch import check
+    from edgepress.errors import EdgepressError
+
+    with pytest.raises(EdgepressError, match="already quantization-aware"):  # qat twice
+        check(written, QatConfig())
+
+
+def test_a_program_without_linear_or_conv_layers_is_refused():
+    import torch
+
+    from edgepress.compress.qat import QatConfig
+    from edgepress.compress.qat_torch import check
+    from edgepress.errors import EdgepressError
+    from edgepress.models.torch_program import TorchSource
+
+    program = TorchSource.from_module(torch.nn.Sequential(torch.nn.AvgPool2d(2), torch.nn.Flatten()),
+                                      torch.zeros(2, 1, 8, 8))
+    with pytest.raises(EdgepressError, match="no linear or conv layer"):
+        check(program, QatConfig())
 
 
 def test_a_small_cnn_with_batch_norm_trains_quantization_aware_at_a_dynamic_batch(tmp_path):
@@ -142,3 +162,15 @@ def test_what_pytorch_qat_cannot_do_is_refused_in_the_plan(tmp_path, encoder, st
     for word in words:
         assert word in message, (word, message)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_pytorch_gru_is_refused_naming_it_and_what_applies(tmp_path):
+    from edgepress.compress.qat import QatConfig
+    from edgepress.compress.qat_torch import check
+    from edgepress.errors import EdgepressError
+    from edgepress.models.torch_program import TorchSource
+    from tests.models.families import save_model
+
+    program = TorchSource(save_model("torch", "gru", tmp_path))
+    with pytest.raises(EdgepressError, match=r"GRU \(aten.gru\).*onnx int8_dynamic"):
+        check(program, QatConfig())
