@@ -143,15 +143,10 @@ def _checked_aware(model, config: QatConfig):
             f"`layers: [{', '.join(others)}]` in the qat step (the refused ones stay float){also}, "
             "or drop the step."
         )
-    attention = [name for name in refused if type(by_name[name]).__name__ == "MultiHeadAttention"]
-    native = (" tfmot cannot wrap MultiHeadAttention (tensorflow/model-optimization #718); edgepress fake-quantizes "
-              "attention natively in Keras 3 models: build and save the model with Keras 3 (`import keras`) to "
-              "train all of it quantization-aware." if attention else "")
     raise EdgepressError(
         f"qat: tfmot cannot quantize layer {described}. Quantize only the layers it supports with "
         f"`layers: [{', '.join(others)}]` in the qat step (the refused ones stay float), or drop the step; "
         "post-training quantization in the exports (tflite int8 / dynamic, onnx int8) still applies to this model."
-        + native
     )
 
 
@@ -259,45 +254,63 @@ def is_quantize_aware(model) -> bool:
 @register
 class Qat(Step):
     config = QatConfig
-    # tfmot wraps tf_keras layers only; a Keras 3 model with attention, which tf_keras cannot take through tfmot
-    # (tfmot cannot wrap MultiHeadAttention), is trained natively (edgepress.compress.qat_native), see `bridges`.
-    kinds = frozenset({"tf_keras"})
+    # tfmot wraps tf_keras layers only; a Keras model with attention (tfmot cannot wrap MultiHeadAttention) is trained
+    # natively (edgepress.compress.qat_native, a Keras 3 one without bridging it, see `bridges`);
+    # a PyTorch program with PT2E (edgepress.compress.qat_torch).
+    kinds = frozenset({"tf_keras", "torch"})
     not_after_qat = None  # check_quantizable refuses a model that is already quantization-aware
     # A QAT model already carries int8 ranges: exporting it as float is wrong. A tfmot model's onnx fp32 and
-    # int8_static are both its QDQ pairs with the learned ranges; a natively trained Keras 3 model is a plain model
-    # whose kernels are on their int8 grid, calibrated by the int8 exports (its onnx fp32 is float).
+    # int8_static are both its QDQ pairs with the learned ranges; a natively trained attention model is a plain model
+    # whose kernels are on their int8 grid, calibrated by the int8 exports (its onnx fp32 is float). A PyTorch
+    # program's are its quantize / dequantize pairs: TFLite int8 and QDQ ONNX (fp32 and int8_static alike).
     exports_after = frozenset({("tflite", "int8"), ("tflite", "dynamic"), ("onnx", "fp32"), ("onnx", "int8_static")})
-    needs = "tfmot quantization-aware training wraps Keras layers and retrains them"
+    needs = ("tfmot quantization-aware training wraps Keras layers and retrains them (attention natively, a PyTorch "
+             "program with PT2E)")
 
     def bridges(self, model) -> bool:
         from edgepress.compress import qat_native
 
-        return not (model.kind == "keras3" and qat_native.handles(model.model)) and super().bridges(model)
+        # A Keras model with attention is trained as it is (natively); any other Keras 3 model is bridged for tfmot.
+        return not qat_native.handles(getattr(model, "model", None)) and super().bridges(model)
 
     def resolve(self, config, before):
         return resolve_preserve(config, before)
 
     def check(self, model, config, context):
-        from edgepress.compress import qat_native
+        from edgepress.compress import qat_native, qat_torch
 
-        if qat_native.is_keras3(model):
+        if qat_torch.handles(model):
+            qat_torch.check(model, config)
+        elif qat_native.handles(model):
             qat_native.check(model, config)
         else:
             check_quantizable(model, config)
 
-    def notes(self, model, config):
-        from edgepress.compress import qat_native
+    def result_like(self, model, config, context):
+        from edgepress.compress import qat_torch
 
-        if not qat_native.is_keras3(model):
+        return qat_torch.result_like(model) if qat_torch.handles(model) else model
+
+    def notes(self, model, config):
+        from edgepress.compress import qat_native, qat_torch
+
+        if qat_torch.handles(model):
+            return [f"{model.path} is trained quantization-aware with PT2E (litert-torch's quantizer): every linear "
+                    "and conv layer's weight (int8 per channel) and inputs and outputs are fake-quantized; LayerNorm "
+                    "and the matmuls inside scaled_dot_product_attention stay float, as in its int8 export"]
+        if not qat_native.handles(model):
             return []
         return [f"'{model.name}' has attention, which tfmot cannot wrap: its Dense / EinsumDense kernels and inputs "
-                "and its attention matmuls' inputs are fake-quantized natively in Keras 3; the int8 exports calibrate "
-                "activation ranges on the recipe's data"]
+                "and its attention matmuls' inputs are fake-quantized natively, without tfmot; the int8 exports "
+                "calibrate activation ranges on the recipe's data"]
 
     def run(self, model, x, y, config, context):
-        from edgepress.compress import qat_native
+        from edgepress.compress import qat_native, qat_torch
 
-        if qat_native.is_keras3(model):
+        if qat_torch.handles(model):
+            tuned, details = qat_torch.qat_program(model, x, y, config, on_epoch=context.on_epoch)
+            return tuned, {"qat": details}
+        if qat_native.handles(model):
             tuned, details = qat_native.qat_native(model, x, y, config, on_epoch=context.on_epoch)
             return tuned, {"qat": details}
         return qat(model, x, y, config, on_epoch=context.on_epoch, after=context.before), {}

@@ -1,5 +1,6 @@
-"""Quantization-aware training of Keras 3 attention models, done natively: tfmot cannot wrap MultiHeadAttention
-(tensorflow/model-optimization #718 and #661), so the `qat` step takes a Keras 3 model with attention here.
+"""Quantization-aware training of Keras attention models (Keras 3 and tf_keras), done natively: tfmot cannot wrap
+MultiHeadAttention (tensorflow/model-optimization #718 and #661), so the `qat` step takes a model with attention
+here.
 
     tuned = qat_native(model, x_train, y_train, QatConfig(fine_tune_epochs=2))
 
@@ -12,9 +13,9 @@ included) computes as its int8 file will:
   (tfmot's default for activations);
 - inside each MultiHeadAttention, both batched matmuls' inputs too: the scaled query, the key, the softmax's
   probabilities and the value.
-After the last epoch the kernels are left on the grid and the fake-quant is dropped: the result is a plain Keras 3
-model. Its int8 exports (tflite int8, onnx int8_static) quantize each kernel to exactly the grid it learned on, and
-calibrate activation ranges on the recipe's data with the min/max statistic training tracked.
+After the last epoch the kernels are left on the grid and the fake-quant is dropped: the result is a plain model of
+the Keras it came in. Its int8 exports (tflite int8, onnx int8_static) quantize each kernel to exactly the grid it
+learned on, and calibrate activation ranges on the recipe's data with the min/max statistic training tracked.
 Conv layers are left to those exports' post-training quantization.
 """
 
@@ -34,9 +35,10 @@ ATTENTION = "MultiHeadAttention"
 OTHER_ATTENTION = ("GroupedQueryAttention", "Attention", "AdditiveAttention")
 # The moving average of each batch's activation min and max.
 RANGE_MOMENTUM = 0.9
-# What a MultiHeadAttention must have for its matmuls to be fake-quantized (Keras 3's own implementation).
-_ATTENTION_PARTS = ("_inverse_sqrt_key_dim", "_dot_product_equation", "_combine_equation", "_masked_softmax",
-                    "query_dense", "key_dense", "value_dense", "output_dense")
+# What a MultiHeadAttention must have for its matmuls to be fake-quantized (each Keras's own implementation).
+_ATTENTION_PARTS = ("_dot_product_equation", "_combine_equation", "_masked_softmax", "_dropout_layer")
+# Its projections: Keras 3 names them query_dense..., tf_keras _query_dense...
+_PROJECTIONS = ("query_dense", "key_dense", "value_dense", "output_dense")
 
 
 def is_keras3(model) -> bool:
@@ -44,9 +46,23 @@ def is_keras3(model) -> bool:
 
 
 def handles(model) -> bool:
-    """True for a Keras 3 model with attention (MultiHeadAttention or EinsumDense): the qat step trains it here."""
-    return is_keras3(model) and any(type(layer).__name__ in (ATTENTION, "EinsumDense", *OTHER_ATTENTION)
-                                    for layer in _layers(model))
+    """True for a Keras model (Keras 3 or tf_keras) with attention (MultiHeadAttention or EinsumDense): the qat step
+    trains it here."""
+    return hasattr(model, "layers") and any(type(layer).__name__ in (ATTENTION, "EinsumDense", *OTHER_ATTENTION)
+                                            for layer in _layers(model))
+
+
+def projections(layer) -> list:
+    """A MultiHeadAttention's query, key, value and output projections (EinsumDense layers), in either Keras; [] when
+    it has no such attributes."""
+    found = [getattr(layer, name, None) or getattr(layer, "_" + name, None) for name in _PROJECTIONS]
+    return found if all(found) else []
+
+
+def _reachable(layer) -> bool:
+    """Whether a MultiHeadAttention computes through the parts `_fake_quantize_attention` replaces."""
+    scale = "_inverse_sqrt_key_dim" if is_keras3(layer) else "_key_dim"
+    return all(hasattr(layer, part) for part in (*_ATTENTION_PARTS, scale)) and bool(projections(layer))
 
 
 def _layers(model) -> list:
@@ -63,8 +79,8 @@ def check(model, config) -> None:
     """Refuse, naming the layer and what would work, what native QAT cannot do (before any training)."""
     if config.preserve in ("sparsity", "clusters"):
         raise EdgepressError(
-            f"qat: `preserve: {config.preserve}` keeps what tfmot's prune or cluster made, and '{model.name}' is a "
-            "Keras 3 attention model, which edgepress quantizes without tfmot (tfmot cannot wrap MultiHeadAttention). "
+            f"qat: `preserve: {config.preserve}` keeps what tfmot's prune or cluster made, and '{model.name}' is an "
+            "attention model, which edgepress quantizes without tfmot (tfmot cannot wrap MultiHeadAttention). "
             "Set `preserve: none` on the qat step."
         )
     layers = _layers(model)
@@ -75,13 +91,12 @@ def check(model, config) -> None:
                              f"{', '.join(by_name)}.")
     chosen = _chosen(model, config)
     refused = [layer for layer in chosen if type(layer).__name__ in OTHER_ATTENTION]
-    refused += [layer for layer in chosen if type(layer).__name__ == ATTENTION
-                and not all(hasattr(layer, part) for part in _ATTENTION_PARTS)]
+    refused += [layer for layer in chosen if type(layer).__name__ == ATTENTION and not _reachable(layer)]
     if refused:
         described = ", ".join(f"'{layer.name}' ({type(layer).__name__})" for layer in refused)
         others = [layer.name for layer in chosen if layer not in refused and _quantizable(layer)]
         raise EdgepressError(
-            f"qat: edgepress's quantization-aware training of Keras 3 attention fake-quantizes Dense, EinsumDense and "
+            f"qat: edgepress's quantization-aware training of Keras attention fake-quantizes Dense, EinsumDense and "
             f"MultiHeadAttention's own matmuls, and cannot reach the matmuls of layer {described}. Quantize only the "
             f"others with `layers: [{', '.join(others)}]` in the qat step (the refused ones are still int8 in the "
             "int8 exports, by post-training quantization), or drop the qat step."
@@ -103,11 +118,13 @@ def _chosen(model, config) -> list:
 
 
 def qat_native(model, x: np.ndarray, y: np.ndarray, config, on_epoch=None) -> tuple[object, dict]:
-    """A copy of the Keras 3 `model` fine-tuned with fake-quantized kernels, inputs and attention matmuls, its
-    kernels left on their int8 grid, and what was fake-quantized (for the step's report row); see the module doc."""
-    import keras
+    """A copy of the Keras `model` fine-tuned with fake-quantized kernels, inputs and attention matmuls, its kernels
+    left on their int8 grid, and what was fake-quantized (for the step's report row); see the module doc."""
     import tensorflow as tf
 
+    from edgepress.compat import keras_of
+
+    keras = keras_of(model)
     check(model, config)
     work = training.copy_model(model)
     kernels: list[tuple] = []  # (variable, output axes)
@@ -117,7 +134,7 @@ def qat_native(model, x: np.ndarray, y: np.ndarray, config, on_epoch=None) -> tu
         if name == ATTENTION:
             attention.append(layer.name)
             _fake_quantize_attention(tf, keras, layer)
-            for dense in (layer.query_dense, layer.key_dense, layer.value_dense, layer.output_dense):
+            for dense in projections(layer):
                 kernels.append(_fake_quantize_dense(tf, dense))
         elif name in QUANTIZED:
             kernels.append(_fake_quantize_dense(tf, layer))
@@ -126,7 +143,8 @@ def qat_native(model, x: np.ndarray, y: np.ndarray, config, on_epoch=None) -> tu
     for variable, axes in kernels:
         variable.assign(on_grid(np.asarray(variable.numpy()), axes))
     # A fresh copy: the trained one's layers still call through the fake-quant, and its functions were traced so.
-    details = {"how": "native (Keras 3)", "kernels": len(kernels), "attention_layers": attention,
+    how = "native (Keras 3)" if is_keras3(model) else "native (tf_keras)"
+    details = {"how": how, "kernels": len(kernels), "attention_layers": attention,
                "weights": "int8 per channel, symmetric", "activations": "int8 per tensor, moving min/max"}
     return training.copy_model(work), details
 
@@ -160,20 +178,45 @@ def _fake_quantize_dense(tf, layer) -> tuple:
     """Fake-quantize `layer`'s input (its kernel is put on the grid by the callback); return (kernel, out axes)."""
     fake = _ActivationRange(tf)
     call = layer.call
+    # Keras 3 passes `training` to a Dense; tf_keras does not (its Dense.call takes none) but keeps it in its call
+    # context.
+    context = None if is_keras3(layer) else _tf_keras_call_context
 
     def quantized_call(inputs, *args, **kwargs):
-        return call(fake(inputs, kwargs.get("training")), *args, **kwargs)
+        training = kwargs.get("training") if context is None else context()
+        return call(fake(inputs, training), *args, **kwargs)
 
     quantized_call.range = fake  # what the layer's input is quantized to (tests read it)
     layer.call = quantized_call
     return layer.kernel, output_axes(layer)
 
 
+def _tf_keras_call_context():
+    """The `training` value of the tf_keras call being run (None outside one)."""
+    from tf_keras.src.engine import base_layer_utils
+
+    return base_layer_utils.call_context().training
+
+
 def _fake_quantize_attention(tf, keras, layer) -> None:
     """Compute `layer`'s attention as MultiHeadAttention does without a fused kernel, with the inputs of both
     batched matmuls fake-quantized."""
-    ops = keras.ops
     query_range, key_range, value_range, probs_range = (_ActivationRange(tf) for _ in range(4))
+    if not is_keras3(layer):
+        scale = 1.0 / float(layer._key_dim) ** 0.5
+
+        def tf_keras_attention(query, key, value, attention_mask=None, training=None):
+            # tf_keras's own _compute_attention (its causal mask is already in attention_mask), fake-quantized.
+            query = query_range(tf.multiply(query, scale), training)
+            scores = tf.einsum(layer._dot_product_equation, key_range(key, training), query)
+            scores = layer._masked_softmax(scores, attention_mask)
+            dropped = layer._dropout_layer(scores, training=training)
+            output = tf.einsum(layer._combine_equation, probs_range(dropped, training), value_range(value, training))
+            return output, scores
+
+        layer._compute_attention = tf_keras_attention
+        return
+    ops = keras.ops
 
     def compute_attention(query, key, value, attention_mask=None, training=None, return_attention_scores=False,
                           use_causal_mask=False):

@@ -10,6 +10,8 @@ Precisions, with the quantizers litert-torch itself uses:
 - dynamic: int8 weights, activations quantized at run time (litert-torch's PT2E quantizer, `is_dynamic=True`).
 - int8: int8 weights and activations, int8 input and output like edgepress's Keras int8 exports; activation
   ranges calibrated on the recipe's calibration data (PT2E quantizer: prepare_pt2e, calibrate, convert_pt2e).
+  A program that went through qat (edgepress.compress.qat_torch) already holds its quantize / dequantize pairs:
+  it is converted as it is, with the ranges QAT learned (int8 is its only TFLite precision).
 - int16x8: int16 activations, int8 weights: the fp32 file quantized by LiteRT's quantizer (static_wi8_ai16),
   calibrated on the same data through the float file.
 
@@ -58,6 +60,7 @@ class TorchTflite(Exporter):
     def check(self, request: ExportRequest) -> None:
         """Refuse, before any work, a TFLite export of a PyTorch model that litert-torch cannot make."""
         source, layout = request.source, request.layout
+        check_not_quantize_aware(request)
         if request.float_layers or request.sparse:
             raise EdgepressError(f"float_layers and sparse are options of Keras TFLite exports; {source.path} is a "
                                  "PyTorch model. Remove them from its TFLite exports.")
@@ -75,7 +78,7 @@ class TorchTflite(Exporter):
                 f"batch fixed at {fixed}, and runs at that batch only. Remove batch_size, or export the model with a "
                 "dynamic batch (torch.export.Dim)."
             )
-        if request.precision == "int8":
+        if request.precision == "int8" and not source.quantize_aware:
             calibration_inputs(source, request.calibration, "TFLite int8 (litert-torch)")
         ops = {str(node.target) for node in source.program.graph.nodes}
         if request.precision == "dynamic" and any(op.startswith("aten.embedding") for op in ops):
@@ -107,12 +110,15 @@ class TorchTflite(Exporter):
         sample = torch.zeros((batch, *sample_shape), dtype=getattr(torch, source.input_dtype.name))
         quantization: dict = {"converter": f"litert-torch {_version('litert-torch')}", "batch_size": batch}
         samples = None
-        if precision == "int8":
+        if precision == "int8" and not source.quantize_aware:
             samples = calibration_inputs(source, request.calibration, "TFLite int8 (litert-torch)")
             quantization["calibration_samples"] = len(samples)
         try:
             with _silenced():
-                converted, facts = _convert(litert_torch, torch, module, sample, precision, samples, to_artifact)
+                if source.quantize_aware:
+                    converted, facts = _convert_quantize_aware(litert_torch, module, sample)
+                else:
+                    converted, facts = _convert(litert_torch, torch, module, sample, precision, samples, to_artifact)
         except EdgepressError:
             raise
         except Exception as e:  # litert-torch raises RuntimeError / ValueError / JAX errors with the op in the text
@@ -131,6 +137,7 @@ class TorchTflite16x8(TorchTflite):
     precisions: ClassVar[tuple[str, ...]] = ("int16x8",)
 
     def check(self, request: ExportRequest) -> None:
+        check_not_quantize_aware(request)
         calibration_inputs(request.source, request.calibration, "TFLite int16x8 (LiteRT's quantizer)")
         super().check(dataclasses.replace(request, precision="fp32"))
 
@@ -141,6 +148,28 @@ class TorchTflite16x8(TorchTflite):
             facts = super().write(dataclasses.replace(request, precision="fp32"), fp32)
             facts.update(static_16x8(fp32, out, samples, request.source.layout, self.layout(request)))
         return facts
+
+
+def check_not_quantize_aware(request: ExportRequest) -> None:
+    """Refuse a TFLite precision other than int8 for a program that went through qat."""
+    if request.source.quantize_aware and request.precision != "int8":
+        raise EdgepressError(
+            f"tflite {request.precision} of {request.source.path}: it went through qat, and its quantize / dequantize "
+            "pairs hold the int8 ranges QAT learned. Export it as tflite int8 (full integer, with those ranges) or as "
+            "onnx fp32 / int8_static (QDQ with those ranges); for float files, leave out the qat step."
+        )
+
+
+def _convert_quantize_aware(litert_torch, module, sample):
+    """The edge model of a program that went through qat: its quantize / dequantize pairs converted as they are."""
+    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+    from litert_torch.quantize.quant_config import QuantConfig
+
+    # The converter reads only the quantizer's mode (static int8) from it: the pairs are in the program already.
+    static = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    model = litert_torch.convert(module, (sample,), quant_config=QuantConfig(pt2e_quantizer=static))
+    return model, {"weights": "int8 per channel", "activations": "int8 (ranges learned by qat)",
+                   "quantizer": "litert-torch PT2EQuantizer (quantization-aware training)"}
 
 
 def _convert(litert_torch, torch, module, sample, precision: str, samples, change):

@@ -9,6 +9,7 @@ Its TFLite exports go through litert-torch (`edgepress.deploy.torch_tflite`), it
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import ClassVar
@@ -37,9 +38,10 @@ class TorchSource(Graph):
     title = "a PyTorch program"
     suffix = ".pt2"
     why_no_steps = (
-        "it is a PyTorch program: magnitude pruning, clustering and quantization-aware training wrap Keras layers "
-        "with tfmot (structured_prune removes its heads, MLP units and conv channels, and distill with `teacher: "
-        "source` and no student trains the program itself); compress the model in PyTorch "
+        "it is a PyTorch program: clustering wraps Keras layers with tfmot (magnitude prune works on its weights, "
+        "qat trains it quantization-aware with PT2E, structured_prune removes its heads, MLP units and conv "
+        "channels, and distill with `teacher: source` and no student trains the program itself); compress the model "
+        "in PyTorch "
         "before exporting it, or use the post-training quantization of its exports (tflite dynamic / int8, onnx "
         "int8_dynamic / int8_static)"
     )
@@ -51,6 +53,10 @@ class TorchSource(Graph):
         self.name = self.path.stem
         self._keep = keep
         check_pt2_is_data(self.path)
+        # torch's own quantize / dequantize ops (quantized_decomposed), which a quantization-aware program holds
+        # (edgepress.compress.qat_torch): registered by importing their definitions, none of them from the file.
+        import torch.ao.quantization.fx._decomposed  # noqa: F401
+
         try:
             with quiet():
                 self.program = torch.export.load(str(self.path))
@@ -79,6 +85,9 @@ class TorchSource(Graph):
         # A symbolic size (torch.export.Dim, e.g. a dynamic batch) is unknown here.
         self.input_shape = tuple(d if isinstance(d, int) else None for d in value.shape)
         self.module = self.program.module()
+        # A program that went through qat (edgepress.compress.qat_torch) holds torch's quantize / dequantize ops with
+        # the ranges QAT learned, which its int8 and ONNX exports keep.
+        self.quantize_aware = any(str(n.target).startswith("quantized_decomposed.") for n in self.program.graph.nodes)
         for parameter in self.module.parameters():
             parameter.requires_grad_(False)  # inference only; torch.onnx's tracer refuses grad-carrying constants
 
@@ -175,10 +184,11 @@ class TorchSource(Graph):
         sample = torch.zeros((batch_size or 1, *self.input_shape[1:]), dtype=getattr(torch, self.input_dtype.name))
         axes = None if batch_size else {"input": {0: "batch"}, "output": {0: "batch"}}
         try:
-            if batch_size is None and self.reads_its_shape:
+            if (batch_size is None and self.reads_its_shape) or self.quantize_aware:
                 # The tracer below would fold x.shape[0] into the sample's batch (a reshape to one row, then
-                # "GEMM: Dimension mismatch" at any other batch); torch.onnx's torch.export-based exporter
-                # translates the program itself, its symbolic sizes kept as ONNX Shape ops.
+                # "GEMM: Dimension mismatch" at any other batch), and has no exporter for quantize / dequantize
+                # ops; torch.onnx's torch.export-based exporter translates the program itself, its symbolic sizes
+                # kept as ONNX Shape ops and its quantize / dequantize pairs as QuantizeLinear / DequantizeLinear.
                 with quiet():
                     torch.onnx.export(self.program, (sample,), str(out), input_names=["input"],
                                       output_names=["output"], opset_version=opset, dynamo=True, verbose=False,
@@ -250,7 +260,8 @@ def save_torch_program(module, sample_input, path: str | Path) -> Path:
     import torch
 
     sample = torch.as_tensor(np.asarray(sample_input)) if not isinstance(sample_input, torch.Tensor) else sample_input
-    module.eval()
+    with contextlib.suppress(NotImplementedError):  # a module torch.export made refuses eval(): it is already
+        module.eval()
     try:
         with quiet():
             batch = torch.export.Dim("batch", min=1)

@@ -1,6 +1,6 @@
-"""qat on attention models: a Keras 3 encoder is trained quantization-aware natively (tfmot cannot wrap
-MultiHeadAttention) and exported as full-integer TFLite and QDQ ONNX; a tf_keras encoder is refused in the plan,
-naming the layer, the step and what works; a tfmot QAT model's onnx int8_static is its own QDQ file."""
+"""qat on attention models: Keras 3 and tf_keras encoders are trained quantization-aware natively (tfmot cannot wrap
+MultiHeadAttention) and exported as full-integer TFLite and QDQ ONNX; an attention layer whose matmuls it cannot
+reach is refused, naming the layer and what works; a tfmot QAT model's onnx int8_static is its own QDQ file."""
 
 from __future__ import annotations
 
@@ -91,15 +91,51 @@ def test_an_einsum_kernel_is_quantized_per_output_channel(equation, shape, axes)
     assert np.abs(grid - kernel).max() <= steps.max() / 2 + 1e-6
 
 
-def test_qat_of_a_tf_keras_encoder_is_refused_in_the_plan_naming_the_layer_and_what_works(tmp_path):
+def test_a_tf_keras_encoder_trains_quantization_aware_natively_and_exports_full_integer_tflite_and_qdq_onnx(tmp_path):
+    from edgepress.compat import keras
+
     path = tmp_path / "enc.keras"
-    encoders.tf_keras_encoder(path, epochs=1)
-    result = run(tmp_path, {"name": "enc", "model": {"path": str(path)}, "data": DIGITS, "steps": [{"type": "qat"}],
-                            "exports": [{"format": "tflite", "precision": "int8"}]})
-    message = " ".join(result.output.split())
-    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
-    assert "qat" in message and "'mha' (MultiHeadAttention)" in message and "Keras 3" in message
-    assert "layers: [" in message and not (tmp_path / "run").exists()
+    encoders.tf_keras_encoder(path)
+    result = run(tmp_path, {
+        "name": "enc", "model": {"path": str(path)}, "data": DIGITS, "measure": MEASURE,
+        "steps": [{"type": "qat", "fine_tune_epochs": 2, "batch_size": 32, "learning_rate": 0.0005}],
+        "exports": [{"format": "tflite", "precision": "int8"}, {"format": "onnx", "precision": "int8_static"}],
+    })
+    assert result.exit_code == 0, result.output
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    source, tuned = results["models"]
+    assert tuned["qat"]["how"] == "native (tf_keras)" and tuned["qat"]["attention_layers"] == ["mha"]
+    assert tuned["qat"]["kernels"] == 4 + 4  # embed, mlp_up, mlp_down, head; the attention's q, k, v, output
+    assert tuned["accuracy"] >= source["accuracy"] - 0.05
+    rows = {(a["format"], a["precision"]): a for a in results["artifacts"]}
+    assert rows[("tflite", "int8")]["quantization"]["int8_macs"] >= 0.9
+    for row in rows.values():
+        assert row["check"]["top1_agreement"] >= 0.8 and row["latency"]["p50"] > 0
+        assert row["metrics"]["accuracy"] >= tuned["accuracy"] - 0.1
+    model = keras().models.load_model(tmp_path / "run" / "models" / "1-qat.keras", compile=False)
+    mha = model.get_layer("mha")
+    for layer in [model.get_layer("embed"), mha._query_dense, mha._output_dense]:
+        kernel = np.asarray(layer.kernel.numpy())
+        np.testing.assert_allclose(on_grid(kernel, output_axes(layer)), kernel, atol=1e-6)
+
+
+def test_a_tf_keras_dense_tracks_its_input_range_while_training_only():
+    import tensorflow as tf
+
+    from edgepress.compat import keras
+
+    tf_keras = keras()
+    inputs = tf_keras.Input((4,))
+    dense = tf_keras.layers.Dense(3)
+    model = tf_keras.Model(inputs, dense(inputs))
+    _fake_quantize_dense(tf, dense)  # tf_keras passes no `training` to a Dense: it is read from the call context
+    tracked = dense.call.range
+    x = np.linspace(-2, 3, 8 * 4, dtype="float32").reshape(8, 4)
+    model.compile("adam", "mse")
+    model.predict(x, verbose=0)
+    assert not bool(tracked.seen.numpy())
+    model.fit(x, np.zeros((8, 3)), epochs=1, verbose=0)
+    assert bool(tracked.seen.numpy()) and tracked.low.numpy() == pytest.approx(-2) and tracked.high.numpy() == 3
 
 
 def test_a_tfmot_qat_models_onnx_int8_static_is_its_own_qdq_file(tmp_path):
