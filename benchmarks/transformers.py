@@ -239,7 +239,7 @@ def tune_contender(work: Path, args, base_file: Path, npz: Path, train, test) ->
     started = time.perf_counter()
     result = edgepress.tune(recipe, tune_dir, _log())
     tuned = json.loads((tune_dir / "tune.json").read_text())
-    trials = [{"number": t["number"], "status": t["status"], "params": t.get("params") or {},
+    trials = [{"number": t["number"], "status": t["status"], "reason": t.get("reason"), "params": t.get("params") or {},
                "chosen": (t.get("chosen") or {}).get("x86-host"), "model_accuracy": t.get("model_accuracy"),
                "params_count": t.get("params_count"), "duration_s": t.get("duration_s")} for t in tuned["trials"]]
     facts = {"minutes": (time.perf_counter() - started) / 60, "budget_minutes": args.tune_minutes,
@@ -369,6 +369,8 @@ def torch_contenders(work: Path, args, npz: Path, train, test, pick: dict | None
     from edgepress.artifact import Artifact
     from edgepress.models.torch_program import save_torch_program
 
+    # One thread: with two on two busy cores, torch's threads wait on each other (a training step 10x slower here).
+    torch.set_num_threads(1)
     (x, y), (x_test, y_test) = train, test
     base = torch_vit()
     say(f"PyTorch ViT ({sum(p.numel() for p in base.parameters()):,} parameters): {args.base} epochs")
@@ -488,6 +490,22 @@ def goal_met(float_row: dict, pick: dict) -> bool:
     return float_row["p50"] / pick["p50"] >= 2 and pick["accuracy"] >= float_row["accuracy"] - 0.01 - 1e-9
 
 
+def trial_lines(trials: list[dict]) -> list[str]:
+    """One line per distinct outcome: trials with the same choices and result (a repeat the tune answered from its
+    cache, or the same refusal) share a line."""
+    outcomes: dict[str, list[int]] = {}
+    for t in trials:
+        chosen = t["chosen"]
+        got = (f"{chosen['artifact'].split('_', 1)[-1]} {chosen['accuracy']:.2%}, p50 {chosen['p50_ms'] * 1000:.1f} us"
+               if chosen and chosen.get("accuracy") is not None and chosen.get("p50_ms") else t["status"])
+        if t.get("reason"):
+            got += f" ({t['reason']})"
+        size = f", {t['params_count']:,} parameters" if t.get("params_count") else ""
+        outcomes.setdefault(f"{describe_trial(t['params'])}{size}: {got}", []).append(t["number"])
+    return [f"- trial{'s' if len(numbers) > 1 else ''} {', '.join(map(str, numbers))}: {outcome}"
+            for outcome, numbers in outcomes.items()]
+
+
 def tune_lines(tune: dict, float_row: dict, pick_row: dict | None) -> list[str]:
     """What the tune tried, trial by trial (its own measurements), and whether its pick met the issue's goal."""
     counts: dict[str, int] = {}
@@ -504,12 +522,7 @@ def tune_lines(tune: dict, float_row: dict, pick_row: dict | None) -> list[str]:
              "faster here), a channel multiple of 1 or 8, TFLite fp32, fp16, dynamic and int8 exported. Its "
              "trials, as the tune measured them (p50 under the tune's own, shorter timing):",
              ""]
-    for t in tune["trials"]:
-        chosen = t["chosen"]
-        got = (f"{chosen['artifact']} {chosen['accuracy']:.2%}, p50 {chosen['p50_ms'] * 1000:.1f} us"
-               if chosen and chosen.get("accuracy") is not None and chosen.get("p50_ms") else t["status"])
-        size = f", {t['params_count']:,} parameters" if t.get("params_count") else ""
-        lines.append(f"- trial {t['number']}: {describe_trial(t['params'])}{size}: {got}")
+    lines += trial_lines(tune["trials"])
     for device, stopped in tune["stopped"].items():
         lines.append(f"- no longer exported on {device}: " + "; ".join(f"{c} ({why})" for c, why in stopped.items()))
     lines.append("")
