@@ -316,14 +316,13 @@ def _attention(module, path: str, nodes: list) -> tuple[Layer | None, str]:
     """The attention at `path` as a prunable layer, or why it is left whole."""
     import torch
 
-    members = set(nodes)
     params = {n.target for node in nodes for n in node.all_input_nodes if n.op == "get_attr"}
     needed = {f"{path}.in_proj_weight", f"{path}.out_proj.weight"}
     if not needed <= params:
         return None, ("its query, key and value are not one packed in_proj_weight (kdim / vdim differ from "
                       "embed_dim); only packed self-attention heads can be removed")
     inputs = _tensor_inputs(nodes)
-    outputs = [node for node in nodes if any(u not in members for u in node.users)]
+    outputs = _tensor_outputs(nodes)
     sdpa = [node for node in nodes if op(node) == "scaled_dot_product_attention"]
     if len(inputs) != 1 or len(outputs) != 1 or len(sdpa) != 1:
         return None, ("it is not a self-attention without a mask (one input, one output, one "
@@ -357,6 +356,16 @@ def _tensor_inputs(nodes: list) -> set:
             if n not in members and n.op != "get_attr" and isinstance(n.meta.get("val"), torch.Tensor)}
 
 
+def _tensor_outputs(nodes: list) -> list:
+    """The tensors of `nodes` read outside them. Sizes a dynamic batch computes inside the first attention
+    (sym_size products) are read by later layers too: they are not outputs of the attention."""
+    import torch
+
+    members = set(nodes)
+    return [node for node in nodes if any(u not in members for u in node.users)
+            and isinstance(node.meta.get("val"), torch.Tensor)]
+
+
 def _value_of(module, target, sample):
     """The value node `target` of `module`'s graph holds when the program runs on `sample`."""
     import torch
@@ -384,7 +393,7 @@ def _replace_attention(module, layer: Layer, kept: list[int]) -> None:
     members = _attention_nodes(module.graph)[path]
     member_set = set(members)
     (source,) = _tensor_inputs(members)
-    output = next(node for node in members if any(u not in member_set for u in node.users))
+    (output,) = _tensor_outputs(members)
     width = layer.units * layer.width
     rows = [h * layer.width + i for h in kept for i in range(layer.width)]
     in_rows = torch.tensor([block * width + r for block in range(3) for r in rows])
@@ -403,7 +412,8 @@ def _replace_attention(module, layer: Layer, kept: list[int]) -> None:
         call = module.graph.call_module(path, (source,))
     output.replace_all_uses_with(call, delete_user_cb=lambda user: user not in member_set)
     for node in reversed(members):
-        module.graph.erase_node(node)
+        if not node.users:  # a size later layers read stays
+            module.graph.erase_node(node)
     for node in list(module.graph.nodes):
         if node.op == "get_attr" and not node.users and node.target.startswith(f"{path}."):
             module.graph.erase_node(node)

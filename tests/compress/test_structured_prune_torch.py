@@ -167,6 +167,23 @@ def test_a_program_with_a_dynamic_batch_loses_heads_exactly_and_keeps_its_dynami
     np.testing.assert_allclose(pruned.predict(x), expected, atol=1e-5)  # all 7 rows in one call
 
 
+def test_every_attention_of_a_dynamic_batch_encoder_loses_heads():
+    """The first attention computes the batch's sizes (sym_size products) that later layers read again: they are
+    not outputs of that attention, which is prunable like the others (it was left whole)."""
+    import torch
+
+    program = TorchSource.from_module(encoders.torch_encoder_module(epochs=0, blocks=2), torch.zeros(2, 8, 8))
+    assert program.fixed_batch is None
+    config = StructuredPruneConfig(ratio=0.5, fine_tune_epochs=0)
+    chosen = plan_program(program, config)
+    assert {path: chosen.widths.get(path) for path in (ATTENTION, "encoder.layers.1.self_attn")} == {
+        ATTENTION: (2, 1), "encoder.layers.1.self_attn": (2, 1)}
+    pruned = prune_program(program, *encoders.digits_rows(8), config)
+    state = dict(pruned.module.named_parameters())
+    assert [tuple(state[f"encoder.layers.{i}.self_attn.in_proj_weight"].shape) for i in (0, 1)] == [(24, 16)] * 2
+    assert pruned.fixed_batch is None and pruned.predict(np.zeros((7, 8, 8), "float32")).shape == (7, 10)
+
+
 def test_the_gradual_schedule_silences_heads_and_units_while_training_then_removes_them(encoder):
     x, y = encoders.digits_rows(64)
     config = StructuredPruneConfig(ratio=0, layers={ATTENTION: 0.5, UP: 0.5}, schedule="gradual", rounds=2,

@@ -65,9 +65,9 @@ def tf_keras_encoder(path: Path, epochs: int = 15):
     return model
 
 
-def torch_encoder_module(epochs: int = 15):
-    """nn.TransformerEncoder (GELU, norm_first, batch_first) between a token embedding and a mean-pooled head,
-    trained on the digits rows."""
+def torch_encoder_module(epochs: int = 15, blocks: int = 1):
+    """nn.TransformerEncoder (GELU, norm_first, batch_first; `blocks` layers) between a token embedding and a
+    mean-pooled head, trained on the digits rows."""
     import torch
     from torch import nn
 
@@ -79,7 +79,7 @@ def torch_encoder_module(epochs: int = 15):
             self.embed = nn.Linear(8, WIDTH)
             layer = nn.TransformerEncoderLayer(WIDTH, HEADS, MLP, dropout=0.0, activation="gelu", batch_first=True,
                                                norm_first=True)
-            self.encoder = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
+            self.encoder = nn.TransformerEncoder(layer, blocks, enable_nested_tensor=False)
             self.head = nn.Linear(WIDTH, 10)
 
         def forward(self, x):
