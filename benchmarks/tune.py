@@ -284,7 +284,8 @@ def _plot(path: Path, tuned: dict, measured: list[dict], title: str) -> None:
 def _render(name: str, spec: dict, rows: list[dict], tuned: dict, source_s: float, args, plot: Path) -> list[str]:
     base = rows[0]
     trials = tuned["trials"]
-    counts = {s: sum(1 for t in trials if t["status"] == s) for s in ("complete", "cached", "pruned", "failed")}
+    counts = {s: sum(1 for t in trials if t["status"] == s)
+              for s in ("complete", "cached", "pruned", "refused", "failed")}
     lines = [
         f"### {spec['title']}",
         "",

@@ -17,7 +17,7 @@ import numpy as np
 
 from edgepress import files
 from edgepress.compare import compare_with_baseline
-from edgepress.errors import EdgepressError, Hopeless
+from edgepress.errors import EdgepressError, Hopeless, Refused
 from edgepress.models import training
 from edgepress.models.source import Source
 from edgepress.plan import Plan, make_plan
@@ -51,7 +51,10 @@ def run(recipe: Recipe, run_dir: str | Path | None = None, progress: Progress | 
 
     progress = progress or Progress()
     started = time.perf_counter()
-    plan = make_plan(recipe, run_dir, progress)
+    try:
+        plan = make_plan(recipe, run_dir, progress)
+    except EdgepressError as e:
+        raise Refused(str(e)) from e
     _start(plan, progress)
     source = _train_source(plan, progress)
     stages, model = _run_steps(plan, source, progress, first_epoch_floor)

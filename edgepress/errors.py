@@ -11,6 +11,11 @@ class EdgepressError(Exception):
     """Bad input the user can fix; the message names the thing at fault and what to do."""
 
 
+class Refused(EdgepressError):
+    """The plan refused the recipe before anything was written (`edgepress.run`): the same recipe is always
+    refused, which is how `edgepress tune` tells a choice the steps cannot take from a trial that failed."""
+
+
 class GateFailed(Exception):
     """The measured artifacts do not meet the recipe's gates; the message names each failing gate."""
 

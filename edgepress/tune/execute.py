@@ -18,7 +18,7 @@ import os
 import socket
 import time
 
-from edgepress.errors import EdgepressError, Hopeless, first_line
+from edgepress.errors import EdgepressError, Hopeless, Refused, first_line
 
 # Keys of a report row a tune keeps (results.json's artifact rows, without the bulky check and runtime details).
 _ROW_KEYS = ("name", "device", "format", "precision", "path", "bytes", "gzip_bytes", "steps", "metrics", "latency",
@@ -44,6 +44,8 @@ def run_trial(recipe: dict, run_dir: str, floor: float | None = None, progress=N
         return {**result, "status": "pruned", "first_epoch_accuracy": e.accuracy,
                 "duration_s": round(time.perf_counter() - started, 1),
                 "reason": f"{e} (the accuracy budget less the hopeless margin)"}
+    except Refused as e:  # the plan refused these choices (a ratio that removes every head): told as infeasible
+        return {**result, "status": "refused", "reason": str(e), "duration_s": round(time.perf_counter() - started, 1)}
     except EdgepressError as e:
         return {**result, "status": "failed", "reason": str(e), "duration_s": round(time.perf_counter() - started, 1)}
     except Exception as e:  # a library failing on one candidate (a converter crash) fails that trial only

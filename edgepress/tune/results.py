@@ -6,7 +6,7 @@ tune.json, schema_version 1:
     LM's: {max_perplexity, min_decode_tokens_per_s, max_bytes}),
     space {ratio, ratio_step, fine_tune_epochs, distill, round_to, exports {device: [format:precision]}, aware_drop},
     source {accuracy, params, macs, rows [float baseline rows: artifact, device, accuracy, p50_ms, bytes]},
-    trials [{number, status (complete, pruned, failed, cached, interrupted), reason, params, key, duration_s,
+    trials [{number, status (complete, pruned, refused, failed, cached, interrupted), reason, params, key, duration_s,
              run_dir, worker (host:pid that ran it), params_count, macs, model_accuracy,
              chosen {device: {artifact, accuracy, p50_ms, bytes} of the export chosen for it},
              models [{stage, accuracy, params, macs}], devices {name: error or null},

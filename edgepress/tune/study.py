@@ -419,7 +419,9 @@ class _Loop:
             values, constraints = self._objectives(params, result)
             _constrain(trial, constraints)
             self.study.tell(trial, values)
-        elif status == "pruned":
+        elif status in ("pruned", "refused"):
+            # Hopeless or refused: the sampler learns to keep away (a failed trial teaches it nothing, so it asked
+            # for the same refused ratio again and again).
             _constrain(trial, {name: 1.0 for name in self._constraint_names()})
             self.study.tell(trial, state=TrialState.PRUNED)
         else:

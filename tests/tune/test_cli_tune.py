@@ -74,7 +74,7 @@ def test_a_tune_killed_mid_trial_resumes_and_loses_no_finished_trial(tmp_path):
         assert by_number[t["number"]] == t
     interrupted = [t for t in trials if t["status"] == "interrupted"]
     assert len(interrupted) == 1
-    finished = [t for t in trials if t["status"] in ("complete", "cached", "pruned", "failed")]
+    finished = [t for t in trials if t["status"] in ("complete", "cached", "pruned", "refused", "failed")]
     assert len(finished) == 3
     # the interrupted candidate was asked again
     assert any(t["params"] == interrupted[0]["params"] for t in finished if t["number"] > interrupted[0]["number"])
