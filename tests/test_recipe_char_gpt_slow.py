@@ -1,6 +1,12 @@
 """recipes/python_char_gpt.yaml run in full (slow: the recipe's own size, tens of minutes): char_gpt trained on 20,000
 windows, distilled into its width-64 student, exported as TFLite (prefill + decode) and ONNX (past/present), each
-file measured as an LM is used. tests/test_lm_run.py runs the same recipe at CI size."""
+file measured as an LM is used. tests/test_lm_run.py runs the same recipe at CI size.
+
+Run once (2026-12-07, 70 minutes on 2 cores shared at load 2-11, most of it the teacher's training at low priority):
+teacher 385,920 parameters at perplexity 4.81 over the 2,000 test windows, student 111,040 at 4.76; through each file
+over the first 200 of them 7.79 (fp32), 7.82 (dynamic), 7.81 (int8_weight), 9.47 (TFLite int4), 8.67 (ONNX int4),
+10,000-18,100 decode tokens/s, exit 1: every file is over the recipe's max_perplexity 5.5, which those 200 windows
+do not reach even in float."""
 
 import json
 
