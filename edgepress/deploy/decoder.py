@@ -226,6 +226,35 @@ class DecoderOnnx(Exporter):
                            ("edgepress.lm.prompt_len", prompt)):
             entry = model.metadata_props.add()
             entry.key, entry.value = key, str(value)
+        saved = short_value_names(model)
         onnx.save(model, str(out))
-        return {"exporter": f"torch.onnx (opset {ONNX_OPSET})", "cache_len": cache, "layout": "past/present "
-                "key-values (onnxruntime-genai)"}
+        facts = {"exporter": f"torch.onnx (opset {ONNX_OPSET})", "cache_len": cache, "layout": "past/present "
+                 "key-values (onnxruntime-genai)"}
+        if saved:
+            facts["value_names"] = f"shortened ({saved:,} bytes fewer)"
+        return facts
+
+
+def short_value_names(model) -> int:
+    """Rename the inner values of the ONNX `model` in place (every node output and weight that is not a graph input
+    or output) to `v0`, `v1`, ... in the order the graph first uses them; node names stay (profiles name the nodes).
+    torch.onnx names each value after its module path, twice per value (made and used): 6.6 KB of a 134 KB int4
+    char_gpt_small, 5% of its bytes. Returns the bytes saved; a graph with subgraphs (If, Loop) is left as it is."""
+    graph = model.graph
+    if any(a.g.node or a.graphs for n in graph.node for a in n.attribute):
+        return 0
+    before = model.ByteSize()
+    keep = {v.name for v in (*graph.input, *graph.output)}
+    renamed: dict[str, str] = {}
+    for name in [x for n in graph.node for x in (*n.input, *n.output)] + [i.name for i in graph.initializer]:
+        if name and name not in keep and name not in renamed:
+            short = f"v{len(renamed)}"
+            while short in keep:
+                short += "_"
+            renamed[name] = short
+    for node in graph.node:
+        node.input[:] = [renamed.get(x, x) for x in node.input]
+        node.output[:] = [renamed.get(x, x) for x in node.output]
+    for tensor in (*graph.initializer, *graph.value_info):
+        tensor.name = renamed.get(tensor.name, tensor.name)
+    return before - model.ByteSize()

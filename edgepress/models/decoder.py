@@ -109,7 +109,7 @@ class DecoderSource(Graph):
                 raise EdgepressError(f"{path}/config.json names the architecture {architecture!r}; edgepress builds "
                                      "char_gpt decoders from a config.json.")
             module = CharGPT(GPTConfig(**settings))
-            module.load_state_dict(load_file(str(path / "model.safetensors")))
+            module.load_tensors(load_file(str(path / "model.safetensors")))
         except EdgepressError:
             raise
         except Exception as e:  # unknown settings, missing or misshapen tensors
@@ -148,11 +148,11 @@ class DecoderSource(Graph):
         from safetensors.torch import save_file
 
         path.mkdir(parents=True)
-        if hasattr(self.module, "tensors"):  # a Hugging Face model: its own config.json and tensor names
-            settings, tensors = dict(self.module.settings), self.module.tensors()
+        if hasattr(self.module, "settings"):  # a Hugging Face model: its own config.json and tensor names
+            settings = dict(self.module.settings)
         else:
             settings = {ARCHITECTURE_KEY: "char_gpt", **self.config.to_dict()}
-            tensors = {k: v.contiguous() for k, v in self.module.state_dict().items()}
+        tensors = self.module.tensors()  # a tied output head once
         if self.input_shape[1] is not None:
             settings[WINDOW_KEY] = self.input_shape[1]
         (path / "config.json").write_text(json.dumps(settings, indent=2) + "\n")

@@ -149,11 +149,11 @@ def char_gpt(input_shape: tuple[int, ...] = (64,), num_classes: int = 97):
 
 
 def char_gpt_small(input_shape: tuple[int, ...] = (64,), num_classes: int = 97):
-    """char_gpt sized so its int4 files are no larger than char_gru's smallest (benchmarks/lm.py): 2 blocks of width
-    64 (4 heads, gated MLP 128), positions up to 128. Needs torch."""
+    """char_gpt sized so its int4 files are no larger than char_gru's smallest (benchmarks/lm.py): 1 block of width
+    96 (4 heads, gated MLP 288), the output head tied to the token table, positions up to 128. Needs torch."""
     from edgepress.models.char_gpt import build_char_gpt
 
-    return build_char_gpt(vocab=num_classes, width=64, layers=2, heads=4, max_len=128, mlp=128)
+    return build_char_gpt(vocab=num_classes, width=96, layers=1, heads=4, max_len=128, mlp=288, tie=True)
 
 
 def char_gpt_tiny(input_shape: tuple[int, ...] = (64,), num_classes: int = 97):
@@ -212,8 +212,8 @@ ZOO: dict[str, ZooEntry] = {
         "(needs torch; ~0.4M parameters)", _train_char_gpt, _save_decoder, "decoder",
     ),
     "char_gpt_small": ZooEntry(
-        char_gpt_small, (64,), "char_gpt with 2 blocks of width 64, positions up to 128: int4 files under 130 KB "
-        "(needs torch; ~0.1M parameters)", _train_char_gpt, _save_decoder, "decoder",
+        char_gpt_small, (64,), "char_gpt with 1 block of width 96, a tied head, positions up to 128: int4 files "
+        "under 133 KB (needs torch; ~0.14M parameters)", _train_char_gpt, _save_decoder, "decoder",
     ),
     "char_gpt_tiny": ZooEntry(
         char_gpt_tiny, (64,), "char_gpt at test size: 1 block of width 32 (needs torch; ~15k parameters)",
