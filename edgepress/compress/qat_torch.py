@@ -31,8 +31,10 @@ WEIGHTED = ("linear", "conv1d", "conv2d", "conv3d", "convolution", "addmm")
 
 
 def handles(model) -> bool:
-    """True for a torch.export program (what `qat_program` trains)."""
-    return hasattr(model, "program") and hasattr(model, "fixed_batch")
+    """True for a torch.export program (what `qat_program` trains): the one rule, compress.step.holds_program."""
+    from edgepress.compress.step import holds_program
+
+    return holds_program(model)
 
 
 def quantizer():
