@@ -25,11 +25,11 @@ def run(tmp_path, recipe: dict, name: str = "run"):
     return cli.invoke(app, ["run", str(tmp_path / f"{name}.yaml"), "-o", str(tmp_path / name)])
 
 
-def test_a_keras3_encoder_trains_quantization_aware_and_exports_full_integer_tflite_and_qdq_onnx(tmp_path):
-    import keras
-
+def qat_encoder(tmp_path, write) -> tuple[dict, dict, dict]:
+    """The encoder `write` makes, through qat to tflite int8 and onnx int8_static: its source and qat model rows
+    and its artifacts by (format, precision)."""
     path = tmp_path / "enc.keras"
-    encoders.keras3_encoder(path)
+    write(path)
     result = run(tmp_path, {
         "name": "enc", "model": {"path": str(path)}, "data": DIGITS, "measure": MEASURE,
         "steps": [{"type": "qat", "fine_tune_epochs": 2, "batch_size": 32, "learning_rate": 0.0005}],
@@ -38,10 +38,16 @@ def test_a_keras3_encoder_trains_quantization_aware_and_exports_full_integer_tfl
     assert result.exit_code == 0, result.output
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     source, tuned = results["models"]
+    return source, tuned, {(a["format"], a["precision"]): a for a in results["artifacts"]}
+
+
+def test_a_keras3_encoder_trains_quantization_aware_and_exports_full_integer_tflite_and_qdq_onnx(tmp_path):
+    import keras
+
+    source, tuned, rows = qat_encoder(tmp_path, encoders.keras3_encoder)
     assert tuned["qat"]["attention_layers"] == ["mha"]
     assert tuned["qat"]["kernels"] == 4 + 4  # embed, mlp_up, mlp_down, head; the attention's q, k, v, output
     assert tuned["accuracy"] >= source["accuracy"] - 0.05
-    rows = {(a["format"], a["precision"]): a for a in results["artifacts"]}
     tflite, onnx = rows[("tflite", "int8")], rows[("onnx", "int8_static")]
     assert tflite["quantization"]["int8_macs"] >= 0.9
     assert onnx["quantization"]["int8_macs"] > 0.5
@@ -94,20 +100,10 @@ def test_an_einsum_kernel_is_quantized_per_output_channel(equation, shape, axes)
 def test_a_tf_keras_encoder_trains_quantization_aware_natively_and_exports_full_integer_tflite_and_qdq_onnx(tmp_path):
     from edgepress.compat import keras
 
-    path = tmp_path / "enc.keras"
-    encoders.tf_keras_encoder(path)
-    result = run(tmp_path, {
-        "name": "enc", "model": {"path": str(path)}, "data": DIGITS, "measure": MEASURE,
-        "steps": [{"type": "qat", "fine_tune_epochs": 2, "batch_size": 32, "learning_rate": 0.0005}],
-        "exports": [{"format": "tflite", "precision": "int8"}, {"format": "onnx", "precision": "int8_static"}],
-    })
-    assert result.exit_code == 0, result.output
-    results = json.loads((tmp_path / "run" / "results.json").read_text())
-    source, tuned = results["models"]
+    source, tuned, rows = qat_encoder(tmp_path, encoders.tf_keras_encoder)
     assert tuned["qat"]["how"] == "native (tf_keras)" and tuned["qat"]["attention_layers"] == ["mha"]
     assert tuned["qat"]["kernels"] == 4 + 4  # embed, mlp_up, mlp_down, head; the attention's q, k, v, output
     assert tuned["accuracy"] >= source["accuracy"] - 0.05
-    rows = {(a["format"], a["precision"]): a for a in results["artifacts"]}
     assert rows[("tflite", "int8")]["quantization"]["int8_macs"] >= 0.9
     for row in rows.values():
         assert row["check"]["top1_agreement"] >= 0.8 and row["latency"]["p50"] > 0
