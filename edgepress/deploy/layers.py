@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from edgepress.errors import EdgepressError
+from edgepress.formats import QUANTIZED
 
 
 def layer_names(model) -> list[str]:
@@ -135,16 +136,17 @@ FLOAT_OPS = {"layernorm": "LayerNormalization", "attention": "MultiHeadAttention
 _PROJECTIONS = ("query", "key", "value", "attention_output")
 
 
-def check_float_ops(source, kinds: Sequence[str], what: str, precision: str) -> None:
+def check_float_ops(source, kinds: Sequence[str], what: str, format: str, precision: str) -> None:
     """EdgepressError unless every kind of `kinds` is one of FLOAT_OPS and has layers in `source`'s Keras model, and
-    the export (`what`, at `precision`) is a full-integer int8 one."""
+    the export (`what`, in `format` at `precision`) is its format's full-integer int8 one (tflite int8, onnx
+    int8_static)."""
     unknown = [kind for kind in kinds if kind not in FLOAT_OPS]
     if unknown:
         raise EdgepressError(f"{what} float_ops: {', '.join(map(repr, unknown))} is no kind of op edgepress keeps "
                              f"in float; use {' or '.join(FLOAT_OPS)}.")
-    if precision != "int8":
-        raise EdgepressError(f"float_ops keeps kinds of ops of a full-integer model in float; it needs precision "
-                             f"int8, not '{precision}'.")
+    if precision != QUANTIZED[format]:
+        raise EdgepressError(f"float_ops keeps kinds of ops of a full-integer model in float; it needs {format} "
+                             f"precision {QUANTIZED[format]}, not '{precision}'.")
     model = getattr(source, "model", None)
     if model is None or not hasattr(model, "layers"):
         raise EdgepressError(f"{what} float_ops finds its ops by their Keras layers, and '{source.name}' is "
@@ -155,19 +157,54 @@ def check_float_ops(source, kinds: Sequence[str], what: str, precision: str) -> 
                                  f"float_ops {kind!r} would keep nothing in float. Remove {kind!r} from float_ops.")
 
 
-def float_op_nodes(kinds: Sequence[str], nodes: Sequence[str], model) -> list[str]:
+def float_op_nodes(kinds: Sequence[str], nodes: Sequence[str], model,
+                   owner: dict[str, str | None] | None = None) -> list[str]:
     """The nodes of `nodes` (op names, as the converter names them) of the `kinds` of FLOAT_OPS: "layernorm", every
     op of each LayerNormalization layer; "attention", the ops of each MultiHeadAttention that are not its
-    query / key / value / output projections (those stay int8)."""
+    query / key / value / output projections (those stay int8). `owner` (node -> its Keras layer) is the layer of
+    each node when its name alone does not say it (ONNX: `enclosing_layers`); by default, its name's."""
     layers, outputs, suffixed = layer_names(model), output_layers(model), scopes_suffixed(model)
     owners = {kind: layers_of_type(model, FLOAT_OPS[kind]) for kind in kinds}
     found = []
     for node in nodes:
-        layer = layer_of(node, layers, outputs, suffixed)
+        layer = owner[node] if owner is not None else layer_of(node, layers, outputs, suffixed)
         if layer in owners.get("layernorm", ()):
             found.append(node)
         elif layer in owners.get("attention", ()) and not _projection(node):
             found.append(node)
+    return found
+
+
+def enclosing_layers(owner: dict[str, str | None], inputs: dict[str, Sequence[str]],
+                     outputs: dict[str, Sequence[str]]) -> dict[str, str | None]:
+    """`owner` (node -> its layer, None when its name names none) with each unnamed node given the one layer that
+    has nodes both before and after it in the graph, if there is exactly one. tf2onnx names the ops it writes for an
+    einsum or a transpose after no layer (`MatMul__226`, `Transpose__204`): the score and context matmuls of an
+    attention lie between its own named ops (its query projection before, its softmax after). `inputs` and
+    `outputs` are each node's tensors; `owner`'s order is the graph's (topological) order."""
+    producer = {t: node for node, ts in outputs.items() for t in ts}
+    consumers: dict[str, list[str]] = {}
+    for node, ts in inputs.items():
+        for t in ts:
+            if t in producer:
+                consumers.setdefault(producer[t], []).append(node)
+    order = list(owner)
+    before: dict[str, set] = {}  # the layers of each node and of every node before it
+    for node in order:
+        before[node] = {owner[node]} - {None}
+        for t in inputs.get(node, ()):
+            if t in producer:
+                before[node] |= before[producer[t]]
+    after: dict[str, set] = {}
+    for node in reversed(order):
+        after[node] = {owner[node]} - {None}
+        for later in consumers.get(node, ()):
+            after[node] |= after[later]
+    found = dict(owner)
+    for node in order:
+        if owner[node] is None:
+            both = before[node] & after[node]
+            found[node] = next(iter(both)) if len(both) == 1 else None
     return found
 
 
