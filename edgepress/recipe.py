@@ -134,13 +134,14 @@ class ExportSpec(Section):
         "first convolution: int8 kernels on a 1- or 3-channel input are slower than float ones on many CPUs; see "
         "each artifact's per-op profile)."
     )
-    float_ops: list[Literal["layernorm", "attention"]] | None = Field(
+    float_ops: list[Literal["layernorm", "attention", "elementwise"]] | None = Field(
         None, description="tflite int8 / onnx int8_static: kinds of ops to keep in float, the rest int8: `layernorm` "
         "(every LayerNormalization), `attention` (each MultiHeadAttention's score and context matmuls and softmax; "
-        "its projections stay int8). XNNPACK runs none of them in int8, so in a plain int8 file they run on LiteRT's "
-        "builtin kernels (see the per-op profile): on a small ViT here the int8 file with both in float is faster "
-        "than fp32, the plain one 2.7x slower. onnxruntime runs them as QLinearAdd / QLinearMul / QLinearSoftmax "
-        "between QuantizeLinear and DequantizeLinear nodes, slower than in float."
+        "its projections stay int8), `elementwise` (onnx only: every op but the matmuls and convolutions, whose "
+        "outputs are then float). XNNPACK runs no int8 LayerNorm or attention, so in a plain int8 file they run on "
+        "LiteRT's builtin kernels (see the per-op profile): on a small ViT here the int8 file with both in float is "
+        "faster than fp32, the plain one 2.7x slower. onnxruntime runs quantized elementwise ops as requantizing "
+        "QLinearAdd / QLinearMul between QuantizeLinear and DequantizeLinear nodes, slower than in float."
     )
 
     @model_validator(mode="after")

@@ -128,8 +128,12 @@ def layers_of_type(model, type_name: str) -> set[str]:
     return found
 
 
-# Kinds of ops an int8 export can keep in float (`float_ops`), by the Keras class whose ops they are.
-FLOAT_OPS = {"layernorm": "LayerNormalization", "attention": "MultiHeadAttention"}
+# Kinds of ops an int8 export can keep in float (`float_ops`), by the Keras class whose ops they are; "elementwise"
+# (onnx only) is every op that is not a matmul or convolution, of whichever layer.
+FLOAT_OPS = {"layernorm": "LayerNormalization", "attention": "MultiHeadAttention", "elementwise": None}
+# The kinds only an ONNX export keeps float: onnxruntime runs a quantized Add or Mul as a requantizing QLinearAdd /
+# QLinearMul, slower than the float op on small tensors; XNNPACK runs them in int8 as fast as in float.
+ONNX_ONLY_FLOAT_OPS = ("elementwise",)
 # The sublayers of a Keras MultiHeadAttention (Keras 3 and tf_keras alike) that project its inputs and its output;
 # its other ops are the attention itself: the score and context batch matmuls, the softmax, the scaling and the
 # transposes and reshapes between them.
@@ -147,12 +151,17 @@ def check_float_ops(source, kinds: Sequence[str], what: str, format: str, precis
     if precision != QUANTIZED[format]:
         raise EdgepressError(f"float_ops keeps kinds of ops of a full-integer model in float; it needs {format} "
                              f"precision {QUANTIZED[format]}, not '{precision}'.")
+    only_onnx = [kind for kind in kinds if kind in ONNX_ONLY_FLOAT_OPS]
+    if only_onnx and format != "onnx":
+        raise EdgepressError(f"{what} float_ops: {', '.join(map(repr, only_onnx))} keeps ops float that onnxruntime "
+                             f"runs slower in int8; XNNPACK runs them in int8. It is for onnx int8_static: remove it "
+                             f"from the {format} export.")
     model = getattr(source, "model", None)
     if model is None or not hasattr(model, "layers"):
         raise EdgepressError(f"{what} float_ops finds its ops by their Keras layers, and '{source.name}' is "
                              f"{getattr(source, 'title', 'not a Keras model')}. Remove float_ops from that export.")
     for kind in kinds:
-        if not layers_of_type(model, FLOAT_OPS[kind]):
+        if FLOAT_OPS[kind] is not None and not layers_of_type(model, FLOAT_OPS[kind]):
             raise EdgepressError(f"{what} float_ops: '{source.name}' has no {FLOAT_OPS[kind]} layer, so "
                                  f"float_ops {kind!r} would keep nothing in float. Remove {kind!r} from float_ops.")
 
@@ -164,7 +173,7 @@ def float_op_nodes(kinds: Sequence[str], nodes: Sequence[str], model,
     query / key / value / output projections (those stay int8). `owner` (node -> its Keras layer) is the layer of
     each node when its name alone does not say it (ONNX: `enclosing_layers`); by default, its name's."""
     layers, outputs, suffixed = layer_names(model), output_layers(model), scopes_suffixed(model)
-    owners = {kind: layers_of_type(model, FLOAT_OPS[kind]) for kind in kinds}
+    owners = {kind: layers_of_type(model, FLOAT_OPS[kind]) for kind in kinds if FLOAT_OPS[kind] is not None}
     found = []
     for node in nodes:
         layer = owner[node] if owner is not None else layer_of(node, layers, outputs, suffixed)

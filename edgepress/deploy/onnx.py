@@ -324,6 +324,11 @@ def _quantize_static(
         excluded += [node for node in float_op_nodes(float_ops, nodes, source.model, _owners(graph, source.model))
                      if node not in excluded]
     types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+    # float_ops elementwise: only the MAC ops take quantized inputs, and they give float outputs (onnxruntime runs
+    # them as MatMulIntegerToFloat...); every other op runs in float, with no requantizing QLinearAdd / QLinearMul.
+    mac_only = dict(op_types_to_quantize=list(_MAC_OPS),
+                    extra_options={"OpTypesToExcludeOutputQuantization": list(_MAC_OPS)}) \
+        if "elementwise" in float_ops else {}
     # The histogram calibrators print their progress to stdout; send it where quiet() sends chatter.
     with contextlib.redirect_stdout(sys.stderr):
         quantize_static(
@@ -332,7 +337,7 @@ def _quantize_static(
             per_channel=per_channel, activation_type=types[activation_type], weight_type=types[weight_type],
             calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                               "percentile": CalibrationMethod.Percentile}[calibration_method],
-            nodes_to_exclude=excluded,
+            nodes_to_exclude=excluded, **mac_only,
         )
     if excluded and quant_format == "qdq":
         _keep_float(out, excluded)
@@ -358,6 +363,8 @@ def _owners(graph, model) -> dict[str, str | None]:
                             {n.name: list(n.output) for n in graph.node})
 
 
+# The ONNX ops with weights that multiply and accumulate: what `float_ops: [elementwise]` leaves quantized.
+_MAC_OPS = ("MatMul", "Gemm", "Conv", "ConvTranspose")
 # The ops onnxruntime's WeightBiasQuantization optimizer quantizes at load when their input comes from a
 # DequantizeLinear and their weight is a float initializer: what a QDQ node left out of quantization looks like.
 _QUANTIZED_AT_LOAD = {"Conv", "ConvTranspose", "Gemm"}

@@ -213,15 +213,10 @@ def _onnx_overhead(profile: dict, base: dict) -> str:
     if integer and floats:
         text += (f"; its {len(integer)} integer MAC ops take {us(integer):.1f} us against {us(floats):.1f} us for "
                  f"the fp32 file's {len(floats)} float ones")
-    if counts.keys() & _ONNX_NORM_AND_ATTENTION:
-        text += (". A Keras model's onnx int8_static export with `float_ops: [layernorm, attention]` keeps its "
-                 "LayerNorm and attention ops in float")
+    if requantizing:
+        text += (". A Keras model's onnx int8_static export with `float_ops: [layernorm, attention, elementwise]` "
+                 "keeps those ops in float and quantizes only its matmuls' inputs")
     return text
-
-
-# Requantizing ops onnxruntime runs for a quantized LayerNorm (its means as QLinearGlobalAveragePool) or attention
-# (its softmax): what `float_ops` keeps in float in an ONNX file.
-_ONNX_NORM_AND_ATTENTION = {"QLinearGlobalAveragePool", "QLinearSoftmax"}
 
 
 # int8 ops XNNPACK does not take, from a LayerNorm (its variance and rsqrt) or an attention (the score and context

@@ -75,13 +75,32 @@ def test_float_ops_keeps_layernorm_and_the_attention_float_in_the_graph_onnxrunt
     assert kept.check["top1_agreement"] >= 0.9  # matches the model
 
 
+def test_float_ops_elementwise_leaves_only_the_matmuls_inputs_quantized(encoder, tmp_path):
+    source, x, out = encoder
+    artifact = export_onnx(source, out / "int8_elementwise.onnx", "int8_static", calibration=x[:20],
+                           check_data=x[:20], float_ops=["layernorm", "attention", "elementwise"])
+    nodes = loaded(artifact.path, tmp_path)
+    types = {n.op_type for n in nodes}
+    # No requantizing op: the bias adds, residual adds and GELU run in float, and so do the MAC ops' outputs.
+    assert not {t for t in types if t.startswith("QLinear")} and "DequantizeLinear" not in types, types
+    projections = [n.op_type for n in nodes if "/mha_1/" in n.name and "MatMul" in n.op_type]
+    assert projections == ["MatMulIntegerToFloat"] * 4, projections
+    own = [n.op_type for n in nodes if "MatMul" in n.op_type and "/" not in n.name.split("/MatmulTrans")[0]]
+    assert len(own) == 2 and set(own) <= {"MatMul", "FusedMatMul"}, own  # the attention's own matmuls, float
+    q = artifact.quantization
+    assert q["float_ops"] == ["layernorm", "attention", "elementwise"] and 0.8 < q["int8_macs"] < 1.0
+    assert artifact.check["top1_agreement"] >= 0.9
+
+
 def test_float_ops_on_onnx_is_refused_in_the_plan_with_exit_2(tmp_path):
     base = {"name": "fo", "model": {"zoo": "seed_mlp", "train_epochs": 1},
             "data": {"dataset": "digits", "train_size": 100, "test_size": 20, "calibration_samples": 10,
                      "check_samples": 10}, "measure": {"runs": 3, "warmup": 1, "target_ci_width": None}}
     for export, words in (({"format": "onnx", "precision": "fp16", "float_ops": ["layernorm"]}, "not onnx fp16"),
                           ({"format": "onnx", "precision": "int8_static", "float_ops": ["layernorm"]},
-                           "has no LayerNormalization layer")):
+                           "has no LayerNormalization layer"),
+                          ({"format": "tflite", "precision": "int8", "float_ops": ["elementwise"]},
+                           "It is for onnx int8_static")):
         (tmp_path / "r.yaml").write_text(yaml.safe_dump({**base, "exports": [export]}))
         result = CliRunner().invoke(app, ["run", str(tmp_path / "r.yaml"), "-o", str(tmp_path / "run")])
         assert result.exit_code == 2 and words in " ".join(result.output.split()), result.output
@@ -105,7 +124,7 @@ def test_why_an_onnx_int8_file_is_slower_says_the_nodes_it_adds_and_what_its_int
     assert ("onnxruntime runs 6 nodes for it against 4 for its fp32 file: 2 QuantizeLinear / DequantizeLinear "
             "(2.5 us) and 2 requantizing elementwise ops (QLinearSoftmax x1, QLinearAdd x1: 9.0 us); its 2 integer "
             "MAC ops take 8.5 us against 10.0 us for the fp32 file's 2 float ones") in text
-    assert "`float_ops: [layernorm, attention]`" in text
-    # With the softmax float, nothing float_ops would change is left to name.
-    int8["ops"][2] = op("Softmax", 2.0)
-    assert "float_ops" not in why_slower(int8, fp32)
+    assert "`float_ops: [layernorm, attention, elementwise]`" in text
+    # With the softmax and the add float, nothing float_ops would change is left to name.
+    int8["ops"][2:4] = [op("Softmax", 2.0), op("Add", 1.0)]
+    assert "float_ops" not in why_slower(int8, fp32) and "requantizing" not in why_slower(int8, fp32)
