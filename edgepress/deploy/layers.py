@@ -19,14 +19,19 @@ from edgepress.errors import EdgepressError
 from edgepress.formats import QUANTIZED
 
 
+def all_layers(model) -> list:
+    """Every layer, nested models' layers included (in model order)."""
+    found = []
+    for layer in model.layers:
+        found.append(layer)
+        if hasattr(layer, "layers"):  # a nested Sequential or functional model
+            found.extend(all_layers(layer))
+    return found
+
+
 def layer_names(model) -> list[str]:
     """Every layer's name, nested models' layers included (in model order)."""
-    names: list[str] = []
-    for layer in model.layers:
-        names.append(layer.name)
-        if hasattr(layer, "layers"):  # a nested Sequential or functional model
-            names.extend(layer_names(layer))
-    return names
+    return [layer.name for layer in all_layers(model)]
 
 
 def scopes_suffixed(model) -> bool:

@@ -27,6 +27,7 @@ from edgepress.artifact import Artifact
 from edgepress.compat import quiet
 from edgepress.deploy.check import calibration_inputs
 from edgepress.deploy.layers import (
+    all_layers,
     check_float_ops,
     enclosing_layers,
     float_op_nodes,
@@ -222,7 +223,7 @@ def layer_norms_as_ops(path: Path, model) -> int:
     import onnx
     from onnx import helper, numpy_helper
 
-    norms = {layer.name: layer for layer in _all_layers(model) if type(layer).__name__ == "LayerNormalization"
+    norms = {layer.name: layer for layer in all_layers(model) if type(layer).__name__ == "LayerNormalization"
              and _last_axis_norm(layer)}
     if not norms:
         return 0
@@ -264,16 +265,6 @@ def layer_norms_as_ops(path: Path, model) -> int:
         onnx.checker.check_model(onnx_model)
         onnx.save(onnx_model, str(path))
     return done
-
-
-def _all_layers(model) -> list:
-    """Every layer of a Keras model, nested models' included."""
-    found = []
-    for layer in model.layers:
-        found.append(layer)
-        if hasattr(layer, "layers"):
-            found.extend(_all_layers(layer))
-    return found
 
 
 def _last_axis_norm(layer) -> bool:
