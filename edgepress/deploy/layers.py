@@ -146,9 +146,9 @@ _PROJECTIONS = ("query", "key", "value", "attention_output")
 
 
 def check_float_ops(source, kinds: Sequence[str], what: str, format: str, precision: str) -> None:
-    """EdgepressError unless every kind of `kinds` is one of FLOAT_OPS and has layers in `source`'s Keras model, and
-    the export (`what`, in `format` at `precision`) is its format's full-integer int8 one (tflite int8, onnx
-    int8_static)."""
+    """EdgepressError unless every kind of `kinds` is one of FLOAT_OPS, each kind that goes by a Keras class has
+    layers in `source`'s Keras model, and the export (`what`, in `format` at `precision`) is its format's
+    full-integer int8 one (tflite int8, onnx int8_static; "elementwise" onnx only)."""
     unknown = [kind for kind in kinds if kind not in FLOAT_OPS]
     if unknown:
         raise EdgepressError(f"{what} float_ops: {', '.join(map(repr, unknown))} is no kind of op edgepress keeps "
@@ -161,12 +161,14 @@ def check_float_ops(source, kinds: Sequence[str], what: str, format: str, precis
         raise EdgepressError(f"{what} float_ops: {', '.join(map(repr, only_onnx))} keeps ops float that onnxruntime "
                              f"runs slower in int8; XNNPACK runs them in int8. It is for onnx int8_static: remove it "
                              f"from the {format} export.")
+    layered = [kind for kind in kinds if FLOAT_OPS[kind] is not None]  # "elementwise" goes by op type, any model
     model = getattr(source, "model", None)
-    if model is None or not hasattr(model, "layers"):
-        raise EdgepressError(f"{what} float_ops finds its ops by their Keras layers, and '{source.name}' is "
-                             f"{getattr(source, 'title', 'not a Keras model')}. Remove float_ops from that export.")
-    for kind in kinds:
-        if FLOAT_OPS[kind] is not None and not layers_of_type(model, FLOAT_OPS[kind]):
+    if layered and (model is None or not hasattr(model, "layers")):
+        raise EdgepressError(f"{what} float_ops {', '.join(map(repr, layered))} finds its ops by their Keras layers, "
+                             f"and '{source.name}' is {getattr(source, 'title', 'not a Keras model')}. Remove "
+                             f"{', '.join(map(repr, layered))} from that export's float_ops.")
+    for kind in layered:
+        if not layers_of_type(model, FLOAT_OPS[kind]):
             raise EdgepressError(f"{what} float_ops: '{source.name}' has no {FLOAT_OPS[kind]} layer, so "
                                  f"float_ops {kind!r} would keep nothing in float. Remove {kind!r} from float_ops.")
 

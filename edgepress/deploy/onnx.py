@@ -27,6 +27,7 @@ from edgepress.artifact import Artifact
 from edgepress.compat import quiet
 from edgepress.deploy.check import calibration_inputs
 from edgepress.deploy.layers import (
+    FLOAT_OPS,
     all_layers,
     check_float_ops,
     enclosing_layers,
@@ -311,8 +312,9 @@ def _quantize_static(
     nodes, tensors = [n.name for n in graph.node], {n.name: list(n.output) for n in graph.node}
     excluded = nodes_of(float_layers, nodes, source.model, "ONNX int8_static float_layers",
                         tensors) if float_layers else []
-    if float_ops:
-        excluded += [node for node in float_op_nodes(float_ops, nodes, source.model, _owners(graph, source.model))
+    layered = [kind for kind in float_ops if FLOAT_OPS[kind] is not None]  # found by their Keras layers
+    if layered:
+        excluded += [node for node in float_op_nodes(layered, nodes, source.model, _owners(graph, source.model))
                      if node not in excluded]
     types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
     # float_ops elementwise: only the MAC ops take quantized inputs, and they give float outputs (onnxruntime runs

@@ -92,6 +92,22 @@ def test_float_ops_elementwise_leaves_only_the_matmuls_inputs_quantized(encoder,
     assert artifact.check["top1_agreement"] >= 0.9
 
 
+def test_float_ops_elementwise_goes_by_op_type_so_an_onnx_model_takes_it_too(encoder, tmp_path):
+    from edgepress.errors import EdgepressError
+    from edgepress.models.loading import open_model
+
+    keras_source, x, out = encoder
+    onnx_source = open_model(export_onnx(keras_source, tmp_path / "given.onnx", check_data=x[:5]).path)
+    artifact = export_onnx(onnx_source, tmp_path / "int8.onnx", "int8_static", calibration=x[:20], check_data=x[:20],
+                           float_ops=["elementwise"])
+    types = {n.op_type for n in loaded(artifact.path, tmp_path)}
+    assert "MatMulIntegerToFloat" in types and not {"QLinearAdd", "QLinearMul", "QLinearSoftmax"} & types, types
+    with pytest.raises(EdgepressError, match="'attention' finds its ops by their Keras layers"):
+        export_onnx(onnx_source, tmp_path / "no.onnx", "int8_static", calibration=x[:20],
+                    float_ops=["elementwise", "attention"])
+    assert not (tmp_path / "no.onnx").exists()
+
+
 def test_float_ops_on_onnx_is_refused_in_the_plan_with_exit_2(tmp_path):
     base = {"name": "fo", "model": {"zoo": "seed_mlp", "train_epochs": 1},
             "data": {"dataset": "digits", "train_size": 100, "test_size": 20, "calibration_samples": 10,
