@@ -418,7 +418,7 @@ def torch_contenders(work: Path, args, npz: Path, train, test, pick: dict | None
     # float_ops finds its ops by Keras layers: a PyTorch program's int8 is litert-torch's own, so a float-ops pick's
     # precision stands in as fp32 here.
     precision = "fp32" if (pick or {}).get("float_ops") else (pick or {}).get("precision") or "fp32"
-    facts.update(prune=prune, pick_precision=precision)
+    facts.update(prune=prune, pick_precision=precision, pick_float_ops=bool((pick or {}).get("float_ops")))
     data = {"dataset": "npz", "path": str(npz), "train_size": len(x), "test_size": len(x_test),
             "calibration_samples": 200}
     measure = {"runs": 3, "warmup": 1, "target_ci_width": None}  # timed below, with every other file
@@ -597,8 +597,11 @@ def torch_lines(rows: list[dict], torch: dict, facts: dict) -> list[str]:
         "dynamic batch, and taken through `edgepress run` (litert-torch for TFLite, torch.onnx for ONNX). "
         f"edgepress: structured_prune {prune['ratio']:g}{rounding} ({whose}; heads and MLP units, "
         f"{prune['fine_tune_epochs']} epochs) + distill from the base ({prune['fine_tune_epochs']} epochs) to "
-        f"{torch['pruned_params']:,} parameters ({torch['pruned_accuracy']:.2%}), exported in the Keras pick's "
-        f"precision ({torch['pick_precision']}); {tuned} Timed interleaved with the Keras files above.",
+        f"{torch['pruned_params']:,} parameters ({torch['pruned_accuracy']:.2%}), exported "
+        + ("as fp32 (the pick is int8 with its LayerNorm and attention float, and float_ops finds those ops by Keras "
+           "layers: a PyTorch program has none)" if torch.get("pick_float_ops") else
+           f"in the pick's precision ({torch['pick_precision']})")
+        + f"; {tuned} Timed interleaved with the Keras files above.",
         "",
         *table(rows),
         "",
