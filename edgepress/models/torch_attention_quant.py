@@ -9,7 +9,8 @@ and softmax(..)*V, about a tenth of a small encoder's MACs. `with_attention(quan
 - after litert-torch's quantizer has annotated the graph, each of those matmuls gets int8 per-tensor fake-quant on
   both inputs and on its output (the quantizer's own activation spec: the same observers and ranges as every other
   activation), and the softmax between them the fixed int8 range litert-torch gives a softmax (TFLite's int8
-  SOFTMAX takes scale 1/256, zero point -128 only), shared with the second matmul's input.
+  SOFTMAX takes scale 1/256, zero point -128 only), shared with the second matmul's input. With a mask, the masked
+  scores (which may hold -inf) and the softmax stay float; the matmuls are int8 all the same.
 
 litert-torch then converts the quantize / dequantize pairs around them into int8 BATCH_MATMULs and an int8 SOFTMAX.
 A matmul of two activations written out in the model (an attention of its own) is annotated the same way. An
@@ -153,7 +154,11 @@ def annotate_attention(model, config) -> None:
         inputs = {}
         for arg in node.args[:2]:
             if arg.target == torch.ops.aten._softmax.default and not _annotated(arg):
-                arg.meta[key] = QuantizationAnnotation(input_qspec_map={arg.args[0]: shared(arg.args[0])},
+                # Its input in int8 only when it is the first matmul's quantized output: a mask added to the scores
+                # may hold -inf, which no int8 range holds, so a masked softmax reads float.
+                scores = arg.args[0]
+                shares = {scores: SharedQuantizationSpec(scores)} if _output_spec(scores) is not None else {}
+                arg.meta[key] = QuantizationAnnotation(input_qspec_map=shares,
                                                        output_qspec=get_fixed_qparams_qspec(config), _annotated=True)
             inputs[arg] = shared(arg)
         node.meta[key] = QuantizationAnnotation(input_qspec_map=inputs, output_qspec=act, _annotated=True)

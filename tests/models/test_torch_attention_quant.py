@@ -63,7 +63,8 @@ def test_an_attention_that_is_not_plain_math_is_left_whole_and_named():
     assert SDPA in _targets(decompose_attention(graph).graph)
 
 
-def test_the_wrapped_quantizer_puts_int8_on_both_attention_matmuls():
+@pytest.mark.parametrize("mask", [None, "float", "bool"])
+def test_the_wrapped_quantizer_puts_int8_on_both_attention_matmuls(mask):
     from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
@@ -71,7 +72,7 @@ def test_the_wrapped_quantizer_puts_int8_on_both_attention_matmuls():
 
     def converted(wrap: bool):
         base = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-        module = Attention("float")
+        module = Attention(mask)
         prepared = prepare_pt2e(_exported(module), with_attention(base) if wrap else base)
         x = torch.randn(16, 6, 8)
         prepared(x)  # calibration
@@ -85,5 +86,7 @@ def test_the_wrapped_quantizer_puts_int8_on_both_attention_matmuls():
     (quantize,) = softmax.users  # the fixed range of TFLite's int8 softmax: 1/256, zero point -128
     assert str(quantize.target).startswith("quantized_decomposed.quantize")
     assert quantize.args[1:3] == (1 / 256, -128)
-    # int8 everywhere moves the output by a few quantization steps, not more
+    # A boolean mask puts -inf in the scores: the softmax reads them float (no int8 range holds -inf).
+    assert str(softmax.args[0].target).startswith("quantized_decomposed.dequantize") == (mask is None)
+    # int8 moves the output by a few quantization steps, not more
     assert (wrapped(x) - expected).abs().max() < 0.1 * expected.abs().max() + 0.05
