@@ -9,7 +9,9 @@ Precisions, with the quantizers litert-torch itself uses:
 - fp16: float16 weights (litert-torch's `full_fp16_recipe`, applied by ai-edge-quantizer).
 - dynamic: int8 weights, activations quantized at run time (litert-torch's PT2E quantizer, `is_dynamic=True`).
 - int8: int8 weights and activations, int8 input and output like edgepress's Keras int8 exports; activation
-  ranges calibrated on the recipe's calibration data (PT2E quantizer: prepare_pt2e, calibrate, convert_pt2e).
+  ranges calibrated on the recipe's calibration data (PT2E quantizer: prepare_pt2e, calibrate, convert_pt2e). The
+  quantizer is wrapped as qat's is (edgepress.models.torch_attention_quant), so the two matmuls inside
+  scaled_dot_product_attention are int8 BATCH_MATMULs too.
   A program that went through qat (edgepress.compress.qat_torch) already holds its quantize / dequantize pairs:
   it is converted as it is, with the ranges QAT learned (int8 is its only TFLite precision).
 - int16x8: int16 activations, int8 weights: the fp32 file quantized by LiteRT's quantizer (static_wi8_ai16),
@@ -185,9 +187,13 @@ def _convert(litert_torch, torch, module, sample, precision: str, samples, chang
     from litert_torch.quantize.quant_config import QuantConfig
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
+    from edgepress.models.torch_attention_quant import with_attention
+
     dynamic = precision == "dynamic"
     quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=dynamic))
-    prepared = prepare_pt2e(torch.export.export(module, (sample,)).module(), quantizer)
+    # int8: the matmuls inside attention too (dynamic quantizes weighted ops only, attention has no weights)
+    prepared = prepare_pt2e(torch.export.export(module, (sample,)).module(),
+                            quantizer if dynamic else with_attention(quantizer))
     with torch.no_grad():
         if dynamic:
             prepared(sample)  # no ranges to learn: one pass traces the observers
