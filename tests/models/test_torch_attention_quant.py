@@ -86,6 +86,9 @@ def test_the_wrapped_quantizer_puts_int8_on_both_attention_matmuls(mask):
     (quantize,) = softmax.users  # the fixed range of TFLite's int8 softmax: 1/256, zero point -128
     assert str(quantize.target).startswith("quantized_decomposed.quantize")
     assert quantize.args[1:3] == (1 / 256, -128)
+    for matmul in (n for n in wrapped.graph.nodes if str(n.target) == "aten.matmul.default"):
+        dequantize = matmul.args[1]  # the key's and the value's zero point is 0 (XNNPACK's int8 BATCH_MATMUL)
+        assert str(dequantize.target).startswith("quantized_decomposed.dequantize") and dequantize.args[2] == 0
     # A boolean mask puts -inf in the scores: the softmax reads them float (no int8 range holds -inf).
     assert str(softmax.args[0].target).startswith("quantized_decomposed.dequantize") == (mask is None)
     # int8 moves the output by a few quantization steps, not more
