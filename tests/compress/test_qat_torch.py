@@ -161,6 +161,7 @@ def test_prune_then_qat_keeps_the_zeros_of_a_pytorch_program(tmp_path, encoder):
      ["preserve: clusters", "preserve: none"]),
     ({}, {"format": "tflite", "precision": "dynamic"}, ["tflite dynamic", "went through qat", "tflite int8"]),
     ({}, {"format": "tflite", "precision": "fp32"}, ["qat", "tflite fp32"]),
+    ({}, {"format": "tflite", "precision": "int8", "float_ops": ["attention"]}, ["float_ops", "went through qat"]),
 ])
 def test_what_pytorch_qat_cannot_do_is_refused_in_the_plan(tmp_path, encoder, step, export, words):
     result = _run(tmp_path, encoder, [{**QAT, **step}], [export])
