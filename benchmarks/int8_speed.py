@@ -9,8 +9,9 @@ structured_prune, MobileNetV2 (alpha 0.35) at 32x32 and at 96x96, and the seed C
 machine has (TFLite: int8 with the first convolution kept float, the builtin kernels instead of XNNPACK; ONNX
 int8_static: per-tensor weights, uint8 weights, QOperator), and the small Keras 3 ViT of benchmarks/transformers.py
 (`--models vit`: its float, dynamic-range and int8 files, int8 with `float_ops` keeping LayerNorm and the attention
-in float where XNNPACK runs them), each measured by edgepress's runner on x86-host at batch
-1, 1 thread, all of a model's files timed interleaved, and each profiled op by op (edgepress/deploy/profile.py).
+in float where XNNPACK runs them, and in ONNX keeping them and the elementwise ops float), each measured by
+edgepress's runner on x86-host at batch 1, 1 thread, all of a model's files timed interleaved, and each profiled
+op by op (edgepress/deploy/profile.py).
 The roofline context: each model's MACs and weight bytes, the MAC/s each file reaches, against the runtime's own peak
 on this CPU (a 1024x1024 fully connected layer at batch 64, fp32 and int8, timed the same way). It writes the
 `## int8 speed` section of RESULTS.md; a run of some of the models (`--models vit`) replaces only their
@@ -77,6 +78,16 @@ VIT_VARIANTS = [
     ("onnx", "fp32", {}, "onnx fp32"),
     ("onnx", "int8_dynamic", {}, "onnx int8_dynamic"),
     ("onnx", "int8_static", {}, "onnx int8_static (QDQ, u8 x s8, per channel)"),
+    # onnxruntime runs quantized elementwise ops (bias and residual adds, GELU's muls, LayerNorm) as requantizing
+    # QLinearAdd / QLinearMul between QuantizeLinear and DequantizeLinear nodes: `float_ops` keeps them float.
+    ("onnx", "int8_static", {"float_ops": ["layernorm", "attention"]},
+     "onnx int8_static, float_ops layernorm + attention"),
+    ("onnx", "int8_static", {"float_ops": ["layernorm", "attention", "elementwise"]},
+     "onnx int8_static, float_ops layernorm + attention + elementwise"),
+    # A fixed batch: onnxruntime folds the shape arithmetic tf2onnx writes for a dynamic one (Shape, Gather, Concat).
+    ("onnx", "fp32", {"batch_size": 1}, "onnx fp32, batch 1"),
+    ("onnx", "int8_static", {"float_ops": ["layernorm", "attention", "elementwise"], "batch_size": 1},
+     "onnx int8_static, float_ops layernorm + attention + elementwise, batch 1"),
 ]
 ALL_MODELS = "seed_cnn,pruned_cnn,outliers,mobilenet_32,mobilenet_96,vit"
 FLOAT = ("fp32", "fp16")  # what "the best float artifact" is chosen from

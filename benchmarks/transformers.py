@@ -20,8 +20,10 @@ epochs more, spent by each contender its own way:
 - edgepress structured_prune + distill + int8: the base with half its heads and MLP units removed (taylor
   importance, half the extra epochs fine-tuning), distilled from the base (the other half), tflite int8;
 - `edgepress tune` (--tune-minutes, 20 as the issue asks): structured_prune ratios of heads and MLP units, each trial
-  half the extra epochs fine-tuning and half distilling, every TFLite precision; its pick is the fastest file within
-  1 pt of the base.
+  half the extra epochs fine-tuning and half distilling, every TFLite precision (int8 also with LayerNorm and
+  attention float, at a dynamic batch and at batch 1); trials are scored on the validation set (tune.validation_size:
+  the last 1,000 training images, which no contender trains on); its pick is the fastest file within 1 pt of the
+  base there, and is measured on the test images like every other file.
 - the same ViT in PyTorch (nn.TransformerEncoder), trained the same way, saved as a .pt2 with a dynamic batch, through
   `edgepress run`: float TFLite / ONNX, int8 (litert-torch, onnxruntime), structured_prune + distill at the tune's
   pick (--no-torch leaves it out).
@@ -79,6 +81,8 @@ def main() -> None:
     parser.add_argument("--tune-trials", type=int, default=None, help="at most this many tune trials (default: as "
                         "many as fit in the time budget)")
     parser.add_argument("--no-torch", action="store_true", help="leave out the PyTorch ViT")
+    parser.add_argument("--torch-tune-minutes", type=float, default=0, help="run `edgepress tune` on the PyTorch ViT "
+                        "too, with this budget (default 0: the PyTorch ViT is pruned at the Keras tune's pick)")
     parser.add_argument("--tiny", action="store_true", help="few samples, 1 epoch, few runs: proves it runs")
     parser.add_argument("--results", default=str(REPO / "benchmarks" / "RESULTS.md"))
     args = parser.parse_args()
@@ -147,10 +151,12 @@ def contenders(work: Path, args) -> tuple[list[dict], dict]:
                                                             batch_size=batch, learning_rate=tune_rate), source=base)
     facts["pruned_params"], facts["pruned_keras_accuracy"] = distilled.count_params(), accuracy(distilled)
 
-    npz = work / "vit_data.npz"  # the benchmark's own split, for the runs: they train and test on the same images
-    np.savez(npz, x=np.concatenate([fit_x, x_test]), y=np.concatenate([fit_y, y_test]))
+    # The benchmark's own split, for the runs: the training images (the validation set last: a run with train_size
+    # len(fit_x) trains on the same images as every contender, the tune holds the validation set out), then the test.
+    npz = work / "vit_data.npz"
+    np.savez(npz, x=np.concatenate([x, x_test]), y=np.concatenate([y, y_test]))
     say(f"edgepress tune: {args.tune_minutes:g} min budget")
-    tuned, facts["tune"] = tune_contender(work, args, work / "base.keras", npz, (fit_x, fit_y), (x_test, y_test))
+    tuned, facts["tune"] = tune_contender(work, args, work / "base.keras", npz, len(x), len(x_test), len(val_x))
 
     files: list[tuple[str, object]] = []
 
@@ -182,7 +188,7 @@ def contenders(work: Path, args) -> tuple[list[dict], dict]:
     torch_files: list = []
     if not args.no_torch:
         torch_files, facts["torch"] = torch_contenders(work, args, npz, (fit_x, fit_y), (x_test, y_test),
-                                                       facts["tune"]["pick"])
+                                                       facts["tune"]["pick"], len(val_x))
     everything = [(label, artifact, "keras") for label, artifact in files] + [
         (label, artifact, "torch") for label, artifact in torch_files]
     say(f"measuring {len(everything)} files interleaved")
@@ -206,11 +212,16 @@ def contenders(work: Path, args) -> tuple[list[dict], dict]:
     return rows, facts
 
 
-def tune_contender(work: Path, args, base_file: Path, npz: Path, train, test) -> tuple[object | None, dict]:
+def tune_contender(work: Path, args, base_file: Path, npz: Path, train: int, test: int, validation: int,
+                   minutes: float | None = None, name: str = "tune") -> tuple[object | None, dict]:
     """`edgepress tune` on the base model: structured_prune of heads and MLP units at a ratio it chooses (and a channel
-    multiple), each trial's --extra epochs spent half fine-tuning and half distilling from the base, every TFLite
-    precision exported; the fastest artifact within 1 pt of the base (on the same test images) is its pick.
-    Returns the pick's Artifact (None when nothing met the budget) and what the tune did."""
+    multiple) on `npz`'s first `train` images (the validation set their last) and last `test`, each trial's --extra
+    epochs spent half fine-tuning and half distilling from the base, every TFLite
+    precision exported (int8 also with its LayerNorm and attention float); the fastest artifact within 1 pt of the
+    base on the validation set (the last `validation` training images, held out of every trial) is its pick.
+    `minutes`: its time budget (default --tune-minutes); `name`: its folder under `work`. A PyTorch program gets no
+    float_ops choices (they find their ops by Keras layers). Returns the pick's Artifact (None when nothing met the
+    budget) and what the tune did."""
     import json
     import shutil
 
@@ -219,21 +230,24 @@ def tune_contender(work: Path, args, base_file: Path, npz: Path, train, test) ->
     from edgepress.artifact import Artifact
 
     half = max(1, args.extra // 2)
-    tune_dir = work / "tune"
+    minutes = args.tune_minutes if minutes is None else minutes
+    keras = base_file.suffix == ".keras"
+    tune_dir = work / name
     shutil.rmtree(tune_dir, ignore_errors=True)  # a new study each run (a kept one would resume the last run's)
     recipe = edgepress.Recipe.from_dict({
         "name": "vit",
         "model": {"path": str(base_file)},
-        "data": {"dataset": "npz", "path": str(npz), "train_size": len(train[0]), "test_size": len(test[0]),
+        "data": {"dataset": "npz", "path": str(npz), "train_size": train, "test_size": test,
                  "calibration_samples": 200},
         "targets": ["x86-host"],
         "measure": {"runs": max(20, args.runs // 3), "warmup": 20, "threads": 1},
         "gates": {"max_accuracy_drop": 0.01},
-        "tune": {"time_budget": args.tune_minutes * 60, "seed": SEED,
+        "tune": {"time_budget": minutes * 60, "seed": SEED, "validation_size": validation,
                  **({"trials": args.tune_trials} if args.tune_trials else {}),
                  "space": {"ratio": list(RATIOS), "ratio_step": 0.05, "fine_tune_epochs": [half],
                            "distill": [True], "layer_guidance": [0.0],
-                           "precisions": ["tflite:fp32", "tflite:fp16", "tflite:dynamic", "tflite:int8"],
+                           "precisions": ["tflite:fp32", "tflite:fp16", "tflite:dynamic", "tflite:int8",
+                                          *(["tflite:int8-float-ops", "tflite:int8-float-ops-b1"] if keras else [])],
                            "accuracy_aware": False}},
     })
     started = time.perf_counter()
@@ -242,9 +256,9 @@ def tune_contender(work: Path, args, base_file: Path, npz: Path, train, test) ->
     trials = [{"number": t["number"], "status": t["status"], "reason": t.get("reason"), "params": t.get("params") or {},
                "chosen": (t.get("chosen") or {}).get("x86-host"), "model_accuracy": t.get("model_accuracy"),
                "params_count": t.get("params_count"), "duration_s": t.get("duration_s")} for t in tuned["trials"]]
-    facts = {"minutes": (time.perf_counter() - started) / 60, "budget_minutes": args.tune_minutes,
+    facts = {"minutes": (time.perf_counter() - started) / 60, "budget_minutes": minutes,
              "epochs": 2 * half, "trials": trials, "stopped": tuned.get("stopped_exports") or {},
-             "source_accuracy": tuned["source"]["accuracy"], "pick": None}
+             "source_accuracy": tuned["source"]["accuracy"], "validation": tuned.get("validation"), "pick": None}
     best = result.best["x86-host"]
     if best is None:
         return None, facts
@@ -252,7 +266,8 @@ def tune_contender(work: Path, args, base_file: Path, npz: Path, train, test) ->
     folder = Path(trial["run_dir"]) if trial else tune_dir / "source"
     path = folder / "artifacts" / best["artifact"]
     facts["pick"] = {"artifact": best["artifact"], "trial": best["trial"], "params": (trial or {}).get("params") or {},
-                     "precision": best["precision"], "accuracy": best["accuracy"], "p50_ms": best["p50_ms"]}
+                     "precision": best["precision"], "accuracy": best["accuracy"], "p50_ms": best["p50_ms"],
+                     "test_accuracy": best.get("test_accuracy"), "float_ops": "_float-" in best["artifact"]}
     return Artifact.load(path), facts
 
 
@@ -354,11 +369,13 @@ def torch_fit(module, x, y, epochs: int, rate: float, seed: int, batch: int = 12
     module.eval()
 
 
-def torch_contenders(work: Path, args, npz: Path, train, test, pick: dict | None) -> tuple[list, dict]:
+def torch_contenders(work: Path, args, npz: Path, train, test, pick: dict | None,
+                     validation: int) -> tuple[list, dict]:
     """The PyTorch ViT, trained like the Keras one, saved as .pt2 with a dynamic batch, and taken through
     `edgepress run`: float (trained --extra epochs more) to TFLite fp32 / int8 (litert-torch) and ONNX fp32 /
     int8_static; the base through structured_prune + distill at the Keras tune's pick (ratio, channel multiple,
-    epochs) to its pick's precision and fp32. Returns [(label, Artifact)] and facts."""
+    epochs), or with --torch-tune-minutes at the pick of its own tune, to that pick's precision and fp32.
+    Returns [(label, Artifact)] and facts."""
     import copy
     import shutil
 
@@ -388,13 +405,20 @@ def torch_contenders(work: Path, args, npz: Path, train, test, pick: dict | None
     sample = torch.from_numpy(np.ascontiguousarray(x[:2]))
     save_torch_program(base, sample, work / "torch_base.pt2")
     save_torch_program(float_module, sample, work / "torch_float.pt2")
+    if args.torch_tune_minutes:
+        say(f"edgepress tune of the PyTorch ViT: {args.torch_tune_minutes:g} min budget")
+        _, facts["tune"] = tune_contender(work, args, work / "torch_base.pt2", npz, len(x) + validation,
+                                          len(x_test), validation, args.torch_tune_minutes, "torch_tune")
+        pick = facts["tune"]["pick"] or pick
     params = (pick or {}).get("params") or {}
     ratio, half = params.get("ratio") or 0.5, max(1, args.extra // 2)
     prune = {"type": "structured_prune", "ratio": ratio, "fine_tune_epochs": half}
     if params.get("round_to", 1) != 1:
         prune["round_to"] = params["round_to"]
-    precision = (pick or {}).get("precision") or "fp32"
-    facts.update(prune=prune, pick_precision=precision)
+    # float_ops finds its ops by Keras layers: a PyTorch program's int8 is litert-torch's own, so a float-ops pick's
+    # precision stands in as fp32 here.
+    precision = "fp32" if (pick or {}).get("float_ops") else (pick or {}).get("precision") or "fp32"
+    facts.update(prune=prune, pick_precision=precision, pick_float_ops=bool((pick or {}).get("float_ops")))
     data = {"dataset": "npz", "path": str(npz), "train_size": len(x), "test_size": len(x_test),
             "calibration_samples": 200}
     measure = {"runs": 3, "warmup": 1, "target_ci_width": None}  # timed below, with every other file
@@ -517,10 +541,13 @@ def tune_lines(tune: dict, float_row: dict, pick_row: dict | None) -> list[str]:
              "(half fine-tuning after structured_prune, half distilling from the base): the same budget as every "
              "other contender, per trial; the search as a whole trained more, which the float model is not given "
              "(it is the price of the search, paid in wall time, not in the pick's training). Budget: accuracy at "
-             f"most 1 pt below the base's float TFLite file ({tune['source_accuracy']:.2%}) on the same test "
-             f"images the table uses; ratios {RATIOS[0]:g} to {RATIOS[1]:g} in steps of 0.05 (below 0.5 no file is 2x "
-             "faster here), a channel multiple of 1 or 8, TFLite fp32, fp16, dynamic and int8 exported. Its "
-             "trials, as the tune measured them (p50 under the tune's own, shorter timing):",
+             f"most 1 pt below the base's float TFLite file ({tune['source_accuracy']:.2%}) on the validation set "
+             f"(tune.validation_size {(tune['validation'] or {}).get('size')}: the last training images, which no "
+             "contender trained on and the trials did not calibrate on; the table's test images selected nothing); "
+             f"ratios {RATIOS[0]:g} to {RATIOS[1]:g} in steps of 0.05 (below 0.5 no file is 2x faster here), a "
+             "channel multiple of 1 or 8, TFLite fp32, fp16, dynamic and int8 exported, and int8 with LayerNorm and "
+             "attention float (float_ops) at a dynamic batch and at batch 1. Its trials, as the tune measured them "
+             "(validation accuracy; p50 under the tune's own, shorter timing):",
              ""]
     lines += trial_lines(tune["trials"])
     for device, stopped in tune["stopped"].items():
@@ -533,7 +560,10 @@ def tune_lines(tune: dict, float_row: dict, pick_row: dict | None) -> list[str]:
     speed = float_row["p50"] / pick_row["p50"]
     drop = (float_row["accuracy"] - pick_row["accuracy"]) * 100
     met = goal_met(float_row, pick_row)
-    lines.append(f"The tune's pick: trial {pick['trial']}, {describe_trial(pick['params'])}, {pick['artifact']}. "
+    tested = (f" (its test accuracy, measured by the tune: {pick['test_accuracy']:.2%})"
+              if pick.get("test_accuracy") is not None else "")
+    lines.append(f"The tune's pick: trial {pick['trial']}, {describe_trial(pick['params'])}, {pick['artifact']}, "
+                 f"{pick['accuracy']:.2%} on the validation set{tested}. "
                  f"Re-measured with the others: {pick_row['accuracy']:.2%} ({-drop:+.2f} pt against the equally "
                  f"trained float model's TFLite file), p50 {speed:.2f}x lower than float TFLite: issue 23's goal (at "
                  "least 2x lower p50 at most 1 pt below) " + ("MET." if met else "NOT met."))
@@ -546,6 +576,17 @@ def torch_lines(rows: list[dict], torch: dict, facts: dict) -> list[str]:
     rounding = f", round_to {prune['round_to']}" if prune.get("round_to") else ""
     float_row = rows[0]
     pruned = next(r for r in rows if r["label"].startswith("edgepress structured_prune"))
+    tune = torch.get("tune")
+    if tune and tune["pick"]:
+        whose = "the pick of its own tune"
+        tuned = (f"`edgepress tune` on the PyTorch program ({tune['budget_minutes']:g} min budget, "
+                 f"{len(tune['trials'])} trials, scored on the validation set like the Keras one) picked "
+                 f"{tune['pick']['artifact']} ({tune['pick']['accuracy']:.2%} on the validation set); the run above "
+                 "trained it again from the base.")
+    else:
+        whose = "the Keras tune's pick"
+        tuned = ("the tune itself was not run on the PyTorch program" + (" (it found no pick within the budget)."
+                 if tune else f" (its {facts['tune']['budget_minutes']:g} minutes went to the Keras model)."))
     return [
         "### the same ViT in PyTorch",
         "",
@@ -554,11 +595,13 @@ def torch_lines(rows: list[dict], torch: dict, facts: dict) -> list[str]:
         f"the same images with Adam the same way ({facts['base_epochs']} epochs: {torch['base_accuracy']:.2%}; float: "
         f"{facts['extra_epochs']} more, {torch['float_accuracy']:.2%}), saved by torch.export as a .pt2 with a "
         "dynamic batch, and taken through `edgepress run` (litert-torch for TFLite, torch.onnx for ONNX). "
-        f"edgepress: structured_prune {prune['ratio']:g}{rounding} (the Keras tune's pick; heads and MLP units, "
+        f"edgepress: structured_prune {prune['ratio']:g}{rounding} ({whose}; heads and MLP units, "
         f"{prune['fine_tune_epochs']} epochs) + distill from the base ({prune['fine_tune_epochs']} epochs) to "
-        f"{torch['pruned_params']:,} parameters ({torch['pruned_accuracy']:.2%}), exported in the Keras pick's "
-        f"precision ({torch['pick_precision']}); the tune itself was not run on the PyTorch program (its 20 minutes "
-        "went to the Keras model). Timed interleaved with the Keras files above.",
+        f"{torch['pruned_params']:,} parameters ({torch['pruned_accuracy']:.2%}), exported "
+        + ("as fp32 (the pick is int8 with its LayerNorm and attention float, and float_ops finds those ops by Keras "
+           "layers: a PyTorch program has none)" if torch.get("pick_float_ops") else
+           f"in the pick's precision ({torch['pick_precision']})")
+        + f"; {tuned} Timed interleaved with the Keras files above.",
         "",
         *table(rows),
         "",

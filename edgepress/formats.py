@@ -68,9 +68,13 @@ def is_calibrated(format: str, precision: str) -> bool:
 
 
 def artifact_filename(stem: str, format: str, precision: str, batch_size: int | None = None, sparse: bool = False,
-                      trial: int | None = None, layout: str | None = None, block_size: int | None = None) -> str:
-    """The file name of an artifact: <stem>_<precision>[_block<n>][_b<batch>][_sparse][_<layout>][_try<i>].<format>."""
+                      trial: int | None = None, layout: str | None = None, block_size: int | None = None,
+                      float_ops: tuple[str, ...] | list[str] = ()) -> str:
+    """The file name of an artifact:
+    <stem>_<precision>[_block<n>][_float-<op kinds>][_b<batch>][_sparse][_<layout>][_try<i>].<format>
+    (an int8 file with `float_ops` beside the plain int8 one, e.g. in a tune, is another file)."""
     block = f"_block{block_size}" if block_size else ""
+    block += f"_float-{'-'.join(float_ops)}" if float_ops else ""
     batch = f"_b{batch_size}" if batch_size else ""
     tried = f"_try{trial}" if trial else ""
     chosen = f"_{layout.lower()}" if layout else ""

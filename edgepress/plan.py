@@ -129,7 +129,8 @@ def make_plan(recipe: Recipe, run_dir: str | os.PathLike | None = None, progress
     calibration = _calibration(recipe, export_data)
     exports = tuple(
         PlannedExport(e, run_dir / "artifacts" / artifact_filename(
-            recipe.name, e.format, e.precision, e.batch_size, e.sparse, layout=e.layout, block_size=e.block_size),
+            recipe.name, e.format, e.precision, e.batch_size, e.sparse, layout=e.layout, block_size=e.block_size,
+            float_ops=e.float_ops or ()),
             recipe.lm)
         for e in recipe.exports
     )

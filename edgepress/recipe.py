@@ -134,12 +134,14 @@ class ExportSpec(Section):
         "first convolution: int8 kernels on a 1- or 3-channel input are slower than float ones on many CPUs; see "
         "each artifact's per-op profile)."
     )
-    float_ops: list[Literal["layernorm", "attention"]] | None = Field(
-        None, description="tflite int8: kinds of ops to keep in float, the rest int8: `layernorm` (every "
-        "LayerNormalization), `attention` (each MultiHeadAttention's score and context matmuls and softmax; its "
-        "projections stay int8). XNNPACK runs none of them in int8, so in a plain int8 file they run on LiteRT's "
-        "builtin kernels (see the per-op profile): on a small ViT here the int8 file with both in float is faster "
-        "than fp32, the plain one 2.7x slower."
+    float_ops: list[Literal["layernorm", "attention", "elementwise"]] | None = Field(
+        None, description="tflite int8 / onnx int8_static: kinds of ops to keep in float, the rest int8: `layernorm` "
+        "(every LayerNormalization), `attention` (each MultiHeadAttention's score and context matmuls and softmax; "
+        "its projections stay int8), `elementwise` (onnx only, any model: every op but the matmuls and convolutions, "
+        "whose outputs are then float). XNNPACK runs no int8 LayerNorm or attention, so in a plain int8 file they run "
+        "on LiteRT's builtin kernels (see the per-op profile): on a small ViT here the int8 file with both in float is "
+        "faster than fp32, the plain one 2.7x slower. onnxruntime runs quantized elementwise ops as requantizing "
+        "QLinearAdd / QLinearMul between QuantizeLinear and DequantizeLinear nodes, slower than in float."
     )
 
     @model_validator(mode="after")
@@ -151,11 +153,11 @@ class ExportSpec(Section):
         return self
 
     @model_validator(mode="after")
-    def _float_ops_of_tflite_int8(self) -> ExportSpec:
-        if self.float_ops is not None and ((self.format, self.precision) != ("tflite", "int8") or self.quantize):
-            raise ValueError("float_ops keeps kinds of ops of a TFLite int8 export in float (where XNNPACK has no "
-                             f"int8 kernel for them): it is for tflite int8 without quantize, not {self.format} "
-                             f"{self.precision}")
+    def _float_ops_of_int8(self) -> ExportSpec:
+        if self.float_ops is not None and (self.precision != QUANTIZED[self.format] or self.quantize):
+            raise ValueError("float_ops keeps kinds of ops of an int8 export in float (where the runtime has no fast "
+                             "int8 kernel for them): it is for tflite int8 and onnx int8_static without quantize, "
+                             f"not {self.format} {self.precision}")
         return self
 
     @model_validator(mode="after")

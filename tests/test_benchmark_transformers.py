@@ -41,8 +41,10 @@ def test_the_transformers_benchmark_makes_and_measures_every_contender(tmp_path)
     numbers = [n for line in trials for n in line.split(":")[0].split(" ", 2)[2].split(", ")]
     assert sorted(numbers) == ["0", "1"], trials
     assert all("structured_prune 0." in t and "+ distill" in t for t in trials), trials
+    assert "on the validation set (tune.validation_size 125" in keras  # the last eighth of the 1,000 --tiny images
     if "no pick to re-measure" not in keras:
         _row(keras_lines, "edgepress tune's pick")
+        assert re.search(r"on the validation set \(its test accuracy, measured by the tune: \d+\.\d\d%\)", keras)
         assert re.search(r"issue 23's goal .* (MET|NOT met)\.", keras)
     for label in TORCH:
         _row(torch_lines, label)

@@ -16,16 +16,22 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from edgepress.errors import EdgepressError
+from edgepress.formats import QUANTIZED
+
+
+def all_layers(model) -> list:
+    """Every layer, nested models' layers included (in model order)."""
+    found = []
+    for layer in model.layers:
+        found.append(layer)
+        if hasattr(layer, "layers"):  # a nested Sequential or functional model
+            found.extend(all_layers(layer))
+    return found
 
 
 def layer_names(model) -> list[str]:
     """Every layer's name, nested models' layers included (in model order)."""
-    names: list[str] = []
-    for layer in model.layers:
-        names.append(layer.name)
-        if hasattr(layer, "layers"):  # a nested Sequential or functional model
-            names.extend(layer_names(layer))
-    return names
+    return [layer.name for layer in all_layers(model)]
 
 
 def scopes_suffixed(model) -> bool:
@@ -127,47 +133,94 @@ def layers_of_type(model, type_name: str) -> set[str]:
     return found
 
 
-# Kinds of ops an int8 export can keep in float (`float_ops`), by the Keras class whose ops they are.
-FLOAT_OPS = {"layernorm": "LayerNormalization", "attention": "MultiHeadAttention"}
+# Kinds of ops an int8 export can keep in float (`float_ops`), by the Keras class whose ops they are; "elementwise"
+# (onnx only) is every op that is not a matmul or convolution, of whichever layer.
+FLOAT_OPS = {"layernorm": "LayerNormalization", "attention": "MultiHeadAttention", "elementwise": None}
+# The kinds only an ONNX export keeps float: onnxruntime runs a quantized Add or Mul as a requantizing QLinearAdd /
+# QLinearMul, slower than the float op on small tensors; XNNPACK runs them in int8 as fast as in float.
+ONNX_ONLY_FLOAT_OPS = ("elementwise",)
 # The sublayers of a Keras MultiHeadAttention (Keras 3 and tf_keras alike) that project its inputs and its output;
 # its other ops are the attention itself: the score and context batch matmuls, the softmax, the scaling and the
 # transposes and reshapes between them.
 _PROJECTIONS = ("query", "key", "value", "attention_output")
 
 
-def check_float_ops(source, kinds: Sequence[str], what: str, precision: str) -> None:
-    """EdgepressError unless every kind of `kinds` is one of FLOAT_OPS and has layers in `source`'s Keras model, and
-    the export (`what`, at `precision`) is a full-integer int8 one."""
+def check_float_ops(source, kinds: Sequence[str], what: str, format: str, precision: str) -> None:
+    """EdgepressError unless every kind of `kinds` is one of FLOAT_OPS, each kind that goes by a Keras class has
+    layers in `source`'s Keras model, and the export (`what`, in `format` at `precision`) is its format's
+    full-integer int8 one (tflite int8, onnx int8_static; "elementwise" onnx only)."""
     unknown = [kind for kind in kinds if kind not in FLOAT_OPS]
     if unknown:
         raise EdgepressError(f"{what} float_ops: {', '.join(map(repr, unknown))} is no kind of op edgepress keeps "
                              f"in float; use {' or '.join(FLOAT_OPS)}.")
-    if precision != "int8":
-        raise EdgepressError(f"float_ops keeps kinds of ops of a full-integer model in float; it needs precision "
-                             f"int8, not '{precision}'.")
+    if precision != QUANTIZED[format]:
+        raise EdgepressError(f"float_ops keeps kinds of ops of a full-integer model in float; it needs {format} "
+                             f"precision {QUANTIZED[format]}, not '{precision}'.")
+    only_onnx = [kind for kind in kinds if kind in ONNX_ONLY_FLOAT_OPS]
+    if only_onnx and format != "onnx":
+        raise EdgepressError(f"{what} float_ops: {', '.join(map(repr, only_onnx))} keeps ops float that onnxruntime "
+                             f"runs slower in int8; XNNPACK runs them in int8. It is for onnx int8_static: remove it "
+                             f"from the {format} export.")
+    layered = [kind for kind in kinds if FLOAT_OPS[kind] is not None]  # "elementwise" goes by op type, any model
     model = getattr(source, "model", None)
-    if model is None or not hasattr(model, "layers"):
-        raise EdgepressError(f"{what} float_ops finds its ops by their Keras layers, and '{source.name}' is "
-                             f"{getattr(source, 'title', 'not a Keras model')}. Remove float_ops from that export.")
-    for kind in kinds:
+    if layered and (model is None or not hasattr(model, "layers")):
+        raise EdgepressError(f"{what} float_ops {', '.join(map(repr, layered))} finds its ops by their Keras layers, "
+                             f"and '{source.name}' is {getattr(source, 'title', 'not a Keras model')}. Remove "
+                             f"{', '.join(map(repr, layered))} from that export's float_ops.")
+    for kind in layered:
         if not layers_of_type(model, FLOAT_OPS[kind]):
             raise EdgepressError(f"{what} float_ops: '{source.name}' has no {FLOAT_OPS[kind]} layer, so "
                                  f"float_ops {kind!r} would keep nothing in float. Remove {kind!r} from float_ops.")
 
 
-def float_op_nodes(kinds: Sequence[str], nodes: Sequence[str], model) -> list[str]:
+def float_op_nodes(kinds: Sequence[str], nodes: Sequence[str], model,
+                   owner: dict[str, str | None] | None = None) -> list[str]:
     """The nodes of `nodes` (op names, as the converter names them) of the `kinds` of FLOAT_OPS: "layernorm", every
     op of each LayerNormalization layer; "attention", the ops of each MultiHeadAttention that are not its
-    query / key / value / output projections (those stay int8)."""
+    query / key / value / output projections (those stay int8). `owner` (node -> its Keras layer) is the layer of
+    each node when its name alone does not say it (ONNX: `enclosing_layers`); by default, its name's."""
     layers, outputs, suffixed = layer_names(model), output_layers(model), scopes_suffixed(model)
-    owners = {kind: layers_of_type(model, FLOAT_OPS[kind]) for kind in kinds}
+    owners = {kind: layers_of_type(model, FLOAT_OPS[kind]) for kind in kinds if FLOAT_OPS[kind] is not None}
     found = []
     for node in nodes:
-        layer = layer_of(node, layers, outputs, suffixed)
+        layer = owner[node] if owner is not None else layer_of(node, layers, outputs, suffixed)
         if layer in owners.get("layernorm", ()):
             found.append(node)
         elif layer in owners.get("attention", ()) and not _projection(node):
             found.append(node)
+    return found
+
+
+def enclosing_layers(owner: dict[str, str | None], inputs: dict[str, Sequence[str]],
+                     outputs: dict[str, Sequence[str]]) -> dict[str, str | None]:
+    """`owner` (node -> its layer, None when its name names none) with each unnamed node given the one layer that
+    has nodes both before and after it in the graph, if there is exactly one. tf2onnx names the ops it writes for an
+    einsum or a transpose after no layer (`MatMul__226`, `Transpose__204`): the score and context matmuls of an
+    attention lie between its own named ops (its query projection before, its softmax after). `inputs` and
+    `outputs` are each node's tensors; `owner`'s order is the graph's (topological) order."""
+    producer = {t: node for node, ts in outputs.items() for t in ts}
+    consumers: dict[str, list[str]] = {}
+    for node, ts in inputs.items():
+        for t in ts:
+            if t in producer:
+                consumers.setdefault(producer[t], []).append(node)
+    order = list(owner)
+    before: dict[str, set] = {}  # the layers of each node and of every node before it
+    for node in order:
+        before[node] = {owner[node]} - {None}
+        for t in inputs.get(node, ()):
+            if t in producer:
+                before[node] |= before[producer[t]]
+    after: dict[str, set] = {}
+    for node in reversed(order):
+        after[node] = {owner[node]} - {None}
+        for later in consumers.get(node, ()):
+            after[node] |= after[later]
+    found = dict(owner)
+    for node in order:
+        if owner[node] is None:
+            both = before[node] & after[node]
+            found[node] = next(iter(both)) if len(both) == 1 else None
     return found
 
 

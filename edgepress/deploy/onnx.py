@@ -27,6 +27,11 @@ from edgepress.artifact import Artifact
 from edgepress.compat import quiet
 from edgepress.deploy.check import calibration_inputs
 from edgepress.deploy.layers import (
+    FLOAT_OPS,
+    all_layers,
+    check_float_ops,
+    enclosing_layers,
+    float_op_nodes,
     layer_names,
     layer_of,
     node_layer,
@@ -59,12 +64,15 @@ def export_onnx(
     weight_type: str = "int8",
     batch_size: int | None = None,
     block_size: int | None = None,
+    float_ops: Sequence[str] = (),
 ) -> Artifact:
     """Convert `model` to ONNX at `path` in `precision`; check it against `model` on `check_data`.
 
     `model` is any Source (edgepress.models) or a Keras model. `calibration` (inputs from the recipe's data) is
     required for int8_static. The other keywords shape int8_static only (onnxruntime quantize_static):
-    `float_layers` names Keras layers (or ONNX nodes) to leave in float (`nodes_to_exclude`); `calibration_method`
+    `float_layers` names Keras layers (or ONNX nodes) to leave in float (`nodes_to_exclude`); `float_ops` kinds of
+    ops of a Keras model to leave in float, as the TFLite int8 export's (edgepress.deploy.layers.FLOAT_OPS:
+    "layernorm", "attention"); `calibration_method`
     is minmax, entropy or percentile; `per_channel` quantizes weights per output channel (else per tensor);
     `quant_format` is qdq (QuantizeLinear/DequantizeLinear pairs) or qoperator (QLinearConv, QLinearMatMul...);
     `activation_type` and `weight_type` are uint8 or int8. `block_size` (int4_weight) is the MatMulNBits block
@@ -79,7 +87,8 @@ def export_onnx(
     static = dict(calibration_method=calibration_method, per_channel=per_channel, quant_format=quant_format,
                   activation_type=activation_type, weight_type=weight_type)
     return export(ExportRequest(source, path, "onnx", precision, calibration, check_data, tuple(steps), batch_size,
-                                block_size=block_size, float_layers=tuple(float_layers), onnx_static=static))
+                                block_size=block_size, float_layers=tuple(float_layers), float_ops=tuple(float_ops),
+                                onnx_static=static))
 
 
 @register
@@ -99,6 +108,13 @@ class OnnxExport(Exporter):
                                  f"input. Remove {option} from that export.")
         static = {**_STATIC_DEFAULTS, **request.onnx_static}
         _check_static_options(request.precision, request.float_layers, static)
+        if request.float_ops:
+            check_float_ops(request.source, request.float_ops, f"ONNX {request.precision}", "onnx",
+                            request.precision)
+            if getattr(request.source, "quantize_aware", False):
+                raise EdgepressError(f"float_ops on onnx int8_static of '{request.source.name}': its int8 ranges were "
+                                     "learned by qat and its file is not quantized again, so nothing would stay "
+                                     "float. Remove float_ops from that export.")
         if request.precision == "int8_static":
             calibration_inputs(request.source, request.calibration, "ONNX int8_static")
         check_batch_size(request)
@@ -129,7 +145,7 @@ class OnnxExport(Exporter):
                     quantization = {"weights": "int8", "activations": "dynamic uint8"}
                 else:
                     quantization = _quantize_static(fp32, out, samples, Path(work), source, request.float_layers,
-                                                    **static)
+                                                    request.float_ops, **static)
         return quantization
 
 
@@ -158,6 +174,9 @@ def convert(source, out: Path, batch_size: int | None = None) -> None:
             "Check that its layers use ops tf2onnx supports."
         ) from None
     erfc_as_erf(out)
+    model = getattr(source, "model", None)
+    if hasattr(model, "layers") and not getattr(source, "quantize_aware", False):
+        layer_norms_as_ops(out, model)
 
 
 def erfc_as_erf(path: Path) -> int:
@@ -191,6 +210,83 @@ def erfc_as_erf(path: Path) -> int:
     return len(found)
 
 
+def layer_norms_as_ops(path: Path, model) -> int:
+    """Rewrite the ops of each LayerNormalization layer of the Keras `model` in the .onnx file at `path` as one ONNX
+    LayerNormalization op (opset 17); return how many were rewritten.
+
+    tf2onnx writes a LayerNorm as the arithmetic TensorFlow traced (a mean, a squared difference, a second mean,
+    Add, Sqrt, Reciprocal, four Mul and three Add), which onnxruntime does not fuse. Run one by one at batch 1 they
+    cost more than the one LayerNormalization kernel, and quantized they become QLinearAdd / QLinearMul ops between
+    QuantizeLinear and DequantizeLinear nodes. A layer is rewritten when it normalizes the last axis and its ops
+    (the graph's nodes of that layer, `node_layer`) read one tensor and make one; the export's check against the
+    model then checks the rewrite too.
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    norms = {layer.name: layer for layer in all_layers(model) if type(layer).__name__ == "LayerNormalization"
+             and _last_axis_norm(layer)}
+    if not norms:
+        return 0
+    onnx_model = onnx.load(str(path))
+    graph = onnx_model.graph
+    names = [n.name for n in graph.node]
+    if len(set(names)) != len(names) or "" in names:  # nodes are told apart by name below
+        return 0
+    owner = _owners(graph, model)
+    constants = {t.name for t in graph.initializer} | {o for n in graph.node if n.op_type == "Constant"
+                                                       for o in n.output}
+    done = 0
+    for name, layer in norms.items():
+        mine = [n for n in graph.node if owner[n.name] == name]
+        made = {o for n in mine for o in n.output}
+        read = list(dict.fromkeys(i for n in mine for i in n.input if i and i not in made and i not in constants))
+        others = {i for n in graph.node if owner[n.name] != name for i in n.input} | {o.name for o in graph.output}
+        given = [o for n in mine for o in n.output if o in others]
+        if len(read) != 1 or len(given) != 1:
+            continue  # not the plain arithmetic of one LayerNorm: leave it as tf2onnx wrote it
+        scope = next(n.name for n in mine if given[0] in n.output).rsplit("/", 1)[0]
+        gamma, beta = _gamma_beta(layer)
+        graph.initializer.extend([numpy_helper.from_array(gamma, f"{scope}/gamma"),
+                                  numpy_helper.from_array(beta, f"{scope}/beta")])
+        # At the place of its last op: its input is made before that, its output read after.
+        at = max(i for i, n in enumerate(graph.node) if owner[n.name] == name)
+        fused = helper.make_node("LayerNormalization", [read[0], f"{scope}/gamma", f"{scope}/beta"], given,
+                                 name=f"{scope}/LayerNormalization", axis=-1, epsilon=float(layer.epsilon))
+        graph.node.insert(at + 1, fused)
+        for node in mine:
+            graph.node.remove(node)
+        owner[fused.name] = name
+        done += 1
+    if done:
+        used = {i for n in graph.node for i in n.input}
+        kept = [t for t in graph.initializer if t.name in used]
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
+        onnx.checker.check_model(onnx_model)
+        onnx.save(onnx_model, str(path))
+    return done
+
+
+def _last_axis_norm(layer) -> bool:
+    """Whether a Keras LayerNormalization normalizes its input's last axis only, as ONNX's (axis=-1) does."""
+    axes = list(layer.axis) if isinstance(layer.axis, (list, tuple)) else [layer.axis]
+    try:
+        rank = len(layer.input.shape)
+    except (AttributeError, ValueError):
+        return False
+    return not getattr(layer, "rms_scaling", False) and axes in ([-1], [rank - 1])
+
+
+def _gamma_beta(layer) -> tuple[np.ndarray, np.ndarray]:
+    """A LayerNormalization's scale and offset as float32 arrays (ones and zeros where it has none)."""
+    width = int(layer.input.shape[-1])
+    gamma = getattr(layer, "gamma", None) if getattr(layer, "scale", True) else None
+    beta = getattr(layer, "beta", None) if getattr(layer, "center", True) else None
+    return (np.ones(width, np.float32) if gamma is None else np.asarray(gamma.numpy(), np.float32),
+            np.zeros(width, np.float32) if beta is None else np.asarray(beta.numpy(), np.float32))
+
+
 def _to_fp16(fp32: Path, out: Path) -> None:
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
@@ -201,8 +297,8 @@ def _to_fp16(fp32: Path, out: Path) -> None:
 
 def _quantize_static(
     fp32: Path, out: Path, samples: np.ndarray, work: Path, source, float_layers: Sequence[str] = (),
-    calibration_method: str = "minmax", per_channel: bool = True, quant_format: str = "qdq",
-    activation_type: str = "uint8", weight_type: str = "int8",
+    float_ops: Sequence[str] = (), calibration_method: str = "minmax", per_channel: bool = True,
+    quant_format: str = "qdq", activation_type: str = "uint8", weight_type: str = "int8",
 ) -> dict:
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -216,7 +312,16 @@ def _quantize_static(
     nodes, tensors = [n.name for n in graph.node], {n.name: list(n.output) for n in graph.node}
     excluded = nodes_of(float_layers, nodes, source.model, "ONNX int8_static float_layers",
                         tensors) if float_layers else []
+    layered = [kind for kind in float_ops if FLOAT_OPS[kind] is not None]  # found by their Keras layers
+    if layered:
+        excluded += [node for node in float_op_nodes(layered, nodes, source.model, _owners(graph, source.model))
+                     if node not in excluded]
     types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+    # float_ops elementwise: only the MAC ops take quantized inputs, and they give float outputs (onnxruntime runs
+    # them as MatMulIntegerToFloat...); every other op runs in float, with no requantizing QLinearAdd / QLinearMul.
+    mac_only = dict(op_types_to_quantize=list(_MAC_OPS),
+                    extra_options={"OpTypesToExcludeOutputQuantization": list(_MAC_OPS)}) \
+        if "elementwise" in float_ops else {}
     # The histogram calibrators print their progress to stdout; send it where quiet() sends chatter.
     with contextlib.redirect_stdout(sys.stderr):
         quantize_static(
@@ -225,7 +330,7 @@ def _quantize_static(
             per_channel=per_channel, activation_type=types[activation_type], weight_type=types[weight_type],
             calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                               "percentile": CalibrationMethod.Percentile}[calibration_method],
-            nodes_to_exclude=excluded,
+            nodes_to_exclude=excluded, **mac_only,
         )
     if excluded and quant_format == "qdq":
         _keep_float(out, excluded)
@@ -234,10 +339,25 @@ def _quantize_static(
         "per_channel": per_channel, "activations": activation_type, "weights": weight_type,
     }
     if float_layers:
-        quantization.update(float_layers=list(float_layers), float_nodes=excluded)
+        quantization.update(float_layers=list(float_layers))
+    if float_ops:
+        quantization.update(float_ops=list(float_ops))
+    if excluded:
+        quantization.update(float_nodes=excluded)
     return quantization
 
 
+def _owners(graph, model) -> dict[str, str | None]:
+    """The Keras layer of each node of the ONNX `graph` (`node_layer`), an unnamed node between the ops of one layer
+    (an attention's einsum matmuls) given that layer (`enclosing_layers`)."""
+    layers, outputs, suffixed = layer_names(model), output_layers(model), scopes_suffixed(model)
+    owner = {n.name: node_layer(n.name, n.output, layers, outputs, suffixed) for n in graph.node}
+    return enclosing_layers(owner, {n.name: list(n.input) for n in graph.node},
+                            {n.name: list(n.output) for n in graph.node})
+
+
+# The ONNX ops with weights that multiply and accumulate: what `float_ops: [elementwise]` leaves quantized.
+_MAC_OPS = ("MatMul", "Gemm", "Conv", "ConvTranspose")
 # The ops onnxruntime's WeightBiasQuantization optimizer quantizes at load when their input comes from a
 # DequantizeLinear and their weight is a float initializer: what a QDQ node left out of quantization looks like.
 _QUANTIZED_AT_LOAD = {"Conv", "ConvTranspose", "Gemm"}

@@ -137,18 +137,22 @@ def why_slower(profile: dict, base: dict, count: int = 2) -> str:
         return types
 
     mine, theirs = by_type(profile), by_type(base)
-    grown = sorted(((t, row["us"] - theirs.get(t, {"us": 0.0})["us"]) for t, row in mine.items()),
+    none = {"us": 0.0}
+    grown = sorted(((t, row["us"] - theirs.get(t, theirs.get(_float_twin(t), none))["us"]) for t, row in mine.items()),
                    key=lambda item: -item[1])
     parts = []
     for op_type, extra in grown[:count]:
         if extra <= 0:
             break
         here = f"{op_type} {_timed(mine[op_type])}"
+        twin = _float_twin(op_type)
         if op_type in theirs:
             parts.append(f"{here} against {_timed(theirs[op_type])}")
+        elif twin in theirs:  # onnxruntime's integer op for the float one the fp32 file runs
+            parts.append(f"{here} against {twin} {_timed(theirs[twin])}")
         else:
             parts.append(f"{here}, an op the fp32 file does not run")
-    left = _not_taken(profile, base)
+    left = _not_taken(profile, base) or _onnx_overhead(profile, base)
     return "; ".join(parts + ([left] if left and parts else []))
 
 
@@ -173,6 +177,45 @@ def _not_taken(profile: dict, base: dict) -> str:
     if set(counts) & _NORM_AND_ATTENTION:
         text += (". A Keras model's tflite int8 export with `float_ops: [layernorm, attention]` keeps its LayerNorm "
                  "and attention ops in float, where XNNPACK runs them")
+    return text
+
+
+def _float_twin(op_type: str) -> str:
+    """The float ONNX op an onnxruntime integer op stands for (QLinearMatMul -> MatMul, QGemm -> Gemm)."""
+    return op_type.removeprefix("QLinear") if op_type.startswith("QLinear") else {"QGemm": "Gemm"}.get(op_type, op_type)
+
+
+def _onnx_overhead(profile: dict, base: dict) -> str:
+    """What a quantized ONNX file runs that its fp32 file does not, from onnxruntime's per-node profiles: how many
+    nodes each runs, its QuantizeLinear / DequantizeLinear nodes and its requantizing elementwise ops (QLinearAdd,
+    QLinearMul...) with their time, and its integer MAC ops' time against the fp32 file's float ones; "" for a file
+    with no QDQ nodes (not onnxruntime's, or not quantized). At batch 1 a small model's ONNX time goes by node, not
+    by MAC: int8 pays off only where its MAC ops gain more than the nodes it adds cost."""
+    ops = [op for op in profile.get("ops", []) if op.get("us") is not None]
+    qdq = [op for op in ops if op["op"] in ("QuantizeLinear", "DequantizeLinear")]
+    if not qdq:
+        return ""
+    requantizing = [op for op in ops if op["op"].startswith("QLinear") and op.get("kind") is None]
+    counts: dict[str, int] = {}
+    for op in requantizing:
+        counts[op["op"]] = counts.get(op["op"], 0) + 1
+
+    def us(chosen: list[dict]) -> float:
+        return sum(op["us"] for op in chosen)
+
+    integer = [op for op in ops if op.get("kind") == "integer"]
+    floats = [op for op in base.get("ops", []) if op.get("kind") == "float" and op.get("us") is not None]
+    text = (f"onnxruntime runs {len(ops)} nodes for it against {len(base.get('ops', []))} for its fp32 file: "
+            f"{len(qdq)} QuantizeLinear / DequantizeLinear ({us(qdq):.1f} us)")
+    if requantizing:
+        types = ", ".join(f"{t} x{n}" for t, n in sorted(counts.items(), key=lambda item: -item[1]))
+        text += f" and {len(requantizing)} requantizing elementwise ops ({types}: {us(requantizing):.1f} us)"
+    if integer and floats:
+        text += (f"; its {len(integer)} integer MAC ops take {us(integer):.1f} us against {us(floats):.1f} us for "
+                 f"the fp32 file's {len(floats)} float ones")
+    if requantizing:
+        text += (". A Keras model's onnx int8_static export with `float_ops: [layernorm, attention, elementwise]` "
+                 "keeps those ops in float and quantizes only its matmuls' inputs")
     return text
 
 

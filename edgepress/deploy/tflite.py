@@ -111,7 +111,7 @@ class TfliteConverter(Exporter):
                 f"'{precision}'."
             )
         if request.float_ops:
-            check_float_ops(request.source, request.float_ops, f"TFLite {precision}", precision)
+            check_float_ops(request.source, request.float_ops, f"TFLite {precision}", "tflite", precision)
         if request.sparse and precision not in SPARSE_PRECISIONS:
             raise EdgepressError(
                 f"Sparse TFLite export works at precision {' or '.join(SPARSE_PRECISIONS)}, not '{precision}': "

@@ -23,6 +23,7 @@ ONNX (onnxruntime's MatMulNBitsQuantizer on the fp32 .onnx file):
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import re
@@ -175,16 +176,21 @@ def _check_onnx_block(block_size: int) -> None:
 
 
 def _fully_connected(path: Path) -> list[tuple[str, int]]:
-    """(output tensor name, input width) of each FULLY_CONNECTED op with a constant weight in a .tflite file."""
+    """(output tensor name, input width) of each FULLY_CONNECTED op with a constant weight of its own in a .tflite
+    file. A weight another op reads too (a tied output head reads the token table its GATHER looks rows up in) is
+    left out: LiteRT's quantizer cannot give one tensor two granularities (it fails inserting the dequantize), so
+    that op keeps the per-channel int4 weights of the rest."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     with quiet():
         interpreter = Interpreter(model_path=str(path),
                                   experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
     tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    ops = interpreter._get_ops_details()  # the op list is not public API; every LiteRT interpreter has it
+    readers = collections.Counter(i for op in ops for i in op["inputs"])
     found = []
-    for op in interpreter._get_ops_details():  # the op list is not public API; every LiteRT interpreter has it
-        if op["op_name"] == "FULLY_CONNECTED" and len(op["inputs"]) > 1:
+    for op in ops:
+        if op["op_name"] == "FULLY_CONNECTED" and len(op["inputs"]) > 1 and readers[op["inputs"][1]] == 1:
             weight = tensors[op["inputs"][1]]
             found.append((tensors[op["outputs"][0]]["name"], int(weight["shape"][-1])))
     return found

@@ -58,6 +58,11 @@ class SpaceSpec(Section):
         "profile precisions. 'tflite:int8-aware' / 'onnx:int8-aware' is accuracy-aware int8.",
     )
     accuracy_aware: bool = Field(True, description="Add accuracy-aware int8 to each device's precisions.")
+    float_ops: bool = Field(
+        True, description="For a Keras model with LayerNormalization or MultiHeadAttention layers, add TFLite int8 "
+        "with those ops in float (exports[].float_ops) to each device that runs TFLite int8, at a dynamic batch and "
+        "at a fixed batch of 1 (tflite:int8-float-ops, tflite:int8-float-ops-b1): XNNPACK has no int8 kernel for "
+        "them, and on a small ViT these were the fastest int8 files.")
     # A decoder language model (a recipe with an lm: section) is searched over these too, beside the ratio of heads
     # and MLP units to prune and its fine-tune epochs: perplexity is its accuracy objective (lower is better) and
     # decode tokens/s its latency (higher is better).
@@ -152,6 +157,11 @@ class TuneSpec(Section):
         None, ge=0, le=1, description="Accuracy-aware int8's budget from the float model it quantizes; default: "
         "half of gates.max_accuracy_drop (1% without one).",
     )
+    validation_size: int | None = Field(
+        None, ge=1, description="Hold out this many samples from the end of the training data: trials neither train "
+        "nor calibrate on them, and are scored and judged against the budgets on them (the source model too), not on "
+        "the test split; the pick is then measured once on the test split (tune.json best[device].test_accuracy). "
+        "Default: none (trials are judged on the test split, which then also selected the pick).")
     space: SpaceSpec = Field(default_factory=SpaceSpec)
 
     @field_validator("time_budget", mode="before")

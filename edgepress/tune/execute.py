@@ -58,6 +58,8 @@ def run_trial(recipe: dict, run_dir: str, floor: float | None = None, progress=N
             lm = a["lm"]
             row["lm"] = {"decode_tokens_per_s": lm["decode_tokens_per_s"], "ttft_ms": lm["ttft_ms"]["p50"],
                          "cache_len": lm["cache_len"], "prompt_len": lm["prompt_len"]}
+        if (a.get("quantization") or {}).get("float_ops"):  # which export choice made it (space.choice_of_row)
+            row["float_ops"] = a["quantization"]["float_ops"]
         if a.get("float_layers"):
             row["float_layers"] = [f["layer"] if isinstance(f, dict) and "layer" in f else f for f in a["float_layers"]]
     return {**result, "duration_s": round(time.perf_counter() - started, 1), "rows": rows,

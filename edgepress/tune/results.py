@@ -4,7 +4,8 @@ and best-<device>.yaml (a plain recipe that reproduces the recommended artifact)
 tune.json, schema_version 1:
     schema_version, created, duration_s, objectives, budgets {max_accuracy_drop, max_p50_ms, max_bytes} (a decoder
     LM's: {max_perplexity, min_decode_tokens_per_s, max_bytes}),
-    space {ratio, ratio_step, fine_tune_epochs, distill, round_to, exports {device: [format:precision]}, aware_drop},
+    space {ratio, ratio_step, fine_tune_epochs, distill, round_to, exports {device: [format:precision]}, aware_drop,
+           float_ops (the kinds of ops the tflite:int8-float-ops choices keep float, when offered)},
     source {accuracy, params, macs, rows [float baseline rows: artifact, device, accuracy, p50_ms, bytes]},
     trials [{number, status (complete, pruned, refused, failed, cached, interrupted), reason, params, key, duration_s,
              run_dir, worker (host:pid that ran it), params_count, macs, model_accuracy,
@@ -13,6 +14,8 @@ tune.json, schema_version 1:
              rows [{artifact, device, format, precision, accuracy, accuracy_drop, p50_ms, bytes, gzip_bytes, passed,
                     and for a decoder LM perplexity and decode_tokens_per_s}]}],
     pareto {device: [rows]}, best {device: row + {trial, recipe} or null},
+    (with tune.validation_size: validation {size, train, test}, the rows' accuracies are on the validation split,
+     and best[device] also has test_accuracy and test_run, its pick measured once on the test split),
     stopped_exports {device: {format:precision: why}} (no longer exported: slower than fp32 in every trial),
     closest {device: row + {misses}} for a device with no artifact within the budgets, passed
 """

@@ -7,8 +7,18 @@ its devices support, accuracy-aware int8 included: training is what a trial cost
 a sampler that had to find the right precision as one more choice spent its trials on slow ones (an int16x8
 that fits the size budget, 6x slower than int8, held a TPE search on the seed CNN for most of 20 minutes).
 A precision that turns out slower than its format's fp32 on a device in every trial so far (`losing_exports`) is
-no longer exported for that device. `recipe_for` turns those choices into a plain recipe dict that `edgepress run`
-runs as it is: the tune depends on the recipe schema, not on the run's internals.
+no longer exported for that device.
+
+An attention model (a Keras model with LayerNormalization or MultiHeadAttention layers, asked the way a `float_ops`
+export asks) also gets TFLite int8 with those ops in float (`float_ops`), at a dynamic batch and at a fixed batch of 1
+(`tflite:int8-float-ops`, `tflite:int8-float-ops-b1`; tune.space.float_ops: false leaves them out): XNNPACK has no
+int8 LayerNorm, softmax or activation-by-activation matmul, so plain int8 runs them on LiteRT's builtin kernels. On
+the small ViT of benchmarks/transformers.py plain int8 was 0.37x fp32's speed, int8 with them float 1.27x and, at
+batch 1, 1.57x. Both are exported in every trial and the pick takes whichever is faster (a file with a fixed batch of
+1 serves one sample at a time, which is what the tune measures).
+
+`recipe_for` turns those choices into a plain recipe dict that `edgepress run` runs as it is: the tune depends on
+the recipe schema, not on the run's internals.
 """
 
 from __future__ import annotations
@@ -22,15 +32,23 @@ from edgepress.specs.tune import TuneSpec
 
 AWARE = "int8-aware"  # a choice's precision part for accuracy-aware int8 (exports[].quantize)
 _AWARE_FORMATS = {"tflite": "int8", "onnx": "int8_static"}  # the plain precision accuracy-aware int8 starts from
+# The choices of TFLite int8 with the model's attention / LayerNorm ops in float (exports[].float_ops), at a dynamic
+# batch and at a fixed batch of 1, by their batch size.
+FLOAT_OPS_CHOICES = {"tflite:int8-float-ops": None, "tflite:int8-float-ops-b1": 1}
 
 
-def export_choices(device, space_precisions: list[str] | None, accuracy_aware: bool) -> list[str]:
-    """The exports a trial may pick for `device`, as 'format:precision' strings, in the profile's order."""
+def export_choices(device, space_precisions: list[str] | None, accuracy_aware: bool,
+                   float_ops: list[str] | None = None) -> list[str]:
+    """The exports a trial may pick for `device`, as 'format:precision' strings, in the profile's order; with
+    `float_ops` (the kinds of ops the model has that an int8 file can keep float), TFLite int8 with them float too,
+    where the device runs TFLite int8."""
     if space_precisions is not None:
         return [c for c in space_precisions if device.runs(c.split(":")[0])]
     choices = [f"{c.format}:{c.precision}" for c in device.precisions if device.runs(c.format)]
     if accuracy_aware:
         choices += [f"{f}:{AWARE}" for f, p in _AWARE_FORMATS.items() if f"{f}:{p}" in choices]
+    if float_ops and "tflite:int8" in choices:
+        choices += list(FLOAT_OPS_CHOICES)
     return choices
 
 
@@ -72,15 +90,25 @@ class Space:
     guidance: list[float] = field(default_factory=lambda: [0.0])
     sensitivity: dict | None = None  # set once measured (tune/sensitivity.py)
     lm: dict | None = None  # a decoder LM's choices: weight_bits, block_size, cache_len, student (else None)
+    float_ops: list[str] = field(default_factory=list)  # the kinds of ops FLOAT_OPS_CHOICES keep float
 
     @classmethod
-    def of(cls, spec: TuneSpec, devices: list, max_accuracy_drop: float | None, lm_cache: int | None = None) -> Space:
-        """The space of a tune; `lm_cache`, the recipe's lm.cache_len, makes it a decoder LM's (`lm_suggest`)."""
+    def of(cls, spec: TuneSpec, devices: list, max_accuracy_drop: float | None, lm_cache: int | None = None,
+           float_ops: list[str] | None = None) -> Space:
+        """The space of a tune; `lm_cache`, the recipe's lm.cache_len, makes it a decoder LM's (`lm_suggest`);
+        `float_ops`, the kinds of ops of deploy.layers.FLOAT_OPS the model has layers of (FLOAT_OPS_CHOICES)."""
         from edgepress.errors import EdgepressError
 
         if lm_cache is not None:
             return cls.of_lm(spec, devices, lm_cache)
-        exports = {d.name: export_choices(d, spec.space.precisions, spec.space.accuracy_aware) for d in devices}
+        kinds = list(float_ops or []) if spec.space.float_ops else []
+        listed = [c for c in spec.space.precisions or [] if c in FLOAT_OPS_CHOICES]
+        if listed and not float_ops:
+            raise EdgepressError(f"tune.space.precisions lists {', '.join(listed)}, which keeps a model's LayerNorm "
+                                 "and attention ops float in an int8 file, and this model has no LayerNormalization "
+                                 "or MultiHeadAttention layer (or is not a Keras model): remove it.")
+        exports = {d.name: export_choices(d, spec.space.precisions, spec.space.accuracy_aware, kinds)
+                   for d in devices}
         empty = [name for name, choices in exports.items() if not choices]
         if empty:
             raise EdgepressError(f"No export to try on {', '.join(empty)}: tune.space.precisions has none of the "
@@ -89,7 +117,8 @@ class Space:
             max_accuracy_drop / 2 if max_accuracy_drop is not None else 0.01)
         return cls(tuple(spec.space.ratio), spec.space.ratio_step, sorted(set(spec.space.fine_tune_epochs)),
                    list(dict.fromkeys(spec.space.distill)), round_to_choices(devices, spec), exports, aware,
-                   spec.hopeless_margin, sorted(set(spec.space.layer_guidance)))
+                   spec.hopeless_margin, sorted(set(spec.space.layer_guidance)),
+                   float_ops=list(float_ops or []) if (kinds or listed) else [])
 
     @classmethod
     def of_lm(cls, spec: TuneSpec, devices: list, cache_len: int) -> Space:
@@ -143,7 +172,8 @@ class Space:
                     "exports": self.exports}
         return {"ratio": list(self.ratio), "ratio_step": self.ratio_step, "fine_tune_epochs": self.epochs,
                 "distill": self.distill, "round_to": self.round_to, "exports": self.exports,
-                "aware_drop": self.aware_drop, "layer_guidance": self.guidance if self.guided() else [0.0]}
+                "aware_drop": self.aware_drop, "layer_guidance": self.guidance if self.guided() else [0.0],
+                **({"float_ops": self.float_ops} if self.float_ops else {})}
 
     def guided(self) -> bool:
         """True when per-layer ratios are part of the space: a measured sensitivity that tells layers apart."""
@@ -256,7 +286,7 @@ def losing_exports(trial_rows: list[list[dict]], devices: list[str], at_least: i
                 base = fp32.get(row["format"])
                 if base is None or row is base or row.get("accuracy_aware") or row["precision"] == "fp32":
                     continue
-                tally = tallies.setdefault((device, f"{row['format']}:{row['precision']}"), [0, 0])
+                tally = tallies.setdefault((device, choice_of_row(row)), [0, 0])
                 tally[0] += 1
                 tally[1] += faster(base, row)
     losing: dict[str, dict[str, str]] = {}
@@ -267,20 +297,40 @@ def losing_exports(trial_rows: list[list[dict]], devices: list[str], at_least: i
     return losing
 
 
-def export_for(choice: str, aware_drop: float) -> dict:
-    """The recipe export of a 'format:precision' choice."""
+def export_for(choice: str, aware_drop: float, float_ops: list[str] | None = None) -> dict:
+    """The recipe export of a 'format:precision' choice (`float_ops`: the kinds a FLOAT_OPS_CHOICES one keeps
+    float)."""
     fmt, precision = choice.split(":", 1)
     if precision == AWARE:
         return {"format": fmt, "quantize": {"precision": "int8", "max_accuracy_drop": aware_drop}}
+    if choice in FLOAT_OPS_CHOICES:
+        batch = FLOAT_OPS_CHOICES[choice]
+        return {"format": fmt, "precision": "int8", "float_ops": list(float_ops or []),
+                **({"batch_size": batch} if batch else {})}
     return {"format": fmt, "precision": precision}
 
 
-def exports_for(choices: dict[str, list[str]], aware_drop: float, devices: list[str] | None = None) -> list[dict]:
+def exports_for(choices: dict[str, list[str]], aware_drop: float, devices: list[str] | None = None,
+                float_ops: list[str] | None = None) -> list[dict]:
     """Every export choice of every device (of `devices` only, when given) once. An accuracy-aware int8 export
     writes the fully quantized artifact first, under the plain int8 file name, so it stands for plain int8 too."""
     chosen = list(dict.fromkeys(c for d, cs in choices.items() if devices is None or d in devices for c in cs))
     covered = {f"{c.split(':')[0]}:{_AWARE_FORMATS[c.split(':')[0]]}" for c in chosen if c.endswith(f":{AWARE}")}
-    return [export_for(c, aware_drop) for c in chosen if c not in covered]
+    return [export_for(c, aware_drop, float_ops) for c in chosen if c not in covered]
+
+
+def choice_of_row(row: dict) -> str:
+    """The export choice that made the artifact of a trial's report row: its 'format:precision', or a
+    FLOAT_OPS_CHOICES one for an int8 file with float ops (`float_ops`, kept from its manifest by run_trial), told
+    apart by the batch in its file name (formats.artifact_filename)."""
+    from edgepress.formats import artifact_filename
+
+    kinds = row.get("float_ops")
+    if not kinds:
+        return f"{row['format']}:{row['precision']}"
+    return next(c for c, batch in sorted(FLOAT_OPS_CHOICES.items(), key=lambda item: item[1] is None)
+                if batch is None or row["name"].endswith(artifact_filename("", row["format"], "int8", batch,
+                                                                           float_ops=kinds)))
 
 
 def export_of_row(row: dict, aware_drop: float) -> dict:
@@ -289,6 +339,8 @@ def export_of_row(row: dict, aware_drop: float) -> dict:
     aware = row.get("accuracy_aware")
     if aware and aware["role"] == "final" and row.get("float_layers"):
         return export_for(f"{row['format']}:{AWARE}", aware_drop)
+    if row.get("float_ops"):
+        return export_for(choice_of_row(row), aware_drop, row["float_ops"])
     return {"format": row["format"], "precision": row["precision"]}
 
 

@@ -8,6 +8,13 @@ constraints, and its storage is `study.db` (SQLite) in the run directory: a kill
 stopped with the same run directory, and a finished one is extended by asking for more trials. The source model
 is measured once (`source/`); a trial whose accuracy after one fine-tune epoch is hopeless is stopped there;
 a trial identical to one already measured (same steps and exports) is not run again.
+
+With `tune.validation_size: N` the last N samples of the recipe's training split are held out: the tune writes the
+training split to `validation.npz` and every trial (and the source's measurement) runs on it with those N as its
+test split, so trials neither train nor calibrate on them and the budgets are judged on them, not on the test images.
+Each device's pick is then exported again from its trial's final model and measured once on the recipe's own test
+split (`test/<device>/`; tune.json best[device].test_accuracy); best-<device>.yaml trains on the same held-in
+samples and tests on the test split.
 """
 
 from __future__ import annotations
@@ -94,20 +101,24 @@ def tune(recipe, run_dir: str | Path, progress=None, ray: str | None = None) -> 
     else:
         budgets = {"max_accuracy_drop": gates.max_accuracy_drop, "max_p50_ms": gates.max_p50_ms,
                    "max_bytes": gates.max_bytes}
-    space = Space.of(spec, devices, gates.max_accuracy_drop, recipe.lm.cache_len if lm else None)
+    float_ops = (_float_op_kinds(recipe) if not lm and any(d.runs("tflite") for d in devices)
+                 and (spec.space.float_ops or spec.space.precisions) else [])
+    space = Space.of(spec, devices, gates.max_accuracy_drop, recipe.lm.cache_len if lm else None, float_ops)
+    split = _validation_split(recipe, spec.validation_size, lm)  # refused here, before anything is written
     _check_tune_dir(run_dir)
     if run_dir.is_dir():  # a killed tune's temporaries, at any depth (tune.json's, a trial's artifacts')
         files.clean_leftovers(run_dir)
     db = run_dir / "study.db"
     # A corrupt study file stops the tune before any work.
-    study = _open_study(db, spec, names, space, budgets) if db.exists() else None
+    study = _open_study(db, spec, names, space, budgets, spec.validation_size) if db.exists() else None
 
     # Before any work: a ratio range the decoder cannot take is refused here, the default one narrowed.
     fitted = (space.fit_decoder_ratio(decoder, "ratio" in spec.space.model_fields_set)
               if decoder is not None and lm and space.ratio != (0.0, 0.0) else None)
     executor = executor_for(ray, spec.parallel, progress)
     try:
-        source = _measure_source(recipe, run_dir, targets, devices, executor, progress)
+        trial_data = _write_validation(run_dir, recipe, split) if split else None
+        source = _measure_source(recipe, run_dir, targets, devices, executor, progress, trial_data)
         kind = source["source"]["kind"]
         if space.lm is not None:
             if fitted:
@@ -129,20 +140,87 @@ def tune(recipe, run_dir: str | Path, progress=None, ray: str | None = None) -> 
                 f"alone took {source['duration_s']:.0f} s, and a trial exports and measures as much and trains too. "
                 f"Give --time-budget of at least {max(60, 4 * source['duration_s']):.0f}s; what was done is kept in "
                 f"{run_dir}.")
-        base = _base(recipe, source)
+        base = _base(recipe, source, trial_data)
         if space.ratio != (0.0, 0.0) and any(space.guidance):
             from edgepress.tune.sensitivity import load_or_measure
 
             space.sensitivity = load_or_measure(run_dir, source["model_path"], base["data"], progress)
-        study = study or _open_study(db, spec, names, space, budgets)
+        study = study or _open_study(db, spec, names, space, budgets, spec.validation_size)
         loop = _Loop(study, space, spec, names, targets, budgets, base, source, run_dir, executor, progress,
                      started, deadline)
         loop.run()
+        if split:  # the picks were chosen on the validation split: what they score on the test split
+            base = {**base, "data": split["test_data"]}
+            tested = _test_picks(study, space, source, names, base, targets, run_dir, executor, progress)
+        else:
+            tested = {}
     finally:
         executor.close()
     results = summarize(study, space, budgets, source, names, loop.dropped, base, targets, run_dir,
-                        time.monotonic() - started)
+                        time.monotonic() - started, tested, split and {k: split[k] for k in ("size", "train", "test")})
     return TuneResult(results, run_dir)
+
+
+def _float_op_kinds(recipe) -> list[str]:
+    """The kinds of ops of deploy.layers.FLOAT_OPS the recipe's model has layers of, asked the way a float_ops
+    export asks (check_float_ops): none for a model that is not a Keras one. A zoo model is asked built untrained
+    (training changes its weights, not its layers)."""
+    from edgepress.deploy.layers import FLOAT_OPS, check_float_ops
+    from edgepress.models import zoo
+    from edgepress.models.loading import import_custom_objects, open_model
+    from edgepress.models.source import wrap
+
+    spec = recipe.model
+    if spec.path is not None:
+        import_custom_objects(spec.custom_objects, spec.path, spec.trusted)
+        source = open_model(spec.path, trusted=spec.trusted)
+    else:
+        source = wrap(zoo.build(spec.zoo))
+    kinds = []
+    for kind in FLOAT_OPS:
+        try:
+            check_float_ops(source, [kind], "tune", "int8")
+        except EdgepressError:  # no such layer (or not a Keras model): nothing of this kind to keep float
+            continue
+        kinds.append(kind)
+    return kinds
+
+
+def _validation_split(recipe, size: int | None, lm: bool) -> dict | None:
+    """With tune.validation_size: the recipe's data, loaded as a run loads it, and the data sections of the
+    trials (its training split, the last `size` samples as their test split; written by _write_validation) and of
+    the picks' test runs (the held-in training samples, the recipe's test split). Refused when it leaves no
+    training data."""
+    if size is None:
+        return None
+    from edgepress.models.datasets import load_dataset
+
+    if lm:
+        raise EdgepressError("tune.validation_size holds out samples to judge a classifier's accuracy on; a decoder "
+                             "LM's tune is judged on perplexity over its test windows: remove validation_size.")
+    spec = recipe.data
+    data = load_dataset(spec.dataset, spec.path, spec.train_size, spec.test_size, spec.seed)
+    train, test = len(data.x_train), len(data.x_test)
+    if size >= train:
+        raise EdgepressError(f"tune.validation_size {size} leaves no training data: the recipe's training split has "
+                             f"{train} samples (data.train_size); give a validation_size below {train} (an eighth "
+                             f"would be {max(1, train // 8)}), or more training data.")
+    shared = spec.model_dump(mode="json", include={"calibration_samples", "check_samples", "seed"})
+    return {"size": size, "train": train - size, "test": test, "x": data.x_train, "y": data.y_train,
+            "trial_data": {"dataset": "npz", "train_size": train - size, "test_size": size, **shared},
+            "test_data": {**spec.model_dump(mode="json", exclude_none=True), "train_size": train - size,
+                          "test_size": test}}
+
+
+def _write_validation(run_dir: Path, recipe, split: dict) -> dict:
+    """validation.npz: the recipe's training split, whose last samples are the trials' test split; returns the
+    trials' data section."""
+    import numpy as np
+
+    path = run_dir / "validation.npz"
+    with files.atomic_path(path) as tmp:
+        np.savez(tmp, x=split["x"], y=split["y"])
+    return {**split["trial_data"], "path": str(path.resolve())}
 
 
 def _decoder_of(recipe):
@@ -167,7 +245,7 @@ def _decoder_of(recipe):
 
 
 # What a tune writes into its run directory: a folder holding any of these is a tune's (resumed or extended).
-_TUNE_FILES = ("study.db", "tune.json", "source", "trials")
+_TUNE_FILES = ("study.db", "tune.json", "source", "trials", "validation.npz")
 
 
 def _check_tune_dir(run_dir: Path) -> None:
@@ -189,7 +267,8 @@ def _check_tune_dir(run_dir: Path) -> None:
                              "a new or empty folder, or the folder of a tune to resume it.")
 
 
-def _open_study(db: Path, spec: TuneSpec, names: list[str], space: Space, budgets: dict):
+def _open_study(db: Path, spec: TuneSpec, names: list[str], space: Space, budgets: dict,
+                validation_size: int | None = None):
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -210,6 +289,7 @@ def _open_study(db: Path, spec: TuneSpec, names: list[str], space: Space, budget
         study.set_user_attr("devices", names)
         study.set_user_attr("space", space.to_dict())
         study.set_user_attr("budgets", budgets)
+        study.set_user_attr("validation_size", validation_size)
     elif study.user_attrs["devices"] != names:
         raise EdgepressError(f"The study in {db.parent} was made for devices {', '.join(study.user_attrs['devices'])},"
                              f" not {', '.join(names)}: give the same devices to resume it, or another -o.")
@@ -221,17 +301,25 @@ def _open_study(db: Path, spec: TuneSpec, names: list[str], space: Space, budget
         raise EdgepressError(f"The study in {db.parent} was made with the budgets {study.user_attrs.get('budgets')}, "
                              f"not {budgets}: its trials were judged by those; resume it with the same budgets, or "
                              "give another -o.")
+    elif study.user_attrs.get("validation_size") != validation_size:
+        raise EdgepressError(f"The study in {db.parent} was made with tune.validation_size "
+                             f"{study.user_attrs.get('validation_size')}, not {validation_size}: its trials were "
+                             "scored on that split; resume it with the same one, or give another -o.")
     return study
 
 
-def _measure_source(recipe, run_dir: Path, targets: dict, devices: list, executor, progress) -> dict:
+def _measure_source(recipe, run_dir: Path, targets: dict, devices: list, executor, progress,
+                    data: dict | None = None) -> dict:
     """The source model exported as float (each format a device runs) and measured on every device, once per
-    run directory; for a zoo model this is where it is trained, and the trials start from the file it saved."""
+    run directory; for a zoo model this is where it is trained, and the trials start from the file it saved.
+    `data`: the trials' data section (a validation split), else the recipe's."""
     saved = run_dir / "source" / "tune-source.json"
     if saved.exists():
         return json.loads(saved.read_text())
     formats = [f for f in ("tflite", "onnx") if any(d.runs(f) for d in devices)]
     base = recipe.model_dump(mode="json", exclude={"tune"})
+    if data is not None:
+        base["data"] = data
     plan = {**base, "name": "source", "steps": [], "exports": [{"format": f, "precision": "fp32"} for f in formats],
             "targets": list(targets.values())}
     progress.update("measuring the source model (float) on every device")
@@ -260,9 +348,12 @@ def _wait(executor, handle) -> dict:
             return result
 
 
-def _base(recipe, source: dict) -> dict:
-    """The recipe every trial shares: the source model file (a zoo model trained once), data, measure, gates."""
+def _base(recipe, source: dict, data: dict | None = None) -> dict:
+    """The recipe every trial shares: the source model file (a zoo model trained once), data (`data`: a validation
+    split's), measure, gates."""
     base = recipe.model_dump(mode="json", exclude={"tune", "steps", "exports", "targets", "name"})
+    if data is not None:
+        base["data"] = data
     base["model"] = {"path": source["model_path"], **(
         {"input_shape": recipe.model.input_shape} if recipe.model.input_shape else {})}
     return base
@@ -297,7 +388,7 @@ class _Loop:
                 live = [n for n in self.names if n not in self.dropped]
                 name = _trial_name(trial.number)
                 exports = (self.space.lm_exports(params, live) if self.space.lm is not None
-                           else exports_for(self._export_choices(), self.space.aware_drop, live))
+                           else exports_for(self._export_choices(), self.space.aware_drop, live, self.space.float_ops))
                 recipe = recipe_for(self.base, name, self.space.steps(params), exports, [self.targets[n] for n in live],
                                     params)
                 key = key_of(recipe)
@@ -601,12 +692,19 @@ def _best_points(study, source: dict, names: list[str]) -> dict[str, dict | None
 
 
 def summarize(study, space: Space, budgets: dict, source: dict, names: list[str], dropped: dict, base: dict,
-              targets: dict, run_dir: Path, duration_s: float) -> dict:
-    """Write tune.json, report.html and best-<device>.yaml from the study, and return tune.json's content."""
+              targets: dict, run_dir: Path, duration_s: float, tested: dict | None = None,
+              validation: dict | None = None) -> dict:
+    """Write tune.json, report.html and best-<device>.yaml from the study, and return tune.json's content.
+    `tested`: per device, its pick's accuracy on the test split (`_test_picks`), when the trials were scored on a
+    `validation` split ({size, train, test})."""
     results = _tune_json(study, space, budgets, source, names, dropped, duration_s)
+    if validation:
+        results["validation"] = validation
     for device, point in results["best"].items():
         if point is None:
             continue
+        if validation:
+            point.update((tested or {}).get(device) or {"test_accuracy": None})
         path = run_dir / f"best-{device}.yaml"
         files.write_text(path, _best_recipe(study, point, space, base, targets[device], device))
         point["recipe"] = str(path)
@@ -685,21 +783,60 @@ def _chosen(trial, result: dict, names: list[str], budgets: dict) -> dict:
             "chosen": chosen}
 
 
+def _pick(study, point: dict, space: Space, device: str) -> tuple[dict | None, list[dict], dict, dict | None]:
+    """The trial params, steps, export and report row (None for the source's own file) of a device's pick."""
+    if point["trial"] is None:
+        return None, [], {"format": point["format"], "precision": "fp32"}, None
+    trial = study.trials[point["trial"]]
+    params = trial.user_attrs["params"]
+    row = next(r for r in trial.user_attrs["result"]["rows"] if r["name"] == point["artifact"]
+               and r["device"] == device)
+    export = export_of_row(row, space.aware_drop)
+    if space.lm is not None:  # its weight bits and block size
+        export = next(e for e in space.lm_exports(params) if e["format"] == row["format"])
+    return params, space.steps(params), export, row
+
+
+def _test_picks(study, space: Space, source: dict, names: list[str], base: dict, targets: dict, run_dir: Path,
+                executor, progress) -> dict[str, dict]:
+    """Per device, its pick (chosen on the validation split) exported again from its trial's final model (or the
+    source) and measured once on the test split (`base` holds that data section): {test_accuracy, test_run}."""
+    tested = {}
+    for device, point in _best_points(study, source, names).items():
+        if point is None:
+            continue
+        _, _, export, _ = _pick(study, point, space, device)
+        if point["trial"] is None:
+            model = source["model_path"]
+        else:
+            result = study.trials[point["trial"]].user_attrs["result"]
+            saved = (result["models"][-1].get("file") or {}).get("file")
+            if saved is None:
+                tested[device] = {"test_accuracy": None, "test_error": "the trial's final model was not saved"}
+                continue
+            model = str(Path(result["run_dir"]) / "models" / saved)
+        folder = run_dir / "test" / device
+        files.remove_inside(run_dir, folder)  # a resumed tune's pick may be another
+        recipe = recipe_for({**base, "model": {**base["model"], "path": model},
+                             "measure": {**base.get("measure", {}), "runs": 3, "warmup": 1, "target_ci_width": None}},
+                            f"test-{device}", [], [export], [targets[device]])
+        progress.update(f"measuring {device}'s pick {point['artifact']} on the test split")
+        result = _wait(executor, executor.submit(recipe, str(folder), None, label=f"test {device}"))
+        row = next((r for r in result.get("rows", []) if r["device"] == device), None)
+        if row is None:
+            tested[device] = {"test_accuracy": None, "test_error": result.get("reason") or "nothing measured"}
+            continue
+        tested[device] = {"test_accuracy": row["metrics"]["accuracy"], "test_run": str(folder)}
+        progress.done(f"{device}'s pick {point['artifact']}: {percent(point['accuracy'])} on the validation split, "
+                      f"{percent(row['metrics']['accuracy'])} on the test split")
+    return tested
+
+
 def _best_recipe(study, point: dict, space: Space, base: dict, target: dict, device: str) -> str:
     """best-<device>.yaml: the steps of the trial that made the artifact and the one export that makes it."""
     import yaml
 
-    if point["trial"] is None:
-        steps, row = [], None
-    else:
-        trial = study.trials[point["trial"]]
-        params = trial.user_attrs["params"]
-        steps = space.steps(params)
-        row = next(r for r in trial.user_attrs["result"]["rows"] if r["name"] == point["artifact"]
-                   and r["device"] == device)
-    export = export_of_row(row, space.aware_drop) if row else {"format": point["format"], "precision": "fp32"}
-    if row and space.lm is not None:  # its weight bits and block size
-        export = next(e for e in space.lm_exports(params) if e["format"] == row["format"])
+    params, steps, export, row = _pick(study, point, space, device)
     recipe = recipe_for(base, f"best-{device}", steps, [export], [target], params if row else None)
     header = (f"# Made by `edgepress tune`: trial {point['trial']}'s artifact {point['artifact']} on {device} "
               f"(accuracy {percent(point['accuracy'])}, p50 {ms(point['p50_ms'])} ms, {point['bytes']:,} "

@@ -122,8 +122,10 @@ def test_float_ops_is_refused_in_the_plan_where_it_cannot_apply(tmp_path):
     base = {"name": "fo", "model": {"zoo": "seed_mlp", "train_epochs": 1},
             "data": {"dataset": "digits", "train_size": 100, "test_size": 20, "calibration_samples": 10,
                      "check_samples": 10}, "measure": {"runs": 3, "warmup": 1, "target_ci_width": None}}
-    for export, words in (({"format": "onnx", "precision": "int8_static", "float_ops": ["attention"]},
-                           "float_ops keeps kinds of ops of a TFLite int8 export"),
+    for export, words in (({"format": "onnx", "precision": "int8_dynamic", "float_ops": ["attention"]},
+                           "not onnx int8_dynamic"),
+                          ({"format": "onnx", "precision": "int8_static", "float_ops": ["attention"]},
+                           "has no MultiHeadAttention layer"),
                           ({"format": "tflite", "precision": "fp32", "float_ops": ["layernorm"]}, "not tflite fp32"),
                           ({"format": "tflite", "precision": "int8", "float_ops": ["conv"]}, "layernorm"),
                           ({"format": "tflite", "precision": "int8", "float_ops": ["attention"]},
