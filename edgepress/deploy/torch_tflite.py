@@ -170,6 +170,10 @@ def check_float_ops(request: ExportRequest, ops: set[str]) -> None:
             "or leave out the qat step."
         )
     for kind in request.float_ops:
+        if kind not in FLOAT_OPS:  # elementwise: onnx int8_static only
+            raise EdgepressError(f"tflite int8 float_ops: {kind!r} keeps ops float that onnxruntime runs slower in "
+                                 f"int8; XNNPACK runs them in int8. It is for onnx int8_static: remove it from the "
+                                 f"tflite export of {source.path}.")
         if FLOAT_OPS[kind] not in ops:
             raise EdgepressError(f"tflite int8 float_ops: {source.path} has no {FLOAT_OPS[kind]}, so float_ops "
                                  f"{kind!r} would keep nothing in float. Remove {kind!r} from float_ops.")

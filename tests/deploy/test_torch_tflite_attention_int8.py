@@ -49,4 +49,7 @@ def test_float_ops_a_pytorch_program_cannot_honour_are_refused_naming_it(tmp_pat
     with pytest.raises(EdgepressError, match=r"has no aten.scaled_dot_product_attention.*Remove 'attention'"):
         export_tflite(program, tmp_path / "m.tflite", "int8", calibration=np.zeros((4, 8), np.float32),
                       float_ops=["attention"])
+    with pytest.raises(EdgepressError, match=r"'elementwise'.*onnx int8_static"):
+        export_tflite(program, tmp_path / "m.tflite", "int8", calibration=np.zeros((4, 8), np.float32),
+                      float_ops=["elementwise"])
     assert not (tmp_path / "m.tflite").exists()
