@@ -179,7 +179,7 @@ def _float_op_kinds(recipe) -> list[str]:
     kinds = []
     for kind in FLOAT_OPS:
         try:
-            check_float_ops(source, [kind], "tune", "int8")
+            check_float_ops(source, [kind], "tune", "tflite", "int8")
         except EdgepressError:  # no such layer (or not a Keras model): nothing of this kind to keep float
             continue
         kinds.append(kind)
