@@ -85,7 +85,7 @@ class TorchTflite(Exporter):
             calibration_inputs(source, request.calibration, "TFLite int8 (litert-torch)")
         ops = {str(node.target) for node in source.program.graph.nodes}
         if request.float_ops:
-            check_float_ops(request, ops)
+            check_program_float_ops(request, ops)
         if request.precision == "dynamic" and any(op.startswith("aten.embedding") for op in ops):
             raise EdgepressError(
                 f"tflite dynamic of {source.path}: litert-torch's dynamic-range quantizer writes its embedding "
@@ -160,7 +160,7 @@ class TorchTflite16x8(TorchTflite):
 FLOAT_OPS = {"layernorm": "aten.layer_norm.default", "attention": "aten.scaled_dot_product_attention.default"}
 
 
-def check_float_ops(request: ExportRequest, ops: set[str]) -> None:
+def check_program_float_ops(request: ExportRequest, ops: set[str]) -> None:
     """Refuse float_ops a PyTorch program's tflite int8 export cannot honour (Keras models: deploy.layers)."""
     source = request.source
     if source.quantize_aware:
