@@ -7,14 +7,17 @@ The program's module is exported again and prepared with litert-torch's `PT2EQua
 (the one its int8 export uses for post-training quantization, `is_qat=True`): every linear (an attention's q/k/v
 and output projections included) and conv layer computes with its weight fake-quantized to int8 per output channel
 (symmetric) and its input and output fake-quantized to int8 per tensor, in ranges tracked as moving min/max; adds,
-pooling and concatenations are quantized as well. It is fine-tuned (Adam on cross-entropy, at the program's own
-batch when that is fixed), converted (`convert_pt2e`: quantize / dequantize pairs with the learned scales), and
-written again as a `.pt2` at the batch the program takes. That program computes in float what its int8 files
-compute; the TFLite int8 export hands it to litert-torch as it is (no calibration), and its ONNX export is the QDQ
-file torch.onnx writes from it (onnx fp32 and int8_static alike).
+pooling and concatenations are quantized as well. That quantizer annotates no attention op, so it is wrapped
+(edgepress.models.torch_attention_quant): each scaled_dot_product_attention is written as its matmuls and softmax,
+and both matmuls (Q*K^T and softmax(..)*V) get int8 fake-quant on their inputs and output, the softmax the fixed
+int8 range of TFLite's int8 SOFTMAX. It is fine-tuned (Adam on cross-entropy, at the program's own batch when that
+is fixed), converted (`convert_pt2e`: quantize / dequantize pairs with the learned scales), and written again as a
+`.pt2` at the batch the program takes. That program computes in float what its int8 files compute; the TFLite int8
+export hands it to litert-torch as it is (no calibration), and its ONNX export is the QDQ file torch.onnx writes
+from it (onnx fp32 and int8_static alike).
 
-What stays float, as in litert-torch's own int8 export: LayerNorm and the two matmuls inside
-scaled_dot_product_attention (the quantizer annotates no attention op). `preserve: sparsity` puts a pruned
+What stays float, as in litert-torch's own int8 export: LayerNorm, and an attention that is not plain math (dropout,
+causal or grouped-query; the step's report lists them under `attention_float`). `preserve: sparsity` puts a pruned
 program's zeros back after every optimizer step (symmetric int8 keeps a zero a zero).
 """
 
@@ -38,14 +41,17 @@ def handles(model) -> bool:
 
 
 def quantizer():
-    """litert-torch's PT2E quantizer in its QAT configuration: int8 weights per channel, int8 activations."""
+    """litert-torch's PT2E quantizer in its QAT configuration (int8 weights per channel, int8 activations), with the
+    matmuls inside attention quantized too."""
     from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+
+    from edgepress.models.torch_attention_quant import with_attention
 
     found = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_qat=True))
     # Its conv + batch-norm QAT patterns fail to build with this torchao (torch.export of a function); a conv is
     # annotated as a plain conv instead, its batch norm (eval statistics) left to the converter to fold.
     found.STATIC_QAT_ONLY_OPS = []
-    return found
+    return with_attention(found)
 
 
 def check(program, config) -> None:
@@ -120,6 +126,7 @@ def qat_program(program, x: np.ndarray, y: np.ndarray, config, on_epoch=None) ->
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
     from edgepress.compress.structured_prune_torch import exported_program, fine_tune_program
+    from edgepress.models.torch_attention_quant import quantized_matmuls, undecomposed
 
     check(program, config)
     prepared = _prepared(program, x)
@@ -127,12 +134,14 @@ def qat_program(program, x: np.ndarray, y: np.ndarray, config, on_epoch=None) ->
     fine_tune_program(prepared, program, x, y, config, on_epoch, after_step=after_step)
     converted = convert_pt2e(prepared, fold_quantize=False)
     quantized = sum(1 for n in converted.graph.nodes if str(n.target).startswith("quantized_decomposed.quantize"))
+    matmuls = quantized_matmuls(converted.graph)
     tuned = exported_program(converted, program, x)
     weighted = sum(1 for n in tuned.program.graph.nodes
                    if str(n.target).startswith("quantized_decomposed.dequantize_per_channel"))
     details = {"how": "PT2E (torchao prepare_qat_pt2e, litert-torch's PT2EQuantizer)", "weights_quantized": weighted,
                "quantize_nodes": quantized, "weights": "int8 per channel, symmetric",
-               "activations": "int8 per tensor, moving min/max", "preserve": config.preserve}
+               "activations": "int8 per tensor, moving min/max", "preserve": config.preserve,
+               "attention_matmuls": matmuls, "attention_float": undecomposed(program.program.graph)}
     return tuned, details
 
 

@@ -9,7 +9,10 @@ Precisions, with the quantizers litert-torch itself uses:
 - fp16: float16 weights (litert-torch's `full_fp16_recipe`, applied by ai-edge-quantizer).
 - dynamic: int8 weights, activations quantized at run time (litert-torch's PT2E quantizer, `is_dynamic=True`).
 - int8: int8 weights and activations, int8 input and output like edgepress's Keras int8 exports; activation
-  ranges calibrated on the recipe's calibration data (PT2E quantizer: prepare_pt2e, calibrate, convert_pt2e).
+  ranges calibrated on the recipe's calibration data (PT2E quantizer: prepare_pt2e, calibrate, convert_pt2e). The
+  quantizer is wrapped as qat's is (edgepress.models.torch_attention_quant), so the two matmuls inside
+  scaled_dot_product_attention are int8 BATCH_MATMULs too; `float_ops: [attention]` keeps them float (LayerNorm is
+  float in litert-torch's int8 anyway).
   A program that went through qat (edgepress.compress.qat_torch) already holds its quantize / dequantize pairs:
   it is converted as it is, with the ranges QAT learned (int8 is its only TFLite precision).
 - int16x8: int16 activations, int8 weights: the fp32 file quantized by LiteRT's quantizer (static_wi8_ai16),
@@ -81,6 +84,8 @@ class TorchTflite(Exporter):
         if request.precision == "int8" and not source.quantize_aware:
             calibration_inputs(source, request.calibration, "TFLite int8 (litert-torch)")
         ops = {str(node.target) for node in source.program.graph.nodes}
+        if request.float_ops:
+            check_program_float_ops(request, ops)
         if request.precision == "dynamic" and any(op.startswith("aten.embedding") for op in ops):
             raise EdgepressError(
                 f"tflite dynamic of {source.path}: litert-torch's dynamic-range quantizer writes its embedding "
@@ -118,7 +123,8 @@ class TorchTflite(Exporter):
                 if source.quantize_aware:
                     converted, facts = _convert_quantize_aware(litert_torch, module, sample)
                 else:
-                    converted, facts = _convert(litert_torch, torch, module, sample, precision, samples, to_artifact)
+                    converted, facts = _convert(litert_torch, torch, module, sample, precision, samples, to_artifact,
+                                                "attention" not in request.float_ops)
         except EdgepressError:
             raise
         except Exception as e:  # litert-torch raises RuntimeError / ValueError / JAX errors with the op in the text
@@ -150,6 +156,29 @@ class TorchTflite16x8(TorchTflite):
         return facts
 
 
+# float_ops of a PyTorch program: the aten op each kind keeps float (LayerNorm is float in litert-torch's int8 anyway).
+FLOAT_OPS = {"layernorm": "aten.layer_norm.default", "attention": "aten.scaled_dot_product_attention.default"}
+
+
+def check_program_float_ops(request: ExportRequest, ops: set[str]) -> None:
+    """Refuse float_ops a PyTorch program's tflite int8 export cannot honour (Keras models: deploy.layers)."""
+    source = request.source
+    if source.quantize_aware:
+        raise EdgepressError(
+            f"tflite int8 float_ops of {source.path}: it went through qat, whose int8 ranges (the attention's "
+            "included) are in the program, and its file is converted as it is. Remove float_ops from that export, "
+            "or leave out the qat step."
+        )
+    for kind in request.float_ops:
+        if kind not in FLOAT_OPS:  # elementwise: onnx int8_static only
+            raise EdgepressError(f"tflite int8 float_ops: {kind!r} keeps ops float that onnxruntime runs slower in "
+                                 f"int8; XNNPACK runs them in int8. It is for onnx int8_static: remove it from the "
+                                 f"tflite export of {source.path}.")
+        if FLOAT_OPS[kind] not in ops:
+            raise EdgepressError(f"tflite int8 float_ops: {source.path} has no {FLOAT_OPS[kind]}, so float_ops "
+                                 f"{kind!r} would keep nothing in float. Remove {kind!r} from float_ops.")
+
+
 def check_not_quantize_aware(request: ExportRequest) -> None:
     """Refuse a TFLite precision other than int8 for a program that went through qat."""
     if request.source.quantize_aware and request.precision != "int8":
@@ -172,8 +201,9 @@ def _convert_quantize_aware(litert_torch, module, sample):
                    "quantizer": "litert-torch PT2EQuantizer (quantization-aware training)"}
 
 
-def _convert(litert_torch, torch, module, sample, precision: str, samples, change):
-    """The litert-torch edge model at `precision`, and the quantization facts for the manifest."""
+def _convert(litert_torch, torch, module, sample, precision: str, samples, change, attention: bool = True):
+    """The litert-torch edge model at `precision`, and the quantization facts for the manifest; int8 with
+    `attention` quantizes the matmuls inside attention too."""
     if precision == "fp32":
         return litert_torch.convert(module, (sample,)), {}
     if precision == "fp16":
@@ -185,9 +215,13 @@ def _convert(litert_torch, torch, module, sample, precision: str, samples, chang
     from litert_torch.quantize.quant_config import QuantConfig
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
+    from edgepress.models.torch_attention_quant import with_attention
+
     dynamic = precision == "dynamic"
     quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=dynamic))
-    prepared = prepare_pt2e(torch.export.export(module, (sample,)).module(), quantizer)
+    # int8: the matmuls inside attention too (dynamic quantizes weighted ops only, attention has no weights)
+    prepared = prepare_pt2e(torch.export.export(module, (sample,)).module(),
+                            with_attention(quantizer) if attention and not dynamic else quantizer)
     with torch.no_grad():
         if dynamic:
             prepared(sample)  # no ranges to learn: one pass traces the observers
@@ -201,6 +235,8 @@ def _convert(litert_torch, torch, module, sample, precision: str, samples, chang
     model = litert_torch.convert(quantized, (sample,), quant_config=QuantConfig(pt2e_quantizer=quantizer))
     facts = {"weights": "int8 per channel", "quantizer": "litert-torch PT2EQuantizer"}
     facts["activations"] = "dynamic int8" if dynamic else "int8 (calibrated)"
+    if not attention:
+        facts["float_ops"] = ["attention"]
     return model, facts
 
 
