@@ -220,7 +220,7 @@ def tune_contender(work: Path, args, base_file: Path, npz: Path, train: int, tes
     precision exported (int8 also with its LayerNorm and attention float); the fastest artifact within 1 pt of the
     base on the validation set (the last `validation` training images, held out of every trial) is its pick.
     `minutes`: its time budget (default --tune-minutes); `name`: its folder under `work`. A PyTorch program gets no
-    float_ops choices (they find their ops by Keras layers). Returns the pick's Artifact (None when nothing met the
+    float_ops choices (the tune finds them by Keras layers). Returns the pick's Artifact (None when nothing met the
     budget) and what the tune did."""
     import json
     import shutil
@@ -415,8 +415,9 @@ def torch_contenders(work: Path, args, npz: Path, train, test, pick: dict | None
     prune = {"type": "structured_prune", "ratio": ratio, "fine_tune_epochs": half}
     if params.get("round_to", 1) != 1:
         prune["round_to"] = params["round_to"]
-    # float_ops finds its ops by Keras layers: a PyTorch program's int8 is litert-torch's own, so a float-ops pick's
-    # precision stands in as fp32 here.
+    # A float-ops pick keeps Keras LayerNorm and attention layers float; a PyTorch program's tflite int8 can keep only
+    # its attention float (`float_ops: [attention]`), which this script does not ask for, so such a pick's precision
+    # stands in as fp32 here.
     precision = "fp32" if (pick or {}).get("float_ops") else (pick or {}).get("precision") or "fp32"
     facts.update(prune=prune, pick_precision=precision, pick_float_ops=bool((pick or {}).get("float_ops")))
     data = {"dataset": "npz", "path": str(npz), "train_size": len(x), "test_size": len(x_test),
@@ -598,8 +599,8 @@ def torch_lines(rows: list[dict], torch: dict, facts: dict) -> list[str]:
         f"edgepress: structured_prune {prune['ratio']:g}{rounding} ({whose}; heads and MLP units, "
         f"{prune['fine_tune_epochs']} epochs) + distill from the base ({prune['fine_tune_epochs']} epochs) to "
         f"{torch['pruned_params']:,} parameters ({torch['pruned_accuracy']:.2%}), exported "
-        + ("as fp32 (the pick is int8 with its LayerNorm and attention float, and float_ops finds those ops by Keras "
-           "layers: a PyTorch program has none)" if torch.get("pick_float_ops") else
+        + ("as fp32 (the pick is int8 with its LayerNorm and attention float; this script does not ask a PyTorch "
+           "program's int8 for its attention float)" if torch.get("pick_float_ops") else
            f"in the pick's precision ({torch['pick_precision']})")
         + f"; {tuned} Timed interleaved with the Keras files above.",
         "",
