@@ -71,8 +71,9 @@ def export_onnx(
     `model` is any Source (edgepress.models) or a Keras model. `calibration` (inputs from the recipe's data) is
     required for int8_static. The other keywords shape int8_static only (onnxruntime quantize_static):
     `float_layers` names Keras layers (or ONNX nodes) to leave in float (`nodes_to_exclude`); `float_ops` kinds of
-    ops of a Keras model to leave in float, as the TFLite int8 export's (edgepress.deploy.layers.FLOAT_OPS:
-    "layernorm", "attention"); `calibration_method`
+    ops to leave in float (edgepress.deploy.layers.FLOAT_OPS): "layernorm" and "attention" of a Keras model, as the
+    TFLite int8 export's, and "elementwise" of any model (only the matmuls' and convolutions' inputs int8);
+    `calibration_method`
     is minmax, entropy or percentile; `per_channel` quantizes weights per output channel (else per tensor);
     `quant_format` is qdq (QuantizeLinear/DequantizeLinear pairs) or qoperator (QLinearConv, QLinearMatMul...);
     `activation_type` and `weight_type` are uint8 or int8. `block_size` (int4_weight) is the MatMulNBits block
