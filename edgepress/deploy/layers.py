@@ -139,6 +139,8 @@ FLOAT_OPS = {"layernorm": "LayerNormalization", "attention": "MultiHeadAttention
 # The kinds only an ONNX export keeps float: onnxruntime runs a quantized Add or Mul as a requantizing QLinearAdd /
 # QLinearMul, slower than the float op on small tensors; XNNPACK runs them in int8 as fast as in float.
 ONNX_ONLY_FLOAT_OPS = ("elementwise",)
+# The same kinds in a PyTorch program, by the aten op that is them (its tflite int8 export, litert-torch's quantizer).
+PROGRAM_FLOAT_OPS = {"layernorm": "aten.layer_norm.default", "attention": "aten.scaled_dot_product_attention.default"}
 # The sublayers of a Keras MultiHeadAttention (Keras 3 and tf_keras alike) that project its inputs and its output;
 # its other ops are the attention itself: the score and context batch matmuls, the softmax, the scaling and the
 # transposes and reshapes between them.
@@ -146,9 +148,25 @@ _PROJECTIONS = ("query", "key", "value", "attention_output")
 
 
 def check_float_ops(source, kinds: Sequence[str], what: str, format: str, precision: str) -> None:
-    """EdgepressError unless every kind of `kinds` is one of FLOAT_OPS, each kind that goes by a Keras class has
-    layers in `source`'s Keras model, and the export (`what`, in `format` at `precision`) is its format's
-    full-integer int8 one (tflite int8, onnx int8_static; "elementwise" onnx only)."""
+    """EdgepressError unless `kinds` suit the export (check_float_op_kinds) and each kind that goes by a Keras class
+    has layers in `source`'s Keras model."""
+    check_float_op_kinds(kinds, what, format, precision)
+    layered = [kind for kind in kinds if FLOAT_OPS[kind] is not None]  # "elementwise" goes by op type, any model
+    model = getattr(source, "model", None)
+    if layered and (model is None or not hasattr(model, "layers")):
+        raise EdgepressError(f"{what} float_ops {', '.join(map(repr, layered))} finds its ops by their Keras layers, "
+                             f"and '{source.name}' is {getattr(source, 'title', 'not a Keras model')}. Remove "
+                             f"{', '.join(map(repr, layered))} from that export's float_ops.")
+    for kind in layered:
+        if not layers_of_type(model, FLOAT_OPS[kind]):
+            raise EdgepressError(f"{what} float_ops: '{source.name}' has no {FLOAT_OPS[kind]} layer, so "
+                                 f"float_ops {kind!r} would keep nothing in float. Remove {kind!r} from float_ops.")
+
+
+def check_float_op_kinds(kinds: Sequence[str], what: str, format: str, precision: str) -> None:
+    """EdgepressError unless every kind of `kinds` is one of FLOAT_OPS and the export (`what`, in `format` at
+    `precision`) is its format's full-integer int8 one (tflite int8, onnx int8_static; "elementwise" onnx only):
+    what every model's float_ops must meet, whichever way its ops are then found."""
     unknown = [kind for kind in kinds if kind not in FLOAT_OPS]
     if unknown:
         raise EdgepressError(f"{what} float_ops: {', '.join(map(repr, unknown))} is no kind of op edgepress keeps "
@@ -161,16 +179,6 @@ def check_float_ops(source, kinds: Sequence[str], what: str, format: str, precis
         raise EdgepressError(f"{what} float_ops: {', '.join(map(repr, only_onnx))} keeps ops float that onnxruntime "
                              f"runs slower in int8; XNNPACK runs them in int8. It is for onnx int8_static: remove it "
                              f"from the {format} export.")
-    layered = [kind for kind in kinds if FLOAT_OPS[kind] is not None]  # "elementwise" goes by op type, any model
-    model = getattr(source, "model", None)
-    if layered and (model is None or not hasattr(model, "layers")):
-        raise EdgepressError(f"{what} float_ops {', '.join(map(repr, layered))} finds its ops by their Keras layers, "
-                             f"and '{source.name}' is {getattr(source, 'title', 'not a Keras model')}. Remove "
-                             f"{', '.join(map(repr, layered))} from that export's float_ops.")
-    for kind in layered:
-        if not layers_of_type(model, FLOAT_OPS[kind]):
-            raise EdgepressError(f"{what} float_ops: '{source.name}' has no {FLOAT_OPS[kind]} layer, so "
-                                 f"float_ops {kind!r} would keep nothing in float. Remove {kind!r} from float_ops.")
 
 
 def float_op_nodes(kinds: Sequence[str], nodes: Sequence[str], model,

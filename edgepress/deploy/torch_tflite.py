@@ -43,6 +43,7 @@ import numpy as np
 
 from edgepress.compat import quiet
 from edgepress.deploy.check import calibration_inputs
+from edgepress.deploy.layers import PROGRAM_FLOAT_OPS, check_float_op_kinds
 from edgepress.deploy.layout import LAYOUTS, in_layout, layout_change
 from edgepress.deploy.registry import Exporter, ExportRequest, register
 from edgepress.deploy.static_16x8 import static_16x8
@@ -156,10 +157,6 @@ class TorchTflite16x8(TorchTflite):
         return facts
 
 
-# float_ops of a PyTorch program: the aten op each kind keeps float (LayerNorm is float in litert-torch's int8 anyway).
-FLOAT_OPS = {"layernorm": "aten.layer_norm.default", "attention": "aten.scaled_dot_product_attention.default"}
-
-
 def check_program_float_ops(request: ExportRequest, ops: set[str]) -> None:
     """Refuse float_ops a PyTorch program's tflite int8 export cannot honour (Keras models: deploy.layers)."""
     source = request.source
@@ -169,14 +166,11 @@ def check_program_float_ops(request: ExportRequest, ops: set[str]) -> None:
             "included) are in the program, and its file is converted as it is. Remove float_ops from that export, "
             "or leave out the qat step."
         )
-    for kind in request.float_ops:
-        if kind not in FLOAT_OPS:  # elementwise: onnx int8_static only
-            raise EdgepressError(f"tflite int8 float_ops: {kind!r} keeps ops float that onnxruntime runs slower in "
-                                 f"int8; XNNPACK runs them in int8. It is for onnx int8_static: remove it from the "
-                                 f"tflite export of {source.path}.")
-        if FLOAT_OPS[kind] not in ops:
-            raise EdgepressError(f"tflite int8 float_ops: {source.path} has no {FLOAT_OPS[kind]}, so float_ops "
-                                 f"{kind!r} would keep nothing in float. Remove {kind!r} from float_ops.")
+    check_float_op_kinds(request.float_ops, f"tflite int8 of {source.path}", "tflite", request.precision)
+    for kind in request.float_ops:  # LayerNorm is float in litert-torch's int8 anyway
+        if PROGRAM_FLOAT_OPS[kind] not in ops:
+            raise EdgepressError(f"tflite int8 float_ops: {source.path} has no {PROGRAM_FLOAT_OPS[kind]}, so "
+                                 f"float_ops {kind!r} would keep nothing in float. Remove {kind!r} from float_ops.")
 
 
 def check_not_quantize_aware(request: ExportRequest) -> None:
