@@ -136,8 +136,9 @@ class ExportSpec(Section):
     )
     float_ops: list[Literal["layernorm", "attention", "elementwise"]] | None = Field(
         None, description="tflite int8 / onnx int8_static: kinds of ops to keep in float, the rest int8: `layernorm` "
-        "(every LayerNormalization), `attention` (each MultiHeadAttention's score and context matmuls and softmax; "
-        "its projections stay int8), `elementwise` (onnx only, any model: every op but the matmuls and convolutions, "
+        "(every LayerNormalization), `attention` (each MultiHeadAttention's score and context matmuls and softmax, "
+        "its projections int8; a PyTorch program's scaled_dot_product_attention in tflite int8), "
+        "`elementwise` (onnx only, any model: every op but the matmuls and convolutions, "
         "whose outputs are then float). XNNPACK runs no int8 LayerNorm or attention, so in a plain int8 file they run "
         "on LiteRT's builtin kernels (see the per-op profile): on a small ViT here the int8 file with both in float is "
         "faster than fp32, the plain one 2.7x slower. onnxruntime runs quantized elementwise ops as requantizing "
