@@ -17,6 +17,7 @@ multiply-accumulates.
 
 from __future__ import annotations
 
+import collections
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -196,9 +197,7 @@ def _onnx_overhead(profile: dict, base: dict) -> str:
     if not qdq:
         return ""
     requantizing = [op for op in ops if op["op"].startswith("QLinear") and op.get("kind") is None]
-    counts: dict[str, int] = {}
-    for op in requantizing:
-        counts[op["op"]] = counts.get(op["op"], 0) + 1
+    counts = collections.Counter(op["op"] for op in requantizing)
 
     def us(chosen: list[dict]) -> float:
         return sum(op["us"] for op in chosen)
@@ -208,7 +207,7 @@ def _onnx_overhead(profile: dict, base: dict) -> str:
     text = (f"onnxruntime runs {len(ops)} nodes for it against {len(base.get('ops', []))} for its fp32 file: "
             f"{len(qdq)} QuantizeLinear / DequantizeLinear ({us(qdq):.1f} us)")
     if requantizing:
-        types = ", ".join(f"{t} x{n}" for t, n in sorted(counts.items(), key=lambda item: -item[1]))
+        types = ", ".join(f"{t} x{n}" for t, n in counts.most_common())
         text += f" and {len(requantizing)} requantizing elementwise ops ({types}: {us(requantizing):.1f} us)"
     if integer and floats:
         text += (f"; its {len(integer)} integer MAC ops take {us(integer):.1f} us against {us(floats):.1f} us for "
